@@ -1,0 +1,83 @@
+"""qlam-hpc: shared OAuth2 M2M tokens and a QLAM client for HPC batch jobs.
+
+The public names are loaded on first use, so ``import qlam_hpc`` stays cheap
+for the warm ``qlam-hpc token`` path and for batch scripts that only need a token.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "TokenProvider",
+    "TokenResult",
+    "Token",
+    "Settings",
+    "Secret",
+    "RetryPolicy",
+    "TokenStore",
+    "FileStore",
+    "QlamAuth",
+    # errors
+    "QlamError",
+    "ConfigurationError",
+    "TokenLifetimeTooShort",
+    "AuthError",
+    "OAuthError",
+    "InvalidClient",
+    "UnauthorizedClient",
+    "AccessDenied",
+    "InvalidRequest",
+    "InvalidGrant",
+    "InvalidScope",
+    "UnsupportedGrantType",
+    "IdentityProviderUnreachable",
+    "RateLimited",
+    "InvalidTokenResponse",
+    "CacheError",
+    "UnsafeCache",
+    "LockTimeout",
+]
+
+_HOMES = {
+    "TokenProvider": "._provider",
+    "TokenResult": "._provider",
+    "Token": "._tokens",
+    "Settings": "._settings",
+    "Secret": "._settings",
+    "RetryPolicy": "._settings",
+    "TokenStore": "._store",
+    "FileStore": "._filestore",
+    "QlamAuth": "._auth",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _HOMES:
+        module = importlib.import_module(_HOMES[name], __name__)
+    elif name in __all__:
+        module = importlib.import_module("._errors", __name__)
+    else:
+        raise AttributeError(f"module 'qlam_hpc' has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._auth import QlamAuth
+    from ._errors import *  # noqa: F403
+    from ._filestore import FileStore
+    from ._provider import TokenProvider, TokenResult
+    from ._settings import RetryPolicy, Secret, Settings
+    from ._store import TokenStore
+    from ._tokens import Token

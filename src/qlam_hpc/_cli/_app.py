@@ -1,0 +1,196 @@
+"""The full CLI: click commands, and the one exit point that turns errors into messages and codes."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+import click
+
+from .._errors import QlamError
+from .._version import __version__
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  unexpected error
+  2  usage error (bad option or argument)
+  3  configuration error (missing or invalid setting)
+  4  the identity provider refused the request (wrong secret, unknown client, ...)
+  5  the identity provider is unreachable (after retries)
+  6  rate limited by the identity provider (HTTP 429, monthly quota)
+  7  the identity provider's answer held no usable token
+  8  the token cache cannot be used safely
+  9  another process held the refresh lock too long
+ 130 interrupted
+"""
+
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported when used, so ``qlam-hpc token`` never loads
+    the sandbox's web framework."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self._lazy:
+            module, _, attribute = self._lazy[name].partition(":")
+            return getattr(importlib.import_module(module, __package__), attribute)
+        return super().get_command(ctx, name)
+
+
+class _Config:
+    """Settings overrides from the group's options; settings are built when a command needs them."""
+
+    def __init__(self, overrides: dict) -> None:
+        self.overrides = overrides
+
+    def settings(self):
+        from .._settings import Settings
+
+        return Settings.from_env(**self.overrides)
+
+    def provider(self):
+        from .._provider import TokenProvider
+
+        return TokenProvider(self.settings())
+
+
+@click.group(
+    cls=_LazyGroup,
+    lazy={
+        "sandbox": "qlam_hpc.sandbox._command:sandbox_command",
+        "demo": "qlam_hpc._demo:demo_command",
+    },
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES_HELP,
+)
+@click.version_option(__version__, "-V", "--version", prog_name="qlam-hpc")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-v info, -vv debug).")
+@click.option("--client-id", metavar="ID", help="M2M client id [env: QLAM_CLIENT_ID].")
+@click.option("--audience", metavar="URL", help="API audience [env: QLAM_AUDIENCE; default https://api.quera.com].")
+@click.option(
+    "--auth-base-url", metavar="HOST|URL", help="Identity provider, bare host or URL [env: AUTH_BASE_URL]."
+)
+@click.option("--scope", metavar="SCOPES", help="Space-separated scopes to request [env: QLAM_SCOPE].")
+@click.option(
+    "--cache-dir",
+    metavar="DIR",
+    help="Shared token cache directory [env: QLAM_TOKEN_CACHE_DIR; default ~/.cache/qlam-hpc].",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, **overrides: str | None) -> None:
+    """Shared OAuth2 M2M tokens and QLAM API access for batch jobs.
+
+    One token serves every task of a job array: the first task to need one
+    fetches it under a lock, the others read it from the shared cache. The
+    client secret comes from the environment (QLAM_CLIENT_SECRET), never
+    from the command line.
+    """
+    from ._output import configure_logging
+
+    configure_logging(verbose)
+    ctx.obj = _Config(overrides)
+
+
+@cli.command()
+@click.option("--json", "mode", flag_value="json", help="Print token, expiry and source as JSON.")
+@click.option("--header", "mode", flag_value="header", help="Print an 'Authorization: Bearer ...' line (curl -H @-).")
+@click.option(
+    "--min-ttl",
+    default="0",
+    metavar="DURATION",
+    help="Hand out only a token valid for at least this long (e.g. 90m, 2h); refresh otherwise.",
+)
+@click.pass_obj
+def token(config: _Config, mode: str | None, min_ttl: str) -> None:
+    """Print an access token, from the shared cache when possible.
+
+    \b
+    TOKEN=$(qlam-hpc token)                  # into a variable, never onto a command line
+    qlam-hpc token --header | curl -H @- https://api.quera.com/v2/squin-256q/tasks
+    qlam-hpc token --min-ttl 2h              # outlive a two-hour job step
+    """
+    from ._output import print_token
+
+    result = config.provider().get(min_ttl=_duration(min_ttl, "--min-ttl"))
+    print_token(result.token, result.source, mode or "plain", time.time())
+
+
+@cli.group()
+def auth() -> None:
+    """Inspect or clear the cached token (never prints the token)."""
+
+
+@auth.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_obj
+def status(config: _Config, as_json: bool) -> None:
+    """Where the cache is, what token it holds, and this month's token requests."""
+    from ._status import auth_status, render_status
+
+    report = auth_status(config.provider(), time.time())
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render_status(report))
+
+
+@auth.command()
+@click.option("--all", "everything", is_flag=True, help="Remove the entries of every client in the cache directory.")
+@click.pass_obj
+def clear(config: _Config, everything: bool) -> None:
+    """Remove the cached token (and any recorded failure); the ledger is kept."""
+    provider = config.provider()
+    removed = provider.store.clear(None if everything else provider.identity)
+    click.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'} from {provider.store.location}")
+
+
+def _duration(text: str, option: str) -> float:
+    from .._durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def run(args: list[str]) -> int:
+    """The CLI's one exit point: every error becomes one line on stderr and an exit code."""
+    try:
+        result = cli.main(args=args, prog_name="qlam-hpc", standalone_mode=False)
+    except QlamError as error:
+        return _fail(str(error), error.exit_code)
+    except click.exceptions.Abort:
+        return _fail("interrupted", 130)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not our error. Point stdout at /dev/null so
+        # the interpreter's final flush does not complain either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as error:  # a bug: one line, and the traceback only when asked for
+        import logging
+
+        logging.getLogger("qlam_hpc").debug("unexpected error", exc_info=True)
+        return _fail(f"unexpected {type(error).__name__}: {error} (run with -vv for details)", 1)
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"qlam-hpc: error: {message}", err=True)
+    return code

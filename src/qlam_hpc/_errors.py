@@ -1,0 +1,196 @@
+"""The exception tree of qlam-hpc, and the exit code the CLI gives each branch.
+
+    QlamError                      1  anything qlam-hpc raises on purpose
+    ├── ConfigurationError         3  a setting is missing or invalid
+    │   └── TokenLifetimeTooShort  3  --min-ttl asks more than the IdP ever issues
+    ├── AuthError                     the token could not be obtained
+    │   ├── OAuthError             4  the IdP answered with an RFC 6749 error
+    │   │   ├── InvalidClient          (wrong secret, unknown client)
+    │   │   ├── UnauthorizedClient
+    │   │   ├── AccessDenied
+    │   │   ├── InvalidRequest
+    │   │   ├── InvalidGrant
+    │   │   ├── InvalidScope
+    │   │   └── UnsupportedGrantType
+    │   ├── IdentityProviderUnreachable  5  connection failures, timeouts, 5xx
+    │   ├── RateLimited            6  HTTP 429, with the wait the IdP asked for
+    │   └── InvalidTokenResponse   7  a 2xx answer that holds no usable token
+    └── CacheError                 8  the shared cache cannot be used safely
+        ├── UnsafeCache                (foreign owner, symlink, wrong type)
+        └── LockTimeout            9  another process held the refresh lock too long
+
+Messages never contain a secret or a token: they are built from codes, URLs,
+client ids and paths only.  Every error pickles (multiprocessing sends them
+between processes) because each class rebuilds itself from ``args``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "QlamError",
+    "ConfigurationError",
+    "TokenLifetimeTooShort",
+    "AuthError",
+    "OAuthError",
+    "InvalidClient",
+    "UnauthorizedClient",
+    "AccessDenied",
+    "InvalidRequest",
+    "InvalidGrant",
+    "InvalidScope",
+    "UnsupportedGrantType",
+    "IdentityProviderUnreachable",
+    "RateLimited",
+    "InvalidTokenResponse",
+    "CacheError",
+    "UnsafeCache",
+    "LockTimeout",
+    "oauth_error",
+]
+
+
+class QlamError(Exception):
+    """Base class of every error qlam-hpc raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(QlamError):
+    """A setting is missing, malformed or unsafe."""
+
+    exit_code = 3
+
+
+class TokenLifetimeTooShort(ConfigurationError):
+    """The caller asked for a remaining lifetime no token from this IdP has."""
+
+    def __init__(self, min_ttl: float, lifetime: float) -> None:
+        from ._durations import format_duration
+
+        super().__init__(
+            f"--min-ttl {format_duration(min_ttl)} is longer than the tokens the identity "
+            f"provider issues ({format_duration(lifetime)}); ask for less, or split the job"
+        )
+        self.min_ttl = min_ttl
+        self.lifetime = lifetime
+
+    def __reduce__(self):  # type: ignore[override]
+        return (type(self), (self.min_ttl, self.lifetime))
+
+
+class AuthError(QlamError):
+    """No token could be obtained."""
+
+
+class OAuthError(AuthError):
+    """The identity provider refused the token request (RFC 6749 section 5.2)."""
+
+    exit_code = 4
+    code = "oauth_error"
+
+    def __init__(self, error: str, description: str | None, status: int, url: str) -> None:
+        detail = f": {description}" if description else ""
+        super().__init__(f"identity provider {url} refused the token request ({error}{detail})")
+        self.error = error
+        self.description = description
+        self.status = status
+        self.url = url
+
+    def __reduce__(self):  # type: ignore[override]
+        return (type(self), (self.error, self.description, self.status, self.url))
+
+
+class InvalidClient(OAuthError):
+    code = "invalid_client"
+
+
+class UnauthorizedClient(OAuthError):
+    code = "unauthorized_client"
+
+
+class AccessDenied(OAuthError):
+    code = "access_denied"
+
+
+class InvalidRequest(OAuthError):
+    code = "invalid_request"
+
+
+class InvalidGrant(OAuthError):
+    code = "invalid_grant"
+
+
+class InvalidScope(OAuthError):
+    code = "invalid_scope"
+
+
+class UnsupportedGrantType(OAuthError):
+    code = "unsupported_grant_type"
+
+
+_OAUTH_ERRORS: dict[str, type[OAuthError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidClient,
+        UnauthorizedClient,
+        AccessDenied,
+        InvalidRequest,
+        InvalidGrant,
+        InvalidScope,
+        UnsupportedGrantType,
+    )
+}
+
+
+def oauth_error(error: str, description: str | None, status: int, url: str) -> OAuthError:
+    """The exception for an RFC 6749 error code; unknown codes get the base class."""
+    cls = _OAUTH_ERRORS.get(error, OAuthError)
+    return cls(error, description, status, url)
+
+
+class IdentityProviderUnreachable(AuthError):
+    """Connection failures, timeouts or 5xx answers outlasted the retries."""
+
+    exit_code = 5
+
+
+class RateLimited(AuthError):
+    """The identity provider answered 429; ``retry_after`` is its wait in seconds, if known."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self):  # type: ignore[override]
+        return (type(self), (self.message, self.retry_after))
+
+
+class InvalidTokenResponse(AuthError):
+    """A successful HTTP answer that holds no usable token (HTML, bad JSON, no expiry)."""
+
+    exit_code = 7
+
+
+class CacheError(QlamError):
+    """The shared token cache cannot be used safely."""
+
+    exit_code = 8
+
+
+class UnsafeCache(CacheError):
+    """A cache path is a symlink, owned by another user, or of the wrong type."""
+
+
+class LockTimeout(CacheError):
+    """Another process held the refresh lock longer than ``lock_timeout``."""
+
+    exit_code = 9

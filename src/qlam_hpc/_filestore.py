@@ -1,0 +1,270 @@
+"""The token store on a (shared) filesystem.
+
+Layout of the cache directory (0700, owned by the user)::
+
+    <key>.json            the entry: token and failure record (0600)
+    <key>.lock            the refresh lock (fcntl/POSIX lock; never unlinked)
+    ledger-YYYY-MM.jsonl  one line per token request made (0600)
+
+Why these choices (see docs/hpc.md for the filesystem facts):
+
+* Entries are published by writing a temporary file in the same directory and
+  ``rename``-ing it over the entry: atomic on local disks, NFS, Lustre and GPFS,
+  so a reader sees the old entry or the new one, never a mix.
+* Entries are re-opened by name on every read (NFS close-to-open consistency)
+  and carry their own expiry, so a stale view is never mistaken for a fresh token.
+* The lock is a POSIX ``lockf`` lock, the kind NFS (NLM/v4), GPFS and Lustre
+  (``-o flock``) carry across nodes. The kernel drops it when its holder dies,
+  however it dies. Correctness never depends on it: without a working lock the
+  worst case is one fetch per process, never a torn entry.
+* The lock file is never unlinked: a process could be waiting on the old inode
+  while another creates a new file and two "holders" would coexist.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from pathlib import Path
+
+from ._cache import CacheEntry, Identity, decode_entry, encode_entry
+from ._errors import UnsafeCache
+from ._log import log
+
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_ENTRY_BYTES = 1 << 20
+_STALE_TEMP_SECONDS = 3600
+
+
+class FileStore:
+    """A token store in one directory; safe to share between processes and nodes."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.location = str(self.directory)
+
+    def entry_path(self, identity: Identity) -> Path:
+        return self.directory / f"{identity.key()}.json"
+
+    def lock_path(self, identity: Identity) -> Path:
+        return self.directory / f"{identity.key()}.lock"
+
+    # --- entries ------------------------------------------------------------------------
+
+    def load(self, identity: Identity) -> CacheEntry | None:
+        if not self._checked_directory(create=False):
+            return None
+        path = self.entry_path(identity)
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeCache(f"token cache entry {path} is a symbolic link; refusing to follow it") from None
+            raise UnsafeCache(f"cannot read token cache entry {path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafeCache(f"token cache entry {path} is not a regular file; refusing it")
+            if info.st_uid != os.geteuid():
+                raise UnsafeCache(
+                    f"token cache entry {path} belongs to uid {info.st_uid}, not to you; refusing it"
+                )
+            if info.st_mode & 0o077:
+                _discard(path, "was readable by other users")
+                return None
+            raw = os.read(fd, _MAX_ENTRY_BYTES)
+        finally:
+            os.close(fd)
+        try:
+            return decode_entry(raw, identity)
+        except ValueError as reason:
+            _discard(path, f"is corrupt ({reason})")
+            return None
+
+    def save(self, entry: CacheEntry) -> bool:
+        path = self.entry_path(entry.identity)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            self._checked_directory(create=True)
+            fd = os.open(temp, _OPEN_CREATE, 0o600)
+            try:
+                data = encode_entry(entry)
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        except OSError as exc:
+            _unlink_quietly(temp)
+            log(
+                "warning",
+                f"could not write the token cache entry {path} ({exc.strerror or exc}); "
+                "the token is used, but not shared with other processes",
+            )
+            return False
+        self._remove_stale_temporaries()
+        return True
+
+    def clear(self, identity: Identity | None = None) -> int:
+        if not self._checked_directory(create=False):
+            return 0
+        paths = [self.entry_path(identity)] if identity else sorted(self.directory.glob("*.json"))
+        removed = 0
+        for path in paths:
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    # --- the refresh lock ---------------------------------------------------------------
+
+    def try_lock(self, identity: Identity) -> _HeldLock | None:
+        import fcntl
+
+        self._checked_directory(create=True)
+        fd = os.open(self.lock_path(identity), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        return _HeldLock(fd)
+
+    def lock_holder(self, identity: Identity) -> str | None:
+        try:
+            with open(self.lock_path(identity), "rb") as file:
+                return file.read(512).decode(errors="replace").strip() or None
+        except OSError:
+            return None
+
+    # --- the ledger ---------------------------------------------------------------------
+
+    def ledger_path(self, month: str) -> Path:
+        return self.directory / f"ledger-{month}.jsonl"
+
+    def record_request(self, record: dict) -> None:
+        import json
+
+        month = time.strftime("%Y-%m", time.gmtime(record["time"]))
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        try:
+            self._checked_directory(create=True)
+            fd = os.open(
+                self.ledger_path(month),
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log("warning", f"could not record the token request in the ledger ({exc.strerror or exc})")
+
+    def requests(self, month: str) -> list[dict]:
+        import json
+
+        if not self._checked_directory(create=False):
+            return []
+        try:
+            with open(self.ledger_path(month), "rb") as file:
+                lines = file.read().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a full disk; the rest still counts
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    # --- the directory ------------------------------------------------------------------
+
+    def _checked_directory(self, *, create: bool) -> bool:
+        """True when the directory exists and is safe to use; raises ``UnsafeCache`` if not safe."""
+        try:
+            info = os.stat(self.directory)
+        except FileNotFoundError:
+            if not create:
+                return False
+            # mkdir applies the mode atomically (narrowed by umask, never widened): no window
+            # in which another user could open the directory.
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            info = os.stat(self.directory)
+        if not stat.S_ISDIR(info.st_mode):
+            raise UnsafeCache(f"token cache {self.directory} is not a directory")
+        if info.st_uid != os.geteuid():
+            raise UnsafeCache(
+                f"token cache directory {self.directory} belongs to uid {info.st_uid}, not to you "
+                f"(uid {os.geteuid()}); refusing it. Set QLAM_TOKEN_CACHE_DIR to a directory of your own"
+            )
+        if info.st_mode & 0o077:
+            try:
+                os.chmod(self.directory, 0o700)
+            except OSError:
+                raise UnsafeCache(
+                    f"token cache directory {self.directory} is open to other users and cannot be made 0700"
+                ) from None
+            log("warning", f"token cache directory {self.directory} was open to other users; made it 0700")
+        return True
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of writers killed between create and rename."""
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        try:
+            for temp in self.directory.glob(".*.tmp"):
+                if temp.lstat().st_mtime < cutoff:
+                    _unlink_quietly(temp)
+        except OSError:
+            pass
+
+
+class _HeldLock:
+    """A held ``lockf`` lock; records its holder for the waiters' error messages."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        try:
+            from ._jobinfo import process_label
+
+            note = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note, 0)
+        except OSError:
+            pass  # the note is for humans; the lock works without it
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # closing drops the POSIX lock
+
+    def __enter__(self) -> _HeldLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _discard(path: Path, why: str) -> None:
+    log("warning", f"token cache entry {path} {why}; discarded, a new token will replace it")
+    _unlink_quietly(path)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,160 @@
+"""OAuth2 client_credentials messages: building the request, reading the answer. Pure: no I/O.
+
+The HTTP adapter (``_http.py``) sends what ``token_request`` builds and hands the
+answer to ``parse_token_response``; retry timing is decided here too, so every
+rule about the identity provider's protocol sits in one place and is tested
+without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Mapping
+
+from ._errors import ConfigurationError, InvalidTokenResponse, oauth_error
+from ._settings import RetryPolicy, Settings
+from ._tokens import Token
+
+# A token that claims to live longer than a year, or less than a second, is a bug
+# somewhere: caching it would either pin a broken token or hammer the IdP.
+MIN_EXPIRES_IN = 1
+MAX_EXPIRES_IN = 366 * 86400
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    url: str
+    form: dict[str, str]
+    headers: dict[str, str]
+
+
+def credentials_fingerprint(settings: Settings) -> str:
+    """Names the credentials without revealing them, so a shared failure record can tell
+    whether it was written for the credentials in use now (a rotated secret differs)."""
+    import hashlib
+
+    secret = settings.client_secret.reveal() if settings.client_secret else ""
+    material = "\0".join(("qlam-hpc credentials v1", settings.token_url, settings.client_id, secret))
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def token_request(settings: Settings) -> TokenRequest:
+    """The Auth0-style client_credentials request, with the secret in the body (client_secret_post)."""
+    if settings.client_secret is None:
+        raise ConfigurationError(
+            "QLAM_CLIENT_SECRET is not set and no valid token is cached: a new token needs the client secret"
+        )
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": settings.client_id,
+        "client_secret": settings.client_secret.reveal(),
+        "audience": settings.audience,
+    }
+    if settings.scope:
+        form["scope"] = settings.scope
+    headers = {"Accept": "application/json"}
+    return TokenRequest(settings.token_url, form, headers)
+
+
+def parse_token_response(
+    status: int, headers: Mapping[str, str], body: bytes, url: str, obtained_at: float, obtained_by: str | None
+) -> Token:
+    """A ``Token`` from a 2xx answer; an ``OAuthError`` or ``InvalidTokenResponse`` otherwise.
+
+    ``obtained_at`` is the time the request was *sent*, so the computed expiry errs early.
+    5xx and 429 are the caller's to retry before calling this.
+    """
+    content_type = headers.get("content-type", "").lower()
+    data = _json_object(body)
+    if status >= 400:
+        if data is not None and isinstance(data.get("error"), str):
+            description = data.get("error_description")
+            return_description = description if isinstance(description, str) else None
+            raise oauth_error(data["error"], return_description, status, url)
+        raise InvalidTokenResponse(
+            f"identity provider {url} answered HTTP {status} {_what(content_type, body)}, "
+            "not an OAuth error: is AUTH_BASE_URL right?"
+        )
+    if data is None:
+        raise InvalidTokenResponse(
+            f"identity provider {url} answered HTTP {status} with {_what(content_type, body)}, not a token"
+        )
+    access_token = data.get("access_token")
+    if not isinstance(access_token, str) or not access_token.strip():
+        raise InvalidTokenResponse(f"identity provider {url} answered without an access_token")
+    token_type = data.get("token_type") or "Bearer"
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise InvalidTokenResponse(f"identity provider {url} issued a {token_type!r} token, not a Bearer token")
+    expires_in = _expires_in(data.get("expires_in"), url)
+    scope = data.get("scope") if isinstance(data.get("scope"), str) else None
+    return Token(
+        access_token=access_token,
+        expires_at=obtained_at + expires_in,
+        obtained_at=obtained_at,
+        token_type="Bearer",
+        scope=scope,
+        obtained_by=obtained_by,
+    )
+
+
+def _json_object(body: bytes) -> dict | None:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _what(content_type: str, body: bytes) -> str:
+    head = body.lstrip()[:64].lower()
+    if "html" in content_type or head.startswith((b"<!doctype", b"<html")):
+        return "with an HTML page"
+    if not body.strip():
+        return "with an empty body"
+    if "json" in content_type:
+        return "with malformed JSON"
+    return f"with a {content_type or 'untyped'} body"
+
+
+def _expires_in(value: object, url: str) -> float:
+    if value is None:
+        raise InvalidTokenResponse(f"identity provider {url} answered without expires_in")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidTokenResponse(f"identity provider {url} answered with expires_in={value!r}") from None
+    if not (MIN_EXPIRES_IN <= seconds <= MAX_EXPIRES_IN):
+        raise InvalidTokenResponse(f"identity provider {url} answered with an absurd expires_in={value!r}")
+    return seconds
+
+
+# --- retry timing ---------------------------------------------------------------------------
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(max_delay, initial * 2**attempt)]."""
+    ceiling = min(policy.max_delay, policy.initial_delay * (2**attempt))
+    return (rng or random).uniform(0, ceiling)
+
+
+def server_wait(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds the server asked us to wait, from ``Retry-After`` or ``X-RateLimit-Reset``."""
+    retry_after = headers.get("retry-after")
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(retry_after).timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    reset = headers.get("x-ratelimit-reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - now)
+        except ValueError:
+            pass
+    return None

@@ -1,0 +1,270 @@
+"""The token provider: one token for every thread, process and node that shares a store.
+
+Lookup order, cheapest first:
+
+1. memory — a plain attribute read; no lock, no I/O (the warm path);
+2. the shared store — one small file read, never blocking;
+3. single flight — take the store's refresh lock; while another process holds
+   it, keep reading the store for its result (or its failure); once the lock is
+   held, read the store again (the previous holder may have just published),
+   and only then ask the identity provider.
+
+A failed fetch is written to the store as a failure record so that the other
+processes of a job array repeat the answer instead of each asking again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+from ._cache import CacheEntry, Failure, Identity, active_failure, cached_token, cooldown_for, fallback_token
+from ._errors import AuthError, LockTimeout, QlamError, TokenLifetimeTooShort
+from ._log import log
+from ._settings import Settings
+from ._store import NO_LOCK, NullStore, TokenStore
+from ._tokens import Token
+
+Fetch = Callable[..., Token]
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    """A token and where it came from: ``memory``, ``cache``, ``fetched`` or ``fallback``
+    (a still-valid cached token handed out because a refresh failed)."""
+
+    token: Token
+    source: str
+
+
+class TokenProvider:
+    """Hands out access tokens, fetching one only when no process sharing the store has one.
+
+    Thread-safe. ``get_token()`` on a warm provider is an attribute read and a comparison.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: TokenStore | None = None,
+        fetch: Fetch | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.identity = Identity(settings.token_url, settings.client_id, settings.audience, settings.scope)
+        if store is None:
+            store = _default_store(settings)
+        self.store = store
+        self._fetch = fetch
+        self._clock = clock
+        self._memory: Token | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> TokenProvider:
+        """A provider configured from ``QLAM_*`` variables (see ``Settings.from_env``)."""
+        return cls(Settings.from_env(environ, **overrides))
+
+    def get_token(self, *, min_ttl: float = 0.0) -> str:
+        """An access token valid for at least ``min_ttl`` seconds more (and the refresh margin)."""
+        token = self._memory
+        if token is not None and token.usable(self._clock(), min_ttl):
+            return token.access_token
+        return self.get(min_ttl=min_ttl).token.access_token
+
+    def get(self, *, min_ttl: float = 0.0, rejected: str | None = None) -> TokenResult:
+        """A token with its source. ``rejected`` names a token the API refused (HTTP 401):
+        it is never returned again, and the processes that meet it cause one new fetch."""
+        token = self._memory
+        if token is not None and token.access_token != rejected and token.usable(self._clock(), min_ttl):
+            return TokenResult(token, "memory")
+        with self._lock:
+            token = self._memory  # another thread may have refreshed while we waited
+            if token is not None and token.access_token != rejected and token.usable(self._clock(), min_ttl):
+                return TokenResult(token, "memory")
+            result = self._from_store(min_ttl, rejected)
+            self._memory = result.token
+            return result
+
+    def invalidate(self, rejected: str) -> str:
+        """After a 401 for ``rejected``: a different token, through the single-flight cache."""
+        return self.get(rejected=rejected).token.access_token
+
+    def clear(self) -> int:
+        """Forget the token, in memory and in the shared store."""
+        with self._lock:
+            self._memory = None
+            return self.store.clear(self.identity)
+
+    # --- the shared store -----------------------------------------------------------------
+
+    def _from_store(self, min_ttl: float, rejected: str | None) -> TokenResult:
+        entry = self.store.load(self.identity)
+        token = cached_token(entry, self._clock(), min_ttl, rejected)
+        if token is not None:
+            return TokenResult(token, "cache")
+        _check_lifetime(entry, min_ttl)
+        credentials = self._credentials()
+        replay = self._replay_failure(entry, credentials, rejected)
+        if replay is not None:
+            return replay
+        lock = self._acquire(credentials, min_ttl, rejected)
+        if isinstance(lock, TokenResult):
+            return lock
+        with lock:
+            entry = self.store.load(self.identity)
+            token = cached_token(entry, self._clock(), min_ttl, rejected)
+            if token is not None:
+                return TokenResult(token, "cache")
+            replay = self._replay_failure(entry, credentials, rejected)
+            if replay is not None:
+                return replay
+            return self._fetch_and_publish(entry, credentials, min_ttl, rejected)
+
+    def _acquire(self, credentials: str, min_ttl: float, rejected: str | None) -> ContextManager | TokenResult:
+        """The refresh lock, or the result another process published while we waited for it."""
+        deadline = self._clock() + self.settings.lock_timeout
+        pause = 0.005
+        while True:
+            try:
+                lock = self.store.try_lock(self.identity)
+            except OSError as exc:
+                log(
+                    "warning",
+                    f"cannot lock the token cache in {self.store.location} ({exc.strerror or exc}); "
+                    "fetching without coordinating with other processes",
+                )
+                return NO_LOCK
+            if lock is not None:
+                return lock
+            # Readers never block: while another process fetches, watch the entry for its result.
+            entry = self.store.load(self.identity)
+            token = cached_token(entry, self._clock(), min_ttl, rejected)
+            if token is not None:
+                return TokenResult(token, "cache")
+            replay = self._replay_failure(entry, credentials, rejected)
+            if replay is not None:
+                return replay
+            if self._clock() >= deadline:
+                holder = self.store.lock_holder(self.identity) or "another process"
+                raise LockTimeout(
+                    f"{holder} has held the token refresh lock in {self.store.location} for more than "
+                    f"{self.settings.lock_timeout:g}s without publishing a token; giving up "
+                    "(is it hung or stopped? QLAM_LOCK_TIMEOUT sets the wait)"
+                )
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+
+    def _fetch_and_publish(
+        self, entry: CacheEntry | None, credentials: str, min_ttl: float, rejected: str | None
+    ) -> TokenResult:
+        from ._jobinfo import job_id, process_label
+
+        fetch = self._fetch
+        if fetch is None:
+            from ._http import fetch_token as fetch
+        base = entry or CacheEntry(self.identity)
+        started = self._clock()
+        by = process_label()
+        try:
+            token = fetch(self.settings, obtained_by=by)
+        except AuthError as error:
+            self._record(started, job_id(), getattr(error, "error", None) or type(error).__name__)
+            cooldown = cooldown_for(
+                error,
+                rejected_cooldown=self.settings.rejected_cooldown,
+                transient_cooldown=self.settings.transient_cooldown,
+            )
+            failure = Failure.from_error(error, at=started, cooldown=cooldown, credentials=credentials, by=by)
+            self.store.save(base.with_failure(failure))
+            return self._fallback_or_raise(base, error, rejected)
+        self._record(started, job_id(), "ok")
+        self.store.save(base.with_token(token))
+        if not token.usable(self._clock(), min_ttl):
+            raise TokenLifetimeTooShort(min_ttl, token.lifetime)
+        self._warn_about_budget()
+        return TokenResult(token, "fetched")
+
+    def _replay_failure(self, entry: CacheEntry | None, credentials: str, rejected: str | None) -> TokenResult | None:
+        failure = active_failure(entry, self._clock(), credentials)
+        if failure is None:
+            return None
+        log(
+            "info",
+            f"not asking the identity provider again: {failure.by or 'another process'} got this answer "
+            f"at {_utc(failure.at)}; it stands until {_utc(failure.until)} or until the credentials change",
+        )
+        return self._fallback_or_raise(entry, failure.to_error(), rejected)
+
+    def _fallback_or_raise(self, entry: CacheEntry | None, error: QlamError, rejected: str | None) -> TokenResult:
+        token = fallback_token(entry, self._clock(), rejected)
+        if token is None:
+            raise error
+        from ._durations import format_duration
+
+        log(
+            "warning",
+            f"could not refresh the token ({error}); using the cached token, "
+            f"still valid for {format_duration(token.remaining(self._clock()))}",
+        )
+        return TokenResult(token, "fallback")
+
+    def _credentials(self) -> str:
+        from ._oauth import credentials_fingerprint
+
+        return credentials_fingerprint(self.settings)
+
+    def _record(self, at: float, job: str | None, outcome: str) -> None:
+        import os
+        import socket
+
+        self.store.record_request(
+            {
+                "time": at,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "job": job,
+                "client_id": self.settings.client_id,
+                "token_url": self.settings.token_url,
+                "outcome": outcome,
+            }
+        )
+
+    def _warn_about_budget(self) -> None:
+        budget = self.settings.token_budget
+        if not budget:
+            return
+        used = count_requests(self.store, self.settings, self._clock())
+        if used > 0.8 * budget:
+            log("warning", f"{used} token requests this month: {used / budget:.0%} of the budget of {budget}")
+
+
+def count_requests(store: TokenStore, settings: Settings, now: float) -> int:
+    """Token requests made this UTC month for these settings' client and endpoint."""
+    month = time.strftime("%Y-%m", time.gmtime(now))
+    return sum(
+        1
+        for record in store.requests(month)
+        if record.get("client_id") == settings.client_id and record.get("token_url") == settings.token_url
+    )
+
+
+def _default_store(settings: Settings) -> TokenStore:
+    if not settings.cache_enabled:
+        return NullStore()
+    from ._filestore import FileStore
+
+    return FileStore(settings.cache_dir)
+
+
+def _check_lifetime(entry: CacheEntry | None, min_ttl: float) -> None:
+    """Fail before fetching when the IdP's tokens are known to be too short for ``min_ttl``."""
+    if min_ttl and entry is not None and entry.token is not None and entry.token.lifetime <= min_ttl:
+        raise TokenLifetimeTooShort(min_ttl, entry.token.lifetime)
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

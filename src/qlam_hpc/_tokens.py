@@ -1,0 +1,74 @@
+"""Access tokens and the rules for when one may be handed out. Pure: no I/O.
+
+The refresh margin follows the seed's ``min(60, expires_in)`` for real tokens
+(24 h), but a margin equal to the whole lifetime would make a short-lived token
+unusable the moment it arrives, so below four minutes of lifetime the margin is
+a quarter of it. A token is handed out only while
+
+    remaining lifetime > max(margin, min_ttl)
+
+so no caller ever receives one that expires within the margin, and a caller
+that asks for ``min_ttl`` gets a token that outlives its job step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAX_MARGIN = 60.0
+
+
+def refresh_margin(lifetime: float) -> float:
+    """Seconds before expiry at which a token stops being handed out."""
+    return min(MAX_MARGIN, lifetime / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token and when it was obtained and expires (epoch seconds)."""
+
+    access_token: str = field(repr=False)
+    expires_at: float
+    obtained_at: float
+    token_type: str = "Bearer"
+    scope: str | None = None
+    obtained_by: str | None = None
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.obtained_at
+
+    @property
+    def margin(self) -> float:
+        return refresh_margin(self.lifetime)
+
+    def remaining(self, now: float) -> float:
+        return self.expires_at - now
+
+    def usable(self, now: float, min_ttl: float = 0.0) -> bool:
+        """May this token be handed out at ``now`` to a caller needing ``min_ttl`` seconds?"""
+        return self.expires_at - now > max(self.margin, min_ttl)
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+    @property
+    def authorization(self) -> str:
+        """The value of the ``Authorization`` header."""
+        return f"Bearer {self.access_token}"
+
+
+def unverified_claims(access_token: str) -> dict | None:
+    """The JWT payload of ``access_token``, *not verified*: for display only, never for trust."""
+    import base64
+    import json
+
+    parts = access_token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None
