@@ -94,8 +94,18 @@ def cached_token(
 
 
 def fallback_token(entry: CacheEntry | None, now: float, rejected: str | None = None) -> Token | None:
-    """A still-valid token to hand out, with a warning, when an early refresh failed."""
-    return cached_token(entry, now, 0.0, rejected)
+    """A still-valid token to hand out, with a warning, when a refresh failed.
+
+    The one exception to the refresh margin: a token inside its margin is still valid,
+    and a job is better served by it than by an error. Half the margin must remain
+    (30 s of a 24 h token), so the token does not expire on its way to the API.
+    """
+    if entry is None or entry.token is None:
+        return None
+    token = entry.token
+    if rejected is not None and token.access_token == rejected:
+        return None
+    return token if token.remaining(now) > token.margin / 2 else None
 
 
 def active_failure(entry: CacheEntry | None, now: float, credentials: str) -> Failure | None:

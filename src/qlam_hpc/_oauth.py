@@ -72,8 +72,7 @@ def parse_token_response(
     if status >= 400:
         if data is not None and isinstance(data.get("error"), str):
             description = data.get("error_description")
-            return_description = description if isinstance(description, str) else None
-            raise oauth_error(data["error"], return_description, status, url)
+            raise oauth_error(data["error"], description if isinstance(description, str) else None, status, url)
         raise InvalidTokenResponse(
             f"identity provider {url} answered HTTP {status} {_what(content_type, body)}, "
             "not an OAuth error: is AUTH_BASE_URL right?"
@@ -88,16 +87,31 @@ def parse_token_response(
     token_type = data.get("token_type") or "Bearer"
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise InvalidTokenResponse(f"identity provider {url} issued a {token_type!r} token, not a Bearer token")
-    expires_in = _expires_in(data.get("expires_in"), url)
+    expires_at = _expiry(access_token, obtained_at + _expires_in(data.get("expires_in"), url), obtained_at)
     scope = data.get("scope") if isinstance(data.get("scope"), str) else None
     return Token(
         access_token=access_token,
-        expires_at=obtained_at + expires_in,
+        expires_at=expires_at,
         obtained_at=obtained_at,
         token_type="Bearer",
         scope=scope,
         obtained_by=obtained_by,
     )
+
+
+def _expiry(access_token: str, from_expires_in: float, obtained_at: float) -> float:
+    """The earlier of ``expires_in`` and the JWT's own ``exp``, when that is plausible.
+
+    IdPs write ``iat``/``exp`` in whole seconds, so a token can expire up to a second
+    before ``sent + expires_in``; short-lived tokens notice. An ``exp`` before the request
+    was sent means the clocks disagree, and then ``expires_in`` is the better measure.
+    """
+    from ._tokens import unverified_claims
+
+    exp = (unverified_claims(access_token) or {}).get("exp")
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and obtained_at < exp < from_expires_in:
+        return float(exp)
+    return from_expires_in
 
 
 def _json_object(body: bytes) -> dict | None:

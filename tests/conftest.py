@@ -1,0 +1,75 @@
+"""Shared fixtures: a real sandbox on loopback, a fresh cache directory, and ways to run
+the real ``qlam-hpc`` command in other processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from qlam_hpc import RetryPolicy, Settings, TokenProvider
+from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
+
+QLAM_HPC = str(Path(sys.executable).with_name("qlam-hpc"))
+
+# Retries as in production, but with delays short enough for a test suite.
+FAST_RETRY = RetryPolicy(attempts=4, deadline=5.0, initial_delay=0.05, max_delay=0.2)
+
+SECOND_CLIENT = SandboxClient("other-client", "other-secret-value-0123456789")
+
+
+@pytest.fixture(scope="session")
+def sandbox_server():
+    config = SandboxConfig.default(client_id="test-client", scopes=("read:tasks", "write:tasks"))
+    config = config.replace(clients=(*config.clients, SECOND_CLIENT))
+    with Sandbox(config) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    """The running sandbox, with stats and faults reset for this test."""
+    sandbox_server.reset()
+    yield sandbox_server
+    sandbox_server.reset()
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def env(sandbox, cache_dir) -> dict[str, str]:
+    """A clean environment for a qlam-hpc process pointed at the sandbox and the test cache."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
+    return {**base, **sandbox.env(), "QLAM_TOKEN_CACHE_DIR": str(cache_dir)}
+
+
+@pytest.fixture
+def settings(sandbox, cache_dir) -> Settings:
+    return Settings.from_env(sandbox.env(), cache_dir=str(cache_dir)).with_(retry=FAST_RETRY)
+
+
+@pytest.fixture
+def provider(settings) -> TokenProvider:
+    return TokenProvider(settings)
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> Run:
+    """Run the installed ``qlam-hpc`` console script, as a batch script would."""
+    done = subprocess.run(
+        [QLAM_HPC, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
