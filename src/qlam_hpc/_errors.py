@@ -74,9 +74,11 @@ class TokenLifetimeTooShort(ConfigurationError):
     def __init__(self, min_ttl: float, lifetime: float) -> None:
         from ._durations import format_duration
 
+        # Lifetimes measured from the client side lose a second to whole-second claims.
+        shown = lifetime if lifetime < 120 else round(lifetime / 60) * 60
         super().__init__(
             f"--min-ttl {format_duration(min_ttl)} is longer than the tokens the identity "
-            f"provider issues ({format_duration(lifetime)}); ask for less, or split the job"
+            f"provider issues ({format_duration(shown)}); ask for less, or split the job"
         )
         self.min_ttl = min_ttl
         self.lifetime = lifetime

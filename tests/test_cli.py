@@ -1,0 +1,315 @@
+"""``qlam-hpc token`` and ``qlam-hpc auth`` as a batch script runs them: the installed
+command in its own process, against the sandbox on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import QLAM_HPC, run_cli
+
+FAST_RETRIES = {"QLAM_RETRY_ATTEMPTS": "4", "QLAM_RETRY_DEADLINE": "3s"}
+
+
+def one_error_line(stderr: str) -> str:
+    """The error line; also asserts there is no traceback."""
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("qlam-hpc: error: ")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+# --- printing a token ---------------------------------------------------------------------
+
+
+def test_token_prints_just_the_token_for_command_substitution(env, sandbox):
+    """`TOKEN=$(qlam-hpc token)` gets one line holding a JWT and nothing on stderr."""
+    result = run_cli("token", env=env)
+    assert result.code == 0 and result.err == ""
+    assert len(result.out.splitlines()) == 1 and result.out.count(".") == 2
+
+
+def test_second_call_comes_from_the_shared_cache(env, sandbox):
+    """A second process reuses the first one's token: one request in all."""
+    first = json.loads(run_cli("token", "--json", env=env).out)
+    second = json.loads(run_cli("token", "--json", env=env).out)
+    assert (first["source"], second["source"]) == ("fetched", "cache")
+    assert first["access_token"] == second["access_token"]
+    assert 86000 < second["expires_in"] <= 86400
+    assert sandbox.stats()["token_requests"] == 1
+
+
+def test_header_mode_prints_an_authorization_line_for_curl(env):
+    """--header prints 'Authorization: Bearer <token>' for `curl -H @-`."""
+    out = run_cli("token", "--header", env=env).out
+    assert out.startswith("Authorization: Bearer ey") and out.endswith("\n")
+
+
+def test_min_ttl_longer_than_the_token_lifetime_is_a_clear_configuration_error(env, sandbox):
+    """--min-ttl beyond what the IdP issues exits 3, and a second try costs no new request."""
+    sandbox.set_faults(token_lifetime=3600)
+    first = run_cli("token", "--min-ttl", "2h", env=env)
+    second = run_cli("token", "--min-ttl", "2h", env=env)
+    assert (first.code, second.code) == (3, 3)
+    assert "--min-ttl 2h is longer than the tokens the identity provider issues (1h)" in one_error_line(second.err)
+    assert sandbox.stats()["token_requests"] == 1
+
+
+def test_a_bad_min_ttl_is_a_usage_error(env):
+    """--min-ttl soon is rejected by the option parser with exit 2."""
+    result = run_cli("token", "--min-ttl", "soon", env=env)
+    assert result.code == 2 and "invalid duration" in result.err
+
+
+# --- failures: one line, a documented exit code -------------------------------------------
+
+
+def _script(*items: dict) -> list[dict]:
+    return [{"content_type": "application/json", "headers": {}, **item} for item in items]
+
+
+FAILURES = {
+    "wrong secret": (
+        {"QLAM_CLIENT_SECRET": "not-the-secret"},
+        None,
+        4,
+        "refused the token request (invalid_client",
+    ),
+    "unknown client": ({"QLAM_CLIENT_ID": "nobody-knows-me"}, None, 4, "(invalid_client"),
+    "identity provider down": ({"AUTH_BASE_URL": "http://127.0.0.1:9"}, None, 5, "is unreachable"),
+    "rate limited for an hour": (
+        {},
+        _script({"status": 429, "body": '{"error":"too_many_requests"}', "headers": {"Retry-After": "3600"}}),
+        6,
+        "rate limiting token requests (HTTP 429); the limit resets in 1h",
+    ),
+    "malformed JSON": ({}, _script({"status": 200, "body": '{"access_token": "abc'}), 7, "with malformed JSON"),
+    "missing expires_in": (
+        {},
+        _script({"status": 200, "body": '{"access_token": "abc", "token_type": "Bearer"}'}),
+        7,
+        "answered without expires_in",
+    ),
+    "an HTML page": (
+        {},
+        _script({"status": 200, "body": "<!DOCTYPE html><html>Login</html>", "content_type": "text/html"}),
+        7,
+        "with an HTML page, not a token",
+    ),
+    "server errors outlast the retries": (
+        {},
+        _script(*[{"status": 503, "body": "busy"}] * 6),
+        5,
+        "answered HTTP 503",
+    ),
+    "no client id": ({"QLAM_CLIENT_ID": ""}, None, 3, "QLAM_CLIENT_ID is not set"),
+    "plain http to a remote host": ({"AUTH_BASE_URL": "http://idp.example.com"}, None, 3, "https is required"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_each_failure_gives_its_message_and_exit_code(case, env, sandbox):
+    """Every failure is one 'qlam-hpc: error:' line with its documented exit code, never a traceback."""
+    changes, script, code, message = FAILURES[case]
+    if script:
+        sandbox.set_faults(script=script)
+    result = run_cli("token", env={**env, **FAST_RETRIES, **changes})
+    assert result.code == code, result.err
+    assert message in one_error_line(result.err)
+    assert result.out == ""
+
+
+def test_server_errors_then_success_are_retried(env, sandbox):
+    """Two 500s, then a token: exit 0 after 3 requests."""
+    sandbox.set_faults(script=_script({"status": 500, "body": "oops"}, {"status": 500, "body": "oops"}))
+    result = run_cli("token", env={**env, **FAST_RETRIES})
+    assert result.code == 0
+    assert sandbox.stats()["token_requests"] == 3
+    assert result.err.count("retrying in") == 2
+
+
+def test_429_with_retry_after_is_honoured(env, sandbox):
+    """A 429 with Retry-After: 1 is waited out, then the token comes."""
+    sandbox.set_faults(script=_script({"status": 429, "body": "{}", "headers": {"Retry-After": "1"}}))
+    started = time.monotonic()
+    result = run_cli("token", env={**env, **FAST_RETRIES})
+    assert result.code == 0
+    assert time.monotonic() - started >= 1.0
+    assert sandbox.stats()["token_requests"] == 2
+
+
+# --- the cache on disk ----------------------------------------------------------------------
+
+
+def _entry(cache_dir: Path) -> Path:
+    return next(cache_dir.glob("*.json"))
+
+
+def test_a_corrupt_entry_is_replaced_with_a_warning(env, cache_dir, sandbox):
+    """A corrupt cache entry: a warning, a fresh token, and a valid entry afterwards."""
+    run_cli("token", env=env)
+    _entry(cache_dir).write_bytes(b"\x00garbage{")
+    result = run_cli("token", env=env)
+    assert result.code == 0 and result.out.count(".") == 2
+    assert "is corrupt" in result.err and "discarded" in result.err
+    assert json.loads(_entry(cache_dir).read_bytes())["token"]["access_token"] == result.out.strip()
+
+
+def test_a_symlinked_entry_is_refused(env, cache_dir, tmp_path):
+    """A cache entry that is a symlink is refused (exit 8); its target is left alone."""
+    run_cli("token", env=env)
+    entry = _entry(cache_dir)
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes(entry.read_bytes())
+    entry.unlink()
+    entry.symlink_to(target)
+    result = run_cli("token", env=env)
+    assert result.code == 8
+    assert "is a symbolic link" in one_error_line(result.err)
+    assert target.read_bytes().startswith(b"{")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory to another user")
+def test_a_cache_directory_owned_by_another_user_is_refused(env, cache_dir):
+    """A cache directory owned by another user is refused with exit 8, before any token request."""
+    cache_dir.mkdir(mode=0o700)
+    os.chown(cache_dir, 65534, 65534)
+    result = run_cli("token", env=env)
+    assert result.code == 8
+    assert "belongs to uid 65534, not to you" in one_error_line(result.err)
+
+
+@contextlib.contextmanager
+def _tmpfs(size: str = "1m"):
+    """A small real filesystem, or a skip where this machine does not allow mounting."""
+    mountpoint = Path(tempfile.mkdtemp(prefix="qlam-tmpfs-"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True)
+    if mounted.returncode != 0:
+        mountpoint.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+        mountpoint.rmdir()
+
+
+def test_a_read_only_cache_still_returns_the_token_with_a_warning(env, sandbox):
+    """On a read-only filesystem the token is still printed, with a warning that it is not shared."""
+    with _tmpfs() as mountpoint:
+        (mountpoint / "cache").mkdir(mode=0o700)
+        subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+        result = run_cli("token", env={**env, "QLAM_TOKEN_CACHE_DIR": str(mountpoint / "cache")})
+    assert result.code == 0 and result.out.count(".") == 2
+    assert "not shared with other processes" in result.err
+
+
+def test_a_full_disk_still_returns_the_token_with_a_warning(env, sandbox):
+    """With the cache's filesystem full (ENOSPC) the token is still printed, with a warning."""
+    with _tmpfs("64k") as mountpoint:
+        with contextlib.suppress(OSError):
+            (mountpoint / "filler").write_bytes(b"x" * 1024 * 1024)
+        result = run_cli("token", env={**env, "QLAM_TOKEN_CACHE_DIR": str(mountpoint / "cache")})
+    assert result.code == 0 and result.out.count(".") == 2
+    assert "No space left on device" in result.err and "not shared" in result.err
+
+
+# --- secrets stay secret -------------------------------------------------------------------
+
+
+def test_the_secret_never_reaches_a_command_line(env, sandbox):
+    """While a token is fetched, no process's /proc/<pid>/cmdline holds the secret."""
+    sandbox.set_faults(latency=1.5)
+    secret = env["QLAM_CLIENT_SECRET"].encode()
+    process = subprocess.Popen([QLAM_HPC, "token"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = 0
+    while process.poll() is None:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                assert secret not in cmdline.read_bytes()
+                seen += 1
+        time.sleep(0.1)
+    assert process.returncode == 0 and seen > 0
+
+
+def test_debug_logs_never_show_the_secret_or_the_token(env, sandbox, tmp_path):
+    """At -vv, through retries and a rejection, stderr never holds the secret or the token."""
+    sandbox.set_faults(script=_script({"status": 500, "body": "oops"}))
+    good = run_cli("-vv", "token", env={**env, **FAST_RETRIES})
+    wrong = {"QLAM_CLIENT_SECRET": "wrong-secret-xyz", "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "other")}
+    bad = run_cli("-vv", "token", env={**env, **FAST_RETRIES, **wrong})
+    assert good.code == 0 and bad.code == 4
+    assert "HTTP Request: POST" in good.err  # the debug log really was on
+    token = good.out.strip()
+    for stderr in (good.err, bad.err):
+        assert env["QLAM_CLIENT_SECRET"] not in stderr and "wrong-secret-xyz" not in stderr
+        assert token not in stderr
+
+
+# --- auth status and clear ------------------------------------------------------------------
+
+
+def test_auth_status_describes_the_token_without_showing_it(env, sandbox, cache_dir):
+    """auth status names cache, expiry, subject, scopes and this month's requests, never the token."""
+    token = run_cli("token", env=env).out.strip()
+    result = run_cli("auth", "status", env={**env, "QLAM_TOKEN_BUDGET": "1"})
+    assert result.code == 0
+    assert token not in result.out and env["QLAM_CLIENT_SECRET"] not in result.out
+    assert str(cache_dir) in result.out
+    assert "token       valid, expires" in result.out
+    assert "subject     test-client@clients" in result.out
+    assert "scopes      read:tasks write:tasks" in result.out
+    assert "1 token requests in" in result.out and "WARNING: above 80% of the monthly budget" in result.out
+
+
+def test_auth_status_json_reports_a_recorded_failure(env, sandbox):
+    """After a rejection, auth status --json shows the failure the other tasks will repeat."""
+    run_cli("token", env={**env, "QLAM_CLIENT_SECRET": "wrong"})
+    report = json.loads(run_cli("auth", "status", "--json", env=env).out)
+    assert report["token"] is None
+    assert "invalid_client" in report["failure"]["error"]
+    assert report["requests"]["count"] == 1
+
+
+def test_auth_clear_forgets_the_token(env, sandbox):
+    """After auth clear the next token is fetched anew."""
+    run_cli("token", env=env)
+    cleared = run_cli("auth", "clear", env=env)
+    assert cleared.code == 0 and "removed 1 cache entry" in cleared.out
+    assert json.loads(run_cli("token", "--json", env=env).out)["source"] == "fetched"
+    assert sandbox.stats()["token_requests"] == 2
+
+
+# --- start-up cost ------------------------------------------------------------------------------
+
+
+def test_a_warm_token_imports_no_http_client_no_cli_framework_no_rich(env):
+    """A cache hit loads neither httpx, click, rich nor pydantic."""
+    run_cli("token", env=env)
+    probe = (
+        "import sys\n"
+        "from qlam_hpc._cli import main\n"
+        "code = main(['token'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'httpx', 'click', 'rich', 'pydantic', 'logging'})\n"
+        "print(heavy, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.count(".") == 2
+    assert done.stderr.strip() == "[]"
+
+
+def test_help_lists_every_command_and_the_exit_codes(env):
+    """--help is complete: commands and exit codes."""
+    result = run_cli("--help", env=env)
+    assert result.code == 0
+    for word in ("token", "auth", "sandbox", "demo", "Exit codes:", "rate limited"):
+        assert word in result.out
