@@ -100,17 +100,17 @@ def parse_token_response(
 
 
 def _expiry(access_token: str, from_expires_in: float, obtained_at: float) -> float:
-    """The earlier of ``expires_in`` and the JWT's own ``exp``, when that is plausible.
+    """``sent + expires_in``, moved back to the JWT's own ``exp`` when that is up to 2 s earlier.
 
     IdPs write ``iat``/``exp`` in whole seconds, so a token can expire up to a second
-    before ``sent + expires_in``; short-lived tokens notice. An ``exp`` before the request
-    was sent means the clocks disagree, and then ``expires_in`` is the better measure.
+    before ``sent + expires_in``; short-lived tokens notice. A larger difference means
+    the two clocks disagree, and then ``expires_in``, measured on our clock, is right.
     """
     from ._tokens import unverified_claims
 
     exp = (unverified_claims(access_token) or {}).get("exp")
-    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and obtained_at < exp < from_expires_in:
-        return float(exp)
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and 0 < from_expires_in - exp <= 2:
+        return max(float(exp), obtained_at)
     return from_expires_in
 
 

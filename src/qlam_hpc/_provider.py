@@ -170,7 +170,7 @@ class TokenProvider:
         started = self._clock()
         by = process_label()
         try:
-            token = fetch(self.settings, obtained_by=by)
+            token = fetch(self.settings, obtained_by=by, clock=self._clock)
         except AuthError as error:
             self._record(started, job_id(), getattr(error, "error", None) or type(error).__name__)
             cooldown = cooldown_for(
