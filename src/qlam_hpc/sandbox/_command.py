@@ -1,0 +1,235 @@
+"""``qlam-hpc sandbox``: run the sandbox identity provider in the foreground.
+
+FastAPI and uvicorn are imported inside the command, so loading the CLI (and
+``qlam-hpc --help``) costs nothing when the ``sandbox`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import click
+
+from .._errors import ConfigurationError
+from ._config import SandboxConfig, is_loopback
+
+__all__ = ["sandbox_command"]
+
+
+class _DurationType(click.ParamType):
+    """Seconds, or a duration such as 15m, 2h, 1d."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        from .._durations import parse_duration
+
+        if isinstance(value, int):
+            return value
+        try:
+            seconds = parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds < 1:
+            self.fail("must be at least 1 second", param, ctx)
+        return int(seconds)
+
+
+def _loopback_only(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not is_loopback(value):
+        raise click.BadParameter(
+            f"{value!r} is not a loopback address. The sandbox has no TLS and no real "
+            "security, so it only listens on 127.0.0.1, ::1 or localhost.",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
+class _ConfigProblem(click.ClickException):
+    exit_code = ConfigurationError.exit_code
+
+
+@click.command(
+    "sandbox",
+    epilog="""\b
+Example:
+  rm -f sandbox.env
+  qlam-hpc sandbox --env-file sandbox.env &
+  until [ -s sandbox.env ]; do sleep 0.1; done
+  source sandbox.env
+  qlam-hpc token   # now talks to the sandbox
+
+Control endpoints for tests: GET /_sandbox/stats, POST /_sandbox/faults,
+POST /_sandbox/reset. See docs/sandbox.md.""",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_loopback_only,
+    help="Loopback address to listen on; other addresses are refused.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="TCP port; 0 picks a free one."
+)
+@click.option(
+    "--clients-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON file of clients: {"clients": [{"client_id", "client_secret", "scopes"}], "audiences": [...]}. '
+    "The first client is the one exported.",
+)
+@click.option("--client-id", help="Id of the single client to serve; its secret is generated. Default: random.")
+@click.option(
+    "--audience",
+    "audiences",
+    multiple=True,
+    help="API identifier clients may ask tokens for; repeat for several; the first is exported. "
+    "[default: https://api.quera.com]",
+)
+@click.option(
+    "--token-lifetime",
+    type=_DurationType(),
+    default=86400,
+    show_default=True,
+    help="Lifetime of access tokens: seconds, or 15m, 2h, 1d.",
+)
+@click.option(
+    "--monthly-quota",
+    type=click.IntRange(min=0),
+    help="Tokens each client may get per calendar month (UTC); more are answered 429. Default: unlimited.",
+)
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds added to every token request.",
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of token requests answered with HTTP 500.",
+)
+@click.option("--seed", type=int, help="Seed for --error-rate draws, for repeatable runs.")
+@click.option(
+    "--signing-key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM RSA private key to sign tokens with (kept across restarts). Default: a new key per run.",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the export lines to this file (mode 0600) once the server is up; 'source' it.",
+)
+def sandbox_command(
+    host: str,
+    port: int,
+    clients_file: Path | None,
+    client_id: str | None,
+    audiences: tuple[str, ...],
+    token_lifetime: int,
+    monthly_quota: int | None,
+    latency: float,
+    error_rate: float,
+    seed: int | None,
+    signing_key_file: Path | None,
+    env_file: Path | None,
+) -> None:
+    """Run a local Auth0-compatible identity provider for testing, offline.
+
+    It issues real RS256 access tokens for the client_credentials grant, on
+    loopback only. On start it prints the `export VAR=value` lines a qlam-hpc
+    client needs (AUTH_BASE_URL, QLAM_CLIENT_ID, QLAM_CLIENT_SECRET,
+    QLAM_AUDIENCE, QLAM_API_URL), then serves until Ctrl-C or SIGTERM.
+    """
+    if clients_file and client_id:
+        raise click.UsageError("use either --clients-file or --client-id, not both")
+    settings: dict = dict(
+        token_lifetime=token_lifetime,
+        monthly_quota=monthly_quota,
+        latency=latency,
+        error_rate=error_rate,
+        seed=seed,
+        host=host,
+        port=port,
+        signing_key_file=signing_key_file,
+    )
+    if audiences:
+        settings["audiences"] = audiences
+    try:
+        if clients_file:
+            config = SandboxConfig.from_file(clients_file, **settings)
+        else:
+            config = SandboxConfig.default(client_id=client_id, **settings)
+    except ConfigurationError as exc:
+        raise _ConfigProblem(str(exc)) from None
+    try:
+        from ._server import Sandbox
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the sandbox needs the 'sandbox' extra ({exc.name} is missing): pip install 'qlam-hpc[sandbox]'"
+        ) from None
+    _serve(Sandbox(config), env_file)
+
+
+def _serve(sandbox, env_file: Path | None) -> None:  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+    previous = _on_signals({sig: (lambda signum, frame: stop.set()) for sig in _SIGNALS})
+    try:
+        try:
+            sandbox.start()
+        except ConfigurationError as exc:  # e.g. an unusable --signing-key-file
+            raise _ConfigProblem(str(exc)) from None
+        except OSError as exc:  # e.g. the --port is taken
+            raise click.ClickException(f"cannot start the sandbox: {exc}") from None
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in sandbox.env().items()]
+        if env_file is not None:
+            try:
+                _write_private(env_file, lines)
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {env_file}: {exc.strerror}") from None
+        click.echo("\n".join(lines))
+        sys.stdout.flush()
+        click.echo(f"qlam-hpc sandbox serving {sandbox.url} (Ctrl-C to stop)", err=True)
+        # Short waits so signal handlers run promptly and a dead server thread is noticed.
+        while not stop.wait(0.2):
+            if not sandbox.running:
+                raise click.ClickException("the sandbox server stopped unexpectedly")
+    finally:
+        sandbox.stop()
+        _on_signals(previous)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _on_signals(handlers: dict) -> dict:  # type: ignore[type-arg]
+    """Install a handler per signal; return the handlers they replace."""
+    previous = {}
+    for sig, handler in handlers.items():
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (an embedding program): it handles signals itself
+            pass
+    return previous
+
+
+def _write_private(path: Path, lines: list[str]) -> None:
+    """Write the file readable by its owner only, atomically: a reader polling for it never sees half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

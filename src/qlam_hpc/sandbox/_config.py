@@ -1,0 +1,183 @@
+"""What a sandbox serves: its clients, audiences, token lifetime, quota and faults.
+
+Plain value objects, standard library only, so the CLI can build and validate a
+configuration before it imports FastAPI.  Invalid settings raise
+``ConfigurationError`` with a message that names the setting (and the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import math
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import ConfigurationError
+
+__all__ = ["SandboxClient", "SandboxConfig", "DEFAULT_AUDIENCE", "is_loopback"]
+
+DEFAULT_AUDIENCE = "https://api.quera.com"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals: the only addresses a sandbox may bind."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    # Accept any iterable of strings (lists come from JSON) but not a bare string,
+    # which would silently become a tuple of characters.
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigurationError(f"{what} must be a list of strings, not {value!r}")
+    items = tuple(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigurationError(f"{what} must hold non-empty strings, not {list(items)!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class SandboxClient:
+    """One M2M application: its credentials, the scopes it was granted and the
+    audiences it may ask for (``None`` means every audience the sandbox serves)."""
+
+    client_id: str
+    client_secret: str = field(repr=False)  # repr() must never show a secret
+    scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("client_id", "client_secret"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or value != value.strip():
+                raise ConfigurationError(f"client {name} must be a non-empty string without surrounding blanks")
+        scopes = _strings(self.scopes, f"scopes of client {self.client_id!r}")
+        if any(len(scope.split()) != 1 for scope in scopes):
+            raise ConfigurationError(f"scopes of client {self.client_id!r} must not contain blanks")
+        object.__setattr__(self, "scopes", scopes)
+        if self.audiences is not None:
+            audiences = _strings(self.audiences, f"audiences of client {self.client_id!r}")
+            object.__setattr__(self, "audiences", audiences)
+
+    def may_access(self, audience: str) -> bool:
+        return self.audiences is None or audience in self.audiences
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything a sandbox identity provider serves; immutable once built.
+
+    ``latency``, ``error_rate`` and ``token_lifetime`` are the starting values:
+    tests change them at run time through ``Sandbox.set_faults`` or
+    ``POST /_sandbox/faults``.  ``seed`` makes the ``error_rate`` draws repeatable.
+    """
+
+    clients: tuple[SandboxClient, ...]
+    audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
+    token_lifetime: int = 86400
+    monthly_quota: int | None = None
+    latency: float = 0.0
+    error_rate: float = 0.0
+    seed: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    signing_key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        clients = tuple(self.clients)
+        if not clients or not all(isinstance(c, SandboxClient) for c in clients):
+            raise ConfigurationError("a sandbox needs at least one SandboxClient")
+        ids = [c.client_id for c in clients]
+        if len(set(ids)) != len(ids):
+            raise ConfigurationError("client ids must be unique")
+        object.__setattr__(self, "clients", clients)
+        audiences = _strings(self.audiences, "audiences")
+        if not audiences:
+            raise ConfigurationError("a sandbox needs at least one audience")
+        object.__setattr__(self, "audiences", audiences)
+        for client in clients:
+            unknown = [a for a in client.audiences or () if a not in audiences]
+            if unknown:
+                raise ConfigurationError(f"client {client.client_id!r} names unknown audiences {unknown}")
+        self._check_numbers()
+        if not is_loopback(self.host):
+            raise ConfigurationError(f"host {self.host!r} is not a loopback address: the sandbox serves 127.0.0.1 only")
+        if self.signing_key_file is not None:
+            object.__setattr__(self, "signing_key_file", Path(self.signing_key_file))
+
+    def _check_numbers(self) -> None:
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(self.token_lifetime) or self.token_lifetime <= 0:
+            raise ConfigurationError(f"token_lifetime must be a positive number of seconds, not {self.token_lifetime!r}")
+        if self.monthly_quota is not None and (not is_int(self.monthly_quota) or self.monthly_quota < 0):
+            raise ConfigurationError(f"monthly_quota must be None or an integer >= 0, not {self.monthly_quota!r}")
+        if not isinstance(self.latency, (int, float)) or not math.isfinite(self.latency) or self.latency < 0:
+            raise ConfigurationError(f"latency must be a finite number of seconds >= 0, not {self.latency!r}")
+        if not isinstance(self.error_rate, (int, float)) or not 0.0 <= self.error_rate <= 1.0:
+            raise ConfigurationError(f"error_rate must be between 0 and 1, not {self.error_rate!r}")
+        if not is_int(self.port) or not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port must be between 0 and 65535, not {self.port!r}")
+
+    def client(self, client_id: str) -> SandboxClient | None:
+        """The registered client with this id, if any."""
+        return next((c for c in self.clients if c.client_id == client_id), None)
+
+    def replace(self, **changes: Any) -> SandboxConfig:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def default(cls, *, client_id: str | None = None, scopes: Iterable[str] = (), **settings: Any) -> SandboxConfig:
+        """One client with a random id (unless given) and a random secret; ``settings`` are the other fields."""
+        client = SandboxClient(
+            client_id=client_id or secrets.token_urlsafe(24),
+            client_secret=secrets.token_urlsafe(48),
+            scopes=tuple(scopes),
+        )
+        return cls(clients=(client,), **settings)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **settings: Any) -> SandboxConfig:
+        """Clients (and optionally audiences) from a JSON file; ``settings`` are the other fields.
+
+        The file: ``{"clients": [{"client_id": "...", "client_secret": "...", "scopes": [...],
+        "audiences": [...]}], "audiences": [...]}``; ``scopes`` and both ``audiences`` are optional.
+        An ``audiences`` keyword argument wins over the file's.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigurationError(f"cannot read sandbox clients from {path}: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("clients"), list):
+            raise ConfigurationError(f"{path} must hold a JSON object with a \"clients\" list")
+        clients = []
+        for number, entry in enumerate(data["clients"], start=1):
+            if not isinstance(entry, dict):
+                raise ConfigurationError(f"{path}: client #{number} must be a JSON object")
+            unknown = set(entry) - {"client_id", "client_secret", "scopes", "audiences"}
+            if unknown:
+                raise ConfigurationError(f"{path}: client #{number} has unknown keys {sorted(unknown)}")
+            try:
+                clients.append(SandboxClient(**entry))
+            except TypeError:
+                raise ConfigurationError(f"{path}: client #{number} needs client_id and client_secret") from None
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{path}: client #{number}: {exc}") from None
+        if "audiences" in data and "audiences" not in settings:
+            settings["audiences"] = data["audiences"]
+        try:
+            return cls(clients=tuple(clients), **settings)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{path}: {exc}") from None

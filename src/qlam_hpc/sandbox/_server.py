@@ -1,0 +1,204 @@
+"""``Sandbox``: the identity provider served by uvicorn in a daemon thread of this process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from ._app import create_app
+from ._config import SandboxClient, SandboxConfig
+from ._context import SandboxContext
+
+__all__ = ["Sandbox"]
+
+_START_TIMEOUT = 10.0
+# How long stop() lets in-flight requests (say, one sleeping an injected
+# latency) finish before uvicorn cancels them.
+_GRACEFUL_SHUTDOWN = 2
+
+
+class Sandbox:
+    """A running sandbox identity provider on a loopback port::
+
+        with Sandbox() as idp:
+            os.environ.update(idp.env())
+            ...
+
+    ``start()`` binds the socket itself (port 0 means any free port, so the URL
+    is known at once) and returns when the server answers; ``stop()`` shuts it
+    down and waits for the thread.  A ``Sandbox`` is started once.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self._config = config or SandboxConfig.default()
+        self._url: str | None = None
+        self._context: SandboxContext | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        if self._server is not None:
+            raise RuntimeError("this Sandbox was already started; make a new one")
+        sock = self._bind()
+        try:
+            host, port = sock.getsockname()[:2]
+            self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            app = create_app(self._config, base_url=self._url)
+            self._context = app.state.sandbox
+            # log_config=None leaves the host program's logging alone; no access
+            # log because request lines may one day carry credentials.
+            config = uvicorn.Config(
+                app,
+                log_config=None,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,
+            )
+            self._server = uvicorn.Server(config)
+            self._thread = threading.Thread(
+                target=self._server.run, kwargs={"sockets": [sock]}, name=f"qlam-sandbox-{port}", daemon=True
+            )
+            self._thread.start()
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            sock.close()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the server thread; safe to call twice."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=_GRACEFUL_SHUTDOWN + 5)
+            if self._thread.is_alive() and self._server is not None:
+                self._server.force_exit = True  # stop waiting for stuck connections
+                self._thread.join(timeout=5)
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _bind(self) -> socket.socket:
+        host = "127.0.0.1" if self._config.host == "localhost" else self._config.host.strip("[]")
+        # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on
+        # sockets that say they are TCP, and without it every keep-alive answer
+        # waits ~40 ms for Nagle's algorithm and the client's delayed ACK.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            # Lets a fixed --port be reused at once after a restart.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, self._config.port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _wait_until_serving(self) -> None:
+        assert self._server is not None and self._thread is not None
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the sandbox server stopped while starting; see the log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox server did not start within {_START_TIMEOUT:g}s")
+            time.sleep(0.005)
+
+    # -- where it is and who may use it --------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._server.should_exit  # type: ignore[union-attr]
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self._config
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, no trailing slash."""
+        if self._url is None:
+            raise RuntimeError("the Sandbox is not started; call start() or use it in a with block")
+        return self._url
+
+    @property
+    def issuer(self) -> str:
+        """The ``iss`` of its tokens: the URL with a trailing slash, as Auth0 does."""
+        return self.url + "/"
+
+    @property
+    def token_url(self) -> str:
+        return self.url + "/oauth/token"
+
+    @property
+    def audience(self) -> str:
+        return self._config.audiences[0]
+
+    @property
+    def client(self) -> SandboxClient:
+        return self._config.clients[0]
+
+    def env(self, client: SandboxClient | None = None) -> dict[str, str]:
+        """The environment a qlam-hpc client needs to use this sandbox (first client by default)."""
+        client = client or self.client
+        return {
+            "AUTH_BASE_URL": self.url,
+            "QLAM_CLIENT_ID": client.client_id,
+            "QLAM_CLIENT_SECRET": client.client_secret,
+            "QLAM_AUDIENCE": self.audience,
+            "QLAM_API_URL": self.url,
+        }
+
+    # -- control -------------------------------------------------------------
+
+    @property
+    def _state(self):  # type: ignore[no-untyped-def]
+        if self._context is None:
+            raise RuntimeError("the Sandbox is not started; call start() or use it in a with block")
+        return self._context.state
+
+    def stats(self) -> dict[str, Any]:
+        """``{"token_requests", "tokens_issued", "token_errors", "scripted_responses", "api_requests"}``."""
+        return self._state.stats()
+
+    def set_faults(
+        self,
+        *,
+        latency: float | None = None,
+        error_rate: float | None = None,
+        script: Iterable[Mapping[str, Any]] | None = None,
+        token_lifetime: int | None = None,
+    ) -> dict[str, Any]:
+        """Change faults at run time (``None`` leaves a setting as is; a script replaces the old one).
+
+        Script items are ``{"status": int, "body": str, "content_type": str, "headers": {...}}``,
+        served in order by ``/oauth/token`` before it processes requests normally.
+        Raises ``ValueError`` for invalid values.  Returns the new settings.
+        """
+        changes = {"latency": latency, "error_rate": error_rate, "token_lifetime": token_lifetime}
+        if script is not None:
+            changes["script"] = list(script)
+        return self._state.update_faults(changes).public()
+
+    def reset(self) -> None:
+        """Zero the stats and quota usage, clear the script, restore the configured faults."""
+        self._state.reset()
+
+    def __repr__(self) -> str:
+        where = self._url or "not started"
+        return f"<Sandbox {where} clients={len(self._config.clients)}>"

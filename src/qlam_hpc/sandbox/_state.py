@@ -1,0 +1,117 @@
+"""All mutable sandbox state in one object: counters, faults and quota usage.
+
+The server's event loop thread and the test's thread (``Sandbox.stats()``,
+``set_faults()``) both touch it, so every access takes one lock; each method
+holds it only for a few dictionary operations and never across an ``await``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from ._config import SandboxConfig
+from ._faults import Faults, ScriptedResponse, parse_fault_changes
+from ._quota import month_of
+
+__all__ = ["SandboxState"]
+
+
+class SandboxState:
+    """Counters, current faults and per-client quota usage of one sandbox."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counters and quota usage; faults back to the configuration's values."""
+        with self._lock:
+            self._token_requests = 0
+            self._tokens_issued = 0
+            self._scripted = 0
+            self._api_requests = 0
+            self._token_errors: Counter[str] = Counter()
+            # client_id -> (month, tokens issued that month); one entry per client
+            # because only the current month matters.
+            self._quota_used: dict[str, tuple[str, int]] = {}
+            self._faults = Faults(
+                latency=float(self._config.latency),
+                error_rate=float(self._config.error_rate),
+                token_lifetime=self._config.token_lifetime,
+            )
+            self._random = random.Random(self._config.seed)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "token_requests": self._token_requests,
+                "tokens_issued": self._tokens_issued,
+                "token_errors": dict(self._token_errors),
+                "scripted_responses": self._scripted,
+                "api_requests": self._api_requests,
+            }
+
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def update_faults(self, changes: dict[str, Any]) -> Faults:
+        """Apply validated changes (``ValueError`` if invalid); a new script replaces the old one."""
+        parsed = parse_fault_changes(changes)
+        with self._lock:
+            self._faults = replace(self._faults, **parsed)
+            return self._faults
+
+    def count_token_request(self) -> None:
+        with self._lock:
+            self._token_requests += 1
+
+    def count_token_error(self, error: str) -> None:
+        with self._lock:
+            self._token_errors[error] += 1
+
+    def count_api_request(self) -> None:
+        with self._lock:
+            self._api_requests += 1
+
+    def next_scripted(self) -> ScriptedResponse | None:
+        """Pop the next canned answer, if the script has one left."""
+        with self._lock:
+            if not self._faults.script:
+                return None
+            item, rest = self._faults.script[0], self._faults.script[1:]
+            self._faults = replace(self._faults, script=rest)
+            self._scripted += 1
+            return item
+
+    def draw_error(self) -> bool:
+        """Whether this request gets an injected 500; rates 0 and 1 draw nothing, keeping seeded runs stable."""
+        with self._lock:
+            rate = self._faults.error_rate
+            if rate <= 0.0:
+                return False
+            if rate >= 1.0:
+                return True
+            return self._random.random() < rate
+
+    def take_quota(self, client_id: str, limit: int | None, now: float) -> int | None:
+        """Count one token against the client's month: the tokens it has had this month,
+        this one included, or ``None`` (and nothing counted) when ``limit`` is spent.
+
+        Check and count happen under one lock, so concurrent requests cannot overdraw.
+        """
+        month = month_of(now)
+        with self._lock:
+            used_month, used = self._quota_used.get(client_id, (month, 0))
+            if used_month != month:
+                used = 0
+            if limit is not None and used >= limit:
+                return None
+            self._quota_used[client_id] = (month, used + 1)
+            self._tokens_issued += 1
+            return used + 1

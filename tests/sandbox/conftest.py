@@ -1,0 +1,86 @@
+"""One real sandbox on loopback shared by the tests of this folder, reset before each test.
+
+Its signing key comes from a PEM file the tests also hold, so they can forge
+tokens (expired, wrong audience) that carry a valid signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
+
+API = "https://api.quera.com"
+OTHER_API = "https://other.example.com"
+
+ALICE = SandboxClient("alice", "alice-secret", scopes=("read:tasks", "write:tasks"))
+BOB = SandboxClient("bob", "bob-secret", audiences=(API,))
+
+
+@pytest.fixture(scope="session")
+def private_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def key_file(private_key: rsa.RSAPrivateKey, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "signing.pem"
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_idp(key_file: Path) -> Iterator[Sandbox]:
+    config = SandboxConfig(clients=(ALICE, BOB), audiences=(API, OTHER_API), signing_key_file=key_file)
+    with Sandbox(config) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def idp(shared_idp: Sandbox) -> Sandbox:
+    """The shared sandbox with zeroed stats and no faults."""
+    shared_idp.reset()
+    return shared_idp
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    """One client for all tests: building an httpx.Client (its TLS context) costs ~40 ms."""
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
+def token_form(client: SandboxClient = ALICE, audience: str = API, **extra: str) -> dict[str, str]:
+    """A valid client_credentials form for ``client``; ``extra`` adds or overrides fields."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": client.client_id,
+        "client_secret": client.client_secret,
+        "audience": audience,
+    }
+    form.update(extra)
+    return {k: v for k, v in form.items() if v is not None}
+
+
+def fetch_token(http: httpx.Client, idp: Sandbox, **form: str) -> str:
+    response = http.post(idp.token_url, data=token_form(**form))
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+def jwks_key(http: httpx.Client, idp: Sandbox) -> jwt.PyJWK:
+    """The signing key as published over HTTP, the way a resource server gets it."""
+    discovery = http.get(idp.url + "/.well-known/openid-configuration").json()
+    keys = http.get(discovery["jwks_uri"]).json()["keys"]
+    assert len(keys) == 1
+    return jwt.PyJWK(keys[0])
