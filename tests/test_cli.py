@@ -150,7 +150,7 @@ def test_429_with_retry_after_is_honoured(env, sandbox):
 
 
 def _entry(cache_dir: Path) -> Path:
-    return next(cache_dir.glob("*.json"))
+    return next(cache_dir.glob("*.entry"))
 
 
 def test_a_corrupt_entry_is_replaced_with_a_warning(env, cache_dir, sandbox):
@@ -160,7 +160,7 @@ def test_a_corrupt_entry_is_replaced_with_a_warning(env, cache_dir, sandbox):
     result = run_cli("token", env=env)
     assert result.code == 0 and result.out.count(".") == 2
     assert "is corrupt" in result.err and "discarded" in result.err
-    assert json.loads(_entry(cache_dir).read_bytes())["token"]["access_token"] == result.out.strip()
+    assert f"access_token={result.out.strip()}" in _entry(cache_dir).read_text()
 
 
 def test_a_symlinked_entry_is_refused(env, cache_dir, tmp_path):
@@ -174,7 +174,7 @@ def test_a_symlinked_entry_is_refused(env, cache_dir, tmp_path):
     result = run_cli("token", env=env)
     assert result.code == 8
     assert "is a symbolic link" in one_error_line(result.err)
-    assert target.read_bytes().startswith(b"{")
+    assert target.read_text().startswith("qlam-hpc token cache v1\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory to another user")

@@ -6,8 +6,6 @@ for the warm ``qlam-hpc token`` path and for batch scripts that only need a toke
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ._version import __version__
 
 __all__ = [
@@ -73,6 +71,7 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
+TYPE_CHECKING = False  # typing itself costs the warm token path milliseconds
 if TYPE_CHECKING:  # pragma: no cover
     from ._auth import QlamAuth
     from ._errors import *  # noqa: F403

@@ -6,58 +6,68 @@ identity provider gave, whose credentials it was given for, and until when the
 other processes should repeat it instead of asking again. A failure record is
 ignored once its cool-down ends or when the credentials differ, so a rotated
 secret is tried at once.
+
+The entry is text, one ``name=value`` per line, readable with ``cat`` and parsed
+with ``str.partition``: the warm ``qlam-hpc token`` path then needs neither
+``json`` nor ``re``. Only the failure record, which carries free text, is JSON.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from collections import namedtuple
 
 from . import _errors
 from ._tokens import Token
 
-FORMAT = 1
+MAGIC = "qlam-hpc token cache v1"
+
+_IDENTITY_FIELDS = ("token_url", "client_id", "audience", "scope")
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """What a token is for; one cache entry per identity."""
+class Identity(namedtuple("_IdentityFields", _IDENTITY_FIELDS, defaults=(None,))):
+    """What a token is for; one cache entry per identity. An empty scope means none."""
 
-    token_url: str
-    client_id: str
-    audience: str
-    scope: str | None = None
+    __slots__ = ()
 
     def key(self) -> str:
         """A file-name-safe key: the first 32 hex digits of a SHA-256 of the identity."""
-        import hashlib
-
         material = "\0".join((self.token_url, self.client_id, self.audience, self.scope or ""))
-        return hashlib.sha256(material.encode()).hexdigest()[:32]
+        return _sha256(material.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A fetch failure shared with the other processes until ``until`` (epoch seconds)."""
+def _sha256(data: bytes):
+    # hashlib loads OpenSSL, a few milliseconds the warm token path cannot spare; the
+    # interpreter's built-in SHA-256 gives the same digest.
+    try:
+        from _sha2 import sha256  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python <= 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data)
 
-    error: str  # class name in qlam_hpc._errors
-    args: tuple
-    at: float
-    until: float
-    credentials: str  # fingerprint of the credentials the IdP refused
-    by: str | None = None
+
+class Failure(namedtuple("_FailureFields", "error args at until credentials by", defaults=(None,))):
+    """A fetch failure shared with the other processes until ``until`` (epoch seconds).
+
+    ``error`` is the class name in ``qlam_hpc._errors`` and ``args`` rebuild it;
+    ``credentials`` is the fingerprint of the credentials the IdP refused.
+    """
+
+    __slots__ = ()
 
     def active(self, now: float, credentials: str) -> bool:
         return now < self.until and credentials == self.credentials
 
     def to_error(self) -> _errors.QlamError:
         cls = getattr(_errors, self.error, None)
-        if not (isinstance(cls, type) and issubclass(cls, _errors.QlamError)):
-            return _errors.QlamError(f"a previous token request failed ({self.error})")
-        try:
-            return cls(*self.args)
-        except TypeError:
-            return _errors.QlamError(f"a previous token request failed ({self.error})")
+        if isinstance(cls, type) and issubclass(cls, _errors.QlamError):
+            try:
+                return cls(*self.args)
+            except TypeError:
+                pass
+        return _errors.QlamError(f"a previous token request failed ({self.error})")
 
     @classmethod
     def from_error(
@@ -68,17 +78,14 @@ class Failure:
         return cls(type(error).__name__, tuple(args), at, at + cooldown, credentials, by)
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    identity: Identity
-    token: Token | None = None
-    failure: Failure | None = None
+class CacheEntry(namedtuple("_CacheEntryFields", "identity token failure", defaults=(None, None))):
+    __slots__ = ()
 
     def with_token(self, token: Token) -> CacheEntry:
-        return replace(self, token=token, failure=None)
+        return self._replace(token=token, failure=None)
 
     def with_failure(self, failure: Failure) -> CacheEntry:
-        return replace(self, failure=failure)
+        return self._replace(failure=failure)
 
 
 def cached_token(
@@ -124,7 +131,7 @@ def cooldown_for(error: _errors.QlamError, *, rejected_cooldown: float, transien
     """
     if isinstance(error, _errors.OAuthError):
         return rejected_cooldown
-    if isinstance(error, _errors.RateLimited) and error.retry_after:
+    if isinstance(error, _errors.RateLimited) and error.retry_after is not None:
         return min(error.retry_after, rejected_cooldown)
     return transient_cooldown
 
@@ -133,76 +140,80 @@ def cooldown_for(error: _errors.QlamError, *, rejected_cooldown: float, transien
 
 
 def encode_entry(entry: CacheEntry) -> bytes:
-    data: dict = {"format": FORMAT, **_identity_dict(entry.identity)}
-    if entry.token is not None:
-        t = entry.token
-        data["token"] = {
-            "access_token": t.access_token,
-            "token_type": t.token_type,
-            "expires_at": t.expires_at,
-            "obtained_at": t.obtained_at,
-            "scope": t.scope,
-            "obtained_by": t.obtained_by,
-        }
+    fields = dict(zip(_IDENTITY_FIELDS, entry.identity))
+    token = entry.token
+    if token is not None:
+        fields.update(
+            access_token=token.access_token,
+            token_type=token.token_type,
+            expires_at=repr(float(token.expires_at)),
+            obtained_at=repr(float(token.obtained_at)),
+            token_scope=token.scope,
+            obtained_by=token.obtained_by,
+        )
     if entry.failure is not None:
-        f = entry.failure
-        data["failure"] = {
-            "error": f.error,
-            "args": list(f.args),
-            "at": f.at,
-            "until": f.until,
-            "credentials": f.credentials,
-            "by": f.by,
-        }
-    return json.dumps(data, separators=(",", ":")).encode()
+        import json
+
+        fields["failure"] = json.dumps(entry.failure._asdict(), separators=(",", ":"))
+    lines = [MAGIC]
+    for name, value in fields.items():
+        text = "" if value is None else str(value)
+        if "\n" in text or "\r" in text:
+            raise ValueError(f"cache field {name} holds a line break")
+        lines.append(f"{name}={text}")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def decode_entry(raw: bytes, identity: Identity) -> CacheEntry:
     """Parse an entry; ``ValueError`` if it is corrupt or belongs to another identity."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError("unknown format")
-    if {k: data.get(k) for k in _identity_dict(identity)} != _identity_dict(identity):
+        lines = raw.decode().split("\n")
+    except UnicodeDecodeError:
+        raise ValueError("not text") from None
+    if lines[0] != MAGIC or lines[-1] != "":
+        raise ValueError("unknown format or truncated")
+    fields: dict[str, str] = {}
+    for line in lines[1:-1]:
+        name, equals, value = line.partition("=")
+        if not equals:
+            raise ValueError("a line without '='")
+        fields[name] = value
+    if tuple(fields.get(name) or None for name in _IDENTITY_FIELDS) != tuple(v or None for v in identity):
         raise ValueError("entry belongs to another identity")
     try:
-        token = _decode_token(data.get("token"))
-        failure = _decode_failure(data.get("failure"))
+        return CacheEntry(identity, _decode_token(fields), _decode_failure(fields.get("failure")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed field ({exc.__class__.__name__})") from None
-    return CacheEntry(identity, token, failure)
 
 
-def _identity_dict(identity: Identity) -> dict:
-    return {
-        "token_url": identity.token_url,
-        "client_id": identity.client_id,
-        "audience": identity.audience,
-        "scope": identity.scope,
-    }
-
-
-def _decode_token(data) -> Token | None:
-    if data is None:
+def _decode_token(fields: dict[str, str]) -> Token | None:
+    if "access_token" not in fields:
         return None
-    access_token = data["access_token"]
-    if not isinstance(access_token, str) or not access_token:
+    if not fields["access_token"]:
         raise ValueError("access_token")
     return Token(
-        access_token=access_token,
-        expires_at=float(data["expires_at"]),
-        obtained_at=float(data["obtained_at"]),
-        token_type=str(data.get("token_type") or "Bearer"),
-        scope=data.get("scope"),
-        obtained_by=data.get("obtained_by"),
+        access_token=fields["access_token"],
+        expires_at=_finite(fields["expires_at"]),
+        obtained_at=_finite(fields["obtained_at"]),
+        token_type=fields.get("token_type") or "Bearer",
+        scope=fields.get("token_scope") or None,
+        obtained_by=fields.get("obtained_by") or None,
     )
 
 
-def _decode_failure(data) -> Failure | None:
-    if data is None:
+def _finite(text: str) -> float:
+    number = float(text)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _decode_failure(text: str | None) -> Failure | None:
+    if not text:
         return None
+    import json
+
+    data = json.loads(text)
     return Failure(
         error=str(data["error"]),
         args=tuple(data["args"]),
@@ -211,16 +222,3 @@ def _decode_failure(data) -> Failure | None:
         credentials=str(data["credentials"]),
         by=data.get("by"),
     )
-
-
-__all__ = [
-    "Identity",
-    "Failure",
-    "CacheEntry",
-    "cached_token",
-    "fallback_token",
-    "active_failure",
-    "cooldown_for",
-    "encode_entry",
-    "decode_entry",
-]

@@ -24,7 +24,7 @@ def _parse_units(raw: str, original: str) -> float:
     for char in raw:
         if char.isdigit() or char == ".":
             number += char
-        elif char in _UNITS and number:
+        elif char in _UNITS and number.count(".") <= 1 and number.strip("."):
             total += float(number) * _UNITS[char]
             number = ""
         else:

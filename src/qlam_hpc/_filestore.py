@@ -2,7 +2,7 @@
 
 Layout of the cache directory (0700, owned by the user)::
 
-    <key>.json            the entry: token and failure record (0600)
+    <key>.entry           the entry: token and failure record (0600)
     <key>.lock            the refresh lock (fcntl/POSIX lock; never unlinked)
     ledger-YYYY-MM.jsonl  one line per token request made (0600)
 
@@ -27,7 +27,9 @@ import errno
 import os
 import stat
 import time
-from pathlib import Path
+
+# _thread, not threading: the warm token path cannot spare threading's import time.
+import _thread
 
 from ._cache import CacheEntry, Identity, decode_entry, encode_entry
 from ._errors import UnsafeCache
@@ -39,18 +41,25 @@ _MAX_ENTRY_BYTES = 1 << 20
 _STALE_TEMP_SECONDS = 3600
 
 
+# POSIX locks belong to a process, not to a file descriptor: a second lockf() in the same
+# process succeeds, and closing *any* descriptor of the file drops the lock. So this process
+# keeps its own table of the lock files it holds, and never opens one it holds.
+_held_here: dict[str, str] = {}
+_held_here_guard = _thread.allocate_lock()
+
+
 class FileStore:
-    """A token store in one directory; safe to share between processes and nodes."""
+    """A token store in one directory; safe to share between threads, processes and nodes."""
 
-    def __init__(self, directory: Path | str) -> None:
-        self.directory = Path(directory)
-        self.location = str(self.directory)
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.location = self.directory
 
-    def entry_path(self, identity: Identity) -> Path:
-        return self.directory / f"{identity.key()}.json"
+    def entry_path(self, identity: Identity) -> str:
+        return os.path.join(self.directory, f"{identity.key()}.entry")
 
-    def lock_path(self, identity: Identity) -> Path:
-        return self.directory / f"{identity.key()}.lock"
+    def lock_path(self, identity: Identity) -> str:
+        return os.path.join(self.directory, f"{identity.key()}.lock")
 
     # --- entries ------------------------------------------------------------------------
 
@@ -88,7 +97,7 @@ class FileStore:
 
     def save(self, entry: CacheEntry) -> bool:
         path = self.entry_path(entry.identity)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        temp = os.path.join(self.directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
             self._checked_directory(create=True)
             fd = os.open(temp, _OPEN_CREATE, 0o600)
@@ -114,11 +123,14 @@ class FileStore:
     def clear(self, identity: Identity | None = None) -> int:
         if not self._checked_directory(create=False):
             return 0
-        paths = [self.entry_path(identity)] if identity else sorted(self.directory.glob("*.json"))
+        if identity is not None:
+            paths = [self.entry_path(identity)]
+        else:
+            paths = [os.path.join(self.directory, n) for n in sorted(os.listdir(self.directory)) if n.endswith(".entry")]
         removed = 0
         for path in paths:
             try:
-                path.unlink()
+                os.unlink(path)
                 removed += 1
             except FileNotFoundError:
                 pass
@@ -129,28 +141,40 @@ class FileStore:
     def try_lock(self, identity: Identity) -> _HeldLock | None:
         import fcntl
 
+        from ._jobinfo import process_label
+
         self._checked_directory(create=True)
-        fd = os.open(self.lock_path(identity), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
+        path = self.lock_path(identity)
+        label = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        with _held_here_guard:
+            if path in _held_here:
                 return None
-            raise
-        return _HeldLock(fd)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    return None
+                raise
+            _held_here[path] = label
+        return _HeldLock(path, fd, label)
 
     def lock_holder(self, identity: Identity) -> str | None:
-        try:
-            with open(self.lock_path(identity), "rb") as file:
-                return file.read(512).decode(errors="replace").strip() or None
-        except OSError:
-            return None
+        path = self.lock_path(identity)
+        with _held_here_guard:
+            if path in _held_here:
+                return _held_here[path]
+            try:
+                with open(path, "rb") as file:
+                    return file.read(512).decode(errors="replace").strip() or None
+            except OSError:
+                return None
 
     # --- the ledger ---------------------------------------------------------------------
 
-    def ledger_path(self, month: str) -> Path:
-        return self.directory / f"ledger-{month}.jsonl"
+    def ledger_path(self, month: str) -> str:
+        return os.path.join(self.directory, f"ledger-{month}.jsonl")
 
     def record_request(self, record: dict) -> None:
         import json
@@ -204,6 +228,8 @@ class FileStore:
             # in which another user could open the directory.
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             info = os.stat(self.directory)
+        except NotADirectoryError:
+            raise UnsafeCache(f"token cache {self.directory} is not a directory (a file is in its path)") from None
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafeCache(f"token cache {self.directory} is not a directory")
         if info.st_uid != os.geteuid():
@@ -225,31 +251,32 @@ class FileStore:
         """Temporary files of writers killed between create and rename."""
         cutoff = time.time() - _STALE_TEMP_SECONDS
         try:
-            for temp in self.directory.glob(".*.tmp"):
-                if temp.lstat().st_mtime < cutoff:
+            for name in os.listdir(self.directory):
+                temp = os.path.join(self.directory, name)
+                if name.startswith(".") and name.endswith(".tmp") and os.lstat(temp).st_mtime < cutoff:
                     _unlink_quietly(temp)
         except OSError:
             pass
 
 
 class _HeldLock:
-    """A held ``lockf`` lock; records its holder for the waiters' error messages."""
+    """A held ``lockf`` lock; records its holder in the file for the waiters' error messages."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, path: str, fd: int, label: str) -> None:
+        self._path = path
         self._fd = fd
         try:
-            from ._jobinfo import process_label
-
-            note = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode()
             os.ftruncate(fd, 0)
-            os.pwrite(fd, note, 0)
+            os.pwrite(fd, (label + "\n").encode(), 0)
         except OSError:
             pass  # the note is for humans; the lock works without it
 
     def release(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)  # closing drops the POSIX lock
+        with _held_here_guard:
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                _held_here.pop(self._path, None)
+                os.close(fd)  # closing drops the POSIX lock
 
     def __enter__(self) -> _HeldLock:
         return self
@@ -258,12 +285,12 @@ class _HeldLock:
         self.release()
 
 
-def _discard(path: Path, why: str) -> None:
+def _discard(path: str, why: str) -> None:
     log("warning", f"token cache entry {path} {why}; discarded, a new token will replace it")
     _unlink_quietly(path)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:

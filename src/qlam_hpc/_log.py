@@ -4,7 +4,10 @@ so the warm token path, which logs nothing, never loads it."""
 from __future__ import annotations
 
 import sys
-from typing import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable
 
 LOGGER_NAME = "qlam_hpc"
 

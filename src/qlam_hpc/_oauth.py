@@ -155,20 +155,29 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
 
 
 def server_wait(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds the server asked us to wait, from ``Retry-After`` or ``X-RateLimit-Reset``."""
+    """Seconds the server asked us to wait, from ``Retry-After`` or ``X-RateLimit-Reset``.
+
+    Capped at a year: a server that says ``inf`` means "not soon", not an overflow.
+    """
     retry_after = headers.get("retry-after")
     if retry_after:
         try:
-            return max(0.0, float(retry_after))
+            return _bounded_wait(float(retry_after))
         except ValueError:
             try:
-                return max(0.0, parsedate_to_datetime(retry_after).timestamp() - now)
+                return _bounded_wait(parsedate_to_datetime(retry_after).timestamp() - now)
             except (TypeError, ValueError):
                 pass
     reset = headers.get("x-ratelimit-reset")
     if reset:
         try:
-            return max(0.0, float(reset) - now)
+            return _bounded_wait(float(reset) - now)
         except ValueError:
             pass
     return None
+
+
+def _bounded_wait(seconds: float) -> float:
+    if seconds != seconds:
+        raise ValueError("NaN")
+    return min(max(0.0, seconds), MAX_EXPIRES_IN)

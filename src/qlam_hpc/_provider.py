@@ -257,7 +257,7 @@ def _default_store(settings: Settings) -> TokenStore:
         return NullStore()
     from ._filestore import FileStore
 
-    return FileStore(settings.cache_dir)
+    return FileStore(settings.cache_path)
 
 
 def _check_lifetime(entry: CacheEntry | None, min_ttl: float) -> None:

@@ -1,16 +1,21 @@
 """Settings as value objects. The environment is read in one place: ``Settings.from_env``.
 
-Kept free of heavy imports: the warm ``qlam-hpc token`` path builds a Settings.
+The warm ``qlam-hpc token`` path builds a Settings, so this module imports
+nothing beyond ``os`` and ``collections``: value objects are namedtuples (as the
+standard library's own ``urllib.parse.SplitResult`` and ``os.stat_result`` are),
+and URLs are split by hand rather than through ``urllib.parse``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Mapping
+from collections import namedtuple
 
 from ._errors import ConfigurationError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Mapping
 
 DEFAULT_AUDIENCE = "https://api.quera.com"
 
@@ -42,33 +47,42 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounds for retrying transient failures: attempts, total time, and the backoff curve."""
+class RetryPolicy(
+    namedtuple("_RetryFields", "attempts deadline initial_delay max_delay", defaults=(5, 60.0, 0.5, 10.0))
+):
+    """Bounds for retrying transient failures: ``attempts``, total seconds (``deadline``),
+    and the backoff curve (``initial_delay`` doubling up to ``max_delay``, with full jitter)."""
 
-    attempts: int = 5
-    deadline: float = 60.0
-    initial_delay: float = 0.5
-    max_delay: float = 10.0
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything qlam-hpc needs to obtain and cache a token."""
+_SETTINGS_FIELDS = (
+    "client_id",  # the M2M client id
+    "audience",  # the API the token is for
+    "token_url",  # {AUTH_BASE_URL}/oauth/token
+    "client_secret",  # Secret | None: needed only to fetch
+    "scope",  # space-separated scopes to request, or None
+    "cache_dir",  # str | None: None means default_cache_dir()
+    "cache_enabled",  # False: no sharing at all (QLAM_TOKEN_CACHE=off)
+    "token_budget",  # int | None: monthly token requests to warn about above 80 %
+    "lock_timeout",  # seconds a waiter waits for another process's fetch
+    "http_timeout",  # seconds per HTTP request
+    "retry",  # RetryPolicy
+    "rejected_cooldown",  # seconds other processes repeat a rejection (invalid_client, ...)
+    "transient_cooldown",  # seconds other processes repeat an outage or a garbage answer
+)
 
-    client_id: str
-    audience: str
-    token_url: str
-    client_secret: Secret | None = field(default=None, repr=False)
-    scope: str | None = None
-    cache_dir: Path = field(default_factory=lambda: default_cache_dir(os.environ))
-    cache_enabled: bool = True
-    token_budget: int | None = None
-    lock_timeout: float = 90.0
-    http_timeout: float = 10.0
-    retry: RetryPolicy = RetryPolicy()
-    rejected_cooldown: float = 300.0
-    transient_cooldown: float = 15.0
+
+class Settings(
+    namedtuple(
+        "_SettingsFields",
+        _SETTINGS_FIELDS,
+        defaults=(None, None, None, True, None, 90.0, 10.0, RetryPolicy(), 300.0, 15.0),
+    )
+):
+    """Everything qlam-hpc needs to obtain and cache a token. Immutable; ``with_`` copies."""
+
+    __slots__ = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -101,8 +115,8 @@ class Settings:
             token_url=token_url_for(base_url),
             client_secret=Secret(secret) if secret else None,
             scope=pick("scope", "QLAM_SCOPE"),
-            cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(env),
-            cache_enabled=_flag(env.get("QLAM_TOKEN_CACHE", "on"), "QLAM_TOKEN_CACHE"),
+            cache_dir=os.path.expanduser(cache_dir) if cache_dir else default_cache_dir(env),
+            cache_enabled=_flag(env.get("QLAM_TOKEN_CACHE") or "on", "QLAM_TOKEN_CACHE"),
             token_budget=_positive_int(env.get("QLAM_TOKEN_BUDGET"), "QLAM_TOKEN_BUDGET"),
             lock_timeout=_seconds(env.get("QLAM_LOCK_TIMEOUT"), "QLAM_LOCK_TIMEOUT", 90.0),
             http_timeout=_seconds(env.get("QLAM_HTTP_TIMEOUT"), "QLAM_HTTP_TIMEOUT", 10.0),
@@ -111,45 +125,65 @@ class Settings:
                 deadline=_seconds(env.get("QLAM_RETRY_DEADLINE"), "QLAM_RETRY_DEADLINE", 60.0),
             ),
         )
-        return replace(settings, **given) if given else settings
+        return settings._replace(**given) if given else settings
 
     def with_(self, **changes) -> Settings:
-        return replace(self, **changes)
+        return self._replace(**changes)
+
+    @property
+    def cache_path(self) -> str:
+        """The cache directory in use: ``cache_dir``, or the per-user default."""
+        return self.cache_dir or default_cache_dir(os.environ)
 
 
-def default_cache_dir(env: Mapping[str, str]) -> Path:
+def default_cache_dir(env: Mapping[str, str]) -> str:
     """``$XDG_CACHE_HOME/qlam-hpc``, else ``~/.cache/qlam-hpc``: per user, and on clusters
     usually on the shared home filesystem, so every node of a job array sees it."""
     base = env.get("XDG_CACHE_HOME")
-    root = Path(base) if base and os.path.isabs(base) else Path(env.get("HOME") or Path.home()) / ".cache"
-    return root / "qlam-hpc"
+    if base and os.path.isabs(base):
+        return os.path.join(base, "qlam-hpc")
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".cache", "qlam-hpc")
 
 
 def token_url_for(auth_base_url: str) -> str:
     """``{AUTH_BASE_URL}/oauth/token``; a bare host means https; plain http only on loopback."""
-    base = auth_base_url.strip().rstrip("/")
-    if "://" not in base:
-        base = "https://" + base
-    scheme, _, rest = base.partition("://")
+    text = auth_base_url.strip()
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        scheme, rest = "https", text
+    scheme = scheme.lower()
     host = _host_of(rest)
-    if scheme not in ("https", "http") or not host:
+    if scheme not in ("https", "http") or not host or any(c in rest for c in "?#"):
         raise ConfigurationError(f"AUTH_BASE_URL {auth_base_url!r} is not a host name or an http(s) URL")
     if scheme == "http" and not is_loopback(host):
         raise ConfigurationError(
             f"AUTH_BASE_URL {auth_base_url!r} uses plain http: https is required except on a loopback address"
         )
-    return f"{scheme}://{rest}/oauth/token"
+    return f"{scheme}://{rest.rstrip('/')}/oauth/token"
 
 
-def _host_of(authority_and_path: str) -> str:
-    authority = authority_and_path.split("/", 1)[0].rsplit("@", 1)[-1]
+def _host_of(rest: str) -> str:
+    """The host of ``authority/path``: the authority ends at the first '/', '?' or '#' (RFC 3986)."""
+    authority = rest
+    for end in "/?#":
+        authority = authority.split(end, 1)[0]
+    authority = authority.rsplit("@", 1)[-1]
     if authority.startswith("["):
         return authority[1:].split("]", 1)[0]
     return authority.split(":", 1)[0]
 
 
 def is_loopback(host: str) -> bool:
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    """``localhost``, ``::1`` or a dotted-quad 127.x.y.z address (not a name like 127.evil.example)."""
+    if host.lower() in ("localhost", "::1"):
+        return True
+    parts = host.split(".")
+    return (
+        len(parts) == 4
+        and parts[0] == "127"
+        and all(part.isdigit() and part.isascii() and int(part) <= 255 for part in parts)
+    )
 
 
 def _flag(value: str, name: str) -> bool:

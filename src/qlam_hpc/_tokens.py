@@ -13,7 +13,7 @@ that asks for ``min_ttl`` gets a token that outlives its job step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 MAX_MARGIN = 60.0
 
@@ -23,16 +23,26 @@ def refresh_margin(lifetime: float) -> float:
     return min(MAX_MARGIN, lifetime / 4)
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """An access token and when it was obtained and expires (epoch seconds)."""
+# Value objects on the warm ``qlam-hpc token`` path are namedtuples, not dataclasses:
+# ``dataclasses`` imports ``inspect`` and would double the command's start-up time.
+_TokenFields = namedtuple(
+    "_TokenFields",
+    "access_token expires_at obtained_at token_type scope obtained_by",
+    defaults=("Bearer", None, None),
+)
 
-    access_token: str = field(repr=False)
-    expires_at: float
-    obtained_at: float
-    token_type: str = "Bearer"
-    scope: str | None = None
-    obtained_by: str | None = None
+
+class Token(_TokenFields):
+    """An access token and when it was obtained and expires (epoch seconds).
+
+    Fields: ``access_token``, ``expires_at``, ``obtained_at``, ``token_type`` ("Bearer"),
+    ``scope`` (granted, if the IdP said), ``obtained_by`` (``host:pid (job ...)``).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Token(expires_at={self.expires_at!r}, obtained_by={self.obtained_by!r}, access_token=<hidden>)"
 
     @property
     def lifetime(self) -> float:

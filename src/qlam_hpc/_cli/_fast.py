@@ -24,7 +24,7 @@ def warm_token(args: list[str]) -> int | None:
         if not settings.cache_enabled:
             return None
         identity = Identity(settings.token_url, settings.client_id, settings.audience, settings.scope)
-        entry = FileStore(settings.cache_dir).load(identity)
+        entry = FileStore(settings.cache_path).load(identity)
     except Exception:  # the full CLI reproduces it and reports it properly
         return None
     now = time.time()
