@@ -15,9 +15,16 @@
     │   ├── IdentityProviderUnreachable  5  connection failures, timeouts, 5xx
     │   ├── RateLimited            6  HTTP 429, with the wait the IdP asked for
     │   └── InvalidTokenResponse   7  a 2xx answer that holds no usable token
-    └── CacheError                 8  the shared cache cannot be used safely
-        ├── UnsafeCache                (foreign owner, symlink, wrong type)
-        └── LockTimeout            9  another process held the refresh lock too long
+    ├── CacheError                 8  the shared cache cannot be used safely
+    │   ├── UnsafeCache                (foreign owner, symlink, wrong type)
+    │   └── LockTimeout            9  another process held the refresh lock too long
+    ├── TaskFailed                10  a task ended Failed or PayloadProcessingError
+    │   └── TaskCancelled         11  a task ended Cancelled
+    ├── WaitTimeout               12  tasks were still running when --timeout ran out
+    ├── ApiError                  13  the QLAM API refused a request (4xx other than 401)
+    │   ├── InvalidTaskDefinition      (400: the messages say what is wrong)
+    │   └── NotFound                   (404)
+    └── ApiUnreachable            14  connection failures, timeouts, 5xx from the API
 
 Messages never contain a secret or a token: they are built from codes, URLs,
 client ids and paths only.  Every error pickles (multiprocessing sends them
@@ -45,6 +52,13 @@ __all__ = [
     "CacheError",
     "UnsafeCache",
     "LockTimeout",
+    "TaskFailed",
+    "TaskCancelled",
+    "WaitTimeout",
+    "ApiError",
+    "InvalidTaskDefinition",
+    "NotFound",
+    "ApiUnreachable",
     "oauth_error",
 ]
 
@@ -196,3 +210,60 @@ class LockTimeout(CacheError):
     """Another process held the refresh lock longer than ``lock_timeout``."""
 
     exit_code = 9
+
+
+class TaskFailed(QlamError):
+    """A task ended in a failure state; ``reasons`` are its ``error_reasons``."""
+
+    exit_code = 10
+
+    def __init__(self, task_id: str, status: str, reasons: list[str] | tuple[str, ...] = ()) -> None:
+        detail = f": {'; '.join(reasons)}" if reasons else ""
+        super().__init__(f"task {task_id} ended {status}{detail}")
+        self.task_id = task_id
+        self.status = status
+        self.reasons = tuple(reasons)
+
+    def __reduce__(self):  # type: ignore[override]
+        return (type(self), (self.task_id, self.status, self.reasons))
+
+
+class TaskCancelled(TaskFailed):
+    exit_code = 11
+
+
+class WaitTimeout(QlamError):
+    """Tasks were still running when the wait's timeout ran out."""
+
+    exit_code = 12
+
+
+class ApiError(QlamError):
+    """The QLAM API answered with an error (its ``{messages, code}`` body)."""
+
+    exit_code = 13
+
+    def __init__(self, status: int, messages: list[str] | tuple[str, ...], code: int | None, url: str) -> None:
+        text = "; ".join(messages) if messages else "no message"
+        super().__init__(f"QLAM API {url} answered HTTP {status}: {text}")
+        self.status = status
+        self.messages = tuple(messages)
+        self.code = code
+        self.url = url
+
+    def __reduce__(self):  # type: ignore[override]
+        return (type(self), (self.status, self.messages, self.code, self.url))
+
+
+class InvalidTaskDefinition(ApiError):
+    """HTTP 400 for a task definition; ``messages`` say what is wrong."""
+
+
+class NotFound(ApiError):
+    """HTTP 404: no such task (or path)."""
+
+
+class ApiUnreachable(QlamError):
+    """Connection failures, timeouts or 5xx answers from the QLAM API outlasted the retries."""
+
+    exit_code = 14
