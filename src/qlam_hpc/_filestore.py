@@ -51,9 +51,12 @@ _held_here_guard = _thread.allocate_lock()
 class FileStore:
     """A token store in one directory; safe to share between threads, processes and nodes."""
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, *, node_local: bool = False) -> None:
         self.directory = os.path.abspath(os.fspath(directory))
         self.location = self.directory
+        # Where to lock when this directory's filesystem refuses locks (None: nowhere else).
+        self._node_locks = None if node_local else FileStore(_node_lock_directory(), node_local=True)
+        self._warned_node_locks = False
 
     def entry_path(self, identity: Identity) -> str:
         return os.path.join(self.directory, f"{identity.key()}.entry")
@@ -156,9 +159,23 @@ class FileStore:
                 os.close(fd)
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
                     return None
-                raise
-            _held_here[path] = label
-        return _HeldLock(path, fd, label)
+                if exc.errno not in _LOCKS_UNSUPPORTED or self._node_locks is None:
+                    raise
+                unsupported = exc
+            else:
+                _held_here[path] = label
+                return _HeldLock(path, fd, label)
+        # Lustre mounted -o noflock, NFS without a lock manager: the entry is still shared
+        # (and safe: rename is atomic), but single flight can only be had per node.
+        if not self._warned_node_locks:
+            self._warned_node_locks = True
+            log(
+                "warning",
+                f"the filesystem of {self.directory} does not support locks ({unsupported.strerror}); "
+                f"coordinating through {self._node_locks.directory} on this node only: "
+                "expect up to one token request per node",
+            )
+        return self._node_locks.try_lock(identity)
 
     def lock_holder(self, identity: Identity) -> str | None:
         path = self.lock_path(identity)
@@ -257,6 +274,15 @@ class FileStore:
                     _unlink_quietly(temp)
         except OSError:
             pass
+
+
+_LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def _node_lock_directory() -> str:
+    """A per-user directory on this node's own memory or disk, for locks only."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+    return os.path.join(base, f"qlam-hpc-locks-{os.geteuid()}")
 
 
 class _HeldLock:
