@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -34,10 +33,48 @@ def _failure(until: float = T0 + 300, credentials: str = CREDS) -> Failure:
     return Failure.from_error(error, at=T0, cooldown=until - T0, credentials=credentials, by="node1:42")
 
 
-def _raw(**changes) -> bytes:
-    data = json.loads(encode_entry(CacheEntry(IDENTITY, TOKEN, _failure())))
-    data.update(changes)
-    return json.dumps(data).encode()
+# The on-disk text of CacheEntry(IDENTITY, TOKEN, _failure()), as a release writes it.
+GOLDEN = (
+    b"qlam-hpc token cache v1\n"
+    b"token_url=https://idp.example/oauth/token\n"
+    b"client_id=client-1\n"
+    b"audience=https://api.quera.com\n"
+    b"scope=read:tasks\n"
+    b"access_token=access-token-1\n"
+    b"token_type=Bearer\n"
+    b"expires_at=1700086400.0\n"
+    b"obtained_at=1700000000.0\n"
+    b"token_scope=read:tasks\n"
+    b"obtained_by=node1:42\n"
+    b'failure={"error":"InvalidClient","args":["invalid_client","Unauthorized",401,'
+    b'"https://idp.example/oauth/token"],"at":1700000000.0,"until":1700000300.0,'
+    b'"credentials":"0123456789abcdef","by":"node1:42"}\n'
+    b"end\n"
+)
+MAGIC_LINE = "qlam-hpc token cache v1"
+
+
+def _fields(raw: bytes) -> dict[str, str]:
+    """The name=value lines of an encoded entry, in order."""
+    lines = raw.decode().split("\n")
+    assert lines[0] == MAGIC_LINE and lines[-2:] == ["end", ""]
+    return dict(line.partition("=")[::2] for line in lines[1:-2])
+
+
+def _raw(**changes: str | None) -> bytes:
+    """A valid entry (token and failure) with some fields changed; ``None`` removes a field."""
+    fields = _fields(encode_entry(CacheEntry(IDENTITY, TOKEN, _failure())))
+    for name, value in changes.items():
+        if value is None:
+            fields.pop(name, None)
+        else:
+            fields[name] = value
+    return _text(*(f"{name}={value}" for name, value in fields.items()))
+
+
+def _text(*lines: str) -> bytes:
+    """An entry with these lines between the first line and the end marker."""
+    return ("\n".join([MAGIC_LINE, *lines, "end"]) + "\n").encode()
 
 
 # --- Identity.key -------------------------------------------------------------------------
@@ -94,24 +131,135 @@ def test_round_trip(entry):
     assert decode_entry(encode_entry(entry), entry.identity) == entry
 
 
-def test_encoded_entry_is_compact_json():
-    """The entry on disk is one line of JSON with a format number."""
+def test_encoded_entry_is_pinned():
+    """The on-disk text does not drift between releases, so nodes running different releases share one entry."""
+    assert encode_entry(CacheEntry(IDENTITY, TOKEN, _failure())) == GOLDEN
+
+
+def test_golden_entry_decodes():
+    """An entry written by this format version is read back field for field."""
+    assert decode_entry(GOLDEN, IDENTITY) == CacheEntry(IDENTITY, TOKEN, _failure())
+
+
+def test_encoded_entry_is_line_based_text():
+    """The entry is a header line, then one name=value per line in a fixed order, ending with a newline."""
     raw = encode_entry(CacheEntry(IDENTITY, TOKEN))
-    assert b"\n" not in raw
-    assert json.loads(raw)["format"] == 1
+    assert raw.startswith(b"qlam-hpc token cache v1\n")
+    assert raw.endswith(b"\n")
+    fields = _fields(raw)
+    assert list(fields) == [
+        "token_url", "client_id", "audience", "scope",
+        "access_token", "token_type", "expires_at", "obtained_at", "token_scope", "obtained_by",
+    ]
+    assert fields["expires_at"] == repr(T0 + DAY)
+    assert fields["token_scope"] == "read:tasks"
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"\xff\xfe\x00", b'{"format": 1'], ids=repr)
-def test_decode_rejects_corrupt_json(raw):
-    """A torn or garbage file is a ValueError, not a crash."""
-    with pytest.raises(ValueError):
+def test_failure_line_only_with_a_failure_record():
+    """``failure=`` is written only when there is a failure record, and holds it as JSON."""
+    assert "failure" not in _fields(encode_entry(CacheEntry(IDENTITY, TOKEN)))
+    assert list(_fields(encode_entry(CacheEntry(IDENTITY, None, None)))) == [
+        "token_url", "client_id", "audience", "scope"
+    ]
+    failure = _fields(encode_entry(CacheEntry(IDENTITY, None, _failure())))["failure"]
+    assert failure.startswith('{"error":"InvalidClient",')
+
+
+def test_values_containing_equals_signs_round_trip():
+    """Only the first '=' of a line separates name and value, so padded tokens survive."""
+    token = Token("abc==", T0 + 60, T0, scope="a=b", obtained_by="host=1:2")
+    entry = CacheEntry(Identity(URL + "?x=1", "c=d", "aud=e", "s=f"), token)
+    assert decode_entry(encode_entry(entry), entry.identity) == entry
+
+
+def test_line_breaks_in_a_failure_message_round_trip():
+    """Free text in a failure record may hold line breaks: it is JSON-escaped on its one line."""
+    error = _errors.InvalidClient("invalid_client", "bad\nsecret\r\nreally", 401, URL)
+    failure = Failure.from_error(error, at=T0, cooldown=60, credentials=CREDS, by="n1:1")
+    raw = encode_entry(CacheEntry(IDENTITY, None, failure))
+    assert raw.count(b"\n") == 7  # magic, four identity fields, failure, end
+    assert decode_entry(raw, IDENTITY).failure.to_error().description == "bad\nsecret\r\nreally"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        CacheEntry(IDENTITY, TOKEN._replace(access_token="tok\nen")),
+        CacheEntry(IDENTITY, TOKEN._replace(access_token="token\r")),
+        CacheEntry(IDENTITY, TOKEN._replace(scope="read:tasks\nadmin")),
+        CacheEntry(IDENTITY, TOKEN._replace(obtained_by="node1:42\r\n")),
+        CacheEntry(IDENTITY._replace(audience="https://api.quera.com\naccess_token=forged"), TOKEN),
+        CacheEntry(IDENTITY._replace(scope="\n"), None),
+    ],
+    ids=["access_token-lf", "access_token-cr", "token_scope", "obtained_by", "audience", "scope"],
+)
+def test_encode_refuses_line_breaks(entry):
+    """A value with a line break would forge or split lines, so encode_entry refuses it."""
+    with pytest.raises(ValueError, match="line break"):
+        encode_entry(entry)
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe\x00", b"qlam-hpc token cache v1\nclient_id=\xff\n"], ids=repr)
+def test_decode_rejects_non_utf8(raw):
+    """Bytes that are not UTF-8 text are a ValueError, not a crash."""
+    with pytest.raises(ValueError, match="not text"):
         decode_entry(raw, IDENTITY)
 
 
-@pytest.mark.parametrize("raw", [b"[]", b"1", b'"x"', b"null", _raw(format=2), _raw(format=None), _raw(format="1")])
-def test_decode_rejects_wrong_format(raw):
-    """JSON that is not a format-1 entry object is rejected as an unknown format."""
-    with pytest.raises(ValueError, match="format"):
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\n",
+        b"not an entry\n",
+        b'{"format":1,"token_url":"https://idp.example/oauth/token","client_id":"client-1"}',
+        GOLDEN.replace(b"cache v1", b"cache v2", 1),
+        GOLDEN.replace(b"\n", b"\r\n"),
+        b"\n" + GOLDEN,
+        "\ufeff".encode() + GOLDEN,
+        GOLDEN[:-1],
+    ],
+    ids=["empty", "blank", "garbage", "old-json", "v2", "crlf", "leading-blank", "bom", "no-final-newline"],
+)
+def test_decode_rejects_unknown_format_or_truncation(raw):
+    """Anything but the v1 header line, or a file without its final newline, is rejected."""
+    with pytest.raises(ValueError, match="unknown format or truncated"):
+        decode_entry(raw, IDENTITY)
+
+
+def test_truncated_copy_is_rejected():
+    """Every copy of a valid entry cut inside a line (a torn read or write) is a ValueError."""
+    cuts = [cut for cut in range(len(GOLDEN)) if GOLDEN[cut - 1 : cut] != b"\n"]
+    assert len(cuts) > 400
+    for cut in cuts:
+        with pytest.raises(ValueError):
+            decode_entry(GOLDEN[:cut], IDENTITY)
+
+
+def test_copy_cut_at_a_line_boundary_is_rejected():
+    """A copy of a valid entry that lost its last lines is rejected, not read as an entry without them."""
+    lost = []
+    for cut in [i + 1 for i, byte in enumerate(GOLDEN[:-1]) if byte == ord("\n")]:
+        try:
+            decode_entry(GOLDEN[:cut], IDENTITY)
+        except ValueError:
+            continue
+        lost.append(GOLDEN[cut:].split(b"\n")[0].partition(b"=")[0].decode())
+    assert lost == []  # today: the token, its scope, obtained_by or the failure record go missing
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        GOLDEN.replace(b"\nclient_id=", b"\nthis line has no equals sign\nclient_id="),
+        GOLDEN.replace(b"\nclient_id=", b"\n\nclient_id="),
+        GOLDEN[: -len(b"end\n")] + b"trailing garbage\nend\n",
+    ],
+    ids=["text", "empty-line", "trailing"],
+)
+def test_decode_rejects_lines_without_equals(raw):
+    """A line that is not name=value means the file is not ours or is damaged."""
+    with pytest.raises(ValueError, match="without '='"):
         decode_entry(raw, IDENTITY)
 
 
@@ -130,27 +278,101 @@ def test_decode_rejects_other_identity(other):
         decode_entry(encode_entry(CacheEntry(IDENTITY, TOKEN)), other)
 
 
+@pytest.mark.parametrize("name", ["token_url", "client_id", "audience", "scope"])
+def test_decode_rejects_missing_identity_field(name):
+    """An entry that does not name all of its identity is not taken to be ours."""
+    with pytest.raises(ValueError, match="another identity"):
+        decode_entry(_raw(**{name: None}), IDENTITY)
+
+
+def test_empty_scope_is_no_scope():
+    """An identity with scope "" and one with None share one entry, and each reads it."""
+    entry = CacheEntry(Identity(URL, "c", "a", None), TOKEN)
+    assert decode_entry(encode_entry(entry), Identity(URL, "c", "a", "")).token == TOKEN
+    assert Identity(URL, "c", "a", None).key() == Identity(URL, "c", "a", "").key()
+
+
 @pytest.mark.parametrize(
     "changes",
     [
-        {"token": {"access_token": "x", "expires_at": "soon", "obtained_at": T0}},
-        {"token": {"access_token": "x", "expires_at": None, "obtained_at": T0}},
-        {"token": {"access_token": "x", "obtained_at": T0}},
-        {"token": {"access_token": "", "expires_at": T0, "obtained_at": T0}},
-        {"token": {"access_token": 42, "expires_at": T0, "obtained_at": T0}},
-        {"token": {"expires_at": T0, "obtained_at": T0}},
-        {"token": "a-bare-string"},
-        {"token": [1, 2]},
-        {"failure": {"error": "InvalidClient", "args": [], "at": "x", "until": T0, "credentials": CREDS}},
-        {"failure": {"error": "InvalidClient", "args": 5, "at": T0, "until": T0, "credentials": CREDS}},
-        {"failure": {"error": "InvalidClient", "at": T0, "until": T0, "credentials": CREDS}},
-        {"failure": "boom"},
+        {"expires_at": "inf"},
+        {"expires_at": "-inf"},
+        {"expires_at": "nan"},
+        {"expires_at": "Infinity"},
+        {"expires_at": "1e999"},
+        {"obtained_at": "nan"},
+        {"obtained_at": "inf"},
     ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
 )
-def test_decode_rejects_malformed_fields(changes):
-    """A token or failure record with missing or mistyped fields is a ValueError."""
+def test_decode_rejects_non_finite_times(changes):
+    """A token that would never expire (or never be usable) is refused, not trusted forever."""
     with pytest.raises(ValueError, match="malformed"):
         decode_entry(_raw(**changes), IDENTITY)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"expires_at": "soon"},
+        {"expires_at": ""},
+        {"obtained_at": "yesterday"},
+        {"expires_at": None},
+        {"obtained_at": None},
+        {"access_token": ""},
+        {"failure": "boom"},
+        {"failure": "{"},
+        {"failure": "[]"},
+        {"failure": "null"},
+        {"failure": '"x"'},
+        {"failure": '{"error":"InvalidClient","args":[],"at":"x","until":1,"credentials":"c"}'},
+        {"failure": '{"error":"InvalidClient","args":5,"at":1,"until":1,"credentials":"c"}'},
+        {"failure": '{"error":"InvalidClient","at":1,"until":1,"credentials":"c"}'},
+        {"failure": '{"error":"InvalidClient","args":[],"at":1,"credentials":"c"}'},
+    ],
+    ids=lambda c: "-".join(f"{k}={v}"[:40] for k, v in c.items()),
+)
+def test_decode_rejects_malformed_fields(changes):
+    """A token or failure record with missing, empty or unparsable fields is a ValueError."""
+    with pytest.raises(ValueError, match="malformed"):
+        decode_entry(_raw(**changes), IDENTITY)
+
+
+@pytest.mark.parametrize("until", ["Infinity", "NaN", "1e999"])
+def test_decode_rejects_non_finite_failure_times(until):
+    """A failure record standing until infinity (or NaN) is rejected, as non-finite token times are."""
+    failure = f'{{"error":"InvalidClient","args":[],"at":{T0},"until":{until},"credentials":"{CREDS}"}}'
+    with pytest.raises(ValueError, match="malformed"):
+        decode_entry(_raw(failure=failure), IDENTITY)
+
+
+def test_optional_token_fields_default():
+    """Empty token_type, token_scope and obtained_by read as Bearer, None and None."""
+    token = decode_entry(_raw(token_type="", token_scope="", obtained_by=""), IDENTITY).token
+    assert (token.token_type, token.scope, token.obtained_by) == ("Bearer", None, None)
+
+
+# --- value objects ------------------------------------------------------------------------
+
+
+def test_entry_repr_never_shows_the_access_token():
+    """An entry in a log line or traceback shows the token's expiry, never the token itself."""
+    entry = CacheEntry(IDENTITY, TOKEN, _failure())
+    for shown in (repr(entry), str(entry), f"{entry}", repr(TOKEN), str(TOKEN)):
+        assert TOKEN.access_token not in shown
+    assert "hidden" in repr(TOKEN)
+    assert repr(T0 + DAY) in repr(TOKEN)
+
+
+@pytest.mark.parametrize(
+    "value", [IDENTITY, TOKEN, _failure(), CacheEntry(IDENTITY, TOKEN)], ids=lambda v: type(v).__name__
+)
+def test_value_objects_are_immutable(value):
+    """Fields cannot be reassigned and no attributes can be added; changes make copies."""
+    with pytest.raises(AttributeError):
+        value.__setattr__(value._fields[0], "changed")
+    with pytest.raises(AttributeError):
+        value.extra = 1
 
 
 # --- cached_token / fallback_token ----------------------------------------------------------

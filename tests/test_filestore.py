@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ IDENTITY = Identity("https://idp.example/oauth/token", "client-1", "https://api.
 OTHER = Identity("https://idp.example/oauth/token", "client-2", "https://api.quera.com")
 TOKEN = Token("access-token-1", expires_at=T0 + 86400, obtained_at=T0, obtained_by="node1:42")
 ENTRY = CacheEntry(IDENTITY, TOKEN)
+MONTH = time.strftime("%Y-%m", time.gmtime(T0))
 NOBODY = 65534
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another user")
@@ -95,19 +97,59 @@ def _probe(cache_dir: Path) -> str:
     return done.stdout.strip()
 
 
-def _mode(path: Path) -> int:
+def _mode(path: str | Path) -> int:
     return stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode)
 
 
-def _write_raw(path: Path, data: bytes, mode: int = 0o600) -> None:
+def _write_raw(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     os.write(fd, data)
     os.close(fd)
     os.chmod(path, mode)
 
 
+def _entry(store: FileStore, identity: Identity = IDENTITY) -> Path:
+    """The entry's path as a Path, for the tests' own file operations."""
+    return Path(store.entry_path(identity))
+
+
 def _warnings(caplog) -> str:
     return "\n".join(r.getMessage() for r in caplog.records if r.name == "qlam_hpc" and r.levelno == logging.WARNING)
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [str, Path], ids=["str", "Path"])
+def test_paths_are_absolute_strings(tmp_path, kind):
+    """FileStore takes a str or a PathLike and gives every path as an absolute str in its directory."""
+    store = FileStore(kind(tmp_path / "cache"))
+    assert store.directory == store.location == str(tmp_path / "cache")
+    key = IDENTITY.key()
+    assert store.entry_path(IDENTITY) == str(tmp_path / "cache" / f"{key}.entry")
+    assert store.lock_path(IDENTITY) == str(tmp_path / "cache" / f"{key}.lock")
+    assert store.ledger_path("2024-01") == str(tmp_path / "cache" / "ledger-2024-01.jsonl")
+    for path in (store.directory, store.entry_path(IDENTITY), store.lock_path(IDENTITY), store.ledger_path("2024-01")):
+        assert type(path) is str
+
+
+def test_relative_directory_is_fixed_at_construction(tmp_path, monkeypatch):
+    """A relative cache directory is resolved once, so a later chdir does not move the cache."""
+    monkeypatch.chdir(tmp_path)
+    store = FileStore("rel/cache")
+    monkeypatch.chdir("/")
+    assert store.directory == str(tmp_path / "rel" / "cache")
+    assert store.save(ENTRY)
+    assert (tmp_path / "rel" / "cache" / f"{IDENTITY.key()}.entry").is_file()
+
+
+def test_entry_on_disk_is_the_text_format(store):
+    """The saved entry is the line-based v1 text, readable with cat, holding the token."""
+    store.save(ENTRY)
+    text = _entry(store).read_text()
+    assert text.startswith("qlam-hpc token cache v1\n")
+    assert "\naccess_token=access-token-1\n" in text
+    assert text.endswith("\n")
 
 
 # --- save and load --------------------------------------------------------------------------
@@ -173,14 +215,14 @@ def test_save_replaces_the_entry(store):
 def test_save_leaves_no_temporary_files(store, cache_dir):
     """After a save only the entry is in the directory."""
     store.save(ENTRY)
-    assert sorted(p.name for p in cache_dir.iterdir()) == [store.entry_path(IDENTITY).name]
+    assert sorted(p.name for p in cache_dir.iterdir()) == [f"{IDENTITY.key()}.entry"]
 
 
 def test_corrupt_entry_is_discarded(store, warnings_log):
     """A corrupt entry is removed with a warning, load gives None, and a later save replaces it."""
     store.save(ENTRY)
-    path = store.entry_path(IDENTITY)
-    _write_raw(path, b'{"format": 1, "token_url": "https://idp.exa')
+    path = _entry(store)
+    _write_raw(path, path.read_bytes()[:40])  # torn: no final newline
     assert store.load(IDENTITY) is None
     assert "corrupt" in _warnings(warnings_log)
     assert str(path) in _warnings(warnings_log)
@@ -192,7 +234,7 @@ def test_corrupt_entry_is_discarded(store, warnings_log):
 def test_entry_readable_by_others_is_discarded(store, warnings_log):
     """An entry with mode 0644 may have leaked: it is deleted, not used."""
     store.save(ENTRY)
-    path = store.entry_path(IDENTITY)
+    path = _entry(store)
     os.chmod(path, 0o644)
     assert store.load(IDENTITY) is None
     assert not path.exists()
@@ -214,12 +256,12 @@ def test_open_directory_is_tightened(store, cache_dir, warnings_log):
 def test_symlinked_entry_is_refused(store, tmp_path):
     """An entry that is a symlink raises UnsafeCache, and its target is left untouched."""
     store.save(ENTRY)
-    target = tmp_path / "elsewhere.json"
-    target.write_bytes(store.entry_path(IDENTITY).read_bytes())
+    target = tmp_path / "elsewhere.entry"
+    target.write_bytes(_entry(store).read_bytes())
     os.chmod(target, 0o600)
     before = target.read_bytes()
-    store.entry_path(IDENTITY).unlink()
-    store.entry_path(IDENTITY).symlink_to(target)
+    _entry(store).unlink()
+    _entry(store).symlink_to(target)
     with pytest.raises(UnsafeCache, match="symbolic link"):
         store.load(IDENTITY)
     assert target.read_bytes() == before
@@ -231,17 +273,18 @@ def test_save_never_writes_through_a_symlink(store, tmp_path):
     store.save(ENTRY)
     target = tmp_path / "victim"
     target.write_bytes(b"precious")
-    store.entry_path(IDENTITY).unlink()
-    store.entry_path(IDENTITY).symlink_to(target)
+    _entry(store).unlink()
+    _entry(store).symlink_to(target)
     store.save(ENTRY)
     assert target.read_bytes() == b"precious"
-    assert not store.entry_path(IDENTITY).is_symlink()
+    assert not _entry(store).is_symlink()
+    assert store.load(IDENTITY) == ENTRY
 
 
 def test_entry_that_is_a_directory_is_refused(store, cache_dir):
     """An entry path that is a directory raises UnsafeCache."""
     cache_dir.mkdir(mode=0o700)
-    store.entry_path(IDENTITY).mkdir()
+    _entry(store).mkdir()
     with pytest.raises(UnsafeCache, match="not a regular file"):
         store.load(IDENTITY)
 
@@ -263,7 +306,7 @@ def test_directory_of_another_user_is_refused(store, cache_dir):
         store.load(IDENTITY)
     with pytest.raises(UnsafeCache):
         store.try_lock(IDENTITY)
-    store.entry_path(IDENTITY).unlink()
+    _entry(store).unlink()
     try:
         assert store.save(ENTRY) is False
     except UnsafeCache:
@@ -278,47 +321,104 @@ def test_entry_of_another_user_is_refused(store):
     os.chown(store.entry_path(IDENTITY), NOBODY, NOBODY)
     with pytest.raises(UnsafeCache, match=f"belongs to uid {NOBODY}"):
         store.load(IDENTITY)
-    assert store.entry_path(IDENTITY).exists()
+    assert _entry(store).exists()
 
 
 # --- unwritable locations -------------------------------------------------------------------
 
 
-def test_save_under_a_regular_file_warns_and_returns_false(tmp_path, warnings_log):
+# A directory no one can create, even root: /proc takes no new entries.
+UNCREATABLE = "/proc/qlam-hpc-test/cache"
+needs_proc = pytest.mark.skipif(
+    not os.path.isdir("/proc/self") or os.path.exists("/proc/qlam-hpc-test"), reason="needs Linux /proc"
+)
+
+
+@needs_proc
+def test_save_where_the_directory_cannot_be_created_warns_and_returns_false(warnings_log):
     """A cache directory that cannot be created gives False and a warning, never an exception."""
-    (tmp_path / "file").write_text("in the way")
-    store = FileStore(tmp_path / "file" / "sub")
-    assert store.save(ENTRY) is False
+    assert FileStore(UNCREATABLE).save(ENTRY) is False
     assert "could not write the token cache entry" in _warnings(warnings_log)
+    assert "not shared with other processes" in _warnings(warnings_log)
 
 
 def test_save_over_a_directory_warns_and_returns_false(store, cache_dir, warnings_log):
     """An entry that cannot be replaced gives False and a warning, and no temporary file is left."""
     store.save(ENTRY)
-    store.entry_path(IDENTITY).unlink()
-    store.entry_path(IDENTITY).mkdir()
+    _entry(store).unlink()
+    _entry(store).mkdir()
     assert store.save(ENTRY) is False
     assert "not shared with other processes" in _warnings(warnings_log)
-    assert [p.name for p in cache_dir.iterdir()] == [store.entry_path(IDENTITY).name]
+    assert [p.name for p in cache_dir.iterdir()] == [_entry(store).name]
 
 
-def test_ledger_under_a_regular_file_warns(tmp_path, warnings_log):
-    """A ledger that cannot be written costs a warning, not the token."""
-    (tmp_path / "file").write_text("in the way")
-    FileStore(tmp_path / "file" / "sub").record_request({"time": T0, "outcome": "ok"})
+@needs_proc
+def test_ledger_that_cannot_be_created_warns(warnings_log):
+    """A ledger whose directory cannot be created costs a warning, not the token."""
+    FileStore(UNCREATABLE).record_request({"time": T0, "outcome": "ok"})
     assert "could not record the token request" in _warnings(warnings_log)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: load() lets NotADirectoryError out when the cache path runs through a file"
-)
-def test_load_under_a_regular_file_is_not_a_bare_oserror(tmp_path):
-    """Loading from a cache path through a regular file gives None or a QlamError, not an OSError traceback."""
+def test_ledger_that_cannot_be_written_warns(store, warnings_log):
+    """A ledger path that cannot be opened for appending (here a directory) costs a warning only."""
+    os.makedirs(store.ledger_path(MONTH), mode=0o700)
+    store.record_request({"time": T0, "outcome": "ok"})
+    assert "could not record the token request" in _warnings(warnings_log)
+
+
+@pytest.mark.parametrize("operation", ["load", "clear", "try_lock", "requests"])
+def test_cache_path_through_a_regular_file_is_refused(tmp_path, operation):
+    """Reading or locking a cache whose path runs through a regular file is an UnsafeCache (exit 8), not an OSError."""
     (tmp_path / "file").write_text("in the way")
+    store = FileStore(tmp_path / "file" / "sub")
+    call = {
+        "load": lambda: store.load(IDENTITY),
+        "clear": lambda: store.clear(),
+        "try_lock": lambda: store.try_lock(IDENTITY),
+        "requests": lambda: store.requests(MONTH),
+    }[operation]
+    with pytest.raises(UnsafeCache, match="is not a directory") as caught:
+        call()
+    assert isinstance(caught.value, QlamError)
+    assert caught.value.exit_code == 8
+    assert (tmp_path / "file").read_text() == "in the way"
+
+
+@pytest.mark.parametrize("operation", ["save", "record_request"])
+def test_writing_through_a_regular_file_is_refused(tmp_path, warnings_log, operation):
+    """Saving or recording through a regular file is refused (UnsafeCache or a warning), never an OSError."""
+    (tmp_path / "file").write_text("in the way")
+    store = FileStore(tmp_path / "file" / "sub")
     try:
-        assert FileStore(tmp_path / "file" / "sub").load(IDENTITY) is None
-    except QlamError:
-        pass
+        if operation == "save":
+            assert store.save(ENTRY) is False
+        else:
+            store.record_request({"time": T0, "outcome": "ok"})
+        assert "could not" in _warnings(warnings_log)
+    except UnsafeCache as refused:
+        assert refused.exit_code == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert (tmp_path / "file").read_text() == "in the way"
+
+
+def test_cache_path_through_a_symlink_loop_is_not_a_bare_oserror(tmp_path):
+    """Loading from a cache path that cannot be resolved (a symlink loop) gives a QlamError, not an OSError."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(QlamError):
+        FileStore(tmp_path / "loop" / "cache").load(IDENTITY)
+
+
+def test_unencodable_entry_is_not_shared_and_leaves_no_temporary(store, cache_dir, warnings_log):
+    """A token the format cannot hold (a line break from the IdP) gives False, leaves no temporary, keeps the entry."""
+    store.save(ENTRY)
+    odd = ENTRY.with_token(TOKEN._replace(access_token="access-token-2\n"))
+    try:
+        outcome = store.save(odd)
+    except ValueError as exc:
+        outcome = f"raised {exc!r}"
+    assert sorted(p.name for p in cache_dir.iterdir()) == [f"{IDENTITY.key()}.entry"]
+    assert outcome is False
+    assert store.load(IDENTITY) == ENTRY
 
 
 # --- the refresh lock -----------------------------------------------------------------------
@@ -373,20 +473,66 @@ def test_lock_holder_without_lock_file(store):
 def test_lock_survives_and_is_never_unlinked(store):
     """The lock file stays after release (a waiter may be blocked on its inode)."""
     store.try_lock(IDENTITY).release()
-    assert store.lock_path(IDENTITY).exists()
+    assert os.path.isfile(store.lock_path(IDENTITY))
     assert store.load(IDENTITY) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: lockf locks are per process, so a second FileStore in the same process also 'gets' the lock",
-)
 def test_second_lock_in_the_same_process_is_refused(cache_dir):
     """Two providers in one process (two threads) cannot both hold the refresh lock."""
     first = FileStore(cache_dir).try_lock(IDENTITY)
     assert first is not None
     try:
-        second = FileStore(cache_dir).try_lock(IDENTITY)
+        results = []
+        thread = threading.Thread(target=lambda: results.append(FileStore(cache_dir).try_lock(IDENTITY)))
+        thread.start()
+        thread.join(timeout=30)
+        assert results == [None]
+        assert FileStore(cache_dir).try_lock(IDENTITY) is None
+        assert _probe(cache_dir) == "busy"  # the refused attempts did not drop the lock
+    finally:
+        first.release()
+
+
+def test_lock_released_in_this_process_can_be_taken_again_here(store, cache_dir):
+    """After release, this process can take the lock again through another FileStore, and others can too."""
+    store.try_lock(IDENTITY).release()
+    again = FileStore(cache_dir).try_lock(IDENTITY)
+    assert again is not None
+    again.release()
+    again.release()  # a second release is harmless
+    assert _probe(cache_dir) == "locked"
+
+
+def test_lock_holder_does_not_drop_our_lock(store, cache_dir):
+    """Asking who holds the lock, from the holding process, keeps the lock held."""
+    lock = store.try_lock(IDENTITY)
+    try:
+        store.lock_holder(IDENTITY)
+        FileStore(cache_dir).lock_holder(IDENTITY)
+        assert _probe(cache_dir) == "busy"
+    finally:
+        lock.release()
+
+
+def test_lock_holder_names_this_process_while_it_holds_the_lock(store):
+    """In the holding process lock_holder names this host and pid, the same note waiters read."""
+    lock = store.try_lock(IDENTITY)
+    try:
+        label = store.lock_holder(IDENTITY)
+        assert label.startswith(f"{socket.gethostname()}:{os.getpid()} since ")
+        with open(store.lock_path(IDENTITY)) as note:
+            assert note.read().strip() == label
+    finally:
+        lock.release()
+
+
+def test_second_lock_through_a_symlinked_directory_is_refused(tmp_path, cache_dir):
+    """The same cache reached through a symlink (/home -> /gpfs/home) cannot be locked twice in one process."""
+    cache_dir.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(cache_dir)
+    first = FileStore(cache_dir).try_lock(IDENTITY)
+    try:
+        second = FileStore(tmp_path / "link").try_lock(IDENTITY)
         if second is not None:
             second.release()  # and closing its descriptor silently drops `first` as well
         assert second is None
@@ -394,23 +540,32 @@ def test_second_lock_in_the_same_process_is_refused(cache_dir):
         first.release()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: lock_holder() opens and closes the lock file, which drops this process's lockf lock"
-)
-def test_lock_holder_does_not_drop_our_lock(store, cache_dir):
-    """Asking who holds the lock, from the holding process, keeps the lock held."""
+def test_forked_child_can_lock_after_the_parent_releases(store, cache_dir):
+    """A child forked while this process held the lock can take it once the parent has released it."""
     lock = store.try_lock(IDENTITY)
-    try:
-        store.lock_holder(IDENTITY)
-        assert _probe(cache_dir) == "busy"
-    finally:
-        lock.release()
+    go_read, go_write = os.pipe()
+    answer_read, answer_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: wait for the parent's release, then try once
+        try:
+            os.close(go_write)
+            os.read(go_read, 1)
+            got = FileStore(cache_dir).try_lock(IDENTITY)
+            os.write(answer_write, b"locked" if got is not None else b"busy")
+        finally:
+            os._exit(0)
+    os.close(go_read)
+    os.close(answer_write)
+    lock.release()
+    os.write(go_write, b"x")
+    os.close(go_write)
+    answer = os.read(answer_read, 16).decode()
+    os.close(answer_read)
+    os.waitpid(pid, 0)
+    assert answer == "locked"
 
 
 # --- the ledger -----------------------------------------------------------------------------
-
-MONTH = time.strftime("%Y-%m", time.gmtime(T0))
-
 
 def test_ledger_round_trip(store):
     """Recorded requests are read back in order, in the month of their time."""
@@ -467,7 +622,7 @@ def test_clear_all(store):
     assert store.clear() == 2
     assert store.load(IDENTITY) is None and store.load(OTHER) is None
     assert len(store.requests(MONTH)) == 1
-    assert store.lock_path(IDENTITY).exists()
+    assert os.path.isfile(store.lock_path(IDENTITY))
 
 
 def test_clear_missing_cache(store):
@@ -482,8 +637,8 @@ def test_clear_missing_cache(store):
 def test_stale_temporaries_are_removed_on_save(store, cache_dir):
     """Temporaries of writers killed over an hour ago are removed; fresh ones (a live writer's) are kept."""
     cache_dir.mkdir(mode=0o700)
-    stale = cache_dir / f".{IDENTITY.key()}.json.999.deadbeef.tmp"
-    fresh = cache_dir / f".{IDENTITY.key()}.json.998.cafebabe.tmp"
+    stale = cache_dir / f".{IDENTITY.key()}.entry.999.deadbeef.tmp"
+    fresh = cache_dir / f".{IDENTITY.key()}.entry.998.cafebabe.tmp"
     for path in (stale, fresh):
         _write_raw(path, b"partial")
     old = time.time() - 2 * 3600

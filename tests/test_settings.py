@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
-from pathlib import Path
 
 import pytest
 
 from qlam_hpc._errors import ConfigurationError
-from qlam_hpc._settings import DEFAULT_AUDIENCE, Secret, Settings, token_url_for
+from qlam_hpc._settings import DEFAULT_AUDIENCE, RetryPolicy, Secret, Settings, default_cache_dir, token_url_for
 
 SECRET = "s3cr3t-Value-Never-Shown"
 BASE = {
@@ -86,6 +86,8 @@ def test_empty_optional_variables_mean_unset():
         ("https://idp.example", "https://idp.example/oauth/token"),
         ("https://idp.example/", "https://idp.example/oauth/token"),
         ("https://idp.example/tenant-a", "https://idp.example/tenant-a/oauth/token"),
+        ("HTTPS://idp.example", "https://idp.example/oauth/token"),
+        ("Https://idp.example/tenant-a/", "https://idp.example/tenant-a/oauth/token"),
     ],
 )
 def test_token_url(base, url):
@@ -104,8 +106,29 @@ def test_plain_http_on_loopback(base):
 
 
 @pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("HTTP://127.0.0.1:8080", "http://127.0.0.1:8080/oauth/token"),
+        ("http://LOCALHOST:5000", "http://LOCALHOST:5000/oauth/token"),
+    ],
+)
+def test_scheme_and_loopback_name_are_case_insensitive(base, url):
+    """HTTP:// and LOCALHOST are the same scheme and host as their lower-case spellings."""
+    assert token_url_for(base) == url
+
+
+@pytest.mark.parametrize(
     "base",
-    ["http://idp.example", "http://10.0.0.5:8080", "http://localhost.idp.example", "http://127.0.0.1@idp.example"],
+    [
+        "http://idp.example",
+        "HTTP://idp.example",
+        "http://10.0.0.5:8080",
+        "http://localhost.idp.example",
+        "http://127.0.0.1@idp.example",
+        "http://127.attacker.example",
+        "http://127.0.0.1.attacker.example",
+        "http://127.0.0.256",
+    ],
 )
 def test_plain_http_elsewhere_is_refused(base):
     """Plain http to any non-loopback host is refused: the secret would travel in clear text."""
@@ -114,7 +137,10 @@ def test_plain_http_elsewhere_is_refused(base):
     assert caught.value.exit_code == 3
 
 
-@pytest.mark.parametrize("base", ["ftp://idp.example", "file:///etc/passwd", "https:///tenant", "https://:443"])
+@pytest.mark.parametrize(
+    "base",
+    ["ftp://idp.example", "file:///etc/passwd", "https:///tenant", "https://:443", "https://", "http://", "HTTPS://"],
+)
 def test_non_http_urls_are_refused(base):
     """Other schemes and URLs without a host are refused, quoting the value."""
     with pytest.raises(ConfigurationError, match="not a host name or an http") as caught:
@@ -122,29 +148,35 @@ def test_non_http_urls_are_refused(base):
     assert repr(base) in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rstrip('/') turns 'https://' into the bare host 'https:'")
 @pytest.mark.parametrize("base", ["https://", "http://"])
 def test_scheme_without_host_is_refused(base):
-    """``AUTH_BASE_URL=https://$HOST`` with an empty $HOST is a configuration error, not host 'https'."""
-    with pytest.raises(ConfigurationError, match="not a host name or an http"):
-        token_url_for(base)
+    """``AUTH_BASE_URL=https://$HOST`` with an empty $HOST is a configuration error (exit 3), not host 'https'."""
+    error = _config_error(AUTH_BASE_URL=base)
+    assert "not a host name or an http" in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: is_loopback() trusts any host name starting with '127.'")
 def test_dns_name_starting_with_127_is_not_loopback():
     """A DNS name such as 127.attacker.example is not loopback, so plain http to it is refused."""
     with pytest.raises(ConfigurationError, match="https is required"):
         token_url_for("http://127.attacker.example")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: _host_of() ignores '?' and '#', so a userinfo-looking suffix fakes loopback"
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://idp.example#@127.0.0.1",
+        "http://idp.example?@localhost:80",
+        "http://idp.example/path?x=@[::1]",
+        "https://idp.example/tenant?x=1",
+        "https://idp.example#frag",
+        "idp.example?x",
+    ],
 )
-@pytest.mark.parametrize("base", ["http://idp.example#@127.0.0.1", "http://idp.example?@localhost:80"])
-def test_query_or_fragment_cannot_fake_loopback(base):
-    """``http://host#@127.0.0.1`` is sent to ``host`` by any HTTP client, so it is refused."""
-    with pytest.raises(ConfigurationError, match="https is required"):
+def test_query_or_fragment_is_refused(base):
+    """``http://host#@127.0.0.1`` is sent to ``host`` by any HTTP client, so '?' and '#' are refused outright."""
+    with pytest.raises(ConfigurationError, match="not a host name or an http") as caught:
         token_url_for(base)
+    assert caught.value.exit_code == 3
 
 
 # --- overrides ------------------------------------------------------------------------------
@@ -166,7 +198,7 @@ def test_overrides_win_over_environment():
     assert settings.audience == "https://cli.example"
     assert settings.token_url == "https://cli-idp.example/oauth/token"
     assert settings.scope == "cli:scope"
-    assert settings.cache_dir == Path("/cli/cache")
+    assert settings.cache_dir == "/cli/cache"
     assert settings.lock_timeout == 5.0
 
 
@@ -194,43 +226,76 @@ def test_environment_is_read_only_from_the_mapping_given(monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", "/os/xdg")
     settings = _from_env()
     assert settings.scope is None
-    assert settings.cache_dir == Path("/home/alice/.cache/qlam-hpc")
+    assert settings.cache_dir == "/home/alice/.cache/qlam-hpc"
 
 
 # --- the cache directory and switches -------------------------------------------------------
 
 
 def test_default_cache_dir_under_home():
-    """Without XDG_CACHE_HOME the cache is ~/.cache/qlam-hpc."""
-    assert _from_env(HOME="/home/bob").cache_dir == Path("/home/bob/.cache/qlam-hpc")
+    """Without XDG_CACHE_HOME the cache is ~/.cache/qlam-hpc, as a str."""
+    assert _from_env(HOME="/home/bob").cache_dir == "/home/bob/.cache/qlam-hpc"
+    assert default_cache_dir({"HOME": "/home/bob"}) == "/home/bob/.cache/qlam-hpc"
 
 
 def test_default_cache_dir_honours_xdg():
     """An absolute XDG_CACHE_HOME holds the cache."""
-    assert _from_env(XDG_CACHE_HOME="/scratch/xdg").cache_dir == Path("/scratch/xdg/qlam-hpc")
+    assert _from_env(XDG_CACHE_HOME="/scratch/xdg").cache_dir == "/scratch/xdg/qlam-hpc"
+    assert default_cache_dir({"XDG_CACHE_HOME": "/scratch/xdg", "HOME": "/h"}) == "/scratch/xdg/qlam-hpc"
 
 
 def test_relative_xdg_cache_home_is_ignored():
     """A relative XDG_CACHE_HOME is invalid per the XDG spec and falls back to HOME."""
-    assert _from_env(XDG_CACHE_HOME="rel/cache").cache_dir == Path("/home/alice/.cache/qlam-hpc")
+    assert _from_env(XDG_CACHE_HOME="rel/cache").cache_dir == "/home/alice/.cache/qlam-hpc"
 
 
-def test_cache_dir_variable_wins_and_expands_user():
+def test_default_cache_dir_without_home_uses_the_user_home(monkeypatch):
+    """With HOME unset in the mapping given, the user's home directory is used."""
+    monkeypatch.setenv("HOME", "/os/home")
+    assert default_cache_dir({}) == "/os/home/.cache/qlam-hpc"
+
+
+def test_cache_dir_is_always_a_string():
+    """from_env always fills cache_dir with a str, whichever source it came from."""
+    for settings in (_from_env(), _from_env(QLAM_TOKEN_CACHE_DIR="/shared/cache"), _from_env(XDG_CACHE_HOME="/x")):
+        assert type(settings.cache_dir) is str
+        assert settings.cache_path == settings.cache_dir
+
+
+def test_cache_dir_variable_wins_and_expands_user(monkeypatch):
     """QLAM_TOKEN_CACHE_DIR beats XDG and HOME, and ``~`` in it is expanded."""
-    assert _from_env(QLAM_TOKEN_CACHE_DIR="/shared/cache", XDG_CACHE_HOME="/x").cache_dir == Path("/shared/cache")
-    expanded = _from_env(QLAM_TOKEN_CACHE_DIR="~/tok").cache_dir
-    assert "~" not in str(expanded)
-    assert expanded.name == "tok"
+    monkeypatch.setenv("HOME", "/os/home")
+    assert _from_env(QLAM_TOKEN_CACHE_DIR="/shared/cache", XDG_CACHE_HOME="/x").cache_dir == "/shared/cache"
+    assert _from_env(QLAM_TOKEN_CACHE_DIR="~/tok").cache_dir == os.path.expanduser("~/tok") == "/os/home/tok"
+
+
+def test_cache_dir_override_may_be_a_path_like(tmp_path):
+    """A PathLike cache_dir override (from Python callers) becomes a str."""
+    assert Settings.from_env(BASE, cache_dir=tmp_path / "c").cache_dir == str(tmp_path / "c")
+
+
+def test_cache_path_falls_back_to_the_default(monkeypatch):
+    """Settings built without a cache_dir use the per-user default of the process environment."""
+    monkeypatch.setenv("XDG_CACHE_HOME", "/os/xdg")
+    settings = Settings("client-1", DEFAULT_AUDIENCE, "https://idp.example/oauth/token")
+    assert settings.cache_dir is None
+    assert settings.cache_path == "/os/xdg/qlam-hpc"
+    assert settings.with_(cache_dir="/mine").cache_path == "/mine"
 
 
 @pytest.mark.parametrize(
     ("value", "enabled"),
-    [("on", True), ("ON", True), ("1", True), ("true", True), ("yes", True),
+    [("on", True), ("ON", True), ("1", True), ("true", True), ("yes", True), ("", True),
      ("off", False), ("Off", False), ("0", False), ("false", False), ("no", False), (" off ", False)],
 )
 def test_cache_switch(value, enabled):
     """QLAM_TOKEN_CACHE turns the shared cache on or off."""
     assert _from_env(QLAM_TOKEN_CACHE=value).cache_enabled is enabled
+
+
+def test_cache_switch_unset_means_on():
+    """Without QLAM_TOKEN_CACHE the shared cache is on."""
+    assert _from_env(QLAM_TOKEN_CACHE=None).cache_enabled is True
 
 
 @pytest.mark.parametrize("value", ["maybe", "2", "enabled", "of"])
@@ -313,3 +378,29 @@ def test_with_changes_a_copy():
     settings = _from_env()
     changed = settings.with_(lock_timeout=1.0)
     assert (settings.lock_timeout, changed.lock_timeout) == (90, 1.0)
+    assert type(changed) is Settings
+    assert changed.with_(lock_timeout=90.0) == settings
+
+
+def test_with_refuses_unknown_fields():
+    """A misspelt setting in with_() is an error, not silently ignored."""
+    with pytest.raises((TypeError, ValueError)):
+        _from_env().with_(lock_timout=1.0)
+
+
+def test_settings_are_immutable():
+    """Settings and RetryPolicy fields cannot be reassigned, and no attributes can be added."""
+    settings = _from_env()
+    with pytest.raises(AttributeError):
+        settings.lock_timeout = 1.0
+    with pytest.raises(AttributeError):
+        settings.extra = 1
+    with pytest.raises(AttributeError):
+        settings.retry.attempts = 1
+
+
+def test_retry_policy_defaults_and_environment():
+    """The retry policy defaults to 5 attempts in 60 s, and QLAM_RETRY_* change attempts and deadline."""
+    assert _from_env().retry == RetryPolicy(attempts=5, deadline=60.0, initial_delay=0.5, max_delay=10.0)
+    retry = _from_env(QLAM_RETRY_ATTEMPTS="2", QLAM_RETRY_DEADLINE="5s").retry
+    assert (retry.attempts, retry.deadline) == (2, 5.0)

@@ -20,6 +20,7 @@ from . import _errors
 from ._tokens import Token
 
 MAGIC = "qlam-hpc token cache v1"
+_END = "end"
 
 _IDENTITY_FIELDS = ("token_url", "client_id", "audience", "scope")
 
@@ -161,6 +162,7 @@ def encode_entry(entry: CacheEntry) -> bytes:
         if "\n" in text or "\r" in text:
             raise ValueError(f"cache field {name} holds a line break")
         lines.append(f"{name}={text}")
+    lines.append(_END)  # a copy cut short, even at a line boundary, is never mistaken for an entry
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -170,10 +172,10 @@ def decode_entry(raw: bytes, identity: Identity) -> CacheEntry:
         lines = raw.decode().split("\n")
     except UnicodeDecodeError:
         raise ValueError("not text") from None
-    if lines[0] != MAGIC or lines[-1] != "":
+    if lines[0] != MAGIC or lines[-2:] != [_END, ""]:
         raise ValueError("unknown format or truncated")
     fields: dict[str, str] = {}
-    for line in lines[1:-1]:
+    for line in lines[1:-2]:
         name, equals, value = line.partition("=")
         if not equals:
             raise ValueError("a line without '='")
@@ -201,7 +203,7 @@ def _decode_token(fields: dict[str, str]) -> Token | None:
     )
 
 
-def _finite(text: str) -> float:
+def _finite(text: str | float) -> float:
     number = float(text)
     if number != number or number in (float("inf"), float("-inf")):
         raise ValueError("not a finite number")
@@ -217,8 +219,8 @@ def _decode_failure(text: str | None) -> Failure | None:
     return Failure(
         error=str(data["error"]),
         args=tuple(data["args"]),
-        at=float(data["at"]),
-        until=float(data["until"]),
+        at=_finite(data["at"]),
+        until=_finite(data["until"]),
         credentials=str(data["credentials"]),
         by=data.get("by"),
     )

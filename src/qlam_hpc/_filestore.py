@@ -48,6 +48,16 @@ _held_here: dict[str, str] = {}
 _held_here_guard = _thread.allocate_lock()
 
 
+def _forget_held_locks_in_child() -> None:
+    # A forked child inherits the table but not the locks (POSIX locks are not inherited).
+    global _held_here_guard
+    _held_here.clear()
+    _held_here_guard = _thread.allocate_lock()
+
+
+os.register_at_fork(after_in_child=_forget_held_locks_in_child)
+
+
 class FileStore:
     """A token store in one directory; safe to share between threads, processes and nodes."""
 
@@ -102,10 +112,14 @@ class FileStore:
         path = self.entry_path(entry.identity)
         temp = os.path.join(self.directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
+            data = encode_entry(entry)
+        except ValueError as exc:
+            log("warning", f"cannot cache this token ({exc}); it is used, but not shared with other processes")
+            return False
+        try:
             self._checked_directory(create=True)
             fd = os.open(temp, _OPEN_CREATE, 0o600)
             try:
-                data = encode_entry(entry)
                 while data:
                     data = data[os.write(fd, data) :]
                 os.fsync(fd)
@@ -147,7 +161,8 @@ class FileStore:
         from ._jobinfo import process_label
 
         self._checked_directory(create=True)
-        path = self.lock_path(identity)
+        # One name per file however it is spelled: a second spelling must not lock it twice.
+        path = os.path.realpath(self.lock_path(identity))
         label = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
         with _held_here_guard:
             if path in _held_here:
@@ -178,7 +193,7 @@ class FileStore:
         return self._node_locks.try_lock(identity)
 
     def lock_holder(self, identity: Identity) -> str | None:
-        path = self.lock_path(identity)
+        path = os.path.realpath(self.lock_path(identity))
         with _held_here_guard:
             if path in _held_here:
                 return _held_here[path]
@@ -247,6 +262,8 @@ class FileStore:
             info = os.stat(self.directory)
         except NotADirectoryError:
             raise UnsafeCache(f"token cache {self.directory} is not a directory (a file is in its path)") from None
+        except OSError as exc:
+            raise UnsafeCache(f"token cache {self.directory} cannot be used ({exc.strerror or exc})") from None
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafeCache(f"token cache {self.directory} is not a directory")
         if info.st_uid != os.geteuid():

@@ -84,11 +84,15 @@ def parse_token_response(
     access_token = data.get("access_token")
     if not isinstance(access_token, str) or not access_token.strip():
         raise InvalidTokenResponse(f"identity provider {url} answered without an access_token")
+    if not access_token.isprintable() or any(c.isspace() for c in access_token):
+        # RFC 6750 tokens are printable, without spaces; anything else cannot go in a header.
+        raise InvalidTokenResponse(f"identity provider {url} answered with a malformed access_token")
     token_type = data.get("token_type") or "Bearer"
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise InvalidTokenResponse(f"identity provider {url} issued a {token_type!r} token, not a Bearer token")
     expires_at = _expiry(access_token, obtained_at + _expires_in(data.get("expires_in"), url), obtained_at)
-    scope = data.get("scope") if isinstance(data.get("scope"), str) else None
+    scope = data.get("scope")
+    scope = " ".join(scope.split()) or None if isinstance(scope, str) else None
     return Token(
         access_token=access_token,
         expires_at=expires_at,
