@@ -1,6 +1,6 @@
 # Everything a fresh machine needs is installed by these targets.
 #   make demo   - the main job: a 32-task job array against the embedded sandbox
-#   make test   - the whole test suite
+#   make test   - the whole test suite (with Redis and a local Slurm cluster)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,8 +20,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/qlam-hpc demo
 
+# The integration tests need Redis and a local Slurm: installed from Debian's packages
+# and started here when missing, stopped afterwards whatever the outcome.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	scripts/test-services.sh start
+	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; scripts/test-services.sh stop; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

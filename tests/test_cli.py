@@ -313,3 +313,67 @@ def test_help_lists_every_command_and_the_exit_codes(env):
     assert result.code == 0
     for word in ("token", "auth", "sandbox", "demo", "Exit codes:", "rate limited"):
         assert word in result.out
+    assert "doctor" in result.out and "15  a secret store" in result.out
+
+
+# --- credentials from their sources ---------------------------------------------------------------
+
+
+def test_a_warm_token_with_a_secret_file_loads_no_secret_machinery(env, tmp_path):
+    """With QLAM_CLIENT_SECRET_FILE set, a cache hit still loads no HTTP, key, JSON or secret-store module."""
+    path = tmp_path / "secret"
+    path.write_text(env["QLAM_CLIENT_SECRET"])
+    path.chmod(0o600)
+    case = {k: v for k, v in env.items() if k != "QLAM_CLIENT_SECRET"}
+    case["QLAM_CLIENT_SECRET_FILE"] = str(path)
+    assert run_cli("token", env=case).code == 0
+    heavy = {"httpx", "click", "logging", "json", "re", "threading", "hvac", "boto3", "cryptography", "jwt", "typing"}
+    probe = (
+        "import sys\n"
+        "from qlam_hpc._cli import main\n"
+        "code = main(['token'])\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=case, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr.strip() == "[]"
+
+
+# --- auth check -------------------------------------------------------------------------------------
+
+
+def test_auth_check_asks_before_spending_quota(env, sandbox):
+    """Without a terminal and without --yes, auth check refuses (exit 2) and makes no request."""
+    result = run_cli("auth", "check", env=env)
+    assert result.code == 2 and "counts against the monthly quota" in result.err and "--yes" in result.err
+    assert sandbox.stats()["token_requests"] == 0
+
+
+def test_auth_check_makes_one_request_and_shares_the_token(env, sandbox):
+    """auth check --yes: one token request, an ok line naming method and source, the token cached for the others."""
+    result = run_cli("auth", "check", "--yes", env=env)
+    assert result.code == 0, result.err
+    assert result.out.startswith("ok: the identity provider accepted client test-client (client_secret_post from QLAM_CLIENT_SECRET)")
+    assert env["QLAM_CLIENT_SECRET"] not in result.out + result.err
+    assert json.loads(run_cli("token", "--json", env=env).out)["source"] == "cache"
+    assert run_cli("auth", "check", "-y", env=env).code == 0  # checks again even with a cached token
+    assert sandbox.stats()["token_requests"] == 2
+
+
+def test_auth_check_reports_a_refusal(env, sandbox):
+    """A wrong secret: exit 4 with the IdP's reason, even when a valid token is cached."""
+    run_cli("token", env=env)
+    result = run_cli("auth", "check", "--yes", env={**env, "QLAM_CLIENT_SECRET": "wrong-secret-xyz"})
+    assert result.code == 4 and "invalid_client" in one_error_line(result.err)
+    assert "wrong-secret-xyz" not in result.err
+
+
+def test_basic_authentication_through_the_cli_never_logs_the_header(env, sandbox):
+    """QLAM_CLIENT_AUTH_METHOD=client_secret_basic gets a token; -vv shows neither secret nor header."""
+    import base64
+
+    result = run_cli("-vv", "token", env={**env, "QLAM_CLIENT_AUTH_METHOD": "client_secret_basic"})
+    assert result.code == 0, result.err
+    header = base64.b64encode(f"{env['QLAM_CLIENT_ID']}:{env['QLAM_CLIENT_SECRET']}".encode()).decode()
+    assert header not in result.err and env["QLAM_CLIENT_SECRET"] not in result.err
+    assert "HTTP Request: POST" in result.err

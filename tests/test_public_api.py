@@ -15,6 +15,10 @@ from qlam_hpc import _errors
 
 PUBLIC = [
     "AccessDenied",
+    "ApiError",
+    "ApiSettings",
+    "ApiUnreachable",
+    "AsyncQlamClient",
     "AuthError",
     "CacheError",
     "ConfigurationError",
@@ -24,15 +28,25 @@ PUBLIC = [
     "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
+    "InvalidTaskDefinition",
     "InvalidTokenResponse",
     "LockTimeout",
+    "NotFound",
     "OAuthError",
+    "Page",
     "QlamAuth",
+    "QlamClient",
     "QlamError",
+    "QlamRequestsAuth",
     "RateLimited",
     "RetryPolicy",
     "Secret",
     "Settings",
+    "Task",
+    "TaskCancelled",
+    "TaskDefinition",
+    "TaskFailed",
+    "TaskStatus",
     "Token",
     "TokenLifetimeTooShort",
     "TokenProvider",
@@ -41,6 +55,7 @@ PUBLIC = [
     "UnauthorizedClient",
     "UnsafeCache",
     "UnsupportedGrantType",
+    "WaitTimeout",
     "__version__",
 ]
 
@@ -63,6 +78,13 @@ EXIT_CODES = {
     "CacheError": 8,
     "UnsafeCache": 8,
     "LockTimeout": 9,
+    "TaskFailed": 10,
+    "TaskCancelled": 11,
+    "WaitTimeout": 12,
+    "ApiError": 13,
+    "InvalidTaskDefinition": 13,
+    "NotFound": 13,
+    "ApiUnreachable": 14,
 }
 
 HEAVY = {"httpx", "click", "rich", "pydantic"}
@@ -84,6 +106,10 @@ def _instance(cls: type) -> _errors.QlamError:
         return cls(7200.0, 3600.0)
     if cls is _errors.RateLimited:
         return cls("identity provider is rate limiting token requests (HTTP 429)", 30.0)
+    if issubclass(cls, _errors.TaskFailed):
+        return cls("5f0c", "Failed", ["execution failed"])
+    if issubclass(cls, _errors.ApiError):
+        return cls(400, ["programs: at least one"], 1300, "https://api.example/v2/squin-256q/tasks")
     return cls(f"{cls.__name__}: something went wrong in /tmp/cache")
 
 
@@ -139,6 +165,15 @@ def test_import_is_cheap():
     assert _imported_after("import qlam_hpc") == []
 
 
+def test_the_tasks_client_is_loaded_on_first_use():
+    """QlamClient and the models load pydantic and httpx only when used; requests never unless asked."""
+    loaded = _imported_after("import qlam_hpc; qlam_hpc.QlamClient; qlam_hpc.Task")
+    assert {"httpx", "pydantic"} <= set(loaded)
+    code = "import qlam_hpc, sys; qlam_hpc.AsyncQlamClient; qlam_hpc.QlamClient; print('requests' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
 def test_warm_path_names_are_cheap():
     """Settings, Token, FileStore and the errors are usable without loading httpx or the CLI stack."""
     statement = "import qlam_hpc; qlam_hpc.Settings; qlam_hpc.Token; qlam_hpc.FileStore; qlam_hpc.InvalidClient"
@@ -178,5 +213,7 @@ def test_error_pickles_with_its_message(cls):
     assert str(copy) == str(error)
     assert copy.message == error.message
     assert copy.exit_code == error.exit_code
-    for attribute in ("error", "description", "status", "url", "retry_after", "min_ttl", "lifetime"):
+    for attribute in (
+        "error", "description", "status", "url", "retry_after", "min_ttl", "lifetime", "task_id", "reasons", "messages", "code"
+    ):
         assert getattr(copy, attribute, None) == getattr(error, attribute, None)

@@ -404,3 +404,57 @@ def test_retry_policy_defaults_and_environment():
     assert _from_env().retry == RetryPolicy(attempts=5, deadline=60.0, initial_delay=0.5, max_delay=10.0)
     retry = _from_env(QLAM_RETRY_ATTEMPTS="2", QLAM_RETRY_DEADLINE="5s").retry
     assert (retry.attempts, retry.deadline) == (2, 5.0)
+
+
+# --- credentials, client authentication, other servers ------------------------------------------
+
+
+def test_new_settings_default_to_auth0s_behaviour():
+    """Without the new variables: client_secret_post by default, audience parameter, no discovery, no key."""
+    settings = _from_env()
+    assert settings.client_auth is None and settings.audience_param == "audience"
+    assert settings.discovery_url is None and settings.private_key is None
+    assert settings.key_id is None and settings.assertion_alg is None
+
+
+def test_private_key_settings_are_read():
+    """QLAM_CLIENT_PRIVATE_KEY_FILE, QLAM_CLIENT_KEY_ID and QLAM_CLIENT_ASSERTION_ALG are read without opening the file."""
+    settings = _from_env(
+        QLAM_CLIENT_PRIVATE_KEY_FILE="~/keys/qlam.pem", QLAM_CLIENT_KEY_ID="key-2026", QLAM_CLIENT_ASSERTION_ALG="PS256"
+    )
+    assert settings.private_key.describe() == "file " + os.path.expanduser("~/keys/qlam.pem")
+    assert (settings.key_id, settings.assertion_alg) == ("key-2026", "PS256")
+
+
+def test_a_literal_private_key_is_a_secret():
+    """QLAM_CLIENT_PRIVATE_KEY holding PEM text is kept as a masked Secret."""
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+    settings = _from_env(QLAM_CLIENT_PRIVATE_KEY=pem)
+    assert isinstance(settings.private_key, Secret) and settings.private_key.reveal() == pem
+    assert "MIIB" not in repr(settings)
+
+
+def test_key_and_key_file_together_are_refused():
+    """QLAM_CLIENT_PRIVATE_KEY and QLAM_CLIENT_PRIVATE_KEY_FILE together are ambiguous: refused."""
+    assert "both QLAM_CLIENT_PRIVATE_KEY and QLAM_CLIENT_PRIVATE_KEY_FILE" in str(
+        _config_error(QLAM_CLIENT_PRIVATE_KEY="x", QLAM_CLIENT_PRIVATE_KEY_FILE="/k")
+    )
+
+
+def test_context_override_is_not_a_settings_field(tmp_path):
+    """--context is consumed by from_env (a QLAM Shell context), not copied into Settings."""
+    with pytest.raises(ConfigurationError, match="no QLAM Shell config"):
+        Settings.from_env({**BASE, "HOME": str(tmp_path)}, context="production")
+
+
+def test_settings_with_a_secret_source_refuse_pickling():
+    """A secret *reference* does not pickle either (it may hold the environment)."""
+    with pytest.raises(TypeError):
+        pickle.dumps(_from_env(QLAM_CLIENT_SECRET=None, QLAM_CLIENT_SECRET_FILE="/run/secrets/qlam"))
+
+
+def test_a_secret_argument_takes_the_same_notation():
+    """from_env(client_secret=...) accepts a value or a reference, as the variable does."""
+    settings = Settings.from_env(BASE, client_secret="file:/run/secrets/qlam", private_key="literal-pem")
+    assert settings.client_secret.describe() == "file /run/secrets/qlam"
+    assert settings.private_key == Secret("literal-pem")

@@ -1,4 +1,4 @@
-"""qlam-hpc: shared OAuth2 M2M tokens and a QLAM client for HPC batch jobs.
+"""qlam-hpc: shared OAuth2 M2M tokens and a QLAM tasks client for HPC batch jobs.
 
 The public names are loaded on first use, so ``import qlam_hpc`` stays cheap
 for the warm ``qlam-hpc token`` path and for batch scripts that only need a token.
@@ -19,6 +19,15 @@ __all__ = [
     "TokenStore",
     "FileStore",
     "QlamAuth",
+    # the tasks API
+    "QlamClient",
+    "AsyncQlamClient",
+    "ApiSettings",
+    "Task",
+    "TaskStatus",
+    "TaskDefinition",
+    "Page",
+    "QlamRequestsAuth",
     # errors
     "QlamError",
     "ConfigurationError",
@@ -38,6 +47,13 @@ __all__ = [
     "CacheError",
     "UnsafeCache",
     "LockTimeout",
+    "TaskFailed",
+    "TaskCancelled",
+    "WaitTimeout",
+    "ApiError",
+    "InvalidTaskDefinition",
+    "NotFound",
+    "ApiUnreachable",
 ]
 
 _HOMES = {
@@ -50,6 +66,15 @@ _HOMES = {
     "TokenStore": "._store",
     "FileStore": "._filestore",
     "QlamAuth": "._auth",
+    "QlamClient": "._api._client",
+    "AsyncQlamClient": "._api._async_client",
+    "ApiSettings": "._api._settings",
+    "Task": "._api._models",
+    "TaskStatus": "._api._models",
+    "TaskDefinition": "._api._models",
+    "Page": "._api._models",
+    # requests is not a dependency: imported only when this name is used.
+    "QlamRequestsAuth": "._api._requests_auth",
 }
 
 
@@ -73,6 +98,11 @@ def __dir__() -> list[str]:
 
 TYPE_CHECKING = False  # typing itself costs the warm token path milliseconds
 if TYPE_CHECKING:  # pragma: no cover
+    from ._api._async_client import AsyncQlamClient
+    from ._api._client import QlamClient
+    from ._api._models import Page, Task, TaskDefinition, TaskStatus
+    from ._api._requests_auth import QlamRequestsAuth
+    from ._api._settings import ApiSettings
     from ._auth import QlamAuth
     from ._errors import *  # noqa: F403
     from ._filestore import FileStore

@@ -1,9 +1,10 @@
 """``qlam-hpc demo``: an emulated job array against the embedded sandbox.
 
 N worker processes start together, each with the environment a Slurm array task
-has. Each gets a token through the shared cache and makes an authenticated API
-call. The summary shows what matters on a real cluster: how many token requests
-the identity provider saw for the whole array.
+has. Each gets a token through the shared cache and runs the real workflow:
+submit a small task, wait for it, save its results to a file. The summary shows
+what matters on a real cluster: the tasks completed, and how many token
+requests the identity provider saw for the whole array (1, not N).
 """
 
 from __future__ import annotations
@@ -25,37 +26,59 @@ ARRAY_JOB_ID = "4242"
 @click.option("-n", "--workers", default=32, show_default=True, type=click.IntRange(1, 1000), help="Array tasks.")
 @click.option("--latency", default=0.2, show_default=True, type=float, help="Seconds the sandbox IdP takes per token.")
 @click.option(
+    "--task-duration",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="Seconds each emulated QPU task runs.",
+)
+@click.option(
     "--cache-dir",
     "demo_cache",
     type=click.Path(file_okay=False, path_type=Path),
     help="Token cache for the run [default: a new temporary directory].",
 )
-def demo_command(workers: int, latency: float, demo_cache: Path | None) -> None:
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep each task's results here [default: the run's scratch directory, removed at the end].",
+)
+def demo_command(
+    workers: int, latency: float, task_duration: float, demo_cache: Path | None, results_dir: Path | None
+) -> None:
     """Run an emulated N-task job array against the embedded sandbox.
 
-    Starts the sandbox identity provider and API on 127.0.0.1, launches the
-    workers at once, and ends with a summary: tasks, successes, and the token
+    Starts the sandbox identity provider and tasks API on 127.0.0.1 and
+    launches the workers at once. Each submits a small task, waits for it and
+    saves its results to a file. The summary: tasks completed, and the token
     requests the identity provider saw (the point: 1, not N).
+
+    \b
+    qlam-hpc demo
+    qlam-hpc demo -n 200 --task-duration 0.5 --results-dir ./demo-results
     """
     from rich.console import Console
 
     from .sandbox import Sandbox, SandboxConfig
 
     console = Console(stderr=False, highlight=False)
-    with tempfile.TemporaryDirectory(prefix="qlam-hpc-demo-") as scratch, Sandbox(
-        SandboxConfig.default(latency=latency)
-    ) as sandbox:
+    config = SandboxConfig.default(latency=latency, task_duration=task_duration)
+    with tempfile.TemporaryDirectory(prefix="qlam-hpc-demo-") as scratch, Sandbox(config) as sandbox:
         cache_dir = demo_cache or Path(scratch) / "cache"
-        console.print(f"sandbox identity provider and API on [bold]{sandbox.url}[/]")
+        saved = results_dir or Path(scratch) / "results"
+        saved.mkdir(parents=True, exist_ok=True)
+        console.print(f"sandbox identity provider and tasks API on [bold]{sandbox.url}[/]")
         console.print(f"shared token cache: {cache_dir}")
         console.print(f"launching a {workers}-task job array (array job {ARRAY_JOB_ID})")
-        env = {**os.environ, **sandbox.env(), "QLAM_TOKEN_CACHE_DIR": str(cache_dir)}
-        env.pop("QLAM_TOKEN_CACHE", None)
+        env = {**os.environ, **sandbox.env(), "QLAM_TOKEN_CACHE_DIR": str(cache_dir), "QLAM_DEMO_RESULTS": str(saved)}
+        for variable in ("QLAM_TOKEN_CACHE", "QLAM_QPU_MODE", "QLAM_ATTRIBUTION"):
+            env.pop(variable, None)
         started = time.monotonic()
         results = _run_array(workers, env, console)
         wall = time.monotonic() - started
         stats = sandbox.stats()
-    _summary(console, workers, results, stats, wall)
+        files = len(list(saved.glob("results-*.json")))
+    _summary(console, workers, results, stats, wall, files, saved if results_dir else None)
     if sum(1 for r in results if r.get("ok")) != workers:
         raise SystemExit(1)
 
@@ -103,16 +126,22 @@ def _result(task: int, code: int, out: str, err: str) -> dict:
     return result
 
 
-def _summary(console, workers: int, results: list[dict], stats: dict, wall: float) -> None:
+def _summary(
+    console, workers: int, results: list[dict], stats: dict, wall: float, files: int, kept: Path | None
+) -> None:
     from rich.table import Table
 
     sources: dict[str, int] = {}
     for result in results:
         sources[result.get("source", "error")] = sources.get(result.get("source", "error"), 0) + 1
     ok = sum(1 for r in results if r.get("ok"))
+    completed = sum(1 for r in results if r.get("status") == "Completed")
     table = Table(title="job array summary", show_header=False)
     table.add_row("array tasks", str(workers))
     table.add_row("succeeded", f"{ok}/{workers}")
+    table.add_row("QPU tasks submitted", str(stats.get("tasks_created", 0)))
+    table.add_row("QPU tasks completed", f"[bold]{completed}[/]")
+    table.add_row("results files saved", f"{files}" + (f" in {kept}" if kept else ""))
     table.add_row("token requests seen by the IdP", f"[bold]{stats['token_requests']}[/]")
     table.add_row("tokens from", ", ".join(f"{k}: {v}" for k, v in sorted(sources.items())))
     table.add_row("authenticated API calls", str(stats.get("api_requests", 0)))

@@ -1,6 +1,7 @@
-"""One task of the demo's job array: a token through the shared cache, one authenticated call.
+"""One task of the demo's job array: a token through the shared cache, then the real workflow —
+submit a small task, wait for it, save its results in the demo's scratch directory.
 
-Prints one JSON line: ``{"ok": ..., "source": ..., "subject": ...}``, never the token.
+Prints one JSON line: ``{"ok", "source", "task_id", "status", "results"}``, never the token.
 """
 
 from __future__ import annotations
@@ -10,24 +11,39 @@ import os
 import sys
 
 
-def main() -> int:
-    import httpx
+def definition(array_task: int) -> dict:
+    """A small task: one program, one subtask of 100 shots, an argument per array task."""
+    return {
+        "program_language": "squin",
+        "programs": [{"content": f"# qlam-hpc demo, array task {array_task}\nmeasure all"}],
+        "subtasks": [{"program_index": 0, "num_shots": 100, "arguments": {"array_task": array_task}}],
+    }
 
-    from ._auth import QlamAuth
+
+def main() -> int:
+    from ._api._client import QlamClient
     from ._errors import QlamError
     from ._provider import TokenProvider
 
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID", "0")
+    array_task = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+    results_dir = os.environ.get("QLAM_DEMO_RESULTS", ".")
+    result: dict = {"ok": False}
     try:
         provider = TokenProvider.from_env()
-        source = provider.get().source
-        with httpx.Client(base_url=os.environ["QLAM_API_URL"], auth=QlamAuth(provider), timeout=30) as client:
-            response = client.get("/userinfo")
-        ok = response.status_code == 200
-        result = {"ok": ok, "source": source, "status": response.status_code}
-        if ok:
-            result["subject"] = response.json().get("sub")
+        result["source"] = provider.get().source
+        with QlamClient(provider=provider) as client:
+            # The key makes a resubmitted array task find its earlier task instead of making another.
+            task = client.create_task(definition(array_task), idempotency_key=f"demo-{array_job}-{array_task}")
+            result["task_id"] = task.id
+            task = client.wait(task, timeout=300, poll_interval=0.2, max_poll_interval=2.0)
+            result["status"] = task.status
+            path = client.download_results(task, os.path.join(results_dir, f"results-{array_task:04d}.json"))
+            result.update(ok=True, results=str(path))
     except QlamError as error:
-        result = {"ok": False, "error": str(error), "exit_code": error.exit_code}
+        result.update(error=str(error), exit_code=error.exit_code)
+        if getattr(error, "status", None) and isinstance(error.status, str):
+            result["status"] = error.status
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

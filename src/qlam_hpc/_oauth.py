@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Mapping
 
-from ._errors import ConfigurationError, InvalidTokenResponse, oauth_error
+from ._errors import InvalidTokenResponse, oauth_error
 from ._settings import RetryPolicy, Settings
 from ._tokens import Token
 
@@ -33,30 +33,57 @@ class TokenRequest:
 
 def credentials_fingerprint(settings: Settings) -> str:
     """Names the credentials without revealing them, so a shared failure record can tell
-    whether it was written for the credentials in use now (a rotated secret differs)."""
+    whether it was written for the credentials in use now (a rotated secret or key differs).
+
+    It covers the credential in use only (the private key's PEM for private_key_jwt,
+    else the secret), read from its source if ``settings`` still hold a reference: the
+    provider calls it only when a token must be fetched.
+    """
     import hashlib
 
-    secret = settings.client_secret.reveal() if settings.client_secret else ""
-    material = "\0".join(("qlam-hpc credentials v1", settings.token_url, settings.client_id, secret))
+    from ._client_auth import uses_private_key
+
+    with_key = uses_private_key(settings)
+    credential = settings.private_key if with_key else settings.client_secret
+    value = credential.resolve().reveal() if credential is not None else ""
+    parts = [settings.token_url, settings.client_id, value]
+    if with_key:
+        parts = ["private_key_jwt", *parts, settings.key_id or "", settings.assertion_alg or ""]
+    material = "\0".join(("qlam-hpc credentials v1", *parts))
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def token_request(settings: Settings) -> TokenRequest:
-    """The Auth0-style client_credentials request, with the secret in the body (client_secret_post)."""
-    if settings.client_secret is None:
-        raise ConfigurationError(
-            "QLAM_CLIENT_SECRET is not set and no valid token is cached: a new token needs the client secret"
-        )
-    form = {
-        "grant_type": "client_credentials",
-        "client_id": settings.client_id,
-        "client_secret": settings.client_secret.reveal(),
-        "audience": settings.audience,
-    }
+def token_request(
+    settings: Settings,
+    *,
+    endpoint: str | None = None,
+    auth=None,
+    now: float | None = None,
+    assertion_audience: str | None = None,
+) -> TokenRequest:
+    """The client_credentials request for ``endpoint`` (default: ``settings.token_url``).
+
+    ``auth`` is a ``_client_auth`` method object (default: the one the settings choose,
+    without discovery): client_secret_post puts the secret in the body, Auth0's way.
+    The audience goes out as Auth0's ``audience``, or as RFC 8707's ``resource``.
+    ``now`` dates a private_key_jwt assertion, whose ``aud`` is ``assertion_audience``,
+    else ``settings.assertion_audience``, else the endpoint.
+    """
+    import time
+
+    from ._client_auth import choose_method, client_authentication
+
+    if auth is None:
+        auth = client_authentication(settings, choose_method(settings))
+    url = endpoint or settings.token_url
+    form = {"grant_type": "client_credentials", settings.audience_param or "audience": settings.audience}
     if settings.scope:
         form["scope"] = settings.scope
     headers = {"Accept": "application/json"}
-    return TokenRequest(settings.token_url, form, headers)
+    configured = settings.assertion_audience if settings.assertion_audience != "issuer" else None  # "issuer": discovered
+    audience = assertion_audience or configured or url
+    auth.apply(form, headers, audience=audience, now=time.time() if now is None else now)
+    return TokenRequest(url, form, headers)
 
 
 def parse_token_response(

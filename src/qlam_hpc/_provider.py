@@ -10,7 +10,16 @@ Lookup order, cheapest first:
    and only then ask the identity provider.
 
 A failed fetch is written to the store as a failure record so that the other
-processes of a job array repeat the answer instead of each asking again.
+processes of a job array repeat the answer instead of each asking again. The
+record carries a fingerprint of the credentials it was given for, so new
+credentials (a rotated secret, a replaced key) are tried at once.
+
+Secrets and keys are read from their sources (``_secrets.py``) only when a token
+must be fetched, or when a failure record must be compared with them; a process
+that finds the token, or waits for another process to publish it, reads none.
+When the identity provider answers ``invalid_client``, the source is read once
+more: if it now holds other credentials (rotated in Vault, a file replaced), the
+request is retried once with them.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 from ._cache import CacheEntry, Failure, Identity, active_failure, cached_token, cooldown_for, fallback_token
-from ._errors import AuthError, LockTimeout, QlamError, TokenLifetimeTooShort
+from ._errors import AuthError, InvalidClient, LockTimeout, QlamError, TokenLifetimeTooShort
 from ._log import log
 from ._settings import Settings
 from ._store import NO_LOCK, NullStore, TokenStore
@@ -107,7 +116,7 @@ class TokenProvider:
         if token is not None:
             return TokenResult(token, "cache")
         _check_lifetime(entry, min_ttl)
-        credentials = self._credentials()
+        credentials = _Credentials(self.settings)  # read from their sources on first use only
         replay = self._replay_failure(entry, credentials, rejected)
         if replay is not None:
             return replay
@@ -124,7 +133,7 @@ class TokenProvider:
                 return replay
             return self._fetch_and_publish(entry, credentials, min_ttl, rejected)
 
-    def _acquire(self, credentials: str, min_ttl: float, rejected: str | None) -> ContextManager | TokenResult:
+    def _acquire(self, credentials: _Credentials, min_ttl: float, rejected: str | None) -> ContextManager | TokenResult:
         """The refresh lock, or the result another process published while we waited for it."""
         deadline = self._clock() + self.settings.lock_timeout
         pause = 0.005
@@ -159,37 +168,107 @@ class TokenProvider:
             pause = min(pause * 1.5, 0.25)
 
     def _fetch_and_publish(
-        self, entry: CacheEntry | None, credentials: str, min_ttl: float, rejected: str | None
+        self, entry: CacheEntry | None, credentials: _Credentials, min_ttl: float, rejected: str | None
     ) -> TokenResult:
-        from ._jobinfo import job_id, process_label
+        from ._jobinfo import process_label
 
-        fetch = self._fetch
-        if fetch is None:
-            from ._http import fetch_token as fetch
         base = entry or CacheEntry(self.identity)
-        started = self._clock()
         by = process_label()
-        try:
-            token = fetch(self.settings, obtained_by=by, clock=self._clock)
-        except AuthError as error:
-            self._record(started, job_id(), getattr(error, "error", None) or type(error).__name__)
-            cooldown = cooldown_for(
-                error,
-                rejected_cooldown=self.settings.rejected_cooldown,
-                transient_cooldown=self.settings.transient_cooldown,
-            )
-            failure = Failure.from_error(error, at=started, cooldown=cooldown, credentials=credentials, by=by)
-            self.store.save(base.with_failure(failure))
+        token, error, credentials = self._fetch_rotating(credentials, by)
+        if error is not None:
+            self._publish_failure(base, error, credentials, by)
             return self._fallback_or_raise(base, error, rejected)
-        self._record(started, job_id(), "ok")
         self.store.save(base.with_token(token))
         if not token.usable(self._clock(), min_ttl):
             raise TokenLifetimeTooShort(min_ttl, token.lifetime)
         self._warn_about_budget()
         return TokenResult(token, "fetched")
 
-    def _replay_failure(self, entry: CacheEntry | None, credentials: str, rejected: str | None) -> TokenResult | None:
-        failure = active_failure(entry, self._clock(), credentials)
+    def check(self) -> TokenResult:
+        """One token request whatever the cache holds: proves the configured credentials work.
+
+        It counts against the monthly quota. The token is published to the store (so the
+        request is not wasted), and a rejection is recorded for the other processes, as
+        after any fetch; unlike ``get()``, a failure is raised, never covered by a fallback.
+        """
+        from ._jobinfo import process_label
+
+        with self._lock:
+            base = self.store.load(self.identity) or CacheEntry(self.identity)
+            by = process_label()
+            token, error, credentials = self._fetch_rotating(_Credentials(self.settings), by)
+            if error is not None:
+                self._publish_failure(base, error, credentials, by)
+                raise error
+            self.store.save(base.with_token(token))
+            self._memory = token
+            return TokenResult(token, "fetched")
+
+    def _fetch_rotating(
+        self, credentials: _Credentials, by: str
+    ) -> tuple[Token | None, AuthError | None, _Credentials]:
+        """``(token, None, credentials used)`` or ``(None, error, credentials used)``.
+
+        After ``invalid_client`` the credentials are read from their source again: when that
+        gives others (the secret was rotated), one more request is made with them.
+        """
+        try:
+            return self._fetch_once(credentials, by), None, credentials
+        except InvalidClient as error:
+            try:
+                renewed = credentials.renewed()
+            except QlamError as reread:  # e.g. Vault down now: the rejection is the answer to give
+                log("warning", f"could not read the client credentials again after their rejection: {reread}")
+                renewed = None
+            if renewed is None:
+                return None, error, credentials
+            log(
+                "warning",
+                "the identity provider refused the client credentials, and their source now holds "
+                "different ones (rotated?); retrying once with those",
+            )
+            credentials = renewed
+        except AuthError as error:
+            return None, error, credentials
+        try:
+            return self._fetch_once(credentials, by), None, credentials
+        except AuthError as error:
+            return None, error, credentials
+
+    def _fetch_once(self, credentials: _Credentials, by: str) -> Token:
+        """One fetch, recorded in the ledger whatever its outcome."""
+        from ._jobinfo import job_id
+
+        fetch = self._fetch
+        if fetch is None:
+            from ._http import fetch_token as fetch
+        settings = credentials.settings()
+        started = self._clock()
+        try:
+            token = fetch(settings, obtained_by=by, clock=self._clock)
+        except AuthError as error:
+            self._record(started, job_id(), getattr(error, "error", None) or type(error).__name__)
+            raise
+        self._record(started, job_id(), "ok")
+        return token
+
+    def _publish_failure(self, base: CacheEntry, error: AuthError, credentials: _Credentials, by: str) -> None:
+        cooldown = cooldown_for(
+            error,
+            rejected_cooldown=self.settings.rejected_cooldown,
+            transient_cooldown=self.settings.transient_cooldown,
+        )
+        at = self._clock()
+        failure = Failure.from_error(error, at=at, cooldown=cooldown, credentials=credentials.fingerprint(), by=by)
+        self.store.save(base.with_failure(failure))
+
+    def _replay_failure(
+        self, entry: CacheEntry | None, credentials: _Credentials, rejected: str | None
+    ) -> TokenResult | None:
+        failure = entry.failure if entry is not None else None
+        if failure is None or self._clock() >= failure.until:
+            return None  # nothing to compare: the credentials need not be read
+        failure = active_failure(entry, self._clock(), credentials.fingerprint())
         if failure is None:
             return None
         log(
@@ -211,11 +290,6 @@ class TokenProvider:
             f"still valid for {format_duration(token.remaining(self._clock()))}",
         )
         return TokenResult(token, "fallback")
-
-    def _credentials(self) -> str:
-        from ._oauth import credentials_fingerprint
-
-        return credentials_fingerprint(self.settings)
 
     def _record(self, at: float, job: str | None, outcome: str) -> None:
         import os
@@ -240,6 +314,37 @@ class TokenProvider:
         used = count_requests(self.store, self.settings, self._clock())
         if used > 0.8 * budget:
             log("warning", f"{used} token requests this month: {used / budget:.0%} of the budget of {budget}")
+
+
+class _Credentials:
+    """The settings with their credential read from its source, and the fingerprint of what
+    was read; both made on first use, so a process that needs neither reads no secret."""
+
+    def __init__(self, settings: Settings, resolved: Settings | None = None) -> None:
+        self._settings = settings
+        self._resolved = resolved
+        self._fingerprint: str | None = None
+
+    def settings(self) -> Settings:
+        if self._resolved is None:
+            from ._client_auth import resolve_credentials
+
+            self._resolved = resolve_credentials(self._settings)
+        return self._resolved
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from ._oauth import credentials_fingerprint
+
+            self._fingerprint = credentials_fingerprint(self.settings())
+        return self._fingerprint
+
+    def renewed(self) -> _Credentials | None:
+        """The credentials read again from their source, if they differ from these."""
+        from ._client_auth import resolve_credentials
+
+        again = _Credentials(self._settings, resolve_credentials(self._settings, fresh=True))
+        return again if again.fingerprint() != self.fingerprint() else None
 
 
 def count_requests(store: TokenStore, settings: Settings, now: float) -> int:

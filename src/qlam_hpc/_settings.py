@@ -21,15 +21,27 @@ DEFAULT_AUDIENCE = "https://api.quera.com"
 
 
 class Secret:
-    """A secret value that never shows itself in a repr, a log line or a traceback."""
+    """A secret value that never shows itself in a repr, a log line or a traceback.
 
-    __slots__ = ("_value",)
+    It is also the simplest secret source: ``resolve()`` gives the secret itself. The
+    others (a file, Vault, AWS Secrets Manager, see ``_secrets.py``) fetch theirs only
+    when a token must be fetched. ``origin`` says where the value came from, for messages.
+    """
 
-    def __init__(self, value: str) -> None:
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str | None = None) -> None:
         self._value = value
+        self.origin = origin
 
     def reveal(self) -> str:
         return self._value
+
+    def resolve(self, *, fresh: bool = False) -> Secret:
+        return self
+
+    def describe(self) -> str:
+        return self.origin or "a literal value"
 
     def __repr__(self) -> str:
         return "Secret('********')"
@@ -59,8 +71,8 @@ class RetryPolicy(
 _SETTINGS_FIELDS = (
     "client_id",  # the M2M client id
     "audience",  # the API the token is for
-    "token_url",  # {AUTH_BASE_URL}/oauth/token
-    "client_secret",  # Secret | None: needed only to fetch
+    "token_url",  # the token endpoint: QLAM_TOKEN_URL, {AUTH_BASE_URL}/oauth/token, or discovery_url (see there)
+    "client_secret",  # Secret | SecretSource | None: resolved only to fetch
     "scope",  # space-separated scopes to request, or None
     "cache_dir",  # str | None: None means default_cache_dir()
     "cache_enabled",  # False: no sharing at all (QLAM_TOKEN_CACHE=off)
@@ -70,14 +82,37 @@ _SETTINGS_FIELDS = (
     "retry",  # RetryPolicy
     "rejected_cooldown",  # seconds other processes repeat a rejection (invalid_client, ...)
     "transient_cooldown",  # seconds other processes repeat an outage or a garbage answer
+    # Added for other authorization servers and credential kinds; defaults keep Auth0's behaviour.
+    "private_key",  # Secret | SecretSource | None: a PEM private key for private_key_jwt
+    "key_id",  # str | None: the ``kid`` header of client assertions
+    "assertion_alg",  # RS256, PS256, ES256, or None: RS256 for an RSA key, ES256 for an EC key
+    "client_auth",  # client_secret_post | client_secret_basic | private_key_jwt | None: from the credentials
+    "audience_param",  # "audience" (Auth0) or "resource" (RFC 8707)
+    "discovery_url",  # str | None: read the token endpoint (when token_url is this URL) and auth method here
+    "assertion_audience",  # str | None: aud of client assertions; None: the token endpoint; "issuer": discovered
 )
+
+CLIENT_AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
+ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")
+# A value with one of these prefixes names where a secret is kept (see _secrets.py), not the secret.
+SECRET_REFERENCE_PREFIXES = ("env:", "file:", "vault://", "aws-sm://")
+# Flags of the CLI that override settings, to say where a value came from.
+_FLAGS = {
+    "client_id": "--client-id",
+    "audience": "--audience",
+    "auth_base_url": "--auth-base-url",
+    "scope": "--scope",
+    "cache_dir": "--cache-dir",
+    "context": "--context",
+}
 
 
 class Settings(
     namedtuple(
         "_SettingsFields",
         _SETTINGS_FIELDS,
-        defaults=(None, None, None, True, None, 90.0, 10.0, RetryPolicy(), 300.0, 15.0),
+        defaults=(None, None, None, True, None, 90.0, 10.0, RetryPolicy(), 300.0, 15.0)
+        + (None, None, None, None, "audience", None, None),
     )
 ):
     """Everything qlam-hpc needs to obtain and cache a token. Immutable; ``with_`` copies."""
@@ -89,43 +124,10 @@ class Settings(
         """Settings from ``QLAM_*`` variables; keyword overrides (CLI flags) win over them.
 
         Overrides whose value is ``None`` are ignored, so CLI options can be passed as-is.
+        ``context`` (or ``QLAM_CONTEXT``) picks a QLAM Shell context, whose client fills in
+        what the environment leaves out. Secrets are only *named* here, never read.
         """
-        env = os.environ if environ is None else environ
-        given = {k: v for k, v in overrides.items() if v is not None}
-
-        def pick(name: str, variable: str) -> str | None:
-            if name in given:
-                return given.pop(name)
-            return env.get(variable) or None
-
-        client_id = pick("client_id", "QLAM_CLIENT_ID")
-        audience = pick("audience", "QLAM_AUDIENCE") or DEFAULT_AUDIENCE
-        base_url = pick("auth_base_url", "AUTH_BASE_URL")
-        if not client_id:
-            raise ConfigurationError("QLAM_CLIENT_ID is not set (the M2M client id from your QLAM admin)")
-        if not base_url:
-            raise ConfigurationError(
-                "AUTH_BASE_URL is not set (the identity provider's host, e.g. quera-identity.us.auth0.com)"
-            )
-        secret = env.get("QLAM_CLIENT_SECRET")
-        cache_dir = pick("cache_dir", "QLAM_TOKEN_CACHE_DIR")
-        settings = cls(
-            client_id=client_id,
-            audience=audience,
-            token_url=token_url_for(base_url),
-            client_secret=Secret(secret) if secret else None,
-            scope=pick("scope", "QLAM_SCOPE"),
-            cache_dir=os.path.expanduser(cache_dir) if cache_dir else default_cache_dir(env),
-            cache_enabled=_flag(env.get("QLAM_TOKEN_CACHE") or "on", "QLAM_TOKEN_CACHE"),
-            token_budget=_positive_int(env.get("QLAM_TOKEN_BUDGET"), "QLAM_TOKEN_BUDGET"),
-            lock_timeout=_seconds(env.get("QLAM_LOCK_TIMEOUT"), "QLAM_LOCK_TIMEOUT", 90.0),
-            http_timeout=_seconds(env.get("QLAM_HTTP_TIMEOUT"), "QLAM_HTTP_TIMEOUT", 10.0),
-            retry=RetryPolicy(
-                attempts=_positive_int(env.get("QLAM_RETRY_ATTEMPTS"), "QLAM_RETRY_ATTEMPTS") or 5,
-                deadline=_seconds(env.get("QLAM_RETRY_DEADLINE"), "QLAM_RETRY_DEADLINE", 60.0),
-            ),
-        )
-        return settings._replace(**given) if given else settings
+        return build_settings(environ, overrides)
 
     def with_(self, **changes) -> Settings:
         return self._replace(**changes)
@@ -134,6 +136,151 @@ class Settings(
     def cache_path(self) -> str:
         """The cache directory in use: ``cache_dir``, or the per-user default."""
         return self.cache_dir or default_cache_dir(os.environ)
+
+    @property
+    def discovers_endpoint(self) -> bool:
+        """True when the token endpoint is to be read from the discovery document."""
+        return self.discovery_url is not None and self.token_url == self.discovery_url
+
+
+def build_settings(
+    environ: Mapping[str, str] | None, overrides: dict, origins: dict[str, str] | None = None
+) -> Settings:
+    """``Settings.from_env``; with ``origins``, also say where each setting came from (never its value).
+
+    ``origins`` is filled as settings are read, so after a ``ConfigurationError`` it still
+    holds everything read before it (``qlam-hpc doctor`` shows both).
+    """
+    env = os.environ if environ is None else environ
+    given = {k: v for k, v in overrides.items() if v is not None}
+
+    def note(name: str, where: str) -> None:
+        if origins is not None:
+            origins[name] = where
+
+    def pick(name: str, variable: str) -> str | None:
+        if name in given:
+            note(name, f"option {_FLAGS[name]}" if name in _FLAGS else "keyword argument")
+            return given.pop(name)
+        value = env.get(variable) or None
+        if value:
+            note(name, f"environment {variable}")
+        return value
+
+    context = pick("context", "QLAM_CONTEXT")
+    client_id = pick("client_id", "QLAM_CLIENT_ID")
+    base_url = pick("auth_base_url", "AUTH_BASE_URL")
+    token_url = pick("token_url", "QLAM_TOKEN_URL")
+    audience = pick("audience", "QLAM_AUDIENCE")
+    scope = pick("scope", "QLAM_SCOPE")
+    secret = _credential(env, "QLAM_CLIENT_SECRET", note, "client_secret")
+    key = _credential(env, "QLAM_CLIENT_PRIVATE_KEY", note, "private_key")
+    for name in ("client_secret", "private_key"):
+        if isinstance(given.get(name), str):  # a Python caller's value or reference, in the same notation
+            note(name, "keyword argument")
+            given[name] = secret_source(given[name], f"the {name} argument", env)
+    qsh = None
+    # QLAM Shell's config is read only when asked for by name, or when the environment does
+    # not name the client: batch jobs that export QLAM_* never pay for reading JSON.
+    if context or not client_id or not (base_url or token_url):
+        from ._qsh import load_client
+
+        qsh = load_client(env, context)
+    if qsh is not None:
+        where = qsh.origin
+        if not client_id and qsh.client_id:
+            client_id = qsh.client_id
+            note("client_id", where)
+        if not base_url and qsh.auth_base_url:
+            base_url = qsh.auth_base_url
+            note("auth_base_url", where)
+        if not audience and qsh.audience:
+            audience = qsh.audience
+            note("audience", where)
+        if not scope and qsh.scope:
+            scope = qsh.scope
+            note("scope", where)
+        if secret is None and key is None:
+            secret, key = qsh.credentials(env)
+            if secret is not None:
+                note("client_secret", where)
+            if key is not None:
+                note("private_key", where)
+    missing = f"; {qsh.origin} has none either" if qsh is not None else ""
+    if not client_id:
+        raise ConfigurationError(f"QLAM_CLIENT_ID is not set (the M2M client id from your QLAM admin){missing}")
+    discovery_url = _discovery_url(env.get("QLAM_DISCOVERY"), base_url)
+    if discovery_url:
+        note("discovery_url", "environment QLAM_DISCOVERY")
+    if token_url:
+        token_url = checked_url(token_url, "QLAM_TOKEN_URL")
+    elif discovery_url:
+        token_url = discovery_url
+        note("token_url", "discovery document (QLAM_DISCOVERY)")
+    elif base_url:
+        token_url = token_url_for(base_url)
+        note("token_url", "AUTH_BASE_URL + /oauth/token")
+    else:
+        raise ConfigurationError(
+            "AUTH_BASE_URL is not set (the identity provider's host, e.g. quera-identity.us.auth0.com)" + missing
+        )
+    if not audience:
+        note("audience", "default")
+    cache_dir = pick("cache_dir", "QLAM_TOKEN_CACHE_DIR")
+    if not cache_dir:
+        note("cache_dir", "default")
+    settings = Settings(
+        client_id=client_id,
+        audience=audience or DEFAULT_AUDIENCE,
+        token_url=token_url,
+        client_secret=secret,
+        scope=scope,
+        cache_dir=os.path.expanduser(cache_dir) if cache_dir else default_cache_dir(env),
+        cache_enabled=_flag(env.get("QLAM_TOKEN_CACHE") or "on", "QLAM_TOKEN_CACHE"),
+        token_budget=_positive_int(env.get("QLAM_TOKEN_BUDGET"), "QLAM_TOKEN_BUDGET"),
+        lock_timeout=_seconds(env.get("QLAM_LOCK_TIMEOUT"), "QLAM_LOCK_TIMEOUT", 90.0),
+        http_timeout=_seconds(env.get("QLAM_HTTP_TIMEOUT"), "QLAM_HTTP_TIMEOUT", 10.0),
+        retry=RetryPolicy(
+            attempts=_positive_int(env.get("QLAM_RETRY_ATTEMPTS"), "QLAM_RETRY_ATTEMPTS") or 5,
+            deadline=_seconds(env.get("QLAM_RETRY_DEADLINE"), "QLAM_RETRY_DEADLINE", 60.0),
+        ),
+        private_key=key,
+        key_id=env.get("QLAM_CLIENT_KEY_ID") or (qsh.key_id if qsh is not None else None) or None,
+        assertion_alg=_choice(env.get("QLAM_CLIENT_ASSERTION_ALG"), "QLAM_CLIENT_ASSERTION_ALG", ASSERTION_ALGORITHMS),
+        client_auth=_choice(env.get("QLAM_CLIENT_AUTH_METHOD"), "QLAM_CLIENT_AUTH_METHOD", CLIENT_AUTH_METHODS),
+        audience_param=_choice(env.get("QLAM_AUDIENCE_PARAM"), "QLAM_AUDIENCE_PARAM", ("audience", "resource"))
+        or "audience",
+        discovery_url=discovery_url,
+        assertion_audience=_assertion_audience(env.get("QLAM_CLIENT_ASSERTION_AUD"), base_url, discovery_url),
+    )
+    return settings._replace(**given) if given else settings
+
+
+def _credential(env: Mapping[str, str], variable: str, note, name: str):
+    """The secret source named by ``variable`` or ``variable_FILE`` (never both), or None. No I/O."""
+    value = env.get(variable) or None
+    path = env.get(variable + "_FILE") or None
+    if value and path:
+        raise ConfigurationError(f"both {variable} and {variable}_FILE are set: keep one")
+    if path:
+        from ._secrets import FileSecret
+
+        note(name, f"environment {variable}_FILE")
+        return FileSecret(os.path.expanduser(path), origin=f"{variable}_FILE")
+    if value:
+        note(name, f"environment {variable}")
+        return secret_source(value, variable, env)
+    return None
+
+
+def secret_source(value: str, origin: str, env: Mapping[str, str]):
+    """A ``Secret`` for a literal value; a ``SecretSource`` for ``env:``, ``file:``, ``vault://``
+    and ``aws-sm://`` references (``origin`` names where the value was found, for messages)."""
+    if value.startswith(SECRET_REFERENCE_PREFIXES):
+        from ._secrets import parse_reference
+
+        return parse_reference(value, origin=origin, env=env)
+    return Secret(value, origin)
 
 
 def default_cache_dir(env: Mapping[str, str]) -> str:
@@ -148,6 +295,11 @@ def default_cache_dir(env: Mapping[str, str]) -> str:
 
 def token_url_for(auth_base_url: str) -> str:
     """``{AUTH_BASE_URL}/oauth/token``; a bare host means https; plain http only on loopback."""
+    return base_url_for(auth_base_url) + "/oauth/token"
+
+
+def base_url_for(auth_base_url: str, name: str = "AUTH_BASE_URL") -> str:
+    """``scheme://host[:port][/path]`` without a trailing slash; a bare host means https."""
     text = auth_base_url.strip()
     scheme, separator, rest = text.partition("://")
     if not separator:
@@ -155,12 +307,64 @@ def token_url_for(auth_base_url: str) -> str:
     scheme = scheme.lower()
     host = _host_of(rest)
     if scheme not in ("https", "http") or not host or any(c in rest for c in "?#"):
-        raise ConfigurationError(f"AUTH_BASE_URL {auth_base_url!r} is not a host name or an http(s) URL")
+        raise ConfigurationError(f"{name} {auth_base_url!r} is not a host name or an http(s) URL")
     if scheme == "http" and not is_loopback(host):
         raise ConfigurationError(
-            f"AUTH_BASE_URL {auth_base_url!r} uses plain http: https is required except on a loopback address"
+            f"{name} {auth_base_url!r} uses plain http: https is required except on a loopback address"
         )
-    return f"{scheme}://{rest.rstrip('/')}/oauth/token"
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
+def checked_url(url: str, name: str) -> str:
+    """A full endpoint URL (QLAM_TOKEN_URL, a discovered endpoint), under AUTH_BASE_URL's rules."""
+    return base_url_for(url, name)
+
+
+def _discovery_url(value: str | None, base_url: str | None) -> str | None:
+    """QLAM_DISCOVERY: off (default), on (the OpenID configuration under AUTH_BASE_URL), or the URL."""
+    if not value or not value.strip():
+        return None
+    if "://" in value:
+        return checked_url(value, "QLAM_DISCOVERY")
+    if not _flag(value, "QLAM_DISCOVERY"):
+        return None
+    if not base_url:
+        raise ConfigurationError(
+            "QLAM_DISCOVERY=on needs AUTH_BASE_URL: the document is {AUTH_BASE_URL}/.well-known/openid-configuration"
+        )
+    return base_url_for(base_url) + "/.well-known/openid-configuration"
+
+
+def _assertion_audience(value: str | None, base_url: str | None, discovery_url: str | None) -> str | None:
+    """QLAM_CLIENT_ASSERTION_AUD: ``token_endpoint`` (default, RFC 7523), ``issuer``, or a URL.
+
+    Auth0 documents its tenant URL with a trailing slash as the audience of client
+    assertions; ``issuer`` gives that (``{AUTH_BASE_URL}/``), or with discovery the
+    document's ``issuer``.
+    """
+    text = (value or "").strip()
+    if not text or text.lower() == "token_endpoint":
+        return None
+    if text.lower() == "issuer":
+        if discovery_url:
+            return "issuer"  # the discovery document's, read when fetching
+        if not base_url:
+            raise ConfigurationError("QLAM_CLIENT_ASSERTION_AUD=issuer needs AUTH_BASE_URL (or QLAM_DISCOVERY)")
+        return base_url_for(base_url) + "/"
+    if "://" not in text:
+        raise ConfigurationError(f"QLAM_CLIENT_ASSERTION_AUD={value!r}: use token_endpoint, issuer or a URL")
+    # A trailing slash is kept: Auth0's audience is the tenant URL *with* one.
+    return checked_url(text, "QLAM_CLIENT_ASSERTION_AUD") + ("/" if text.endswith("/") else "")
+
+
+def _choice(value: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    for option in allowed:
+        if text.lower() == option.lower():
+            return option
+    raise ConfigurationError(f"{name}={value!r}: use one of {', '.join(allowed)}")
 
 
 def _host_of(rest: str) -> str:

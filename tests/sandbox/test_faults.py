@@ -109,6 +109,8 @@ def test_stats_count_failed_requests(idp: Sandbox, http: httpx.Client) -> None:
         "token_errors": {"invalid_client": 2, "access_denied": 1, "unsupported_grant_type": 1},
         "scripted_responses": 0,
         "api_requests": 0,
+        "api_scripted_responses": 0,
+        "tasks_created": 0,
     }
 
 
@@ -117,7 +119,15 @@ def test_reset_clears_stats_and_faults(idp: Sandbox, http: httpx.Client) -> None
     idp.set_faults(latency=0.05, error_rate=1.0, token_lifetime=5, script=[{"status": 500}])
     http.post(idp.token_url, data=token_form())
     reply = http.post(idp.url + "/_sandbox/reset").json()
-    assert reply["faults"] == {"latency": 0.0, "error_rate": 0.0, "token_lifetime": 86400, "script_pending": 0}
+    assert reply["faults"] == {
+        "latency": 0.0,
+        "error_rate": 0.0,
+        "token_lifetime": 86400,
+        "script_pending": 0,
+        "task_duration": 2.0,
+        "api_script_pending": 0,
+        "revoke_tokens_before": None,
+    }
     assert reply["stats"]["token_requests"] == 0
     assert http.post(idp.token_url, data=token_form()).status_code == 200
 

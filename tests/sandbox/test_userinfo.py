@@ -22,7 +22,8 @@ def test_discovery_document(idp: Sandbox, http: httpx.Client) -> None:
     assert doc["jwks_uri"] == idp.url + "/.well-known/jwks.json"
     assert doc["userinfo_endpoint"] == idp.url + "/userinfo"
     assert doc["grant_types_supported"] == ["client_credentials"]
-    assert doc["token_endpoint_auth_methods_supported"] == ["client_secret_post"]
+    assert doc["token_endpoint_auth_methods_supported"] == ["client_secret_post", "client_secret_basic", "private_key_jwt"]
+    assert doc["token_endpoint_auth_signing_alg_values_supported"] == ["ES256", "PS256", "RS256"]
     assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
 
 

@@ -23,6 +23,10 @@ Exit codes:
   7  the identity provider's answer held no usable token
   8  the token cache cannot be used safely
   9  another process held the refresh lock too long
+ 10  a task failed                  11  a task was cancelled
+ 12  a wait timed out               13  the QLAM API refused the request
+ 14  the QLAM API is unreachable
+ 15  a secret store (Vault, AWS Secrets Manager) is unreachable
  130 interrupted
 """
 
@@ -67,6 +71,9 @@ class _Config:
     lazy={
         "sandbox": "qlam_hpc.sandbox._command:sandbox_command",
         "demo": "qlam_hpc._demo:demo_command",
+        "tasks": "qlam_hpc._cli._tasks:tasks",
+        "api": "qlam_hpc._cli._api:api_command",
+        "doctor": "qlam_hpc._cli._doctor:doctor",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXIT_CODES_HELP,
@@ -84,14 +91,21 @@ class _Config:
     metavar="DIR",
     help="Shared token cache directory [env: QLAM_TOKEN_CACHE_DIR; default ~/.cache/qlam-hpc].",
 )
+@click.option(
+    "--context",
+    metavar="NAME",
+    help="QLAM Shell context in ~/.qsh/config.json to take the client from [env: QLAM_CONTEXT].",
+)
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, **overrides: str | None) -> None:
     """Shared OAuth2 M2M tokens and QLAM API access for batch jobs.
 
     One token serves every task of a job array: the first task to need one
     fetches it under a lock, the others read it from the shared cache. The
-    client secret comes from the environment (QLAM_CLIENT_SECRET), never
-    from the command line.
+    client secret or private key is named by the environment (QLAM_CLIENT_SECRET,
+    QLAM_CLIENT_SECRET_FILE, QLAM_CLIENT_PRIVATE_KEY_FILE, env:, vault://, aws-sm://)
+    or by a QLAM Shell context, never given on the command line; it is read only
+    when a token must be fetched. See docs/credentials.md.
     """
     from ._output import configure_logging
 
@@ -142,6 +156,21 @@ def status(config: _Config, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(render_status(report))
+
+
+@auth.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask first (the request counts against the monthly quota).")
+@click.pass_obj
+def check(config: _Config, yes: bool) -> None:
+    """Verify the configured credentials with one token request.
+
+    The request counts against the client's monthly token quota, so it asks
+    first (--yes skips the question). The token it gets is cached for the
+    others; a refusal exits 4 with the identity provider's reason.
+    """
+    from ._check import auth_check
+
+    auth_check(config.settings(), yes)
 
 
 @auth.command()

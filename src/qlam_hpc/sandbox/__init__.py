@@ -1,4 +1,5 @@
-"""A local, offline, Auth0-compatible identity provider to test qlam-hpc against.
+"""A local, offline, Auth0-compatible identity provider, and an emulated QLAM tasks
+API that accepts its tokens, to test qlam-hpc against.
 
 ``SandboxConfig`` and ``SandboxClient`` need only the standard library;
 ``Sandbox`` and ``create_app`` need the ``sandbox`` extra (FastAPI, uvicorn,

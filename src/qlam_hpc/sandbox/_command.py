@@ -66,6 +66,7 @@ Example:
   source sandbox.env
   qlam-hpc token   # now talks to the sandbox
 
+The emulated QLAM tasks API is at $QLAM_API_URL/v2/<qpu-mode>/tasks.
 Control endpoints for tests: GET /_sandbox/stats, POST /_sandbox/faults,
 POST /_sandbox/reset. See docs/sandbox.md.""",
 )
@@ -82,10 +83,19 @@ POST /_sandbox/reset. See docs/sandbox.md.""",
 @click.option(
     "--clients-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help='JSON file of clients: {"clients": [{"client_id", "client_secret", "scopes"}], "audiences": [...]}. '
+    help='JSON file of clients: {"clients": [{"client_id", "client_secret", "scopes"}], "audiences": [...]}; '
+    "a private_key_jwt client has jwks, jwks_file or public_key_file instead of (or beside) its secret. "
     "The first client is the one exported.",
 )
 @click.option("--client-id", help="Id of the single client to serve; its secret is generated. Default: random.")
+@click.option(
+    "--client-public-key",
+    "client_public_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM public key the single client may sign private_key_jwt assertions with (beside its secret); "
+    "repeat for several.",
+)
 @click.option(
     "--audience",
     "audiences",
@@ -126,6 +136,25 @@ POST /_sandbox/reset. See docs/sandbox.md.""",
     help="PEM RSA private key to sign tokens with (kept across restarts). Default: a new key per run.",
 )
 @click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory (made 0700 if missing) to keep tasks in, across restarts; without --signing-key-file "
+    "the signing key is kept there too (signing-key.pem). Default: tasks in memory only.",
+)
+@click.option(
+    "--task-duration",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds a task takes from Created to Completed (or another end).",
+)
+@click.option(
+    "--qpu-mode",
+    "qpu_modes",
+    multiple=True,
+    help="qpu_mode the tasks API serves, <language>-<constraint>; repeat for several. [default: squin-256q]",
+)
+@click.option(
     "--env-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the export lines to this file (mode 0600) once the server is up; 'source' it.",
@@ -135,6 +164,7 @@ def sandbox_command(
     port: int,
     clients_file: Path | None,
     client_id: str | None,
+    client_public_keys: tuple[Path, ...],
     audiences: tuple[str, ...],
     token_lifetime: int,
     monthly_quota: int | None,
@@ -142,15 +172,20 @@ def sandbox_command(
     error_rate: float,
     seed: int | None,
     signing_key_file: Path | None,
+    state_dir: Path | None,
+    task_duration: float,
+    qpu_modes: tuple[str, ...],
     env_file: Path | None,
 ) -> None:
-    """Run a local Auth0-compatible identity provider for testing, offline.
+    """Run a local Auth0-compatible identity provider and QLAM tasks API for testing, offline.
 
-    It issues real RS256 access tokens for the client_credentials grant, on
-    loopback only. On start it prints the `export VAR=value` lines a qlam-hpc
+    It issues real RS256 access tokens for the client_credentials grant, and
+    serves an emulated QLAM tasks API that accepts them, on loopback only. On start it prints the `export VAR=value` lines a qlam-hpc
     client needs (AUTH_BASE_URL, QLAM_CLIENT_ID, QLAM_CLIENT_SECRET,
     QLAM_AUDIENCE, QLAM_API_URL), then serves until Ctrl-C or SIGTERM.
     """
+    if clients_file and client_public_keys:
+        raise click.UsageError("--client-public-key is for the single client: put keys in the --clients-file instead")
     if clients_file and client_id:
         raise click.UsageError("use either --clients-file or --client-id, not both")
     settings: dict = dict(
@@ -162,14 +197,19 @@ def sandbox_command(
         host=host,
         port=port,
         signing_key_file=signing_key_file,
+        state_dir=state_dir,
+        task_duration=task_duration,
     )
+    if qpu_modes:
+        settings["qpu_modes"] = qpu_modes
     if audiences:
         settings["audiences"] = audiences
     try:
         if clients_file:
             config = SandboxConfig.from_file(clients_file, **settings)
         else:
-            config = SandboxConfig.default(client_id=client_id, **settings)
+            public_keys = [path.read_text(encoding="utf-8") for path in client_public_keys]
+            config = SandboxConfig.default(client_id=client_id, public_keys=public_keys, **settings)
     except ConfigurationError as exc:
         raise _ConfigProblem(str(exc)) from None
     try:
@@ -191,7 +231,8 @@ def _serve(sandbox, env_file: Path | None) -> None:  # type: ignore[no-untyped-d
             raise _ConfigProblem(str(exc)) from None
         except OSError as exc:  # e.g. the --port is taken
             raise click.ClickException(f"cannot start the sandbox: {exc}") from None
-        lines = [f"export {name}={shlex.quote(value)}" for name, value in sandbox.env().items()]
+        # A client with public keys only has no secret to export (it signs with its private key).
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in sandbox.env().items() if value is not None]
         if env_file is not None:
             try:
                 _write_private(env_file, lines)

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import json
 import math
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,9 +20,12 @@ from typing import Any
 
 from .._errors import ConfigurationError
 
-__all__ = ["SandboxClient", "SandboxConfig", "DEFAULT_AUDIENCE", "is_loopback"]
+__all__ = ["SandboxClient", "SandboxConfig", "DEFAULT_AUDIENCE", "DEFAULT_QPU_MODES", "is_loopback"]
 
 DEFAULT_AUDIENCE = "https://api.quera.com"
+DEFAULT_QPU_MODES = ("squin-256q",)
+# QLAM's qpu_mode is <language>-<constraint>, e.g. squin-256q.
+QPU_MODE_PATTERN = r"^[a-z0-9]+-[a-z0-9]+$"
 
 
 def is_loopback(host: str) -> bool:
@@ -45,21 +49,36 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     return items
 
 
+# How a client may authenticate at the token endpoint (see _client_auth.py).
+CLIENT_AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
+
+
 @dataclass(frozen=True)
 class SandboxClient:
     """One M2M application: its credentials, the scopes it was granted and the
-    audiences it may ask for (``None`` means every audience the sandbox serves)."""
+    audiences it may ask for (``None`` means every audience the sandbox serves).
+
+    A client has a secret, public keys for ``private_key_jwt`` (``jwks``: a JWK set;
+    ``public_keys``: PEM texts), or both. ``auth_methods`` limits how it may
+    authenticate; ``None`` allows every method its credentials support.
+    """
 
     client_id: str
-    client_secret: str = field(repr=False)  # repr() must never show a secret
+    client_secret: str | None = field(default=None, repr=False)  # repr() must never show a secret
     scopes: tuple[str, ...] = ()
     audiences: tuple[str, ...] | None = None
+    jwks: Any = field(default=None, repr=False, compare=False)
+    public_keys: tuple[str, ...] = field(default=(), repr=False)
+    auth_methods: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("client_id", "client_secret"):
             value = getattr(self, name)
+            if name == "client_secret" and value is None:
+                continue
             if not isinstance(value, str) or not value or value != value.strip():
                 raise ConfigurationError(f"client {name} must be a non-empty string without surrounding blanks")
+        self._check_keys()
         scopes = _strings(self.scopes, f"scopes of client {self.client_id!r}")
         if any(len(scope.split()) != 1 for scope in scopes):
             raise ConfigurationError(f"scopes of client {self.client_id!r} must not contain blanks")
@@ -71,14 +90,35 @@ class SandboxClient:
     def may_access(self, audience: str) -> bool:
         return self.audiences is None or audience in self.audiences
 
+    def _check_keys(self) -> None:
+        """Shapes only: the keys themselves are parsed when a sandbox is created (``_client_auth``)."""
+        keys = self.jwks.get("keys") if isinstance(self.jwks, dict) else None
+        if self.jwks is not None and not (isinstance(keys, list) and all(isinstance(k, dict) for k in keys)):
+            raise ConfigurationError(f"jwks of client {self.client_id!r} must be a JWK set: {{\"keys\": [...]}}")
+        object.__setattr__(self, "public_keys", _strings(self.public_keys, f"public_keys of client {self.client_id!r}"))
+        if self.client_secret is None and not keys and not self.public_keys:
+            raise ConfigurationError(
+                f"client {self.client_id!r} needs a client_secret or public keys (jwks, jwks_file, public_key_file)"
+            )
+        if self.auth_methods is not None:
+            methods = _strings(self.auth_methods, f"auth_methods of client {self.client_id!r}")
+            unknown = [m for m in methods if m not in CLIENT_AUTH_METHODS]
+            if unknown or not methods:
+                raise ConfigurationError(
+                    f"auth_methods of client {self.client_id!r} must name some of {', '.join(CLIENT_AUTH_METHODS)}"
+                )
+            object.__setattr__(self, "auth_methods", methods)
+
 
 @dataclass(frozen=True)
 class SandboxConfig:
     """Everything a sandbox identity provider serves; immutable once built.
 
-    ``latency``, ``error_rate`` and ``token_lifetime`` are the starting values:
-    tests change them at run time through ``Sandbox.set_faults`` or
-    ``POST /_sandbox/faults``.  ``seed`` makes the ``error_rate`` draws repeatable.
+    ``latency``, ``error_rate``, ``token_lifetime`` and ``task_duration`` are the
+    starting values: tests change them at run time through ``Sandbox.set_faults``
+    or ``POST /_sandbox/faults``.  ``seed`` makes the ``error_rate`` draws repeatable.
+    ``qpu_modes`` are the modes the tasks API serves; ``state_dir`` keeps tasks
+    (and, without ``signing_key_file``, the signing key) across restarts.
     """
 
     clients: tuple[SandboxClient, ...]
@@ -91,6 +131,9 @@ class SandboxConfig:
     host: str = "127.0.0.1"
     port: int = 0
     signing_key_file: Path | None = None
+    qpu_modes: tuple[str, ...] = DEFAULT_QPU_MODES
+    task_duration: float = 2.0
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         clients = tuple(self.clients)
@@ -113,6 +156,23 @@ class SandboxConfig:
             raise ConfigurationError(f"host {self.host!r} is not a loopback address: the sandbox serves 127.0.0.1 only")
         if self.signing_key_file is not None:
             object.__setattr__(self, "signing_key_file", Path(self.signing_key_file))
+        self._check_tasks_settings()
+
+    def _check_tasks_settings(self) -> None:
+        modes = _strings(self.qpu_modes, "qpu_modes")
+        if not modes:
+            raise ConfigurationError("qpu_modes must name at least one mode")
+        bad = [m for m in modes if not re.fullmatch(QPU_MODE_PATTERN, m)]
+        if bad:
+            raise ConfigurationError(f"qpu_modes must look like <language>-<constraint> (e.g. squin-256q), not {bad}")
+        object.__setattr__(self, "qpu_modes", tuple(dict.fromkeys(modes)))
+        duration = self.task_duration
+        number = isinstance(duration, (int, float)) and not isinstance(duration, bool)
+        if not number or not math.isfinite(duration) or duration < 0:
+            raise ConfigurationError(f"task_duration must be a finite number of seconds >= 0, not {duration!r}")
+        object.__setattr__(self, "task_duration", float(duration))
+        if self.state_dir is not None:
+            object.__setattr__(self, "state_dir", Path(self.state_dir))
 
     def _check_numbers(self) -> None:
         def is_int(value: Any) -> bool:
@@ -138,12 +198,16 @@ class SandboxConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def default(cls, *, client_id: str | None = None, scopes: Iterable[str] = (), **settings: Any) -> SandboxConfig:
-        """One client with a random id (unless given) and a random secret; ``settings`` are the other fields."""
+    def default(
+        cls, *, client_id: str | None = None, scopes: Iterable[str] = (), public_keys: Iterable[str] = (), **settings: Any
+    ) -> SandboxConfig:
+        """One client with a random id (unless given) and a random secret; ``settings`` are the other fields.
+        ``public_keys`` (PEM texts) let it use private_key_jwt too."""
         client = SandboxClient(
             client_id=client_id or secrets.token_urlsafe(24),
             client_secret=secrets.token_urlsafe(48),
             scopes=tuple(scopes),
+            public_keys=tuple(public_keys),
         )
         return cls(clients=(client,), **settings)
 
@@ -166,13 +230,15 @@ class SandboxConfig:
         for number, entry in enumerate(data["clients"], start=1):
             if not isinstance(entry, dict):
                 raise ConfigurationError(f"{path}: client #{number} must be a JSON object")
-            unknown = set(entry) - {"client_id", "client_secret", "scopes", "audiences"}
+            unknown = set(entry) - {"client_id", "client_secret", "scopes", "audiences", *_KEY_ENTRIES}
             if unknown:
                 raise ConfigurationError(f"{path}: client #{number} has unknown keys {sorted(unknown)}")
             try:
-                clients.append(SandboxClient(**entry))
+                clients.append(SandboxClient(**_read_key_files(entry, path.parent)))
             except TypeError:
                 raise ConfigurationError(f"{path}: client #{number} needs client_id and client_secret") from None
+            except OSError as exc:
+                raise ConfigurationError(f"{path}: client #{number}: cannot read {exc.filename}: {exc.strerror}") from None
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{path}: client #{number}: {exc}") from None
         if "audiences" in data and "audiences" not in settings:
@@ -181,3 +247,26 @@ class SandboxConfig:
             return cls(clients=tuple(clients), **settings)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{path}: {exc}") from None
+
+
+# Keys of a clients-file entry for private_key_jwt clients: an inline JWK set, or files
+# (relative to the clients file) holding a JWK set or a PEM public key.
+_KEY_ENTRIES = ("jwks", "jwks_file", "public_key_file", "auth_methods")
+
+
+def _read_key_files(entry: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """A clients-file entry with ``jwks_file`` and ``public_key_file`` read into ``jwks`` and ``public_keys``."""
+    entry = dict(entry)
+    jwks_file = entry.pop("jwks_file", None)
+    if jwks_file is not None:
+        if "jwks" in entry:
+            raise ConfigurationError("give jwks or jwks_file, not both")
+        try:
+            entry["jwks"] = json.loads((directory / str(jwks_file)).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ConfigurationError(f"jwks_file {jwks_file} is not a JSON JWK set") from None
+    key_files = entry.pop("public_key_file", None)
+    if key_files is not None:
+        paths = [key_files] if isinstance(key_files, str) else list(_strings(key_files, "public_key_file"))
+        entry["public_keys"] = tuple((directory / p).read_text(encoding="utf-8") for p in paths)
+    return entry

@@ -27,25 +27,27 @@ async def stats(request: Request) -> dict[str, Any]:
 
 @router.get("/faults")
 async def get_faults(request: Request) -> dict[str, Any]:
-    return context_of(request).state.faults().public()
+    return context_of(request).state.public_faults()
 
 
 @router.post("/faults")
 async def set_faults(request: Request) -> JSONResponse:
-    """Change ``latency``, ``error_rate``, ``token_lifetime`` and/or replace the ``script``."""
+    """Change ``latency``, ``error_rate``, ``token_lifetime``, ``task_duration``, ``revoke_tokens_before``
+    and/or replace the ``script`` or the ``api_script``."""
     try:
         changes = json.loads(await request.body() or b"{}")
         if not isinstance(changes, dict):
             raise ValueError("the body must be a JSON object")
-        faults = context_of(request).state.update_faults(changes)
+        state = context_of(request).state
+        state.update_faults(changes)
     except ValueError as exc:  # includes json.JSONDecodeError
         return JSONResponse({"error": "invalid_request", "error_description": str(exc)}, status_code=400)
-    return JSONResponse(faults.public())
+    return JSONResponse(state.public_faults())
 
 
 @router.post("/reset")
 async def reset(request: Request) -> dict[str, Any]:
-    """Zero the stats and quota usage, clear the script, restore the configured faults."""
+    """Zero the stats and quota usage, clear the scripts, restore the configured faults (tasks stay)."""
     state = context_of(request).state
     state.reset()
-    return {"stats": state.stats(), "faults": state.faults().public()}
+    return {"stats": state.stats(), "faults": state.public_faults()}

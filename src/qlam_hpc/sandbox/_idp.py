@@ -4,12 +4,15 @@ Answers copy Auth0's for the M2M (``client_credentials``) flow: RFC 6749 error
 bodies, ``Cache-Control: no-store``, Auth0's 403 wording for audiences and
 scopes, and Auth0's ``X-RateLimit-*`` headers on 429.  Nothing here logs, and
 no answer ever repeats a secret or a token it was sent.
+
+Clients authenticate with client_secret_post, client_secret_basic or
+private_key_jwt (``_client_auth.py``); the API is named by Auth0's ``audience``
+parameter or by RFC 8707's ``resource``, so standard clients work too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 import time
@@ -21,7 +24,9 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from . import _client_auth
 from ._bearer import bearer_claims
+from ._client_auth import ClientAuthError, authenticator_of
 from ._config import SandboxClient
 from ._context import SandboxContext, context_of
 from ._keys import ALGORITHM
@@ -31,6 +36,8 @@ from ._tokens import issue_access_token
 __all__ = ["router"]
 
 router = APIRouter()
+# POST /_sandbox/clients (rotating a client's credentials) comes with the identity provider.
+router.include_router(_client_auth.router)
 
 # RFC 6749 section 5.1: token responses must not be cached by anyone.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -67,7 +74,8 @@ async def token_endpoint(request: Request) -> Response:
         if ctx.state.draw_error():
             raise Refusal(500, "server_error", "Injected fault (error_rate)")
         params = await _read_params(request)
-        body, headers = _grant(ctx, params, issuer=ctx.issuer(request), lifetime=faults.token_lifetime)
+        client = _authenticate(request, ctx, params)
+        body, headers = _grant(ctx, client, params, issuer=ctx.issuer(request), lifetime=faults.token_lifetime)
     except Refusal as refusal:
         ctx.state.count_token_error(refusal.error)
         return refusal.response()
@@ -100,15 +108,11 @@ async def _read_params(request: Request) -> dict[str, str]:
     return params
 
 
-def _grant(ctx: SandboxContext, params: dict[str, str], *, issuer: str, lifetime: int) -> tuple[dict, dict]:
-    """The token response body and extra headers for a ``client_credentials`` request, or ``Refusal``."""
-    grant_type = params.get("grant_type")
-    if not grant_type:
-        raise Refusal(400, "invalid_request", "Missing required parameter: grant_type")
-    if grant_type != "client_credentials":
-        raise Refusal(400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}")
-    client = _authenticate(ctx, params)
-    audience = params.get("audience")
+def _grant(
+    ctx: SandboxContext, client: SandboxClient, params: dict[str, str], *, issuer: str, lifetime: int
+) -> tuple[dict, dict]:
+    """The token response body and extra headers for an authenticated client's request, or ``Refusal``."""
+    audience = _requested_audience(ctx, params)
     if not audience:
         raise Refusal(
             403, "access_denied", "No audience parameter was provided, and no default audience has been configured"
@@ -146,22 +150,34 @@ def _grant(ctx: SandboxContext, params: dict[str, str], *, issuer: str, lifetime
     return body, headers
 
 
-def _authenticate(ctx: SandboxContext, params: dict[str, str]) -> SandboxClient:
-    """client_secret_post: the client's id and secret in the body."""
-    client_id, secret = params.get("client_id"), params.get("client_secret")
-    if not client_id:
-        raise Refusal(400, "invalid_request", "Missing required parameter: client_id")
-    if not secret:
-        raise Refusal(
-            400, "invalid_request", "Missing required parameter: client_secret (the sandbox supports client_secret_post)"
+def _authenticate(request: Request, ctx: SandboxContext, params: dict[str, str]) -> SandboxClient:
+    """The grant type first (as Auth0 checks it), then the client, by whichever method it used."""
+    grant_type = params.get("grant_type")
+    if not grant_type:
+        raise Refusal(400, "invalid_request", "Missing required parameter: grant_type")
+    if grant_type != "client_credentials":
+        raise Refusal(400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}")
+    try:
+        return authenticator_of(request).authenticate(
+            params,
+            request.headers.get("authorization"),
+            token_url=ctx.base(request) + "/oauth/token",
+            issuer=ctx.issuer(request),
         )
-    client = ctx.config.client(client_id)
-    if client is None:
-        raise Refusal(401, "invalid_client", "Unknown client")
-    # Constant time, so response timing cannot be used to guess the secret byte by byte.
-    if not hmac.compare_digest(secret.encode("utf-8"), client.client_secret.encode("utf-8")):
-        raise Refusal(401, "invalid_client", "Client authentication failed")
-    return client
+    except ClientAuthError as failure:
+        raise Refusal(failure.status, failure.error, failure.description, failure.headers) from None
+
+
+def _requested_audience(ctx: SandboxContext, params: dict[str, str]) -> str | None:
+    """Auth0's ``audience``, or RFC 8707's ``resource`` (an unknown resource is ``invalid_target``)."""
+    audience, resource = params.get("audience"), params.get("resource")
+    if audience and resource and audience != resource:
+        raise Refusal(400, "invalid_request", "audience and resource name different APIs")
+    if resource and not audience:
+        if resource not in ctx.config.audiences:
+            raise Refusal(400, "invalid_target", f"Unknown resource: {resource}")
+        return resource
+    return audience
 
 
 def _granted_scope(client: SandboxClient, requested: str | None) -> str:
@@ -203,7 +219,8 @@ async def discovery(request: Request) -> dict[str, Any]:
         "jwks_uri": f"{base}/.well-known/jwks.json",
         "userinfo_endpoint": f"{base}/userinfo",
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post"],
+        "token_endpoint_auth_methods_supported": authenticator_of(request).methods_supported(),
+        "token_endpoint_auth_signing_alg_values_supported": sorted(_client_auth.ALGORITHMS),
         "id_token_signing_alg_values_supported": [ALGORITHM],
         "scopes_supported": sorted({s for c in ctx.config.clients for s in c.scopes}),
     }

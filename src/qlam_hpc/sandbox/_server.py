@@ -1,4 +1,4 @@
-"""``Sandbox``: the identity provider served by uvicorn in a daemon thread of this process."""
+"""``Sandbox``: the identity provider and tasks API served by uvicorn in a daemon thread of this process."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import uvicorn
 from ._app import create_app
 from ._config import SandboxClient, SandboxConfig
 from ._context import SandboxContext
+from ._tasks_store import TaskStore
 
 __all__ = ["Sandbox"]
 
@@ -39,6 +40,7 @@ class Sandbox:
         self._config = config or SandboxConfig.default()
         self._url: str | None = None
         self._context: SandboxContext | None = None
+        self._store: TaskStore | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -53,6 +55,7 @@ class Sandbox:
             self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
             app = create_app(self._config, base_url=self._url)
             self._context = app.state.sandbox
+            self._store = app.state.tasks_store
             # log_config=None leaves the host program's logging alone; no access
             # log because request lines may one day carry credentials.
             config = uvicorn.Config(
@@ -84,6 +87,11 @@ class Sandbox:
             if self._thread.is_alive() and self._server is not None:
                 self._server.force_exit = True  # stop waiting for stuck connections
                 self._thread.join(timeout=5)
+        if self._store is not None and (self._thread is None or not self._thread.is_alive()):
+            # Only once nothing serves any more: a state_dir's database is then closed
+            # cleanly, ready for the next Sandbox on the same directory.
+            self._store.close()
+            self._store = None
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -173,7 +181,8 @@ class Sandbox:
         return self._context.state
 
     def stats(self) -> dict[str, Any]:
-        """``{"token_requests", "tokens_issued", "token_errors", "scripted_responses", "api_requests"}``."""
+        """``{"token_requests", "tokens_issued", "token_errors", "scripted_responses", "api_requests",
+        "api_scripted_responses", "tasks_created"}``."""
         return self._state.stats()
 
     def set_faults(
@@ -183,20 +192,35 @@ class Sandbox:
         error_rate: float | None = None,
         script: Iterable[Mapping[str, Any]] | None = None,
         token_lifetime: int | None = None,
+        task_duration: float | None = None,
+        api_script: Iterable[Mapping[str, Any]] | None = None,
+        revoke_tokens_before: float | None = None,
     ) -> dict[str, Any]:
         """Change faults at run time (``None`` leaves a setting as is; a script replaces the old one).
 
-        Script items are ``{"status": int, "body": str, "content_type": str, "headers": {...}}``,
-        served in order by ``/oauth/token`` before it processes requests normally.
+        Script items are ``{"status": int, "body": str, "content_type": str, "headers": {...}}``:
+        ``script`` is served in order by ``/oauth/token``, ``api_script`` by the tasks
+        API, each before processing requests normally.  ``task_duration`` applies to
+        tasks created from now on.  ``revoke_tokens_before`` (epoch seconds; 0 turns it
+        off) makes the tasks API refuse tokens issued before then.
         Raises ``ValueError`` for invalid values.  Returns the new settings.
         """
-        changes = {"latency": latency, "error_rate": error_rate, "token_lifetime": token_lifetime}
+        changes: dict[str, Any] = {
+            "latency": latency,
+            "error_rate": error_rate,
+            "token_lifetime": token_lifetime,
+            "task_duration": task_duration,
+            "revoke_tokens_before": revoke_tokens_before,
+        }
         if script is not None:
             changes["script"] = list(script)
-        return self._state.update_faults(changes).public()
+        if api_script is not None:
+            changes["api_script"] = list(api_script)
+        self._state.update_faults(changes)
+        return self._state.public_faults()
 
     def reset(self) -> None:
-        """Zero the stats and quota usage, clear the script, restore the configured faults."""
+        """Zero the stats and quota usage, clear the scripts, restore the configured faults (tasks stay)."""
         self._state.reset()
 
     def __repr__(self) -> str:

@@ -1,5 +1,8 @@
 """All mutable sandbox state in one object: counters, faults and quota usage.
 
+(Tasks themselves live in SQLite, see ``_tasks_store``; only their counters and
+knobs are here.)
+
 The server's event loop thread and the test's thread (``Sandbox.stats()``,
 ``set_faults()``) both touch it, so every access takes one lock; each method
 holds it only for a few dictionary operations and never across an ``await``.
@@ -9,15 +12,19 @@ from __future__ import annotations
 
 import random
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import replace
 from typing import Any
 
 from ._config import SandboxConfig
 from ._faults import Faults, ScriptedResponse, parse_fault_changes
 from ._quota import month_of
+from ._tasks_faults import TASK_FAULT_KEYS, TaskFaults, parse_task_fault_changes
 
 __all__ = ["SandboxState"]
+
+# How many issued tokens' exact issue times to remember (see ``record_token_issued``).
+_ISSUE_TIMES_KEPT = 100_000
 
 
 class SandboxState:
@@ -26,6 +33,8 @@ class SandboxState:
     def __init__(self, config: SandboxConfig) -> None:
         self._config = config
         self._lock = threading.Lock()
+        # Kept across reset(): facts about tokens already out there, not settings.
+        self._issued_at: OrderedDict[str, float] = OrderedDict()
         self.reset()
 
     def reset(self) -> None:
@@ -45,6 +54,9 @@ class SandboxState:
                 token_lifetime=self._config.token_lifetime,
             )
             self._random = random.Random(self._config.seed)
+            self._tasks_created = 0
+            self._api_scripted = 0
+            self._task_faults = TaskFaults(task_duration=self._config.task_duration)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -54,17 +66,31 @@ class SandboxState:
                 "token_errors": dict(self._token_errors),
                 "scripted_responses": self._scripted,
                 "api_requests": self._api_requests,
+                "api_scripted_responses": self._api_scripted,
+                "tasks_created": self._tasks_created,
             }
 
     def faults(self) -> Faults:
         with self._lock:
             return self._faults
 
+    def task_faults(self) -> TaskFaults:
+        with self._lock:
+            return self._task_faults
+
+    def public_faults(self) -> dict[str, Any]:
+        """Every current setting, as ``GET /_sandbox/faults`` shows them."""
+        with self._lock:
+            return {**self._faults.public(), **self._task_faults.public()}
+
     def update_faults(self, changes: dict[str, Any]) -> Faults:
-        """Apply validated changes (``ValueError`` if invalid); a new script replaces the old one."""
-        parsed = parse_fault_changes(changes)
+        """Apply validated changes (``ValueError`` if invalid, and then nothing changes);
+        a new script replaces the old one."""
+        task_changes = parse_task_fault_changes({k: v for k, v in changes.items() if k in TASK_FAULT_KEYS})
+        parsed = parse_fault_changes({k: v for k, v in changes.items() if k not in TASK_FAULT_KEYS})
         with self._lock:
             self._faults = replace(self._faults, **parsed)
+            self._task_faults = replace(self._task_faults, **task_changes)
             return self._faults
 
     def count_token_request(self) -> None:
@@ -78,6 +104,44 @@ class SandboxState:
     def count_api_request(self) -> None:
         with self._lock:
             self._api_requests += 1
+
+    def count_task_created(self) -> None:
+        with self._lock:
+            self._tasks_created += 1
+
+    def next_api_scripted(self) -> ScriptedResponse | None:
+        """Pop the tasks API's next canned answer, if its script has one left."""
+        with self._lock:
+            script = self._task_faults.api_script
+            if not script:
+                return None
+            self._task_faults = replace(self._task_faults, api_script=script[1:])
+            self._api_scripted += 1
+            return script[0]
+
+    def record_token_issued(self, jti: str, when: float) -> None:
+        """Remember when a token was issued, more exactly than its whole-second ``iat``."""
+        with self._lock:
+            self._issued_at[jti] = when
+            while len(self._issued_at) > _ISSUE_TIMES_KEPT:
+                self._issued_at.popitem(last=False)
+
+    def is_revoked(self, claims: dict[str, Any]) -> bool:
+        """Whether ``revoke_tokens_before`` refuses this token.
+
+        A token counts as issued before the cut-off if the sandbox recorded it being
+        issued before then; for a token it has no record of (say, from before a
+        restart) its ``iat`` decides.  Going by ``iat`` alone would also refuse a
+        token issued just after the cut-off within the same second.
+        """
+        with self._lock:
+            cutoff = self._task_faults.revoke_tokens_before
+            if cutoff is None:
+                return False
+            issued = self._issued_at.get(str(claims.get("jti")))
+        if issued is None:
+            issued = claims.get("iat", 0)
+        return isinstance(issued, (int, float)) and issued < cutoff
 
     def next_scripted(self) -> ScriptedResponse | None:
         """Pop the next canned answer, if the script has one left."""

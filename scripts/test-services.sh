@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The services the integration tests use, started before pytest (`make test` runs this).
+#
+#   scripts/test-services.sh [start]   Redis on 127.0.0.1:6390 and a 3-node Slurm cluster
+#   scripts/test-services.sh stop      stop both (only what these scripts started)
+#
+# Never fails `make test`: where a service cannot be installed or started, it says why,
+# and the tests that need it are skipped with that reason (or start their own copy).
+# Both scripts install from Debian's packages when needed (apt-get, as root).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+action=${1:-start}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+last_line() { grep -v '^\s*$' "$log" | tail -1; }
+
+case $action in
+    start)
+        echo "test services:"
+        if scripts/redis-server.sh start >/dev/null 2>"$log"; then
+            echo "  redis-server  127.0.0.1:6390, password in ${QLAM_REDIS_DIR:-/tmp/qlam-hpc-redis}/6390/password"
+        else
+            echo "  redis-server  NOT STARTED: $(last_line)"
+            echo "                (tests/test_redisstore.py starts its own or skips with this reason)"
+        fi
+        if scripts/local-slurm.sh start >"$log" 2>&1; then
+            echo "  slurm         3 nodes (node1..node3) on 127.0.0.1; export SLURM_CONF=${QLAM_SLURM_DIR:-/tmp/qlam-hpc-slurm}/slurm.conf"
+        else
+            echo "  slurm         NOT STARTED: $(last_line)"
+            echo "                (the tests in tests/slurm/ will be skipped or fail with this reason)"
+        fi
+        ;;
+    stop)
+        scripts/local-slurm.sh stop
+        scripts/redis-server.sh stop
+        ;;
+    *)
+        echo "usage: $0 [start|stop]" >&2
+        exit 2
+        ;;
+esac
+exit 0

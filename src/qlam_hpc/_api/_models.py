@@ -1,0 +1,189 @@
+"""Typed views of what the QLAM API sends and takes (pydantic v2).
+
+Every model keeps fields it does not know (``extra="allow"``): the API grows,
+and a client that drops what it does not understand loses data on the way
+through (``tasks get --json`` must print what the server said). For the same
+reason a status this client has never heard of stays a plain string instead of
+failing validation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Generic, List, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready dict of the fields that were given (unknown ones included): what
+        the server said, not this client's defaults."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class TaskStatus(str, Enum):
+    """A task's place in its lifecycle: Created → PayloadProcessing → Scheduled →
+    ExecutionStarted → ExecutionCompleted → Completed, or one of the failure ends."""
+
+    CREATED = "Created"
+    PAYLOAD_PROCESSING = "PayloadProcessing"
+    SCHEDULED = "Scheduled"
+    EXECUTION_STARTED = "ExecutionStarted"
+    EXECUTION_COMPLETED = "ExecutionCompleted"
+    COMPLETED = "Completed"
+    CANCELLED = "Cancelled"
+    PAYLOAD_PROCESSING_ERROR = "PayloadProcessingError"
+    FAILED = "Failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        return self.value in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.value == "Completed"
+
+
+#: The statuses a task never leaves. ``Completed`` is the only success.
+TERMINAL = frozenset({"Completed", "Cancelled", "PayloadProcessingError", "Failed"})
+FAILURES = frozenset({"PayloadProcessingError", "Failed"})
+
+
+class Group(_Model):
+    id: Optional[str] = None
+    name: Optional[str] = None
+    deactivated: Optional[bool] = None
+
+
+class Task(_Model):
+    """One task as the API describes it. ``task_status`` is a ``TaskStatus``, or the raw
+    string for a status newer than this client."""
+
+    id: str
+    task_status: Union[TaskStatus, str] = Field(union_mode="left_to_right")
+    definition_id: Optional[str] = None
+    compilation_id: Optional[str] = None
+    created_by: Optional[str] = None
+    created_date: Optional[datetime] = None
+    modified_date: Optional[datetime] = None
+    modified_by: Optional[str] = None
+    scheduled_date: Optional[datetime] = None
+    group: Optional[Group] = None
+    profile_id: Optional[str] = None
+    error_reasons: List[str] = Field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """The status as a plain string (``"Completed"``)."""
+        return str(self.task_status.value if isinstance(self.task_status, TaskStatus) else self.task_status)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can change no more: Completed, Cancelled, Failed, PayloadProcessingError."""
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "Completed"
+
+
+class Metadata(_Model):
+    """``user_metadata`` is free text passed through; ``system_metadata`` a JSON string for tools."""
+
+    user_metadata: Optional[str] = None
+    system_metadata: Optional[str] = None
+
+
+class Program(_Model):
+    content: str
+    program_metadata: Optional[Metadata] = None
+
+
+class SubtaskDefinition(_Model):
+    program_index: int = 0
+    num_shots: int
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    subtask_metadata: Optional[Metadata] = None
+
+
+class TaskDefinition(_Model):
+    """What ``create_task`` sends: programs and subtasks, or a ``definition_id``, or a
+    ``compilation_id``. The server decides what is valid (an invalid one is an
+    ``InvalidTaskDefinition`` carrying its messages); this model only types the fields.
+
+    >>> TaskDefinition(program_language="squin", programs=[Program(content=source)],
+    ...                subtasks=[SubtaskDefinition(num_shots=100)])
+    """
+
+    program_language: Optional[str] = None
+    programs: Optional[List[Program]] = None
+    subtasks: Optional[List[SubtaskDefinition]] = None
+    definition_id: Optional[str] = None
+    compilation_id: Optional[str] = None
+    group_id: Optional[str] = None
+    profile_id: Optional[str] = None
+    user_metadata: Optional[str] = None
+    system_metadata: Optional[str] = None
+
+
+class Page(_Model, Generic[T]):
+    """One page of a listing: ``elements``, the 0-based ``page``, its ``size`` and the ``total``."""
+
+    elements: List[T]
+    page: int = 0
+    size: int = 0
+    total: int = 0
+
+    @property
+    def last(self) -> bool:
+        """True when no page follows this one."""
+        return not self.elements or self.size <= 0 or (self.page + 1) * self.size >= self.total
+
+
+class Measurement(_Model):
+    bitstring: str
+    measurement_time: Optional[datetime] = None
+
+
+class Shot(_Model):
+    shot_index: int
+    shot_start_time: Optional[datetime] = None
+    measurements: List[Measurement] = Field(default_factory=list)
+
+
+class SubtaskResult(_Model):
+    """A subtask's results. In a results page ``shots`` is one page of shots
+    (``shots_page``, ``shots_size``, ``shots_total``); in a download or from
+    ``iter_results`` it holds every shot and the two paging fields are ``None``."""
+
+    subtask_order: int
+    program_index: Optional[int] = None
+    num_shots: Optional[int] = None
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    completed_date: Optional[datetime] = None
+    shots_page: Optional[int] = None
+    shots_size: Optional[int] = None
+    shots_total: Optional[int] = None
+    shots: List[Shot] = Field(default_factory=list)
+
+
+class ResultsPage(Page[SubtaskResult]):
+    """One page of subtask results, each with one page of its shots."""
+
+    task_id: Optional[str] = None
+
+
+class Results(_Model):
+    """A task's whole result set: what ``download_results`` writes to its file."""
+
+    task_id: str
+    subtasks: List[SubtaskResult] = Field(default_factory=list)

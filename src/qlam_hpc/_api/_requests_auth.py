@@ -1,0 +1,77 @@
+"""``QlamRequestsAuth``: the shared token for code written with ``requests``.
+
+``requests`` is not a dependency of qlam-hpc: this module is imported only when
+``qlam_hpc.QlamRequestsAuth`` is first used, and then needs ``requests`` installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import requests
+import requests.auth
+
+if TYPE_CHECKING:
+    from .._provider import TokenProvider
+
+# Marks the one retry, so a second 401 is returned instead of retried again.
+_RETRIED = "_qlam_hpc_retried"
+
+
+class QlamRequestsAuth(requests.auth.AuthBase):
+    """``requests`` auth sending ``Authorization: Bearer <token>`` from a ``TokenProvider``.
+
+    On a 401 it asks the provider for a token other than the refused one — through the
+    single-flight cache, so a job array meeting a revoked token makes one token request —
+    and sends the request once more. A second 401 is the caller's answer. Never a loop.
+
+    >>> session = requests.Session()
+    >>> session.auth = QlamRequestsAuth()
+    >>> session.get("https://api.quera.com/v2/squin-256q/tasks")
+    """
+
+    def __init__(self, provider: TokenProvider | None = None, *, min_ttl: float = 0.0) -> None:
+        if provider is None:
+            from .._provider import TokenProvider
+
+            provider = TokenProvider.from_env()
+        self.provider = provider
+        self.min_ttl = min_ttl
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        token = self.provider.get_token(min_ttl=self.min_ttl)
+        request.headers["Authorization"] = f"Bearer {token}"
+        # A streamed body (a file) must be rewound to be sent again after a 401.
+        body = request.body
+        position = body.tell() if hasattr(body, "tell") and hasattr(body, "seek") else None
+        request.register_hook("response", _RetryOnce(self.provider, token, position))
+        return request
+
+
+class _RetryOnce:
+    def __init__(self, provider: TokenProvider, token: str, position: int | None) -> None:
+        self.provider = provider
+        self.token = token
+        self.position = position
+
+    def __call__(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        request = response.request
+        if response.status_code != 401 or getattr(request, _RETRIED, False):
+            return response
+        body = request.body
+        if hasattr(body, "read") and self.position is None:
+            return response  # a one-shot stream: cannot be sent twice
+        fresh = self.provider.invalidate(self.token)
+        # Free the connection for the retry (the same pattern as requests' HTTPDigestAuth).
+        response.content  # noqa: B018
+        response.close()
+        retry = request.copy()
+        if self.position is not None:
+            body.seek(self.position)  # type: ignore[union-attr]
+        retry.headers["Authorization"] = f"Bearer {fresh}"
+        # copy() keeps the hooks, this one included: the flag stops it retrying twice.
+        setattr(retry, _RETRIED, True)
+        second = response.connection.send(retry, **kwargs)
+        second.history.append(response)
+        second.request = retry
+        return second

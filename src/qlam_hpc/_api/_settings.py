@@ -1,0 +1,104 @@
+"""``ApiSettings``: where the QLAM API is and how to talk to it. The environment is read
+in one place, ``ApiSettings.from_env``, as for the token ``Settings``."""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+from typing import Mapping
+
+from .._errors import ConfigurationError
+from .._settings import RetryPolicy, _flag, _host_of, _positive_int, _seconds, is_loopback
+
+DEFAULT_API_URL = "https://api.quera.com"
+DEFAULT_QPU_MODE = "squin-256q"
+
+_FIELDS = (
+    "base_url",  # https://api.quera.com, no trailing slash
+    "qpu_mode",  # <language>-<constraint>, the path segment after /v2/
+    "attribution",  # False: no qlam_hpc block in system_metadata (QLAM_ATTRIBUTION=off)
+    "timeout",  # seconds to wait for each read, write or pooled connection
+    "connect_timeout",  # seconds to establish a connection
+    "retry",  # RetryPolicy for idempotent requests
+    "ca_bundle",  # str | None: a PEM file or directory of CA certificates; None: the system default
+    "trust_env",  # read HTTP(S)_PROXY, NO_PROXY and SSL_CERT_* from the environment, as httpx does
+)
+
+
+class ApiSettings(
+    namedtuple(
+        "_ApiSettingsFields",
+        _FIELDS,
+        defaults=(DEFAULT_API_URL, DEFAULT_QPU_MODE, True, 30.0, 10.0, RetryPolicy(), None, True),
+    )
+):
+    """Immutable API settings; ``with_`` copies with changes.
+
+    >>> ApiSettings.from_env().with_(qpu_mode="squin-256q")
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ApiSettings:
+        """Settings from the environment; keyword overrides (CLI flags) win, ``None`` ones are ignored.
+
+        ``QLAM_API_URL``, ``QLAM_QPU_MODE``, ``QLAM_ATTRIBUTION`` (on|off), ``QLAM_API_TIMEOUT``,
+        ``QLAM_API_CONNECT_TIMEOUT``, ``QLAM_RETRY_ATTEMPTS``, ``QLAM_RETRY_DEADLINE``; the CA
+        bundle from ``SSL_CERT_FILE`` (httpx's variable), else ``REQUESTS_CA_BUNDLE`` (requests'),
+        so a cluster set up for either works unchanged.
+        """
+        env = os.environ if environ is None else environ
+        given = {k: v for k, v in overrides.items() if v is not None}
+        base_url = given.pop("base_url", None) or env.get("QLAM_API_URL") or DEFAULT_API_URL
+        qpu_mode = given.pop("qpu_mode", None) or env.get("QLAM_QPU_MODE") or DEFAULT_QPU_MODE
+        settings = cls(
+            base_url=api_url(base_url),
+            qpu_mode=check_qpu_mode(qpu_mode),
+            attribution=_flag(env.get("QLAM_ATTRIBUTION") or "on", "QLAM_ATTRIBUTION"),
+            timeout=_seconds(env.get("QLAM_API_TIMEOUT"), "QLAM_API_TIMEOUT", 30.0),
+            connect_timeout=_seconds(env.get("QLAM_API_CONNECT_TIMEOUT"), "QLAM_API_CONNECT_TIMEOUT", 10.0),
+            retry=RetryPolicy(
+                attempts=_positive_int(env.get("QLAM_RETRY_ATTEMPTS"), "QLAM_RETRY_ATTEMPTS") or 5,
+                deadline=_seconds(env.get("QLAM_RETRY_DEADLINE"), "QLAM_RETRY_DEADLINE", 60.0),
+            ),
+            ca_bundle=env.get("SSL_CERT_FILE") or env.get("REQUESTS_CA_BUNDLE") or None,
+        )
+        if given:
+            settings = settings._replace(**given)
+            settings = settings._replace(base_url=api_url(settings.base_url), qpu_mode=check_qpu_mode(settings.qpu_mode))
+        return settings
+
+    def with_(self, **changes) -> ApiSettings:
+        return self._replace(**changes)
+
+    @property
+    def tasks_path(self) -> str:
+        """``/v2/{qpu_mode}/tasks``."""
+        return f"/v2/{self.qpu_mode}/tasks"
+
+
+def api_url(text: str) -> str:
+    """The API's base URL without a trailing slash; a bare host means https; plain http only
+    on loopback, since every request carries a bearer token."""
+    raw = text.strip()
+    scheme, separator, rest = raw.partition("://")
+    if not separator:
+        scheme, rest = "https", raw
+    scheme = scheme.lower()
+    host = _host_of(rest)
+    if scheme not in ("https", "http") or not host or any(c in rest for c in "?#"):
+        raise ConfigurationError(f"QLAM_API_URL {text!r} is not a host name or an http(s) URL")
+    if scheme == "http" and not is_loopback(host):
+        raise ConfigurationError(
+            f"QLAM_API_URL {text!r} uses plain http: https is required except on a loopback address"
+        )
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
+def check_qpu_mode(value: str) -> str:
+    """``value`` if it is one safe path segment (``squin-256q``), else a ConfigurationError."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not value or not set(value) <= allowed or value in (".", ".."):
+        raise ConfigurationError(f"QLAM_QPU_MODE {value!r} is not a QPU mode like squin-256q")
+    return value

@@ -1,0 +1,163 @@
+"""QLAM Shell compatibility: the ``client_credentials`` client of a context in ``~/.qsh/config.json``.
+
+Users of QuEra's own tools already describe their clients there::
+
+    {"current_context": "production",
+     "contexts": [{"name": "production",
+                   "defaults": {"api_base_url": "...", "auth_provider": "m2m"},
+                   "auth_providers": [{"name": "m2m", "provider": "oauth", "grant_type": "client_credentials",
+                                       "auth_base_url": "...", "client_id": "...",
+                                       "client_secret": "env:QLAM_CLIENT_SECRET", "audience": "..."}]}]}
+
+The file is ``$QSH_CONFIG``, else ``$QSH_CONFIG_DIR/config.json``, else
+``~/.qsh/config.json``. The context is the one asked for (``--context``,
+``QLAM_CONTEXT``), else ``current_context``; its provider is the context's default
+``auth_provider`` when that one uses ``client_credentials``, else the first that does.
+``Settings.from_env`` reads the file only when asked for a context or when the
+environment does not name the client, and lets every environment variable win.
+
+``client_secret`` may be a literal, ``env:NAME`` as QuEra's tools write it, or any
+other secret reference of ``_secrets.py``; ``private_key`` and ``key_id`` are
+qlam-hpc's own additions, for ``private_key_jwt`` clients. A literal secret is
+refused when the file is readable by group or others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+
+from ._errors import ConfigurationError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Mapping
+
+_FIELDS = "path context provider auth_base_url client_id client_secret private_key key_id audience scope api_base_url mode"
+
+
+class QshClient(namedtuple("_QshClientFields", _FIELDS)):
+    """The pieces of one context's client_credentials provider (``None`` when absent);
+    ``mode`` is the config file's permission bits."""
+
+    __slots__ = ()
+
+    @property
+    def origin(self) -> str:
+        return f"QLAM Shell context {self.context!r} in {self.path}"
+
+    def credentials(self, env: Mapping[str, str]):
+        """``(secret, private_key)`` sources for this client, each possibly ``None``. No I/O."""
+        from ._settings import SECRET_REFERENCE_PREFIXES, secret_source
+
+        sources = []
+        for name in ("client_secret", "private_key"):
+            value = getattr(self, name)
+            if not value:
+                sources.append(None)
+                continue
+            if not value.startswith(SECRET_REFERENCE_PREFIXES) and self.mode & 0o044:
+                raise ConfigurationError(
+                    f"{self.path} holds a literal {name} and is readable by group or others "
+                    f"(mode {self.mode & 0o777:04o}): chmod 600 {self.path}, or write {name} as env:NAME"
+                )
+            sources.append(secret_source(value, f"{name} of {self.origin}", env))
+        return tuple(sources)
+
+
+def config_path(env: Mapping[str, str]) -> str:
+    explicit = env.get("QSH_CONFIG")
+    if explicit:
+        return os.path.expanduser(explicit)
+    home = env.get("HOME") or os.path.expanduser("~")
+    directory = env.get("QSH_CONFIG_DIR") or os.path.join(home, ".qsh")
+    return os.path.join(os.path.expanduser(directory), "config.json")
+
+
+def load_client(env: Mapping[str, str], context: str | None = None) -> QshClient | None:
+    """The client of ``context`` (else the current one); ``None`` when there is no config
+    file and no context was asked for. ``ConfigurationError`` names whatever is missing."""
+    path = config_path(env)
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            raw = file.read()
+    except FileNotFoundError:
+        if context:
+            raise ConfigurationError(
+                f"context {context!r} was asked for, but there is no QLAM Shell config at {path} "
+                "(QSH_CONFIG or QSH_CONFIG_DIR say where it is)"
+            ) from None
+        return None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the QLAM Shell config {path} ({exc.strerror})") from None
+    import json
+
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the QLAM Shell config {path} is not UTF-8 text") from None
+    except ValueError as exc:
+        # JSONDecodeError's msg and position, never its document: the file may hold a secret.
+        where = f" ({exc.msg}, line {exc.lineno})" if hasattr(exc, "msg") else ""
+        raise ConfigurationError(f"the QLAM Shell config {path} is not valid JSON{where}") from None
+    return select_client(data, path, context, mode)
+
+
+def select_client(data: Any, path: str, context: str | None, mode: int = 0o600) -> QshClient:
+    """Pick the context and its client_credentials provider out of a parsed config. Pure."""
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"the QLAM Shell config {path} is not a JSON object")
+    contexts = [c for c in data.get("contexts") or [] if isinstance(c, dict)]
+    names = ", ".join(str(c.get("name")) for c in contexts) or "none"
+    if not context:
+        context = data.get("current_context")
+        if not isinstance(context, str) or not context:
+            raise ConfigurationError(
+                f"the QLAM Shell config {path} has no current_context: name one with --context or QLAM_CONTEXT "
+                f"(contexts: {names})"
+            )
+    chosen = next((c for c in contexts if c.get("name") == context), None)
+    if chosen is None:
+        raise ConfigurationError(f"there is no context {context!r} in the QLAM Shell config {path} (contexts: {names})")
+    where = f"context {context!r} of {path}"
+    providers = [p for p in chosen.get("auth_providers") or [] if isinstance(p, dict)]
+    usable = [p for p in providers if p.get("grant_type") == "client_credentials"]
+    defaults = chosen.get("defaults") if isinstance(chosen.get("defaults"), dict) else {}
+    preferred = defaults.get("auth_provider")
+    provider = next((p for p in usable if p.get("name") == preferred), None) or (usable[0] if usable else None)
+    if provider is None:
+        found = ", ".join(f"{p.get('name')} ({p.get('grant_type')})" for p in providers) or "none"
+        raise ConfigurationError(
+            f"{where} has no auth provider with grant_type client_credentials (it has: {found}); "
+            "qlam-hpc needs a machine-to-machine client"
+        )
+    name = str(provider.get("name") or "?")
+
+    def text(key: str, source: dict = provider) -> str | None:
+        value = source.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{key} of auth provider {name!r} in {where} must be a string")
+        return value
+
+    scope = provider.get("scope", provider.get("scopes"))
+    if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+        scope = " ".join(scope)
+    elif scope is not None and not isinstance(scope, str):
+        raise ConfigurationError(f"scope of auth provider {name!r} in {where} must be a string or a list of strings")
+    return QshClient(
+        path=path,
+        context=context,
+        provider=name,
+        auth_base_url=text("auth_base_url"),
+        client_id=text("client_id"),
+        client_secret=text("client_secret"),
+        private_key=text("private_key"),
+        key_id=text("key_id"),
+        audience=text("audience"),
+        scope=scope or None,
+        api_base_url=text("api_base_url", defaults),
+        mode=mode,
+    )

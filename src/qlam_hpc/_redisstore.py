@@ -1,0 +1,345 @@
+"""The token store in Redis, for clusters whose nodes share no usable filesystem.
+
+Keys (``<prefix>`` is ``qlam-hpc``; ``<key>`` is the identity's hash, as in file names)::
+
+    <prefix>:<key>:entry          the entry (``_cache.encode_entry``), with a TTL
+    <prefix>:<key>:lock           the refresh lock: "<random>\\n<holder>", with a lease
+    <prefix>:ledger:YYYY-MM       a list, one JSON record per token request
+
+Why these choices:
+
+* An entry is one ``SET``: Redis applies it whole, so a reader sees the old entry or
+  the new one. It expires with the later of its token and its failure record; nothing
+  in it is of use after that, so a crashed array leaves no litter behind.
+* The lock is ``SET NX PX <lease>`` with a value only its holder knows, released by a
+  compare-and-delete script: a holder whose lease ran out (it was stopped, or cut off
+  from Redis) can never delete the lock a successor took since.
+* The lease is short (15 s) and renewed every 5 s by the holder while it lives. A fixed
+  lease would have to outlast the longest fetch (``QLAM_RETRY_DEADLINE``, 60 s, plus a
+  request's timeouts) yet end before the waiters give up (``QLAM_LOCK_TIMEOUT``, 90 s),
+  and every task of an array would sit out all of it after a crash. Renewed, a killed
+  or stopped holder stalls the others for at most one lease, and a slow fetch keeps its
+  lock however long its retries take.
+* As with files, correctness never rests on the lock: a lost lease costs at most one
+  more token request, never a wrong or torn entry.
+* Redis that cannot be reached is a ``CacheError`` naming the store, not a fetch per
+  task: a thousand tasks fetching on their own is what the store exists to prevent. A
+  ``save`` that fails only warns: the token in hand is good.
+
+redis-py is imported when a store is made, never on the file store's paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Mapping
+
+from ._cache import CacheEntry, Identity, decode_entry, encode_entry
+from ._errors import CacheError, ConfigurationError
+from ._log import log
+
+DEFAULT_LEASE = 15.0
+DEFAULT_TIMEOUT = 5.0
+_LEDGER_DAYS = 400  # a ledger month outlives the month it counts, and then some
+
+# Delete / extend the lock only while it still holds our value.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+
+
+class RedisUnavailable(CacheError):
+    """The Redis token store cannot be reached or refused us (exit code 8)."""
+
+
+class RedisStore:
+    """A token store in one Redis database; safe to share between threads, processes and nodes.
+
+    ``client`` is a ``redis.Redis``. ``lease`` is the lock's lifetime in seconds; its holder
+    renews it every third of it, so it bounds the stall after a holder dies, not a fetch.
+    """
+
+    def __init__(
+        self, client, *, lease: float = DEFAULT_LEASE, prefix: str = "qlam-hpc", location: str | None = None
+    ) -> None:
+        if lease <= 0:
+            raise ValueError("lease must be positive")
+        self.client = client
+        self.lease = lease
+        self.prefix = prefix
+        self.location = location or _describe_client(client)
+
+    def _key(self, identity: Identity, kind: str) -> str:
+        return f"{self.prefix}:{identity.key()}:{kind}"
+
+    def _ledger_key(self, month: str) -> str:
+        return f"{self.prefix}:ledger:{month}"
+
+    # --- entries ------------------------------------------------------------------------
+
+    def load(self, identity: Identity) -> CacheEntry | None:
+        key = self._key(identity, "entry")
+        with self._errors("read the token"):
+            raw = self.client.get(key)
+        if raw is None:
+            return None
+        try:
+            return decode_entry(raw, identity)
+        except ValueError as reason:
+            log("warning", f"token store entry {key} in {self.location} is corrupt ({reason}); discarded")
+            with self._errors("discard a corrupt entry"):
+                self.client.delete(key)
+            return None
+
+    def save(self, entry: CacheEntry) -> bool:
+        try:
+            with self._errors("write the token"):
+                self.client.set(self._key(entry.identity, "entry"), encode_entry(entry), ex=_ttl(entry, time.time()))
+        except RedisUnavailable as error:
+            log("warning", f"{error}; the token is used, but not shared with other processes")
+            return False
+        return True
+
+    def clear(self, identity: Identity | None = None) -> int:
+        with self._errors("clear the token"):
+            if identity is not None:
+                return int(self.client.delete(self._key(identity, "entry")))
+            keys = list(self.client.scan_iter(match=f"{self.prefix}:*:entry", count=500))
+            return int(self.client.delete(*keys)) if keys else 0
+
+    # --- the refresh lock ---------------------------------------------------------------
+
+    def try_lock(self, identity: Identity) -> _Lease | None:
+        from ._jobinfo import process_label
+
+        key = self._key(identity, "lock")
+        secret = os.urandom(16).hex()
+        holder = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        with self._errors("take the refresh lock"):
+            taken = self.client.set(key, f"{secret}\n{holder}", nx=True, px=_ms(self.lease))
+        if not taken:
+            return None
+        return _Lease(self, key, f"{secret}\n{holder}")
+
+    def lock_holder(self, identity: Identity) -> str | None:
+        try:
+            with self._errors("read the lock"):
+                value = self.client.get(self._key(identity, "lock"))
+        except RedisUnavailable:
+            return None
+        if value is None:
+            return None
+        return value.decode(errors="replace").partition("\n")[2] or None
+
+    # --- the ledger ---------------------------------------------------------------------
+
+    def record_request(self, record: dict) -> None:
+        key = self._ledger_key(time.strftime("%Y-%m", time.gmtime(record["time"])))
+        try:
+            with self._errors("record the token request"):
+                pipe = self.client.pipeline(transaction=True)
+                pipe.rpush(key, json.dumps(record, separators=(",", ":")))
+                pipe.expire(key, _LEDGER_DAYS * 86400)
+                pipe.execute()
+        except RedisUnavailable as error:
+            log("warning", f"could not record the token request in the ledger: {error}")
+
+    def requests(self, month: str) -> list[dict]:
+        with self._errors("read the ledger"):
+            lines = self.client.lrange(self._ledger_key(month), 0, -1)
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    # --- errors -------------------------------------------------------------------------
+
+    def _errors(self, doing: str) -> _RedisErrors:
+        return _RedisErrors(self.location, doing)
+
+
+class _RedisErrors:
+    """Turns redis-py's exceptions into one ``RedisUnavailable`` line that names the store."""
+
+    def __init__(self, location: str, doing: str) -> None:
+        self.location = location
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            return False
+        import redis
+
+        if not isinstance(exc, redis.exceptions.RedisError):
+            return False
+        raise RedisUnavailable(f"token store {self.location}: cannot {self.doing} ({_explain(exc)})") from None
+
+
+class _Lease:
+    """A held Redis lock, renewed by a daemon thread until released."""
+
+    def __init__(self, store: RedisStore, key: str, value: str) -> None:
+        import threading
+
+        self._store = store
+        self._key = key
+        self._value = value
+        self._owner = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="qlam-hpc-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        period = self._store.lease / 3
+        while not self._stop.wait(period):
+            try:
+                kept = self._store.client.eval(_RENEW, 1, self._key, self._value, _ms(self._store.lease))
+            except Exception as exc:  # Redis unreachable for a moment: the lease may still hold
+                log("debug", f"could not renew the refresh lock in {self._store.location}: {exc}")
+                continue
+            if not kept:
+                # Our lease ran out (we were stopped, or cut off) and another process may hold
+                # the lock now: at worst it fetches too, so carry on, but never touch its lock.
+                log("info", f"lost the refresh lock in {self._store.location} (lease expired)")
+                return
+
+    def release(self) -> None:
+        # A forked child has a copy of this object but not the lock: only the taker releases.
+        if self._stop.is_set() or os.getpid() != self._owner:
+            return
+        self._stop.set()
+        try:
+            self._store.client.eval(_RELEASE, 1, self._key, self._value)
+        except Exception as exc:
+            # The lease expires on its own; until then the others wait for our entry.
+            log("warning", f"could not release the refresh lock in {self._store.location} ({exc})")
+
+    def __enter__(self) -> _Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _ttl(entry: CacheEntry, now: float) -> int:
+    """Seconds until nothing in the entry is of use: the later of token expiry and failure end."""
+    ends = [now + 1]
+    if entry.token is not None:
+        ends.append(entry.token.expires_at)
+    if entry.failure is not None:
+        ends.append(entry.failure.until)
+    return max(1, math.ceil(max(ends) - now))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _explain(exc: Exception) -> str:
+    import redis
+
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, redis.exceptions.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
+        if "HELLO must be called" in text or "NOAUTH" in text or "Authentication required" in text:
+            return "it requires a password: put it in the URL or set QLAM_REDIS_PASSWORD or REDIS_PASSWORD"
+        return "it refused the password"
+    if isinstance(exc, redis.exceptions.TimeoutError):
+        return f"timed out: {text}"
+    return text
+
+
+def _describe_client(client) -> str:
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        scheme = "rediss" if "SSL" in client.connection_pool.connection_class.__name__ else "redis"
+        return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    except AttributeError:
+        return repr(client)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without password or query: what messages and ``auth status`` may show."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def store_from_url(
+    url: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    password: str | None = None,
+    lease: float = DEFAULT_LEASE,
+):
+    """The token store a ``QLAM_TOKEN_STORE`` URL names.
+
+    * ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS), read by
+      ``redis.Redis.from_url``: query parameters such as ``ssl_ca_certs=/path/ca.pem``,
+      ``ssl_cert_reqs`` or ``socket_timeout`` work as in redis-py. A password not in the
+      URL is ``password``, else ``QLAM_REDIS_PASSWORD`` or ``REDIS_PASSWORD`` from
+      ``environ`` (default ``os.environ``).
+    * ``file:///path/to/dir``: the file store in that directory.
+
+    Raises ``ConfigurationError`` for anything else.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    env = os.environ if environ is None else environ
+    text = url.strip()
+    scheme = text.partition("://")[0].lower() if "://" in text else ""
+    if scheme == "file":
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigurationError(
+                f"QLAM_TOKEN_STORE {text!r}: a file store is written file:///absolute/path/to/dir"
+            )
+        from ._filestore import FileStore
+
+        return FileStore(unquote(parts.path))
+    if scheme not in ("redis", "rediss"):
+        raise ConfigurationError(
+            f"QLAM_TOKEN_STORE {_safe_url(text) if scheme else text!r}: expected redis://host:port/db, "
+            "rediss://host:port/db (TLS) or file:///path/to/dir"
+        )
+    try:
+        import redis
+    except ImportError:
+        raise ConfigurationError(
+            "QLAM_TOKEN_STORE names a Redis server but redis-py is not installed: pip install 'qlam-hpc[redis]'"
+        ) from None
+    options: dict = {"socket_connect_timeout": DEFAULT_TIMEOUT, "socket_timeout": DEFAULT_TIMEOUT}
+    try:
+        has_password = urlsplit(text).password is not None
+    except ValueError:
+        raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r} is not a valid URL") from None
+    if not has_password:
+        password = password or env.get("QLAM_REDIS_PASSWORD") or env.get("REDIS_PASSWORD")
+        if password:
+            options["password"] = password
+    try:
+        client = redis.Redis.from_url(text, **options)
+        # redis-py hands unknown query parameters to each connection it makes; make one now
+        # (it does not connect) so that a typo is a configuration error, not a crash later.
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:
+        # The message names a parameter, never its value.
+        detail = str(exc).replace("AbstractConnection.__init__() got an ", "")
+        raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r}: {detail}") from None
+    return RedisStore(client, lease=lease, location=_safe_url(text))

@@ -1,0 +1,465 @@
+"""Secret sources: where a client secret or a private key is kept, read only when a token must be fetched.
+
+Settings hold *references* (a ``SecretSource``), made from the environment without
+any I/O, so a warm cache hit never reads a file or calls Vault. ``resolve()`` reads
+the value when the provider is about to ask the identity provider. One notation
+serves the secret and the key (``QLAM_CLIENT_SECRET``, ``QLAM_CLIENT_PRIVATE_KEY``,
+and ``client_secret`` in QLAM Shell's config.json)::
+
+    a literal value              the value itself
+    env:NAME                     another environment variable (as QLAM Shell's config.json does)
+    file:PATH                    a file only its owner may read (what the *_FILE variables name)
+    vault://MOUNT/PATH#FIELD     a field of a HashiCorp Vault KV v2 secret (hvac, the ``vault`` extra)
+    aws-sm://SECRET-ID#FIELD     AWS Secrets Manager; without #FIELD the whole SecretString
+                                 (boto3, the ``aws`` extra)
+
+Values from Vault and AWS are kept for the rest of the process (one call per process,
+not one per fetch); ``resolve(fresh=True)`` asks again, which the provider does once
+when the identity provider answers ``invalid_client``: the secret may have been rotated.
+Files are read again at every resolve, so a replaced file is seen at the next fetch.
+
+No message, log line or exception here holds a secret: they name variables, paths,
+URLs and field names only, and backend errors are re-raised ``from None``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# _thread, not threading: this module is imported on the warm token path when a *_FILE
+# variable or a reference is set, and threading's import costs that path milliseconds.
+import _thread
+
+from ._errors import ConfigurationError, QlamError
+from ._settings import Secret
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Mapping
+
+__all__ = [
+    "SecretSource",
+    "EnvSecret",
+    "FileSecret",
+    "VaultSecret",
+    "AwsSecret",
+    "SecretStoreUnreachable",
+    "parse_reference",
+]
+
+
+class SecretStoreUnreachable(QlamError):
+    """A secret store (Vault, AWS Secrets Manager) could not be reached or answered 5xx.
+
+    Its own exit code, 15, because it is the one secret problem a retry may fix; a
+    refusal (wrong token, no such secret) is a ``ConfigurationError`` (3).
+    """
+
+    exit_code = 15
+
+
+# Values fetched from Vault or AWS in this process, by source: a job step that refreshes
+# its token calls the secret store once, not at every fetch.
+_remembered: dict[tuple, Secret] = {}
+_remembered_lock = _thread.allocate_lock()
+
+
+class SecretSource:
+    """Names a secret kept elsewhere. ``resolve()`` reads it; ``describe()`` names it safely.
+
+    ``origin`` is the setting that named the source (``QLAM_CLIENT_SECRET_FILE``, ...), for
+    messages. Sources compare by where they point, never by value, and do not pickle:
+    one that reads the environment holds a reference to it.
+    """
+
+    __slots__ = ("origin", "_env")
+    remembered = False  # True: the value is kept for the process (remote stores)
+
+    def __init__(self, *, origin: str, env: Mapping[str, str] | None = None) -> None:
+        self.origin = origin
+        self._env = os.environ if env is None else env
+
+    def _where(self) -> tuple:
+        raise NotImplementedError
+
+    def _read(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def resolve(self, *, fresh: bool = False) -> Secret:
+        """The secret, read now (or, for a remote store, as read earlier in this process)."""
+        key = (type(self).__name__, *self._where())
+        if self.remembered and not fresh:
+            with _remembered_lock:
+                known = _remembered.get(key)
+            if known is not None:
+                return known
+        value = self._read()
+        if not value:
+            raise ConfigurationError(f"{self.describe()} (named by {self.origin}) is empty")
+        secret = Secret(value, f"{self.describe()} (named by {self.origin})")
+        if self.remembered:
+            with _remembered_lock:
+                _remembered[key] = secret
+        return secret
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._where() == self._where()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self._where()))
+
+    def __reduce__(self):
+        raise TypeError(f"a {type(self).__name__} cannot be pickled")
+
+
+def parse_reference(value: str, *, origin: str, env: Mapping[str, str] | None = None) -> SecretSource:
+    """The source a reference names (``env:``, ``file:``, ``vault://``, ``aws-sm://``); syntax only, no I/O."""
+    scheme, _, rest = value.partition(":")
+    if scheme == "env":
+        name = rest.strip()
+        if not name or not all(c.isalnum() or c == "_" for c in name):
+            raise ConfigurationError(f"{origin}: env:NAME needs an environment variable name")
+        return EnvSecret(name, origin=origin, env=env)
+    if scheme == "file":
+        path = rest.strip()
+        if not path:
+            raise ConfigurationError(f"{origin}: file:PATH needs a path")
+        return FileSecret(os.path.expanduser(path), origin=origin)
+    if scheme == "vault":
+        return VaultSecret.parse(value, origin=origin, env=env)
+    if scheme == "aws-sm":
+        return AwsSecret.parse(value, origin=origin, env=env)
+    raise ConfigurationError(f"{origin}: unknown secret reference {scheme}:")  # pragma: no cover
+
+
+# --- the environment and files ------------------------------------------------------------
+
+
+class EnvSecret(SecretSource):
+    """``env:NAME``: the value of another environment variable."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str, *, origin: str, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(origin=origin, env=env)
+        self.name = name
+
+    def _where(self) -> tuple:
+        return (self.name,)
+
+    def describe(self) -> str:
+        return f"environment variable {self.name}"
+
+    def _read(self) -> str:
+        value = self._env.get(self.name)
+        if value is None:
+            raise ConfigurationError(f"{self.origin} names env:{self.name}, but {self.name} is not set")
+        return value
+
+
+class FileSecret(SecretSource):
+    """A file readable by its owner only; one trailing newline (``echo ... >``) is dropped."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str, *, origin: str) -> None:
+        super().__init__(origin=origin)
+        self.path = path
+
+    def _where(self) -> tuple:
+        return (self.path,)
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+    def _read(self) -> str:
+        import stat
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise ConfigurationError(f"{self.origin}: {self.path} does not exist") from None
+        except OSError as exc:
+            raise ConfigurationError(f"{self.origin}: cannot read {self.path} ({exc.strerror})") from None
+        try:
+            # fstat of the open file, not stat of the name: the checked file is the read file.
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigurationError(f"{self.origin}: {self.path} is not a regular file")
+            if info.st_mode & 0o044:
+                raise ConfigurationError(
+                    f"{self.origin}: {self.path} is readable by group or others "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to use it: chmod 600 {self.path}"
+                )
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        try:
+            text = b"".join(chunks).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{self.origin}: {self.path} is not UTF-8 text") from None
+        return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
+# --- HashiCorp Vault ------------------------------------------------------------------------
+
+
+class VaultSecret(SecretSource):
+    """``vault://MOUNT/PATH#FIELD``: a field of a KV version 2 secret.
+
+    The server and login come from Vault's own variables: ``VAULT_ADDR``,
+    ``VAULT_NAMESPACE``, ``VAULT_CACERT``, and ``VAULT_TOKEN`` (else ``~/.vault-token``,
+    which ``vault login`` writes), or AppRole: ``VAULT_ROLE_ID`` with ``VAULT_SECRET_ID``
+    (or ``VAULT_SECRET_ID_FILE``), at ``VAULT_APPROLE_MOUNT`` (default ``approle``).
+    Without ``#FIELD`` the secret must hold exactly one field.
+    """
+
+    __slots__ = ("mount", "path", "field")
+    remembered = True
+
+    def __init__(self, mount: str, path: str, field: str | None, *, origin: str, env=None) -> None:
+        super().__init__(origin=origin, env=env)
+        self.mount, self.path, self.field = mount, path, field
+
+    @classmethod
+    def parse(cls, value: str, *, origin: str, env=None) -> VaultSecret:
+        location, _, field = value[len("vault://") :].partition("#")
+        mount, _, path = location.strip("/").partition("/")
+        if not mount or not path:
+            raise ConfigurationError(f"{origin}: a Vault reference is vault://MOUNT/PATH#FIELD, e.g. vault://secret/qlam#client_secret")
+        return cls(mount, path, field or None, origin=origin, env=env)
+
+    def _where(self) -> tuple:
+        return (self.mount, self.path, self.field, self._env.get("VAULT_ADDR"), self._env.get("VAULT_NAMESPACE"))
+
+    def describe(self) -> str:
+        field = f"#{self.field}" if self.field else ""
+        return f"vault://{self.mount}/{self.path}{field}"
+
+    def _read(self) -> str:
+        try:
+            import hvac
+            import hvac.exceptions
+            import requests
+        except ImportError:
+            raise ConfigurationError(
+                f"{self.origin} names a Vault secret, but hvac is not installed: pip install 'qlam-hpc[vault]'"
+            ) from None
+        from ._settings import base_url_for
+
+        env = self._env
+        address = env.get("VAULT_ADDR")
+        if not address:
+            raise ConfigurationError(f"{self.origin} names {self.describe()}, but VAULT_ADDR is not set")
+        address = base_url_for(address, "VAULT_ADDR")
+        client = hvac.Client(
+            url=address,
+            namespace=env.get("VAULT_NAMESPACE") or None,
+            verify=env.get("VAULT_CACERT") or True,
+            timeout=10,
+        )
+        what = f"{self.describe()} at {address}"
+        try:
+            client.token = self._login(client, what)
+            answer = client.secrets.kv.v2.read_secret_version(
+                path=self.path, mount_point=self.mount, raise_on_deleted_version=True
+            )
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
+            raise ConfigurationError(f"Vault refused to read {what} (permission denied): check the token or role") from None
+        except hvac.exceptions.InvalidPath:
+            raise ConfigurationError(f"Vault has no secret {what} (is it a KV version 2 mount?)") from None
+        except hvac.exceptions.InvalidRequest:
+            raise ConfigurationError(f"Vault refused the request for {what} (invalid request: check the login)") from None
+        except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway):
+            raise SecretStoreUnreachable(f"Vault at {address} is unavailable (sealed or failing)") from None
+        except hvac.exceptions.VaultError as exc:
+            raise SecretStoreUnreachable(f"Vault at {address} answered with an error ({type(exc).__name__})") from None
+        except requests.exceptions.RequestException as exc:
+            raise SecretStoreUnreachable(f"Vault at {address} is unreachable ({type(exc).__name__})") from None
+        data = ((answer or {}).get("data") or {}).get("data")
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"Vault's answer for {what} holds no KV version 2 data")
+        return _field(data, self.field, what)
+
+    def _login(self, client, what: str) -> str:
+        env = self._env
+        token = env.get("VAULT_TOKEN")
+        if token:
+            return token
+        role_id = env.get("VAULT_ROLE_ID")
+        if role_id:
+            secret_id = env.get("VAULT_SECRET_ID")
+            if not secret_id and env.get("VAULT_SECRET_ID_FILE"):
+                secret_id = FileSecret(env["VAULT_SECRET_ID_FILE"], origin="VAULT_SECRET_ID_FILE")._read()
+            answer = client.auth.approle.login(
+                role_id=role_id, secret_id=secret_id or None, mount_point=env.get("VAULT_APPROLE_MOUNT") or "approle"
+            )
+            return answer["auth"]["client_token"]
+        home = env.get("HOME") or os.path.expanduser("~")
+        try:
+            with open(os.path.join(home, ".vault-token"), encoding="utf-8") as file:
+                token = file.read().strip()
+        except OSError:
+            token = ""
+        if token:
+            return token
+        raise ConfigurationError(
+            f"no Vault login for {what}: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole)"
+        )
+
+
+# --- AWS Secrets Manager --------------------------------------------------------------------
+
+
+class AwsSecret(SecretSource):
+    """``aws-sm://SECRET-ID#FIELD``: a secret of AWS Secrets Manager (name or ARN).
+
+    Credentials, region and endpoint follow the standard AWS configuration (``AWS_PROFILE``,
+    ``AWS_ACCESS_KEY_ID``, instance roles, ``AWS_REGION``, ``AWS_ENDPOINT_URL``); an ARN's
+    region wins. With ``#FIELD`` the SecretString is a JSON object and FIELD one of its keys.
+    """
+
+    __slots__ = ("secret_id", "field")
+    remembered = True
+
+    def __init__(self, secret_id: str, field: str | None, *, origin: str, env=None) -> None:
+        super().__init__(origin=origin, env=env)
+        self.secret_id, self.field = secret_id, field
+
+    @classmethod
+    def parse(cls, value: str, *, origin: str, env=None) -> AwsSecret:
+        rest = value[len("aws-sm://") :]
+        secret_id, separator, field = rest.rpartition("#")
+        if not separator:
+            secret_id, field = rest, ""
+        if not secret_id:
+            raise ConfigurationError(f"{origin}: an AWS reference is aws-sm://SECRET-ID#FIELD, e.g. aws-sm://qlam/hpc#client_secret")
+        return cls(secret_id, field or None, origin=origin, env=env)
+
+    def _where(self) -> tuple:
+        return (self.secret_id, self.field, self._endpoint(), self._region())
+
+    def describe(self) -> str:
+        field = f"#{self.field}" if self.field else ""
+        return f"aws-sm://{self.secret_id}{field}"
+
+    def _region(self) -> str | None:
+        if self.secret_id.startswith("arn:"):
+            parts = self.secret_id.split(":")
+            if len(parts) > 3 and parts[3]:
+                return parts[3]
+        return self._env.get("AWS_REGION") or self._env.get("AWS_DEFAULT_REGION") or None
+
+    def _endpoint(self) -> str | None:
+        return self._env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER") or self._env.get("AWS_ENDPOINT_URL") or None
+
+    def _read(self) -> str:
+        try:
+            import boto3
+            import botocore.config
+            import botocore.exceptions as aws
+        except ImportError:
+            raise ConfigurationError(
+                f"{self.origin} names an AWS Secrets Manager secret, but boto3 is not installed: "
+                "pip install 'qlam-hpc[aws]'"
+            ) from None
+        env = self._env
+        what = self.describe()
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+                aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+                profile_name=env.get("AWS_PROFILE") or None,
+                region_name=self._region(),
+            )
+            client = session.client(
+                "secretsmanager",
+                endpoint_url=self._endpoint(),
+                config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3}),
+            )
+            with _botocore_bodies_unlogged():
+                answer = client.get_secret_value(SecretId=self.secret_id)
+        except aws.NoRegionError:
+            raise ConfigurationError(f"no AWS region for {what}: set AWS_REGION or use the secret's ARN") from None
+        except (aws.NoCredentialsError, aws.PartialCredentialsError):
+            raise ConfigurationError(
+                f"no AWS credentials to read {what} (AWS_PROFILE, AWS_ACCESS_KEY_ID, an instance role, ...)"
+            ) from None
+        except aws.ProfileNotFound:
+            raise ConfigurationError(f"AWS_PROFILE names a profile that does not exist (reading {what})") from None
+        except aws.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 or code in ("InternalServiceError", "ThrottlingException", "ServiceUnavailable"):
+                raise SecretStoreUnreachable(f"AWS Secrets Manager is unavailable reading {what} ({code})") from None
+            raise ConfigurationError(f"AWS Secrets Manager refused to give {what} ({code})") from None
+        except aws.BotoCoreError as exc:  # connection failures, timeouts, bad endpoint URL
+            raise SecretStoreUnreachable(f"AWS Secrets Manager is unreachable reading {what} ({type(exc).__name__})") from None
+        text = answer.get("SecretString")
+        if text is None and answer.get("SecretBinary") is not None:
+            try:
+                text = bytes(answer["SecretBinary"]).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigurationError(f"{what} is binary, not UTF-8 text") from None
+        if not isinstance(text, str):
+            raise ConfigurationError(f"AWS Secrets Manager's answer for {what} holds no secret")
+        if self.field is None:
+            return text
+        import json
+
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ConfigurationError(f"{what}: #{self.field} needs a JSON object in the SecretString") from None
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"{what}: #{self.field} needs a JSON object in the SecretString")
+        return _field(data, self.field, what)
+
+
+class _botocore_bodies_unlogged:
+    """botocore logs whole response bodies at DEBUG, and a secret's body is the secret:
+    drop those records while the secret is read, whatever logging the host program set up."""
+
+    _LOGGERS = ("botocore.parsers", "botocore.endpoint", "botocore.hooks")
+
+    def __enter__(self):
+        import logging
+
+        self._filter = logging.Filter("no-such-logger")  # passes nothing from these loggers
+        for name in self._LOGGERS:
+            logging.getLogger(name).addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import logging
+
+        for name in self._LOGGERS:
+            logging.getLogger(name).removeFilter(self._filter)
+
+
+def _field(data: dict, field: str | None, what: str) -> str:
+    """One string field of a secret's key/value data; without ``field``, its only field."""
+    if field is None:
+        if len(data) != 1:
+            names = ", ".join(sorted(map(str, data))) or "none"
+            raise ConfigurationError(f"{what} holds several fields ({names}): name one with #FIELD")
+        field = next(iter(data))
+    if field not in data:
+        names = ", ".join(sorted(map(str, data))) or "none"
+        raise ConfigurationError(f"{what} has no field {field!r} (it has: {names})")
+    value = data[field]
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{what}: field {field!r} is not a string")
+    return value

@@ -1,0 +1,215 @@
+"""QLAM Shell compatibility: contexts of ~/.qsh/config.json, chosen and overridden by the environment."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import run_cli
+
+from qlam_hpc import ConfigurationError, Settings
+from qlam_hpc._qsh import config_path, select_client
+from qlam_hpc._secrets import EnvSecret
+from qlam_hpc._settings import Secret, build_settings
+
+SECRET = "qsh-s3cr3t-never-shown"
+
+
+def _provider(name: str = "m2m", **fields) -> dict:
+    base = {
+        "name": name,
+        "provider": "oauth",
+        "auth_base_url": "https://auth.example.com",
+        "client_id": f"{name}-client",
+        "client_secret": "env:QLAM_CLIENT_SECRET",
+        "grant_type": "client_credentials",
+        "audience": "https://api.example.com",
+    }
+    return {k: v for k, v in {**base, **fields}.items() if v is not None}
+
+
+def _config(**contexts: list[dict]) -> dict:
+    return {
+        "current_context": "production",
+        "contexts": [
+            {"name": name, "qpu": "q", "defaults": {"api_base_url": f"https://{name}.api.example", "auth_provider": providers[0]["name"]}, "auth_providers": providers}
+            for name, providers in contexts.items()
+        ],
+    }
+
+
+CONFIG = _config(
+    production=[_provider("device", grant_type="device_code"), _provider("m2m")],
+    staging=[_provider("staging-m2m", auth_base_url="https://staging-auth.example.com", scope=["read:tasks", "write:tasks"])],
+)
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A home directory with ~/.qsh/config.json (mode 0600)."""
+    directory = tmp_path / "home" / ".qsh"
+    directory.mkdir(parents=True)
+    path = directory / "config.json"
+    path.write_text(json.dumps(CONFIG))
+    path.chmod(0o600)
+    return tmp_path / "home"
+
+
+def _env(home, **variables: str) -> dict[str, str]:
+    return {"HOME": str(home), **variables}
+
+
+# --- choosing the context and its provider ---------------------------------------------------
+
+
+def test_current_context_supplies_the_client(home):
+    """Without QLAM_* variables, the current context's client_credentials provider is used."""
+    settings = Settings.from_env(_env(home))
+    assert settings.client_id == "m2m-client"
+    assert settings.token_url == "https://auth.example.com/oauth/token"
+    assert settings.audience == "https://api.example.com"
+    assert isinstance(settings.client_secret, EnvSecret) and settings.client_secret.name == "QLAM_CLIENT_SECRET"
+
+
+def test_the_default_provider_is_skipped_when_it_is_not_m2m(home):
+    """The context's default auth_provider uses device_code: the client_credentials one is taken."""
+    assert Settings.from_env(_env(home)).client_id == "m2m-client"
+
+
+@pytest.mark.parametrize("how", ["variable", "override"])
+def test_context_by_name(home, how):
+    """QLAM_CONTEXT or --context picks another context; its scope list becomes a scope string."""
+    if how == "variable":
+        settings = Settings.from_env(_env(home, QLAM_CONTEXT="staging"))
+    else:
+        settings = Settings.from_env(_env(home), context="staging")
+    assert settings.client_id == "staging-m2m-client"
+    assert settings.token_url == "https://staging-auth.example.com/oauth/token"
+    assert settings.scope == "read:tasks write:tasks"
+
+
+def test_environment_overrides_the_file(home):
+    """Each QLAM_* variable wins over the context's value; the rest still comes from the file."""
+    settings = Settings.from_env(_env(home, QLAM_CLIENT_ID="env-client", QLAM_AUDIENCE="https://env.example", QLAM_CLIENT_SECRET=SECRET))
+    assert (settings.client_id, settings.audience) == ("env-client", "https://env.example")
+    assert settings.token_url == "https://auth.example.com/oauth/token"
+    assert settings.client_secret == Secret(SECRET)
+
+
+def test_the_file_is_not_read_when_the_environment_names_the_client(home):
+    """With QLAM_CLIENT_ID and AUTH_BASE_URL set (a batch job), config.json is not even parsed."""
+    (home / ".qsh" / "config.json").write_text("{ not json")
+    settings = Settings.from_env(_env(home, QLAM_CLIENT_ID="c", AUTH_BASE_URL="idp.example"))
+    assert (settings.client_id, settings.audience) == ("c", "https://api.quera.com")
+
+
+@pytest.mark.parametrize("variable", ["QSH_CONFIG", "QSH_CONFIG_DIR"])
+def test_config_location_variables(tmp_path, variable):
+    """QSH_CONFIG names the file, QSH_CONFIG_DIR its directory."""
+    (tmp_path / "elsewhere").mkdir()
+    path = tmp_path / "elsewhere" / "config.json"
+    path.write_text(json.dumps(CONFIG))
+    path.chmod(0o600)
+    value = str(path) if variable == "QSH_CONFIG" else str(path.parent)
+    env = {"HOME": str(tmp_path / "nohome"), variable: value}
+    assert config_path(env) == str(path)
+    assert Settings.from_env(env).client_id == "m2m-client"
+
+
+def test_origins_name_the_context(home):
+    """build_settings says each value came from the QLAM Shell context, never showing a value."""
+    origins: dict[str, str] = {}
+    build_settings(_env(home, MY_SECRET=SECRET), {}, origins)
+    where = f"QLAM Shell context 'production' in {home / '.qsh' / 'config.json'}"
+    assert origins["client_id"] == origins["auth_base_url"] == origins["client_secret"] == where
+    build_settings(_env(home, QLAM_CLIENT_SECRET=SECRET), {}, origins)
+    assert origins["client_secret"] == "environment QLAM_CLIENT_SECRET"
+    assert SECRET not in json.dumps(origins)
+
+
+# --- what is missing is named -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "context", "message"),
+    [
+        ({**CONFIG, "current_context": None}, None, "has no current_context: name one with --context or QLAM_CONTEXT (contexts: production, staging)"),
+        (CONFIG, "nope", "there is no context 'nope' in the QLAM Shell config"),
+        (_config(production=[_provider("device", grant_type="device_code")]), None, "has no auth provider with grant_type client_credentials (it has: device (device_code))"),
+        (_config(production=[_provider(client_id=None)]), None, "QLAM_CLIENT_ID is not set (the M2M client id from your QLAM admin); QLAM Shell context 'production'"),
+        (_config(production=[_provider(auth_base_url=None)]), None, "AUTH_BASE_URL is not set"),
+        (_config(production=[_provider(audience=7)]), None, "audience of auth provider 'm2m' in context 'production'"),
+    ],
+)
+def test_missing_pieces_are_named(home, config, context, message):
+    """No current context, an unknown context, no M2M provider, no client id or base URL: each is named."""
+    (home / ".qsh" / "config.json").write_text(json.dumps(config))
+    env = _env(home, QLAM_CONTEXT=context) if context else _env(home)
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as caught:
+        Settings.from_env(env)
+    assert caught.value.exit_code == 3
+
+
+def test_asking_for_a_context_without_a_file_is_an_error(tmp_path):
+    """QLAM_CONTEXT with no config file says where it looked."""
+    with pytest.raises(ConfigurationError, match="no QLAM Shell config at .*config.json"):
+        Settings.from_env({"HOME": str(tmp_path), "QLAM_CONTEXT": "production"})
+
+
+def test_without_a_file_the_usual_error_remains(tmp_path):
+    """No config file and no QLAM_CLIENT_ID: the familiar message, unchanged."""
+    with pytest.raises(ConfigurationError, match=r"^QLAM_CLIENT_ID is not set \(the M2M client id from your QLAM admin\)$"):
+        Settings.from_env({"HOME": str(tmp_path)})
+
+
+def test_invalid_json_is_named_without_its_content(home):
+    """A broken config.json is one line naming the file and the position, never its text."""
+    (home / ".qsh" / "config.json").write_text('{"client_secret": "' + SECRET + '", oops}')
+    with pytest.raises(ConfigurationError, match="is not valid JSON") as caught:
+        Settings.from_env(_env(home))
+    assert SECRET not in str(caught.value)
+
+
+def test_a_literal_secret_in_a_readable_file_is_refused(home):
+    """A literal client_secret in a config.json readable by others is refused; env: references are fine."""
+    path = home / ".qsh" / "config.json"
+    path.write_text(json.dumps(_config(production=[_provider(client_secret=SECRET)])))
+    path.chmod(0o644)
+    with pytest.raises(ConfigurationError, match="holds a literal client_secret and is readable by group or others") as caught:
+        Settings.from_env(_env(home))
+    assert SECRET not in str(caught.value)
+    path.chmod(0o600)
+    assert Settings.from_env(_env(home)).client_secret.reveal() == SECRET
+    path.write_text(json.dumps(CONFIG))
+    path.chmod(0o644)
+    assert Settings.from_env(_env(home)).client_id == "m2m-client"
+
+
+def test_select_client_is_pure():
+    """select_client works on parsed data and records the API URL of the context's defaults."""
+    client = select_client(CONFIG, "/x/config.json", "staging")
+    assert (client.context, client.provider, client.api_base_url) == ("staging", "staging-m2m", "https://staging.api.example")
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_the_cli_uses_a_context(sandbox, tmp_path, env):
+    """qlam-hpc --context NAME token gets a token for that context's client, secret via env:."""
+    secret = env["QLAM_CLIENT_SECRET"]
+    config = _config(
+        production=[_provider(auth_base_url="https://unused.example.com")],
+        sandbox=[_provider("local", auth_base_url=sandbox.url, client_id=sandbox.client.client_id, client_secret="env:MY_SANDBOX_SECRET", audience=sandbox.audience)],
+    )
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    case = {k: v for k, v in env.items() if not k.startswith(("QLAM_CLIENT", "AUTH_BASE_URL"))}
+    case.update(QSH_CONFIG=str(path), MY_SANDBOX_SECRET=secret)
+    result = run_cli("--context", "sandbox", "token", env=case)
+    assert result.code == 0, result.err
+    assert run_cli("token", env={**case, "QLAM_CONTEXT": "sandbox"}).code == 0  # the warm path, by variable
+    assert sandbox.stats()["token_requests"] == 1
+    wrong = run_cli("--context", "nope", "token", env=case)
+    assert wrong.code == 3 and "there is no context 'nope'" in wrong.err

@@ -1,0 +1,389 @@
+"""Secret sources: literal, *_FILE, env:, file:, vault:// and aws-sm://, resolved only when fetching.
+
+Vault is a stand-in for its KV v2 HTTP API (no Vault server can be installed here;
+see secret_stores.py), driven by the real hvac client. AWS Secrets Manager is moto's
+server mode on loopback, driven by the real boto3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import traceback
+
+import pytest
+from conftest import run_cli
+from secret_stores import aws, vault  # noqa: F401 - fixtures
+
+from qlam_hpc import ConfigurationError, Settings, TokenProvider
+from qlam_hpc._secrets import AwsSecret, EnvSecret, FileSecret, SecretStoreUnreachable, VaultSecret, parse_reference
+from qlam_hpc._settings import Secret
+
+VALUE = "s3cr3t-Value-From-A-Store"
+BASE = {"QLAM_CLIENT_ID": "client-1", "AUTH_BASE_URL": "idp.example", "HOME": "/home/alice"}
+
+
+def _settings(**variables: str) -> Settings:
+    return Settings.from_env({**BASE, **variables})
+
+
+def _secret_file(path, value: str = VALUE, mode: int = 0o600):
+    path.write_text(value + "\n")
+    path.chmod(mode)
+    return path
+
+
+def _shown(error: BaseException) -> str:
+    """Everything an exception can show: message, repr, and its formatted traceback."""
+    return str(error) + repr(error) + "".join(traceback.format_exception(error))
+
+
+# --- the notation -------------------------------------------------------------------------
+
+
+def test_a_plain_value_is_a_literal_secret():
+    """QLAM_CLIENT_SECRET without a prefix is the secret itself, as before."""
+    secret = _settings(QLAM_CLIENT_SECRET=VALUE).client_secret
+    assert isinstance(secret, Secret) and secret.resolve().reveal() == VALUE
+
+
+@pytest.mark.parametrize(
+    ("reference", "kind", "described"),
+    [
+        ("env:MY_SECRET", EnvSecret, "environment variable MY_SECRET"),
+        ("file:/run/secrets/qlam", FileSecret, "file /run/secrets/qlam"),
+        ("vault://secret/qlam/hpc#client_secret", VaultSecret, "vault://secret/qlam/hpc#client_secret"),
+        ("aws-sm://qlam/hpc#client_secret", AwsSecret, "aws-sm://qlam/hpc#client_secret"),
+        (
+            "aws-sm://arn:aws:secretsmanager:eu-west-1:123456789012:secret:qlam-AbCdEf#key",
+            AwsSecret,
+            "aws-sm://arn:aws:secretsmanager:eu-west-1:123456789012:secret:qlam-AbCdEf#key",
+        ),
+    ],
+)
+def test_references_name_their_source(reference, kind, described):
+    """env:, file:, vault:// and aws-sm:// values become sources that describe where they point."""
+    source = _settings(QLAM_CLIENT_SECRET=reference).client_secret
+    assert type(source) is kind
+    assert source.describe() == described
+    assert described in repr(source)
+
+
+@pytest.mark.parametrize("reference", ["env:", "env:NOT-A-NAME", "file:", "vault://secret", "vault://", "aws-sm://"])
+def test_malformed_references_are_configuration_errors(reference):
+    """A reference without its name, path or secret id is refused at once, naming the variable."""
+    with pytest.raises(ConfigurationError, match="QLAM_CLIENT_SECRET") as caught:
+        _settings(QLAM_CLIENT_SECRET=reference)
+    assert caught.value.exit_code == 3
+
+
+def test_sources_do_not_pickle_and_compare_by_location():
+    """A source never travels through a pickle (it may hold the environment); equal sources point alike."""
+    source = parse_reference("env:A", origin="X", env={"A": VALUE})
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(source)
+    assert source == parse_reference("env:A", origin="Y", env={}) != parse_reference("env:B", origin="X", env={})
+
+
+def test_building_settings_reads_no_secret(tmp_path, vault):
+    """Settings name sources without touching them: a missing file or a Vault secret are not read."""
+    settings = _settings(QLAM_CLIENT_SECRET_FILE=str(tmp_path / "missing"))
+    assert isinstance(settings.client_secret, FileSecret)
+    _settings(QLAM_CLIENT_SECRET="vault://secret/qlam#client_secret", **vault.env())
+    assert vault.reads == 0
+
+
+# --- the environment ----------------------------------------------------------------------
+
+
+def test_env_reference_reads_another_variable_when_resolved():
+    """env:NAME reads NAME from the same environment, at resolve time."""
+    env = {**BASE, "QLAM_CLIENT_SECRET": "env:MY_SECRET", "MY_SECRET": VALUE}
+    assert Settings.from_env(env).client_secret.resolve().reveal() == VALUE
+
+
+def test_env_reference_to_an_unset_variable_names_it():
+    """env:NAME with NAME unset is a configuration error naming both variables, at resolve time."""
+    source = _settings(QLAM_CLIENT_SECRET="env:MY_SECRET").client_secret
+    with pytest.raises(ConfigurationError, match="QLAM_CLIENT_SECRET names env:MY_SECRET, but MY_SECRET is not set"):
+        source.resolve()
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def test_secret_file_is_read_without_its_trailing_newline(tmp_path):
+    """QLAM_CLIENT_SECRET_FILE names a 0600 file; `echo secret > file` gives the secret without the newline."""
+    path = _secret_file(tmp_path / "secret")
+    assert _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret.resolve().reveal() == VALUE
+
+
+def test_file_reference_in_the_secret_variable(tmp_path):
+    """QLAM_CLIENT_SECRET=file:PATH is the same as QLAM_CLIENT_SECRET_FILE=PATH."""
+    path = _secret_file(tmp_path / "secret")
+    assert _settings(QLAM_CLIENT_SECRET=f"file:{path}").client_secret.resolve().reveal() == VALUE
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_secret_file_readable_by_others_is_refused(tmp_path, mode):
+    """A secret file readable by group or others is refused with its mode and the fix, exit 3."""
+    path = _secret_file(tmp_path / "secret", mode=mode)
+    with pytest.raises(ConfigurationError) as caught:
+        _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret.resolve()
+    message = str(caught.value)
+    assert f"QLAM_CLIENT_SECRET_FILE: {path} is readable by group or others (mode {mode:04o})" in message
+    assert f"chmod 600 {path}" in message and caught.value.exit_code == 3
+    assert VALUE not in _shown(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(mode=0o700), "is not a regular file"),
+        (lambda p: (p.write_text(""), p.chmod(0o600)), "is empty"),
+        (lambda p: (p.write_bytes(b"\xff\xfe"), p.chmod(0o600)), "is not UTF-8 text"),
+    ],
+)
+def test_unusable_secret_files_are_named(tmp_path, setup, message):
+    """A missing, empty, binary or non-regular secret file is a one-line configuration error naming it."""
+    path = tmp_path / "secret"
+    setup(path)
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret.resolve()
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_secret_and_secret_file_together_are_refused(tmp_path):
+    """Setting both QLAM_CLIENT_SECRET and QLAM_CLIENT_SECRET_FILE is ambiguous: refused."""
+    with pytest.raises(ConfigurationError, match="both QLAM_CLIENT_SECRET and QLAM_CLIENT_SECRET_FILE"):
+        _settings(QLAM_CLIENT_SECRET="x", QLAM_CLIENT_SECRET_FILE=str(tmp_path / "s"))
+
+
+def test_a_replaced_file_is_read_again(tmp_path):
+    """Files are read at every resolve: a file replaced between two fetches gives the new secret."""
+    path = _secret_file(tmp_path / "secret")
+    source = _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret
+    assert source.resolve().reveal() == VALUE
+    _secret_file(tmp_path / "new", "rotated-value").replace(path)
+    assert source.resolve().reveal() == "rotated-value"
+
+
+# --- Vault (KV v2 stand-in, real hvac) ------------------------------------------------------
+
+
+def test_vault_secret_with_a_token(vault):
+    """vault://MOUNT/PATH#FIELD reads the field with VAULT_ADDR and VAULT_TOKEN."""
+    vault.put("secret", "qlam/hpc", {"client_secret": VALUE, "other": "x"})
+    source = _settings(QLAM_CLIENT_SECRET="vault://secret/qlam/hpc#client_secret", **vault.env()).client_secret
+    assert source.resolve(fresh=True).reveal() == VALUE
+    assert vault.reads == 1
+
+
+def test_vault_secret_with_approle(vault):
+    """AppRole: VAULT_ROLE_ID and VAULT_SECRET_ID log in first, then the secret is read."""
+    vault.put("kv", "team/qlam", {"client_secret": VALUE})
+    role_id, secret_id = vault.add_approle()
+    env = vault.env(VAULT_TOKEN="", VAULT_ROLE_ID=role_id, VAULT_SECRET_ID=secret_id)
+    assert _settings(QLAM_CLIENT_SECRET="vault://kv/team/qlam#client_secret", **env).client_secret.resolve(
+        fresh=True
+    ).reveal() == VALUE
+
+
+def test_vault_namespace_is_sent():
+    """VAULT_NAMESPACE goes out as X-Vault-Namespace (Vault Enterprise / HCP)."""
+    from secret_stores import VaultStandIn
+
+    stand_in = VaultStandIn(namespace="admin/hpc").start()
+    try:
+        stand_in.put("secret", "qlam", {"client_secret": VALUE})
+        reference = "vault://secret/qlam#client_secret"
+        assert _settings(QLAM_CLIENT_SECRET=reference, **stand_in.env()).client_secret.resolve(fresh=True).reveal() == VALUE
+        wrong = stand_in.env(VAULT_NAMESPACE="admin/other")
+        with pytest.raises(ConfigurationError, match="permission denied"):
+            _settings(QLAM_CLIENT_SECRET=reference, **wrong).client_secret.resolve(fresh=True)
+    finally:
+        stand_in.stop()
+
+
+def test_vault_single_field_needs_no_name(vault):
+    """Without #FIELD a secret with one field gives that field; with several, the error lists their names."""
+    vault.put("secret", "one", {"value": VALUE})
+    vault.put("secret", "two", {"a": VALUE, "b": VALUE})
+    assert _settings(QLAM_CLIENT_SECRET="vault://secret/one", **vault.env()).client_secret.resolve(fresh=True).reveal() == VALUE
+    with pytest.raises(ConfigurationError, match=r"holds several fields \(a, b\): name one with #FIELD") as caught:
+        _settings(QLAM_CLIENT_SECRET="vault://secret/two", **vault.env()).client_secret.resolve(fresh=True)
+    assert VALUE not in _shown(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("reference", "env_changes", "message"),
+    [
+        ("vault://secret/qlam#client_secret", {"VAULT_TOKEN": "s.wrong"}, "permission denied"),
+        ("vault://secret/missing#client_secret", {}, "Vault has no secret vault://secret/missing#client_secret"),
+        ("vault://secret/qlam#nope", {}, "has no field 'nope' (it has: client_secret)"),
+        ("vault://secret/qlam#client_secret", {"VAULT_ADDR": ""}, "VAULT_ADDR is not set"),
+        ("vault://secret/qlam#client_secret", {"VAULT_TOKEN": "", "HOME": "/nonexistent"}, "no Vault login"),
+        ("vault://secret/qlam#client_secret", {"VAULT_ADDR": "http://vault.example.com"}, "https is required"),
+    ],
+)
+def test_vault_problems_are_configuration_errors(vault, reference, env_changes, message):
+    """Refusals, missing secrets or fields and missing settings are exit 3, named, without the secret."""
+    vault.put("secret", "qlam", {"client_secret": VALUE})
+    env = {k: v for k, v in vault.env(**env_changes).items() if v}
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as caught:
+        Settings.from_env({**BASE, "QLAM_CLIENT_SECRET": reference, **env}).client_secret.resolve(fresh=True)
+    assert caught.value.exit_code == 3 and VALUE not in _shown(caught.value)
+
+
+def test_vault_unreachable_or_sealed_has_its_own_exit_code(vault):
+    """A Vault that does not answer, or answers 503 (sealed), is SecretStoreUnreachable, exit 15."""
+    vault.put("secret", "qlam", {"client_secret": VALUE})
+    reference = "vault://secret/qlam#client_secret"
+    with pytest.raises(SecretStoreUnreachable, match="is unreachable") as caught:
+        _settings(QLAM_CLIENT_SECRET=reference, **vault.env(VAULT_ADDR="http://127.0.0.1:9")).client_secret.resolve(fresh=True)
+    assert caught.value.exit_code == 15
+    vault.sealed = True
+    with pytest.raises(SecretStoreUnreachable, match="unavailable"):
+        _settings(QLAM_CLIENT_SECRET=reference, **vault.env()).client_secret.resolve(fresh=True)
+
+
+def test_vault_value_is_read_once_per_process(vault):
+    """A Vault secret is read once and kept for the process; fresh=True asks again."""
+    vault.put("secret", "once", {"client_secret": VALUE})
+    source = _settings(QLAM_CLIENT_SECRET="vault://secret/once#client_secret", **vault.env()).client_secret
+    source.resolve()
+    source.resolve()
+    assert vault.reads == 1
+    source.resolve(fresh=True)
+    assert vault.reads == 2
+
+
+# --- AWS Secrets Manager (moto server mode, real boto3) -------------------------------------
+
+
+def test_aws_secret_whole_string(aws):
+    """aws-sm://NAME without #FIELD is the whole SecretString."""
+    name = aws.create(VALUE)
+    source = _settings(QLAM_CLIENT_SECRET=f"aws-sm://{name}", **aws.env()).client_secret
+    assert source.resolve(fresh=True).reveal() == VALUE
+
+
+def test_aws_secret_json_field(aws):
+    """aws-sm://NAME#FIELD takes FIELD of a JSON SecretString."""
+    name = aws.create({"client_id": "client-1", "client_secret": VALUE})
+    source = _settings(QLAM_CLIENT_SECRET=f"aws-sm://{name}#client_secret", **aws.env()).client_secret
+    assert source.resolve(fresh=True).reveal() == VALUE
+
+
+def test_aws_secret_by_arn(aws):
+    """An ARN names the secret (and its region)."""
+    name = aws.create(VALUE)
+    arn = aws.client.describe_secret(SecretId=name)["ARN"]
+    env = aws.env(AWS_REGION="")
+    source = Settings.from_env({**BASE, "QLAM_CLIENT_SECRET": f"aws-sm://{arn}", **env}).client_secret
+    assert source.resolve(fresh=True).reveal() == VALUE
+
+
+@pytest.mark.parametrize(
+    ("make", "suffix", "message"),
+    [
+        (lambda aws: "qlam/no-such-secret", "", "refused to give aws-sm://qlam/no-such-secret (ResourceNotFoundException)"),
+        (lambda aws: aws.create({"a": VALUE}), "#client_secret", "has no field 'client_secret' (it has: a)"),
+        (lambda aws: aws.create(VALUE), "#client_secret", "needs a JSON object in the SecretString"),
+    ],
+)
+def test_aws_problems_are_configuration_errors(aws, make, suffix, message):
+    """A missing secret or field is exit 3, named, without the secret."""
+    reference = f"aws-sm://{make(aws)}{suffix}"
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as caught:
+        _settings(QLAM_CLIENT_SECRET=reference, **aws.env()).client_secret.resolve(fresh=True)
+    assert VALUE not in _shown(caught.value)
+
+
+def test_aws_unreachable_has_its_own_exit_code(aws):
+    """An AWS endpoint that does not answer is SecretStoreUnreachable, exit 15."""
+    env = aws.env(AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    with pytest.raises(SecretStoreUnreachable, match="AWS Secrets Manager is unreachable") as caught:
+        _settings(QLAM_CLIENT_SECRET="aws-sm://qlam/x", **env).client_secret.resolve(fresh=True)
+    assert caught.value.exit_code == 15
+
+
+def test_aws_debug_logging_never_shows_the_secret(aws, caplog):
+    """Even with every logger at DEBUG, botocore's response-body lines never carry the secret."""
+    name = aws.create({"client_secret": VALUE})
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("botocore").setLevel(logging.DEBUG)
+    source = _settings(QLAM_CLIENT_SECRET=f"aws-sm://{name}#client_secret", **aws.env()).client_secret
+    assert source.resolve(fresh=True).reveal() == VALUE
+    assert caplog.records  # botocore did log
+    assert VALUE not in caplog.text
+
+
+# --- end to end: the sandbox, through the CLI --------------------------------------------------
+
+
+def _cli_env(env: dict, secret_variable: str, reference: str, **extra: str) -> dict:
+    base = {k: v for k, v in env.items() if k != "QLAM_CLIENT_SECRET"}
+    return {**base, secret_variable: reference, **extra}
+
+
+def test_every_source_gets_a_token_from_the_sandbox(env, sandbox, tmp_path, vault, aws):
+    """The secret from a file, env:, Vault and AWS each gets a real token; nothing shows the secret."""
+    secret = env["QLAM_CLIENT_SECRET"]
+    path = _secret_file(tmp_path / "secret", secret)
+    vault.put("secret", "qlam", {"client_secret": secret})
+    name = aws.create({"client_secret": secret})
+    cases = {
+        "file": _cli_env(env, "QLAM_CLIENT_SECRET_FILE", str(path)),
+        "env": _cli_env(env, "QLAM_CLIENT_SECRET", "env:MY_QLAM_SECRET", MY_QLAM_SECRET=secret),
+        "vault": _cli_env(env, "QLAM_CLIENT_SECRET", "vault://secret/qlam#client_secret", **vault.env()),
+        "aws": _cli_env(env, "QLAM_CLIENT_SECRET", f"aws-sm://{name}#client_secret", **aws.env()),
+    }
+    for label, case in cases.items():
+        result = run_cli("-vv", "token", env={**case, "QLAM_TOKEN_CACHE_DIR": str(tmp_path / label)})
+        assert result.code == 0, (label, result.err)
+        assert secret not in result.out + result.err
+    assert sandbox.stats()["tokens_issued"] == 4
+
+
+def test_a_warm_token_reads_no_secret_source(env, sandbox, tmp_path):
+    """On a cache hit the secret file is never opened: a missing file does not matter."""
+    assert run_cli("token", env=env).code == 0
+    broken = _cli_env(env, "QLAM_CLIENT_SECRET_FILE", str(tmp_path / "gone"))
+    result = run_cli("token", env=broken)
+    assert result.code == 0, result.err
+    assert sandbox.stats()["token_requests"] == 1
+
+
+def test_an_unsafe_secret_file_stops_the_cli_with_exit_3(env, sandbox, tmp_path):
+    """qlam-hpc token with a 0644 secret file: one error line, exit 3, no request, no secret shown."""
+    secret = env["QLAM_CLIENT_SECRET"]
+    path = _secret_file(tmp_path / "secret", secret, mode=0o644)
+    result = run_cli("token", env=_cli_env(env, "QLAM_CLIENT_SECRET_FILE", str(path)))
+    assert result.code == 3
+    assert result.err.count("\n") == 1 and "is readable by group or others (mode 0644)" in result.err
+    assert secret not in result.err + result.out
+    assert sandbox.stats()["token_requests"] == 0
+
+
+def test_an_unreachable_vault_exits_15(env, sandbox, vault):
+    """qlam-hpc token with Vault down: exit 15, one line naming Vault."""
+    case = _cli_env(env, "QLAM_CLIENT_SECRET", "vault://secret/qlam#client_secret", **vault.env(VAULT_ADDR="http://127.0.0.1:9"))
+    result = run_cli("token", env=case)
+    assert result.code == 15 and "Vault at http://127.0.0.1:9 is unreachable" in result.err
+
+
+def test_provider_resolves_only_when_fetching(settings, sandbox, vault):
+    """A provider whose token is cached never calls Vault; the first fetch does, once."""
+    vault.put("secret", "p", {"client_secret": settings.client_secret.reveal()})
+    env = {"QLAM_CLIENT_SECRET": "vault://secret/p#client_secret", **vault.env()}
+    source = Settings.from_env({**BASE, **env}).client_secret
+    provider = TokenProvider(settings.with_(client_secret=source))
+    provider.get_token()
+    assert vault.reads == 1
+    TokenProvider(settings.with_(client_secret=source)).get_token()  # from the shared cache
+    assert vault.reads == 1
+    assert os.environ.get("VAULT_ADDR") is None  # the sources read the mapping given, not os.environ
