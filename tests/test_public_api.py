@@ -39,8 +39,10 @@ PUBLIC = [
     "QlamError",
     "QlamRequestsAuth",
     "RateLimited",
+    "RedisStore",
     "RetryPolicy",
     "Secret",
+    "SecretStoreUnreachable",
     "Settings",
     "Task",
     "TaskCancelled",
@@ -57,6 +59,7 @@ PUBLIC = [
     "UnsupportedGrantType",
     "WaitTimeout",
     "__version__",
+    "job_time_left",
 ]
 
 EXIT_CODES = {
@@ -85,6 +88,7 @@ EXIT_CODES = {
     "InvalidTaskDefinition": 13,
     "NotFound": 13,
     "ApiUnreachable": 14,
+    "SecretStoreUnreachable": 15,
 }
 
 HEAVY = {"httpx", "click", "rich", "pydantic"}

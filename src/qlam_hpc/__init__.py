@@ -18,7 +18,9 @@ __all__ = [
     "RetryPolicy",
     "TokenStore",
     "FileStore",
+    "RedisStore",
     "QlamAuth",
+    "job_time_left",
     # the tasks API
     "QlamClient",
     "AsyncQlamClient",
@@ -54,6 +56,7 @@ __all__ = [
     "InvalidTaskDefinition",
     "NotFound",
     "ApiUnreachable",
+    "SecretStoreUnreachable",
 ]
 
 _HOMES = {
@@ -65,6 +68,8 @@ _HOMES = {
     "RetryPolicy": "._settings",
     "TokenStore": "._store",
     "FileStore": "._filestore",
+    "RedisStore": "._redisstore",
+    "job_time_left": "._walltime",
     "QlamAuth": "._auth",
     "QlamClient": "._api._client",
     "AsyncQlamClient": "._api._async_client",

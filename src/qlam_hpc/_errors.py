@@ -24,7 +24,9 @@
     ├── ApiError                  13  the QLAM API refused a request (4xx other than 401)
     │   ├── InvalidTaskDefinition      (400: the messages say what is wrong)
     │   └── NotFound                   (404)
-    └── ApiUnreachable            14  connection failures, timeouts, 5xx from the API
+    ├── ApiUnreachable            14  connection failures, timeouts, 5xx from the API
+    └── SecretStoreUnreachable    15  Vault or AWS Secrets Manager cannot be reached (a refusal is a
+                                      ConfigurationError: no retry will fix it)
 
 Messages never contain a secret or a token: they are built from codes, URLs,
 client ids and paths only.  Every error pickles (multiprocessing sends them
@@ -59,6 +61,7 @@ __all__ = [
     "InvalidTaskDefinition",
     "NotFound",
     "ApiUnreachable",
+    "SecretStoreUnreachable",
     "oauth_error",
 ]
 
@@ -267,3 +270,13 @@ class ApiUnreachable(QlamError):
     """Connection failures, timeouts or 5xx answers from the QLAM API outlasted the retries."""
 
     exit_code = 14
+
+
+class SecretStoreUnreachable(QlamError):
+    """A secret store (Vault, AWS Secrets Manager) could not be reached or answered 5xx.
+
+    Its own exit code, 15, because it is the one secret problem a retry may fix; a
+    refusal (wrong token, no such secret) is a ``ConfigurationError`` (3).
+    """
+
+    exit_code = 15

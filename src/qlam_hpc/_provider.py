@@ -111,27 +111,30 @@ class TokenProvider:
     # --- the shared store -----------------------------------------------------------------
 
     def _from_store(self, min_ttl: float, rejected: str | None) -> TokenResult:
-        entry = self.store.load(self.identity)
-        token = cached_token(entry, self._clock(), min_ttl, rejected)
-        if token is not None:
-            return TokenResult(token, "cache")
-        _check_lifetime(entry, min_ttl)
         credentials = _Credentials(self.settings)  # read from their sources on first use only
-        replay = self._replay_failure(entry, credentials, rejected)
-        if replay is not None:
-            return replay
+        entry = self.store.load(self.identity)
+        settled = self._settled(entry, credentials, min_ttl, rejected)
+        if settled is not None:
+            return settled
+        _check_lifetime(entry, min_ttl)
         lock = self._acquire(credentials, min_ttl, rejected)
         if isinstance(lock, TokenResult):
             return lock
         with lock:
-            entry = self.store.load(self.identity)
-            token = cached_token(entry, self._clock(), min_ttl, rejected)
-            if token is not None:
-                return TokenResult(token, "cache")
-            replay = self._replay_failure(entry, credentials, rejected)
-            if replay is not None:
-                return replay
+            entry = self.store.load(self.identity)  # the previous holder may have just published
+            settled = self._settled(entry, credentials, min_ttl, rejected)
+            if settled is not None:
+                return settled
             return self._fetch_and_publish(entry, credentials, min_ttl, rejected)
+
+    def _settled(
+        self, entry: CacheEntry | None, credentials: _Credentials, min_ttl: float, rejected: str | None
+    ) -> TokenResult | None:
+        """What the entry already settles: a token to hand out, or a failure to repeat."""
+        token = cached_token(entry, self._clock(), min_ttl, rejected)
+        if token is not None:
+            return TokenResult(token, "cache")
+        return self._replay_failure(entry, credentials, rejected)
 
     def _acquire(self, credentials: _Credentials, min_ttl: float, rejected: str | None) -> ContextManager | TokenResult:
         """The refresh lock, or the result another process published while we waited for it."""
@@ -150,13 +153,9 @@ class TokenProvider:
             if lock is not None:
                 return lock
             # Readers never block: while another process fetches, watch the entry for its result.
-            entry = self.store.load(self.identity)
-            token = cached_token(entry, self._clock(), min_ttl, rejected)
-            if token is not None:
-                return TokenResult(token, "cache")
-            replay = self._replay_failure(entry, credentials, rejected)
-            if replay is not None:
-                return replay
+            settled = self._settled(self.store.load(self.identity), credentials, min_ttl, rejected)
+            if settled is not None:
+                return settled
             if self._clock() >= deadline:
                 holder = self.store.lock_holder(self.identity) or "another process"
                 raise LockTimeout(
@@ -360,6 +359,12 @@ def count_requests(store: TokenStore, settings: Settings, now: float) -> int:
 def _default_store(settings: Settings) -> TokenStore:
     if not settings.cache_enabled:
         return NullStore()
+    if settings.token_store:
+        from ._redisstore import store_from_url
+
+        password = settings.token_store_password
+        # {}: the environment was read once, by Settings.from_env.
+        return store_from_url(settings.token_store, {}, password=password.reveal() if password else None)
     from ._filestore import FileStore
 
     return FileStore(settings.cache_path)

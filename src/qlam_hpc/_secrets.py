@@ -30,7 +30,7 @@ import os
 # variable or a reference is set, and threading's import costs that path milliseconds.
 import _thread
 
-from ._errors import ConfigurationError, QlamError
+from ._errors import ConfigurationError, SecretStoreUnreachable
 from ._settings import Secret
 
 TYPE_CHECKING = False
@@ -46,16 +46,6 @@ __all__ = [
     "SecretStoreUnreachable",
     "parse_reference",
 ]
-
-
-class SecretStoreUnreachable(QlamError):
-    """A secret store (Vault, AWS Secrets Manager) could not be reached or answered 5xx.
-
-    Its own exit code, 15, because it is the one secret problem a retry may fix; a
-    refusal (wrong token, no such secret) is a ``ConfigurationError`` (3).
-    """
-
-    exit_code = 15
 
 
 # Values fetched from Vault or AWS in this process, by source: a job step that refreshes

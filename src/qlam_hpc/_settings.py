@@ -90,6 +90,8 @@ _SETTINGS_FIELDS = (
     "audience_param",  # "audience" (Auth0) or "resource" (RFC 8707)
     "discovery_url",  # str | None: read the token endpoint (when token_url is this URL) and auth method here
     "assertion_audience",  # str | None: aud of client assertions; None: the token endpoint; "issuer": discovered
+    "token_store",  # str | None: QLAM_TOKEN_STORE (redis://, rediss://, file://); None: the file store in cache_dir
+    "token_store_password",  # Secret | None: QLAM_REDIS_PASSWORD or REDIS_PASSWORD
 )
 
 CLIENT_AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
@@ -112,7 +114,8 @@ class Settings(
         "_SettingsFields",
         _SETTINGS_FIELDS,
         defaults=(None, None, None, True, None, 90.0, 10.0, RetryPolicy(), 300.0, 15.0)
-        + (None, None, None, None, "audience", None, None),
+        + (None, None, None, None, "audience", None, None)
+        + (None, None),
     )
 ):
     """Everything qlam-hpc needs to obtain and cache a token. Immutable; ``with_`` copies."""
@@ -252,8 +255,17 @@ def build_settings(
         or "audience",
         discovery_url=discovery_url,
         assertion_audience=_assertion_audience(env.get("QLAM_CLIENT_ASSERTION_AUD"), base_url, discovery_url),
+        token_store=pick("token_store", "QLAM_TOKEN_STORE"),
+        token_store_password=_redis_password(env),
     )
     return settings._replace(**given) if given else settings
+
+
+def _redis_password(env: Mapping[str, str]) -> Secret | None:
+    for variable in ("QLAM_REDIS_PASSWORD", "REDIS_PASSWORD"):
+        if env.get(variable):
+            return Secret(env[variable], variable)
+    return None
 
 
 def _credential(env: Mapping[str, str], variable: str, note, name: str):

@@ -120,7 +120,8 @@ def cli(ctx: click.Context, verbose: int, **overrides: str | None) -> None:
     "--min-ttl",
     default="0",
     metavar="DURATION",
-    help="Hand out only a token valid for at least this long (e.g. 90m, 2h); refresh otherwise.",
+    help="Hand out only a token valid for at least this long (e.g. 90m, 2h), or until this batch "
+    "job's time limit ('job'); refresh otherwise.",
 )
 @click.pass_obj
 def token(config: _Config, mode: str | None, min_ttl: str) -> None:
@@ -130,11 +131,38 @@ def token(config: _Config, mode: str | None, min_ttl: str) -> None:
     TOKEN=$(qlam-hpc token)                  # into a variable, never onto a command line
     qlam-hpc token --header | curl -H @- https://api.quera.com/v2/squin-256q/tasks
     qlam-hpc token --min-ttl 2h              # outlive a two-hour job step
+    qlam-hpc token --min-ttl job             # outlive this Slurm/PBS job
     """
     from ._output import print_token
 
-    result = config.provider().get(min_ttl=_duration(min_ttl, "--min-ttl"))
+    provider = config.provider()
+    if min_ttl.strip().lower() == "job":
+        result = _until_job_ends(provider)
+    else:
+        result = provider.get(min_ttl=_duration(min_ttl, "--min-ttl"))
     print_token(result.token, result.source, mode or "plain", time.time())
+
+
+def _until_job_ends(provider):
+    """A token valid until the batch job's time limit, or the usual one, with a warning,
+    where the job's end cannot be read."""
+    from .._durations import format_duration
+    from .._errors import ConfigurationError, TokenLifetimeTooShort
+    from .._log import log
+    from .._walltime import read_time_left
+
+    left = read_time_left()
+    if left.seconds is None:
+        log("warning", f"--min-ttl job: cannot tell when this job ends ({left.reason}); using the usual margin")
+        return provider.get()
+    try:
+        return provider.get(min_ttl=left.seconds)
+    except TokenLifetimeTooShort as error:
+        raise ConfigurationError(
+            f"--min-ttl job: this job has {format_duration(left.seconds)} left, longer than the identity "
+            f"provider's tokens live ({format_duration(error.lifetime)}); no token can cover it: call "
+            "qlam-hpc token again later in the job (qlam-hpc api and tasks refresh on their own)"
+        ) from None
 
 
 @cli.group()

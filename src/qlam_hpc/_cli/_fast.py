@@ -21,7 +21,7 @@ def warm_token(args: list[str]) -> int | None:
         from .._settings import Settings
 
         settings = Settings.from_env()
-        if not settings.cache_enabled:
+        if not settings.cache_enabled or settings.token_store:
             return None
         identity = Identity(settings.token_url, settings.client_id, settings.audience, settings.scope)
         entry = FileStore(settings.cache_path).load(identity)

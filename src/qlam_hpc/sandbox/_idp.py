@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from . import _client_auth
@@ -84,7 +84,11 @@ async def token_endpoint(request: Request) -> Response:
 
 async def _read_params(request: Request) -> dict[str, str]:
     """The request's parameters from a form body (the standard) or a JSON body (Auth0 accepts both)."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        # A client that gave up (timeout, killed mid-request) is routine under load: no traceback.
+        raise Refusal(400, "invalid_request", "The client disconnected before sending its body") from None
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type == "application/json":
         try:

@@ -164,13 +164,15 @@ class Sandbox:
     def env(self, client: SandboxClient | None = None) -> dict[str, str]:
         """The environment a qlam-hpc client needs to use this sandbox (first client by default)."""
         client = client or self.client
-        return {
+        env = {
             "AUTH_BASE_URL": self.url,
             "QLAM_CLIENT_ID": client.client_id,
-            "QLAM_CLIENT_SECRET": client.client_secret,
             "QLAM_AUDIENCE": self.audience,
             "QLAM_API_URL": self.url,
         }
+        if client.client_secret is not None:  # a private_key_jwt client has none
+            env["QLAM_CLIENT_SECRET"] = client.client_secret
+        return env
 
     # -- control -------------------------------------------------------------
 
