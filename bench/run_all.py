@@ -1,4 +1,8 @@
-"""Run every benchmark, one after the other, and print their tables."""
+"""Run every benchmark, one after the other, and print their tables.
+
+The Slurm benchmark starts the local cluster (scripts/local-slurm.sh) and needs root;
+pass --no-slurm to leave it out.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SCRIPTS = ["get_token.py", "cli_startup.py", "token_requests.py", "tasks_throughput.py", "slurm_array.py"]
 
-for script in ("get_token.py", "cli_startup.py", "token_requests.py"):
+for script in SCRIPTS:
+    if script == "slurm_array.py" and "--no-slurm" in sys.argv:
+        continue
     print(f"\n== {script} ==", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)
