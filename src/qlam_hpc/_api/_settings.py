@@ -8,7 +8,7 @@ from collections import namedtuple
 from typing import Mapping
 
 from .._errors import ConfigurationError
-from .._settings import RetryPolicy, _flag, _host_of, _positive_int, _seconds, is_loopback
+from .._settings import RetryPolicy, _flag, _positive_int, _seconds, base_url_for
 
 DEFAULT_API_URL = "https://api.quera.com"
 DEFAULT_QPU_MODE = "squin-256q"
@@ -81,19 +81,7 @@ class ApiSettings(
 def api_url(text: str) -> str:
     """The API's base URL without a trailing slash; a bare host means https; plain http only
     on loopback, since every request carries a bearer token."""
-    raw = text.strip()
-    scheme, separator, rest = raw.partition("://")
-    if not separator:
-        scheme, rest = "https", raw
-    scheme = scheme.lower()
-    host = _host_of(rest)
-    if scheme not in ("https", "http") or not host or any(c in rest for c in "?#"):
-        raise ConfigurationError(f"QLAM_API_URL {text!r} is not a host name or an http(s) URL")
-    if scheme == "http" and not is_loopback(host):
-        raise ConfigurationError(
-            f"QLAM_API_URL {text!r} uses plain http: https is required except on a loopback address"
-        )
-    return f"{scheme}://{rest.rstrip('/')}"
+    return base_url_for(text, "QLAM_API_URL")
 
 
 def check_qpu_mode(value: str) -> str:
