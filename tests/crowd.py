@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_WORKER = r"""
+CLI = r"""
 import os, sys, pathlib
 barrier = pathlib.Path(sys.argv[1])
 from qlam_hpc._cli import main
@@ -26,7 +26,7 @@ sys.exit(main(sys.argv[2:]))
 
 # Calls get_token() for a while, checking every token it is handed against the JWT's
 # own "exp": one line of JSON per process with what it saw.
-_LOOPER = r"""
+LOOPER = r"""
 import base64, json, os, sys, time, pathlib
 barrier = pathlib.Path(sys.argv[1]); duration = float(sys.argv[2])
 from qlam_hpc import TokenProvider
@@ -56,13 +56,13 @@ class Finished:
 
 
 class Crowd:
-    """``count`` processes held at a barrier until ``release()``."""
+    """``count`` processes held at a barrier until ``release()``, each running ``script``
+    (the CLI by default) with argv ``barrier-dir *args``."""
 
-    def __init__(self, directory: Path, count: int, args: list[str], env: dict, *, looper: bool = False) -> None:
+    def __init__(self, directory: Path, count: int, args: list[str], env: dict, *, script: str = CLI) -> None:
         self.barrier = directory / "barrier"
         self.barrier.mkdir(parents=True)
         os.mkfifo(self.barrier / "go")
-        script = _LOOPER if looper else _WORKER
         self.processes = [
             subprocess.Popen(
                 [sys.executable, "-c", script, str(self.barrier), *args],

@@ -10,7 +10,7 @@ import time
 import jwt
 import pytest
 
-from crowd import Crowd, json_lines
+from crowd import LOOPER, Crowd, json_lines
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_short_lived_tokens_are_refreshed_about_once_per_lifetime_and_never_hand
 ):
     """Token lifetime 3 s, 20 processes calling for 10 s: about one request per lifetime, no expired token."""
     sandbox.set_faults(token_lifetime=3)
-    crowd = Crowd(tmp_path, 20, ["10"], env, looper=True)
+    crowd = Crowd(tmp_path, 20, ["10"], env, script=LOOPER)
     crowd.wait_ready()
     crowd.release()
     results = crowd.finish()

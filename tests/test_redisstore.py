@@ -386,28 +386,14 @@ def test_redis_dying_during_a_fetch_does_not_lose_the_token(sandbox, settings, t
 # --- the provider on Redis, many processes --------------------------------------------------
 
 
-class _ScriptCrowd(Crowd):
-    """A Crowd whose processes run ``script`` (argv: barrier, *args) instead of the CLI."""
-
-    def __init__(self, directory: Path, count: int, script: str, args: list[str], env: dict) -> None:
-        self.barrier = directory / "barrier"
-        self.barrier.mkdir(parents=True)
-        os.mkfifo(self.barrier / "go")
-        self.processes = [
-            subprocess.Popen(
-                [sys.executable, "-c", script, str(self.barrier), *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(count)
-        ]
-
-
 def _race(tmp_path, env, url, count=50, lease=15.0):
-    crowd = _ScriptCrowd(tmp_path / "crowd", count, PROVIDER, [str(tmp_path / "nodes"), str(lease)], {**env, "QLAM_TOKEN_STORE": url})
+    crowd = Crowd(
+        tmp_path / "crowd",
+        count,
+        [str(tmp_path / "nodes"), str(lease)],
+        {**env, "QLAM_TOKEN_STORE": url},
+        script=PROVIDER,
+    )
     crowd.wait_ready()
     crowd.release()
     return crowd
