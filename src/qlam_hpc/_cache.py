@@ -37,8 +37,19 @@ class Identity(namedtuple("_IdentityFields", _IDENTITY_FIELDS, defaults=(None,))
 
 
 def _sha256(data: bytes):
+    global _sha256_constructor
+    if _sha256_constructor is None:
+        _sha256_constructor = _builtin_sha256()
+    return _sha256_constructor(data)
+
+
+_sha256_constructor = None
+
+
+def _builtin_sha256():
     # hashlib loads OpenSSL, a few milliseconds the warm token path cannot spare; the
-    # interpreter's built-in SHA-256 gives the same digest.
+    # interpreter's built-in SHA-256 gives the same digest. Looked up once: a failed
+    # import is not cached by Python and would search sys.path on every call.
     try:
         from _sha2 import sha256  # Python >= 3.12
     except ImportError:
@@ -46,7 +57,7 @@ def _sha256(data: bytes):
             from _sha256 import sha256  # Python <= 3.11
         except ImportError:
             from hashlib import sha256
-    return sha256(data)
+    return sha256
 
 
 class Failure(namedtuple("_FailureFields", "error args at until credentials by", defaults=(None,))):
