@@ -271,12 +271,16 @@ def _safe_url(url: str) -> str:
     """The URL without password or query: what messages and ``auth status`` may show."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or ""
+    try:
+        parts = urlsplit(url)
+        user = f"{parts.username}@" if parts.username else ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        # Too broken to take apart: show only what cannot hold a password.
+        return url.rpartition("@")[2] if "@" in url else url.split("://", 1)[0] + "://..."
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
@@ -314,7 +318,7 @@ def store_from_url(
         return FileStore(unquote(parts.path))
     if scheme not in ("redis", "rediss"):
         raise ConfigurationError(
-            f"QLAM_TOKEN_STORE {_safe_url(text) if scheme else text!r}: expected redis://host:port/db, "
+            f"QLAM_TOKEN_STORE {_safe_url(text) if scheme else text.rpartition('@')[2]!r}: expected redis://host:port/db, "
             "rediss://host:port/db (TLS) or file:///path/to/dir"
         )
     try:

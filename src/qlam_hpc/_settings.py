@@ -429,6 +429,9 @@ def _seconds(value: str | None, name: str, default: float) -> float:
     from ._durations import parse_duration
 
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise ConfigurationError(f"{name}: {exc}") from None
+    if seconds <= 0:  # a zero timeout or deadline fails every request, looking like an outage
+        raise ConfigurationError(f"{name}: {value!r} must be longer than 0")
+    return seconds

@@ -59,16 +59,22 @@ def api_command(
     from .._api._requests import error_for
     from .._api._settings import ApiSettings
 
+    if not method or any(c in _NOT_IN_A_TOKEN or not c.isprintable() or c.isspace() for c in method):
+        raise click.BadParameter(f"{method!r} is not an HTTP method", param_hint="METHOD")
+    if any(c in path for c in "\r\n\t "):
+        raise click.BadParameter("a path holds no spaces or line breaks (encode them: %20)", param_hint="PATH")
     settings = ApiSettings.from_env(base_url=api_url, qpu_mode=qpu_mode)
     relative = _relative(path, settings.base_url).replace("{qpu_mode}", settings.qpu_mode)
     extra = _headers(headers)
     content = _body(data)
     if content is not None and not any(k.lower() == "content-type" for k in extra):
         extra["Content-Type"] = "application/json"
+    import httpx
+
     with QlamClient(settings, provider=config.provider()) as client:
         try:
             response = client.request(method, relative, content=content, headers=extra)
-        except ValueError as exc:
+        except (ValueError, httpx.InvalidURL) as exc:
             raise click.BadParameter(str(exc), param_hint="PATH") from None
     if include:
         click.echo(f"HTTP/1.1 {response.status_code} {response.reason_phrase}", err=True)
@@ -83,6 +89,10 @@ def api_command(
     if response.status_code >= 400:
         # 4xx is ApiError (exit 13), 5xx after the retries ApiUnreachable (exit 14).
         raise error_for(response.status_code, body, str(response.url))
+
+
+# RFC 9110 token: a method is letters, digits and these, nothing else.
+_NOT_IN_A_TOKEN = '"(),/:;<=>?@[\\]{}'
 
 
 def _relative(path: str, base_url: str) -> str:
@@ -104,6 +114,8 @@ def _headers(items: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{item!r} is not 'Name: value'", param_hint="-H")
         if name.lower() == "authorization":
             raise click.BadParameter("qlam-hpc adds the Authorization header itself", param_hint="-H")
+        if not (name + value).isascii() or any(c in value for c in "\r\n\0"):
+            raise click.BadParameter(f"{name}: headers are ASCII, on one line", param_hint="-H")
         headers[name] = value.strip()
     return headers
 

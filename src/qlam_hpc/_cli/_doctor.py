@@ -83,8 +83,12 @@ def diagnose(environ: Mapping[str, str], overrides: dict, *, transport=None) -> 
         checks.append(Check("skip", "identity provider", "needs the settings above"))
         checks.append(Check("skip", "clock", "needs the identity provider"))
     checks.append(_api(environ, transport))
-    cache_dir = settings.cache_path if settings is not None else _cache_dir(environ, overrides, default_cache_dir)
-    checks.extend(_cache(cache_dir))
+    if settings is not None and settings.token_store and settings.cache_enabled:
+        # The shared store is elsewhere: the file cache's directory and locks do not matter.
+        checks.append(Check("ok", "token store", "QLAM_TOKEN_STORE: the cache directory is not used"))
+    else:
+        cache_dir = settings.cache_path if settings is not None else _cache_dir(environ, overrides, default_cache_dir)
+        checks.extend(_cache(cache_dir))
     if settings is not None:
         checks.append(_cached_token(settings))
     return checks

@@ -29,7 +29,12 @@ def configure_logging(verbosity: int = 0) -> None:
 
 class _CliFormatter:
     def format(self, record) -> str:  # logging.Formatter's duck type, to keep imports light
-        return f"qlam-hpc: {record.levelname.lower()}: {record.getMessage()}"
+        line = f"qlam-hpc: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            import traceback
+
+            line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return line
 
 
 def utc(epoch: float) -> str:

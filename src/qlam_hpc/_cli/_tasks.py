@@ -10,6 +10,7 @@ otherwise, which is what a batch job's log wants.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -21,9 +22,14 @@ if TYPE_CHECKING:
     from .._api._models import Task
 
 TASK_COMMANDS_EPILOG = """\b
-Exit codes: 0 done, 10 a task failed, 11 a task was cancelled, 12 --timeout ran
-out, 13 the API refused the request, 14 the API is unreachable (after retries);
-3-9 as for `qlam-hpc token` (configuration, identity provider, cache).
+Exit codes: 0 success, 13 the API refused the request, 14 the API is unreachable
+(after retries); 3-9 as for `qlam-hpc token` (configuration, identity provider, cache).
+"""
+
+WAIT_EPILOG = """\b
+Exit codes: 0 every task completed, 10 a task failed, 11 a task was cancelled,
+12 --timeout ran out, 13 the API refused the request, 14 the API is unreachable
+(after retries); 3-9 as for `qlam-hpc token` (configuration, identity provider, cache).
 """
 
 
@@ -83,7 +89,7 @@ def tasks(ctx: click.Context, api_url: str | None, qpu_mode: str | None) -> None
 # --- submit --------------------------------------------------------------------------------
 
 
-@tasks.command(epilog=TASK_COMMANDS_EPILOG)
+@tasks.command(epilog=WAIT_EPILOG)
 @click.argument("definition", metavar="FILE|-", type=click.File("rb"))
 @click.option("--wait", "wait_", is_flag=True, help="Wait until the task ends; exit 10/11 if it fails or is cancelled.")
 @click.option("--timeout", metavar="DURATION", help="With --wait: give up after this long (e.g. 90s, 2h); exit 12.")
@@ -197,7 +203,7 @@ def get(api: _Api, task_id: str, as_json: bool) -> None:
 # --- wait --------------------------------------------------------------------------------------
 
 
-@tasks.command(epilog=TASK_COMMANDS_EPILOG)
+@tasks.command(epilog=WAIT_EPILOG)
 @click.argument("task_ids", metavar="ID...", nargs=-1, required=True)
 @click.option("--timeout", metavar="DURATION", help="Give up after this long (e.g. 90s, 2h); exit 12.")
 @click.option("--poll", default="1s", show_default=True, metavar="DURATION", help="First poll interval (it grows to 15s while nothing changes).")
@@ -332,7 +338,7 @@ def cancel(api: _Api, task_id: str, as_json: bool) -> None:
 
 @tasks.command(epilog=TASK_COMMANDS_EPILOG)
 @click.argument("task_id", metavar="ID")
-@json_option
+@click.option("--json", "as_json", is_flag=True, help='Print {"id", "deleted": true} instead of a sentence.')
 @click.pass_obj
 def delete(api: _Api, task_id: str, as_json: bool) -> None:
     """Delete a task (one still running is cancelled first).
@@ -361,7 +367,7 @@ def delete(api: _Api, task_id: str, as_json: bool) -> None:
 )
 @click.option("--size", default=10, show_default=True, type=click.IntRange(1, 1000), help="Subtasks per page fetched.")
 @click.option("--shots-size", type=click.IntRange(1, 100000), help="Shots per page fetched [API default: 100].")
-@json_option
+@click.option("--json", "as_json", is_flag=True, help='With -o: print {"task_id", "path", "bytes"} instead of a sentence.')
 @click.pass_obj
 def results(api: _Api, task_id: str, output: str | None, size: int, shots_size: int | None, as_json: bool) -> None:
     """Results of a completed task, as JSON {"task_id", "subtasks": [...]}.
@@ -375,6 +381,8 @@ def results(api: _Api, task_id: str, output: str | None, size: int, shots_size: 
     qlam-hpc tasks results 5f0c... -o results/5f0c.json
     qlam-hpc tasks results 5f0c... | jq '.subtasks[0].shots | length'
     """
+    if output is not None and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise click.BadParameter(f"the directory of {output!r} does not exist", param_hint="-o")
     with api.client() as client:
         if output is not None:
             path = client.download_results(task_id, output)
@@ -439,9 +447,13 @@ def _task_table(found: list[Task], caption: str | None) -> None:
     table.add_column("CREATED (UTC)", no_wrap=True)
     table.add_column("GROUP")
     table.add_column("ERRORS")
+    from rich.text import Text
+
     for task in found:
         group = task.group.name if task.group is not None and task.group.name else ""
-        table.add_row(task.id, _styled(task.status), _when(_utc(task.created_date)), group, "; ".join(task.error_reasons))
+        # Text, not markup: values from the server are shown as they are, "[red]" included.
+        cells = (Text(task.id), _styled(task.status), _when(_utc(task.created_date)), Text(group))
+        table.add_row(*cells, Text("; ".join(task.error_reasons)))
     _console().print(table)
 
 
@@ -451,9 +463,13 @@ def _task_details(task: Task) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
+    from rich.text import Text
+
     data = task.to_json()
-    rows = [("id", task.id), ("status", _styled(task.status))]
-    rows += [(k, _cell(v)) for k, v in data.items() if k not in ("id", "task_status") and v not in (None, [], "")]
+    rows = [(Text("id"), Text(task.id)), (Text("status"), _styled(task.status))]
+    rows += [
+        (Text(k), Text(_cell(v))) for k, v in data.items() if k not in ("id", "task_status") and v not in (None, [], "")
+    ]
     for key, value in rows:
         table.add_row(key, value)
     _console().print(table)
@@ -471,6 +487,8 @@ def _utc(value: Any) -> Any:
     return value.astimezone(timezone.utc) if value is not None and value.tzinfo is not None else value
 
 
-def _styled(status: str) -> str:
+def _styled(status: str):
+    from rich.text import Text
+
     style = {"Completed": "green", "Failed": "red", "PayloadProcessingError": "red", "Cancelled": "yellow"}.get(status)
-    return f"[{style}]{status}[/]" if style else status
+    return Text(status, style=style or "")
