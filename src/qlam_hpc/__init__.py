@@ -6,6 +6,7 @@ for the warm ``qlam-hpc token`` path and for batch scripts that only need a toke
 
 from __future__ import annotations
 
+from . import _errors
 from ._version import __version__
 
 __all__ = [
@@ -30,34 +31,9 @@ __all__ = [
     "TaskDefinition",
     "Page",
     "QlamRequestsAuth",
-    # errors
-    "QlamError",
-    "ConfigurationError",
-    "TokenLifetimeTooShort",
-    "AuthError",
-    "OAuthError",
-    "InvalidClient",
-    "UnauthorizedClient",
-    "AccessDenied",
-    "InvalidRequest",
-    "InvalidGrant",
-    "InvalidScope",
-    "UnsupportedGrantType",
-    "IdentityProviderUnreachable",
-    "RateLimited",
-    "InvalidTokenResponse",
-    "CacheError",
-    "UnsafeCache",
-    "LockTimeout",
-    "TaskFailed",
-    "TaskCancelled",
-    "WaitTimeout",
-    "ApiError",
-    "InvalidTaskDefinition",
-    "NotFound",
-    "ApiUnreachable",
-    "SecretStoreUnreachable",
 ]
+# Every error class is public; _errors lists them (it is loaded by any use of qlam-hpc anyway).
+__all__ += [name for name in _errors.__all__ if name != "oauth_error"]
 
 _HOMES = {
     "TokenProvider": "._provider",

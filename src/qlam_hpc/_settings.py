@@ -191,18 +191,12 @@ def build_settings(
         qsh = load_client(env, context)
     if qsh is not None:
         where = qsh.origin
-        if not client_id and qsh.client_id:
-            client_id = qsh.client_id
-            note("client_id", where)
-        if not base_url and qsh.auth_base_url:
-            base_url = qsh.auth_base_url
-            note("auth_base_url", where)
-        if not audience and qsh.audience:
-            audience = qsh.audience
-            note("audience", where)
-        if not scope and qsh.scope:
-            scope = qsh.scope
-            note("scope", where)
+        found = {"client_id": client_id, "auth_base_url": base_url, "audience": audience, "scope": scope}
+        for name, value in found.items():
+            if not value and getattr(qsh, name):  # the environment wins; the file fills the gaps
+                found[name] = getattr(qsh, name)
+                note(name, where)
+        client_id, base_url, audience, scope = found.values()
         if secret is None and key is None:
             secret, key = qsh.credentials(env)
             if secret is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
@@ -33,17 +33,6 @@ __all__ = [
 
 MAX_SHOTS = 10_000
 
-TASK_STATUSES = (
-    "Created",
-    "PayloadProcessing",
-    "Scheduled",
-    "ExecutionStarted",
-    "ExecutionCompleted",
-    "Completed",
-    "Cancelled",
-    "PayloadProcessingError",
-    "Failed",
-)
 TaskStatus = Literal[
     "Created",
     "PayloadProcessing",
@@ -55,6 +44,7 @@ TaskStatus = Literal[
     "PayloadProcessingError",
     "Failed",
 ]
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 
 
 def _json_text(value: str) -> str:
