@@ -67,3 +67,82 @@ def test_a_second_401_is_returned_not_retried(session, sandbox):
     after = sandbox.stats()
     assert after["api_requests"] - before["api_requests"] == 2
     assert after["token_requests"] - before["token_requests"] == 1
+
+
+# --- redirects: a token goes only where the caller sent it ----------------------------------
+
+
+class _Recorder:
+    """A real HTTP server on a loopback address; ``answer(path, headers)`` gives (status, headers)."""
+
+    def __init__(self, host: str, answer) -> None:
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+                seen.append((self.path, self.headers.get("Authorization")))
+                status, headers = answer(self.path, self.headers)
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": "0"}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def servers():
+    made = []
+
+    def make(host, answer):
+        made.append(_Recorder(host, answer))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def test_a_401_after_a_redirect_to_another_host_sends_it_no_token(session, sandbox, servers):
+    """API 302 -> another host that answers 401: that host never sees a token (requests strips the
+    header; the 401 must not make us fetch a fresh one and send it there), and no token is fetched."""
+    other = servers("127.0.0.2", lambda path, headers: (401, {"WWW-Authenticate": "Bearer"}))
+    api = servers("127.0.0.1", lambda path, headers: (302, {"Location": other.url + "/steal"}))
+    response = session.get(api.url + "/v2/squin-256q/tasks")
+    assert response.status_code == 401 and [r.status_code for r in response.history] == [302]
+    assert other.seen == [("/steal", None)]
+    assert api.seen[0][1].startswith("Bearer ey") and len(api.seen) == 1
+    assert sandbox.stats()["token_requests"] == 1  # the first token only: no refresh for a foreign 401
+
+
+def test_a_401_after_a_redirect_on_the_same_host_is_retried_once(session, sandbox, servers):
+    """A same-host redirect keeps the token (requests does), so a 401 there is ours to refresh."""
+    refused = []
+
+    def answer(path, headers):
+        if path == "/old":
+            return 302, {"Location": "/new"}
+        if not refused:
+            refused.append(headers.get("Authorization"))
+            return 401, {}
+        return 200, {}
+
+    api = servers("127.0.0.1", answer)
+    response = session.get(api.url + "/old")
+    assert response.status_code == 200
+    assert [path for path, _ in api.seen] == ["/old", "/new", "/new"]
+    assert api.seen[1][1] == refused[0] != api.seen[2][1] and api.seen[2][1].startswith("Bearer ey")
+    assert sandbox.stats()["token_requests"] == 2

@@ -2,6 +2,13 @@
 
 ``requests`` is not a dependency of qlam-hpc: this module is imported only when
 ``qlam_hpc.QlamRequestsAuth`` is first used, and then needs ``requests`` installed.
+
+Redirects: ``requests`` follows them and copies this module's response hook onto each
+redirected request, but strips ``Authorization`` when the redirect leaves the host. A 401
+from such a host is not a refusal of our token, and answering it with a fresh token would
+hand a valid token to whoever the API (or an attacker in its place) redirected to — and
+spend a token request of the array's quota. So the retry happens only when the refused
+request carried *our* token to the origin it was given for.
 """
 
 from __future__ import annotations
@@ -44,19 +51,38 @@ class QlamRequestsAuth(requests.auth.AuthBase):
         # A streamed body (a file) must be rewound to be sent again after a 401.
         body = request.body
         position = body.tell() if hasattr(body, "tell") and hasattr(body, "seek") else None
-        request.register_hook("response", _RetryOnce(self.provider, token, position))
+        request.register_hook("response", _RetryOnce(self.provider, token, position, _origin(request.url)))
         return request
 
 
+def _origin(url: str | None) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in: what "the same server" means."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url or "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    scheme = parts.scheme.lower()
+    return (scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme))
+
+
 class _RetryOnce:
-    def __init__(self, provider: TokenProvider, token: str, position: int | None) -> None:
+    def __init__(self, provider: TokenProvider, token: str, position: int | None, origin: tuple) -> None:
         self.provider = provider
         self.token = token
         self.position = position
+        self.origin = origin
 
     def __call__(self, response: requests.Response, **kwargs: Any) -> requests.Response:
         request = response.request
         if response.status_code != 401 or getattr(request, _RETRIED, False):
+            return response
+        # Only a refusal of the token we sent, by the server we sent it to: a redirect to
+        # another host arrives here without it (requests stripped it), or with another
+        # credential (netrc), and must get neither a refresh nor a token.
+        if request.headers.get("Authorization") != f"Bearer {self.token}" or _origin(request.url) != self.origin:
             return response
         body = request.body
         if hasattr(body, "read") and self.position is None:
