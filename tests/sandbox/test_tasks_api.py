@@ -31,7 +31,7 @@ BODY: dict[str, Any] = {
     "program_language": "squin",
     "programs": [{"content": "kernel main() { measure_all() }", "program_metadata": {"user_metadata": "p0"}}],
     "subtasks": [
-        {"program_index": 0, "num_shots": 7, "arguments": {"theta": 0.25, "label": "a", "flag": True, "n": 3}},
+        {"program_index": 0, "num_shots": 7, "arguments": {"theta": 0.25, "n": 3, "phi": -1e-9}},
         {"program_index": 0, "num_shots": 5, "arguments": {"theta": 0.5}},
     ],
 }
@@ -136,11 +136,37 @@ def test_create_from_definition(alice: TasksApi, bob: TasksApi) -> None:
     assert task["task_status"] == "Created"
     assert (task["num_subtasks"], task["total_shots"], task["qpu_mode"]) == (2, 12, QPU)
     assert task["group"] == {"id": group, "name": f"sandbox-group-{group[:8]}", "deactivated": False}
+    assert task["group"] != alice.create()["group"]
     assert (task["profile_id"], task["user_metadata"], task["system_metadata"]) == (profile, "run 7", '{"sdk": 1}')
     assert (task["compilation_id"], task["scheduled_date"], task["error_reasons"]) == (None, None, [])
     assert task["created_by"] == task["modified_by"] == alice.create()["created_by"]
     assert task["created_by"] != bob.create()["created_by"]
     assert _aware(task["created_date"]) == _aware(task["modified_date"])
+
+
+def test_every_task_has_a_group(alice: TasksApi, bob: TasksApi) -> None:
+    """Without a group_id a task is in its creator's default group: the same each time, not another client's."""
+    first, second, theirs = alice.create(), alice.create({"definition_id": str(uuid.uuid4())}), bob.create()
+    group = first["group"]
+    assert group == second["group"] != theirs["group"]
+    assert group == {"id": group["id"], "name": f"sandbox-group-{group['id'][:8]}", "deactivated": False}
+    assert uuid.UUID(group["id"]) and group["id"] != first["created_by"]
+    in_default = {t["id"] for t in alice.list(group_id=group["id"], size=1000)["elements"]}
+    assert {first["id"], second["id"]} <= in_default
+    assert "profile_id" not in first  # QLAM leaves it out when a task has no profile
+
+
+def test_program_language_defaults_to_the_qpu_modes(http: httpx.Client, alice: TasksApi) -> None:
+    """program_language is optional: without it the definition runs in the qpu_mode's language."""
+    without = {k: v for k, v in BODY.items() if k != "program_language"}
+    squin = alice.create(without)
+    gemini = TasksApi(http, alice.sandbox, alice.token, qpu="gemini-260q").create(without)
+    store = alice.sandbox._store
+    assert store is not None
+    assert store.definition("alice@clients", squin["definition_id"])["program_language"] == "squin"
+    assert store.definition("alice@clients", gemini["definition_id"])["program_language"] == "gemini"
+    given = alice.create(body(program_language="flair.v1"))
+    assert store.definition("alice@clients", given["definition_id"])["program_language"] == "flair.v1"
 
 
 def test_create_from_known_definition_id(alice: TasksApi) -> None:
@@ -186,9 +212,9 @@ def test_unknown_fields_are_accepted(alice: TasksApi) -> None:
     ("payload", "messages"),
     [
         (
-            {"program_language": "", "programs": [], "subtasks": [{"program_index": 0, "num_shots": 0}]},
+            {"program_language": 7, "programs": [], "subtasks": [{"program_index": 0, "num_shots": 0}]},
             [
-                "program_language: string should have at least 1 character",
+                "program_language: input should be a valid string",
                 "programs: list should have at least 1 item after validation, not 0",
                 "subtasks[0].num_shots: input should be greater than or equal to 1",
             ],
@@ -202,13 +228,18 @@ def test_unknown_fields_are_accepted(alice: TasksApi) -> None:
             ],
         ),
         (
-            body(subtasks=[{"program_index": 0, "num_shots": 1, "arguments": {"x": [1]}}], system_metadata="{nope"),
+            body(
+                subtasks=[{"program_index": 0, "num_shots": 1, "arguments": {"x": [1], "s": "0.5", "b": True}}],
+                system_metadata="{nope",
+            ),
             [
                 "system_metadata: must be a JSON string (JSON text such as '{}')",
-                "subtasks[0].arguments.x: must be a number, a string or a boolean",
+                "subtasks[0].arguments.x: must be a number",
+                "subtasks[0].arguments.s: must be a number",
+                "subtasks[0].arguments.b: must be a number",
             ],
         ),
-        ({"programs": [{"content": "x"}]}, ["program_language: field required", "subtasks: field required"]),
+        ({"programs": [{"content": "x"}]}, ["subtasks: field required"]),
         ({"definition_id": "not-a-uuid"}, None),
         ({"compilation_id": 42, "group_id": "g"}, None),
         (body(definition_id=str(uuid.uuid4())), None),
@@ -307,7 +338,7 @@ def test_list_sorts_by_modified_date(alice: TasksApi) -> None:
     alice.sandbox.set_faults(task_duration=60)
     group = str(uuid.uuid4())
     first, second, third = (alice.create(body(group_id=group))["id"] for _ in range(3))
-    assert alice.request("PUT", f"/{first}/cancel").status_code == 200
+    assert alice.request("PUT", f"/{first}/cancel").status_code == 202
     by_modified = alice.list(group_id=group, sort="modified_date,asc")["elements"]
     assert [t["id"] for t in by_modified] == [second, third, first]
     dates = [_aware(t["modified_date"]) for t in by_modified]
@@ -328,6 +359,18 @@ def test_list_filters_by_groups(alice: TasksApi) -> None:
     assert alice.list(group_id=str(uuid.uuid4()))["total"] == 0
 
 
+def test_list_ignores_malformed_group_ids(alice: TasksApi) -> None:
+    """Malformed group_id values are ignored; when no valid one is left the list is empty, never everything."""
+    group = str(uuid.uuid4())
+    mine = {alice.create(body(group_id=group))["id"] for _ in range(2)}
+    alice.create()
+    listed = alice.list(group_id=["not-a-uuid", group.upper(), ""])
+    assert listed["total"] == 2 and {t["id"] for t in listed["elements"]} == mine
+    for malformed in (["not-a-uuid"], ["", "42"]):
+        nothing = alice.list(group_id=malformed)
+        assert (nothing["total"], nothing["elements"]) == (0, [])
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -337,7 +380,6 @@ def test_list_filters_by_groups(alice: TasksApi) -> None:
         ({"size": 1001}, "size"),
         ({"sort": "name,asc"}, "sort"),
         ({"sort": "created_date,up"}, "sort"),
-        ({"group_id": "not-a-uuid"}, "group_id[0]"),
     ],
 )
 def test_list_rejects_bad_parameters(alice: TasksApi, params: dict[str, Any], field: str) -> None:
@@ -383,11 +425,11 @@ def test_unknown_task_is_404(alice: TasksApi, task_id: str) -> None:
 
 
 def test_cancel_then_conflict(alice: TasksApi, bob: TasksApi) -> None:
-    """Cancelling a running task answers it Cancelled; cancelling it again is 409 code 1409."""
+    """Cancelling a running task answers 202, as QLAM does, with it Cancelled; cancelling it again is 409 code 1409."""
     alice.sandbox.set_faults(task_duration=60)
     task = alice.create()
     cancelled = alice.request("PUT", f"/{task['id']}/cancel")
-    assert cancelled.status_code == 200
+    assert cancelled.status_code == 202
     assert cancelled.json()["task_status"] == "Cancelled"
     assert cancelled.json()["modified_by"] == task["created_by"]
     assert _aware(cancelled.json()["modified_date"]) > _aware(task["created_date"])
@@ -594,7 +636,9 @@ def test_openapi_describes_the_tasks_api(http: httpx.Client, sandbox: Sandbox) -
     schemas = doc["components"]["schemas"]
     assert {"Task", "TaskPage", "ResultsPage", "ResultsDownload", "ErrorBody", "TaskDefinitionCreate"} <= set(schemas)
     assert "HTTPValidationError" not in schemas
-    assert set(schemas["Task"]["required"]) == set(Task.model_fields)
+    assert set(schemas["Task"]["required"]) == set(Task.model_fields) - {"profile_id"}
+    cancel = doc["paths"]["/v2/{qpu_mode}/tasks/{task_id}/cancel"]["put"]
+    assert set(cancel["responses"]) == {"202", "400", "401", "404", "409"}
     create = doc["paths"]["/v2/{qpu_mode}/tasks"]["post"]
     assert set(create["responses"]) == {"201", "400", "401", "404"}
     (qpu_param,) = create["parameters"]

@@ -22,11 +22,11 @@ from .test_tasks_api import (  # noqa: F401  (fixtures)
 
 DOWNLOAD = {"Accept": "application/octet-stream"}
 SUBTASKS = [
-    {"program_index": 0, "num_shots": 7, "arguments": {"theta": 0.25, "label": "a", "flag": True, "n": 3}},
+    {"program_index": 0, "num_shots": 7, "arguments": {"theta": 0.25, "n": 3, "phi": -2.5}},
     {"program_index": 1, "num_shots": 5},
     {"program_index": 0, "num_shots": 1, "arguments": {"theta": 1e-9}},
     {"program_index": 1, "num_shots": 10, "arguments": {"theta": 0.5}},
-    {"program_index": 0, "num_shots": 3, "arguments": {"theta": 0.25, "label": "b"}},
+    {"program_index": 0, "num_shots": 3, "arguments": {"theta": 0.25, "n": 4}},
 ]
 PROGRAMS = [{"content": "program zero"}, {"content": "program one"}]
 

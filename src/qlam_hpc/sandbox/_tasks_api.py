@@ -5,8 +5,8 @@ this order: serves the next ``api_script`` item if there is one (counting it as 
 ``api_request``); verifies the bearer token (``_bearer.bearer_claims``, which counts
 the request) and refuses revoked ones; answers 404 for a ``qpu_mode`` the sandbox
 does not serve; then runs the route.  Whatever goes wrong on the way is answered
-in QLAM's error shape ``{"messages": [...], "code": ...}`` and never FastAPI's
-``{"detail": ...}``:
+in QLAM's error shape (the real schema's ``ErrorResponse``, ``{"messages": [...],
+"code": ...}``) and never FastAPI's ``{"detail": ...}``:
 
 ====  ====  =====================================================
 400   1300  invalid body or query parameter (one message per problem)
@@ -15,6 +15,11 @@ in QLAM's error shape ``{"messages": [...], "code": ...}`` and never FastAPI's
 409   1409  cancelling a task that is past cancelling; results of an unfinished task
 500   1000  a bug in the sandbox
 ====  ====  =====================================================
+
+Statuses and shapes follow the real service's OpenAPI document as QuEra's SDK
+ships it: every task belongs to a group (the caller's default group when the
+creation names none), cancel answers 202, ``group_id`` filters ignore malformed
+values.
 """
 
 from __future__ import annotations
@@ -66,8 +71,10 @@ log = logging.getLogger(__name__)
 
 GENERIC, INVALID_REQUEST, NOT_FOUND, CONFLICT = 1000, 1300, 1404, 1409
 
-# created_by/modified_by are UUIDs in QLAM; the sandbox derives one per token subject.
+# created_by/modified_by are UUIDs in QLAM; the sandbox derives one per token subject,
+# and from it the subject's default group (every real task has a group).
 _USER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/qlam-hpc/sandbox/users")
+_GROUP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/qlam-hpc/sandbox/default-groups")
 # Definitions for a definition_id the sandbox never saw, or a compilation_id (it
 # compiles nothing): one program, one subtask of 100 shots.
 _PLACEHOLDER_SHOTS = 100
@@ -88,6 +95,32 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(dumps(content), status_code=status, media_type="application/json", headers=headers)
 
 
+def user_id_of(sub: str) -> str:
+    """The UUID a token subject has as ``created_by``: the same for the same ``sub``, every time."""
+    return str(uuid.uuid5(_USER_NAMESPACE, sub))
+
+
+def default_group_of(sub: str) -> str:
+    """The group a subject's tasks go to when their creation names none (stable per ``sub``)."""
+    return str(uuid.uuid5(_GROUP_NAMESPACE, sub))
+
+
+def group_json(group_id: str) -> dict[str, Any]:
+    """The Task's ``group``: made up from its id, never deactivated."""
+    return {"id": group_id, "name": f"sandbox-group-{group_id[:8]}", "deactivated": False}
+
+
+def valid_group_ids(values: Sequence[str]) -> list[str]:
+    """The ``group_id`` filter values that are UUIDs, normalised; malformed ones are ignored, as QLAM does."""
+    groups = []
+    for value in values:
+        try:
+            groups.append(str(UUID(value.strip())))
+        except ValueError:
+            continue
+    return list(dict.fromkeys(groups))
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: the token's ``sub`` owns the tasks it creates."""
@@ -96,7 +129,11 @@ class Caller:
 
     @property
     def user_id(self) -> str:
-        return str(uuid.uuid5(_USER_NAMESPACE, self.sub))
+        return user_id_of(self.sub)
+
+    @property
+    def default_group(self) -> str:
+        return default_group_of(self.sub)
 
 
 class TasksRoute(APIRoute):
@@ -110,6 +147,9 @@ class TasksRoute(APIRoute):
             scripted = ctx.state.next_api_scripted()
             if scripted is not None:
                 ctx.state.count_api_request()
+                # A canned answer is whatever the script says, not the API's: say so to
+                # middleware that checks answers against the API's schema.
+                request.state.sandbox_scripted = True
                 return Response(
                     scripted.body,
                     status_code=scripted.status,
@@ -293,7 +333,7 @@ async def create_task(
         created_by=caller.user_id,
         definition_id=definition_id,
         compilation_id=str(body.compilation_id) if isinstance(body, CompilationRefCreate) else None,
-        group_id=str(body.group_id) if body.group_id else None,
+        group_id=str(body.group_id) if body.group_id else caller.default_group,
         profile_id=str(body.profile_id) if body.profile_id else None,
         user_metadata=body.user_metadata,
         system_metadata=body.system_metadata,
@@ -312,6 +352,7 @@ def _definition_for(store: TaskStore, caller: Caller, qpu_mode: str, body: Any) 
     """
     if isinstance(body, TaskDefinitionCreate):
         raw = body.model_dump(mode="json", include={"program_language", "programs", "subtasks"})
+        raw["program_language"] = body.program_language or default_language(qpu_mode)
         for dumped, given in zip(raw["subtasks"], body.subtasks):
             dumped["arguments"] = dict(given.arguments or {})
         return str(uuid.uuid4()), raw, True
@@ -325,9 +366,14 @@ def _definition_for(store: TaskStore, caller: Caller, qpu_mode: str, body: Any) 
     return str(uuid.uuid5(body.compilation_id, "definition")), _placeholder(qpu_mode), False
 
 
+def default_language(qpu_mode: str) -> str:
+    """The program language a ``qpu_mode`` implies: ``squin`` for ``squin-256q``."""
+    return qpu_mode.split("-")[0]
+
+
 def _placeholder(qpu_mode: str) -> dict[str, Any]:
     return {
-        "program_language": qpu_mode.split("-")[0],
+        "program_language": default_language(qpu_mode),
         "programs": [{"content": "sandbox placeholder program"}],
         "subtasks": [{"program_index": 0, "num_shots": _PLACEHOLDER_SHOTS, "arguments": {}}],
     }
@@ -343,11 +389,21 @@ async def list_tasks(
     sort: Annotated[str, Query(pattern=TASK_SORT, description="created_date or modified_date, then ,asc or ,desc")] = (
         "created_date,desc"
     ),
-    group_id: Annotated[list[UUID] | None, Query(description="only tasks of these groups (repeatable)")] = None,
+    group_id: Annotated[
+        list[str] | None,
+        Query(
+            description="only tasks of these groups; repeatable, values ORed; malformed UUIDs are ignored, "
+            "and when none is left the answer is empty"
+        ),
+    ] = None,
 ) -> Response:
     """The caller's tasks of this qpu_mode, a page at a time."""
     now = _now_us()
-    tasks = _store(request).list(caller.sub, qpu_mode, [str(g) for g in group_id or ()])
+    if group_id is None:
+        tasks = _store(request).list(caller.sub, qpu_mode, default_group=caller.default_group)
+    else:
+        groups = valid_group_ids(group_id)
+        tasks = _store(request).list(caller.sub, qpu_mode, groups, default_group=caller.default_group) if groups else []
     key, _, direction = sort.partition(",")
     rows = [(task, task.timeline.at(now)) for task in tasks]
     if key == "created_date":
@@ -364,9 +420,12 @@ async def get_task(qpu_mode: QpuMode, task_id: TaskId, request: Request, caller:
     return _json(task_json(_task_or_404(request, caller, qpu_mode, task_id), _now_us()))
 
 
-@router.put("/{task_id}/cancel", response_model=Task, responses=CONFLICT_ERROR, summary="Cancel a task")
+@router.put(
+    "/{task_id}/cancel", status_code=202, response_model=Task, responses=CONFLICT_ERROR, summary="Cancel a task"
+)
 async def cancel_task(qpu_mode: QpuMode, task_id: TaskId, request: Request, caller: CallerDep) -> Response:
-    """Cancels a task that has not finished executing; 409 once it has (or has ended otherwise)."""
+    """Cancels a task that has not finished executing (202, as QLAM answers; the body is the
+    task as it is now); 409 once it has (or has ended otherwise)."""
     now = _now_us()
     task, cancelled = _store(request).cancel(
         caller.sub,
@@ -381,7 +440,7 @@ async def cancel_task(qpu_mode: QpuMode, task_id: TaskId, request: Request, call
     if not cancelled:
         status = task.timeline.at(now).status
         raise ApiProblem(409, [f"task {task_id} is {status} and can no longer be cancelled"], CONFLICT)
-    return _json(task_json(task, now))
+    return _json(task_json(task, now), 202)
 
 
 @router.delete("/{task_id}", status_code=204, response_class=Response, summary="Delete a task")
@@ -469,12 +528,10 @@ def _not_found(task_id: UUID) -> ApiProblem:
 
 
 def task_json(task: StoredTask, now_us: int) -> dict[str, Any]:
-    """The Task as the API shows it at ``now_us``."""
+    """The Task as the API shows it at ``now_us``. ``profile_id`` is left out when unset, as
+    QLAM does; a task stored before every task had a group is in its owner's default group."""
     snapshot = task.timeline.at(now_us)
-    group = None
-    if task.group_id:
-        group = {"id": task.group_id, "name": f"sandbox-group-{task.group_id[:8]}", "deactivated": False}
-    return {
+    shown: dict[str, Any] = {
         "id": task.id,
         "task_status": snapshot.status,
         "definition_id": task.definition_id,
@@ -484,7 +541,7 @@ def task_json(task: StoredTask, now_us: int) -> dict[str, Any]:
         "modified_date": iso_date(snapshot.modified_us),
         "modified_by": task.cancelled_by if snapshot.status == "Cancelled" and task.cancelled_by else task.created_by,
         "scheduled_date": iso_date(snapshot.scheduled_us) if snapshot.scheduled_us is not None else None,
-        "group": group,
+        "group": group_json(task.group_id or default_group_of(task.owner)),
         "profile_id": task.profile_id,
         "error_reasons": list(snapshot.error_reasons),
         "qpu_mode": task.qpu_mode,
@@ -493,6 +550,9 @@ def task_json(task: StoredTask, now_us: int) -> dict[str, Any]:
         "num_subtasks": task.num_subtasks,
         "total_shots": task.total_shots,
     }
+    if task.profile_id is None:
+        del shown["profile_id"]
+    return shown
 
 
 # -- wiring ------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 Request models validate creation bodies; response models document the answers in
 ``/openapi.json`` (the routes build their JSON themselves, see ``_tasks_api``, so
-the download and the JSON pages of results come from one builder).  Field names
-and types follow QLAM's v2 API (docs: /work/shared/reference/qlam-platform.md).
+the download and the JSON pages of results come from one builder).
+
+The referee is the real service's OpenAPI document, as QuEra's SDK (``qlam-core``)
+ships it in generated models: which fields are required and which optional, and
+their types, are the same here (``tests/sandbox/test_tasks_conformance.py`` checks
+both directions).  Where the public document says nothing (the results, the
+limits on shots and page sizes) the sandbox decides, and docs/sandbox.md says so.
 """
 
 from __future__ import annotations
@@ -56,17 +61,20 @@ def _json_text(value: str) -> str:
 
 
 def _argument(value: Any) -> Any:
-    # One check with one message, rather than a Union whose every member reports its own error.
-    if isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+    # The real schema's arguments are numbers (JSON Schema "number": no strings, no booleans).
+    # One check with one message, and the value kept as sent (1 stays 1, not 1.0).
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise ValueError("must be a number, a string or a boolean")
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise ValueError("must be a number")
 
 
 JsonText = Annotated[str, AfterValidator(_json_text), Field(description="JSON text, for SDK and server use")]
 ArgumentValue = Annotated[
     Any,
     AfterValidator(_argument),
-    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}),
+    WithJsonSchema({"type": "number"}),
 ]
 
 
@@ -109,9 +117,12 @@ class _CreateCommon(BaseModel):
 
 
 class TaskDefinitionCreate(_CreateCommon):
-    """A task from an inline definition: at least one program and one subtask."""
+    """A task from an inline definition: at least one program and one subtask.
 
-    program_language: str = Field(min_length=1)
+    ``program_language`` is optional, as in the real schema: without it the
+    language follows from the ``qpu_mode`` (``squin`` for ``squin-256q``)."""
+
+    program_language: str | None = Field(default=None, description="only if it differs from the qpu_mode's")
     programs: list[Program] = Field(min_length=1)
     subtasks: list[Subtask] = Field(min_length=1)
 
@@ -162,12 +173,17 @@ class ErrorBody(BaseModel):
 
 
 class Group(BaseModel):
+    """The group a task belongs to; every task has one (the caller's default group if none was given)."""
+
     id: UUID
     name: str
     deactivated: bool
 
 
 class Task(BaseModel):
+    """What the real schema has, plus the sandbox's own fields from ``qpu_mode`` on
+    (extensions: the real service may not send them)."""
+
     id: UUID
     task_status: TaskStatus
     definition_id: UUID
@@ -177,8 +193,8 @@ class Task(BaseModel):
     modified_date: datetime
     modified_by: UUID
     scheduled_date: datetime | None
-    group: Group | None
-    profile_id: UUID | None
+    group: Group
+    profile_id: UUID | None = Field(default=None, description="omitted when the task has no profile")
     error_reasons: list[str]
     qpu_mode: str
     user_metadata: str | None

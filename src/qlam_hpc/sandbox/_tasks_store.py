@@ -180,14 +180,20 @@ class TaskStore:
             row = self._db.execute("SELECT request FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def list(self, owner: str, qpu_mode: str, group_ids: Iterable[str] = ()) -> list[StoredTask]:
-        """Every task of this owner and mode (in one of ``group_ids``, if any are given), unordered."""
+    def list(
+        self, owner: str, qpu_mode: str, group_ids: Iterable[str] = (), *, default_group: str | None = None
+    ) -> list[StoredTask]:
+        """Every task of this owner and mode (in one of ``group_ids``, if any are given), unordered.
+
+        A task stored without a group (by a sandbox older than groups for all) counts as
+        being in ``default_group``.
+        """
         groups = list(dict.fromkeys(group_ids))
         sql = f"SELECT {_COLUMNS} FROM tasks WHERE owner = ? AND qpu_mode = ?"
         if groups:
-            sql += f" AND group_id IN ({', '.join('?' * len(groups))})"
+            sql += f" AND COALESCE(group_id, ?) IN ({', '.join('?' * len(groups))})"
         with self._lock:
-            rows = self._db.execute(sql, (owner, qpu_mode, *groups)).fetchall()
+            rows = self._db.execute(sql, (owner, qpu_mode, *([default_group, *groups] if groups else ()))).fetchall()
         return [StoredTask._from_row(row) for row in rows]
 
     def cancel(
