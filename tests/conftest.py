@@ -14,6 +14,8 @@ import pytest
 from qlam_hpc import RetryPolicy, Settings, TokenProvider
 from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
 
+pytest_plugins = ["sdk_conformance"]  # every sandbox answer checked against QuEra's generated models
+
 QLAM_HPC = str(Path(sys.executable).with_name("qlam-hpc"))
 
 # Retries as in production, but with delays short enough for a test suite.
