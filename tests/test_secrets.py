@@ -29,6 +29,10 @@ def _settings(**variables: str) -> Settings:
     return Settings.from_env({**BASE, **variables})
 
 
+# A uid no account on the test machine has: "another user".
+OTHER_UID = 54321
+
+
 def _secret_file(path, value: str = VALUE, mode: int = 0o600):
     path.write_text(value + "\n")
     path.chmod(mode)
@@ -136,6 +140,135 @@ def test_a_secret_file_readable_by_others_is_refused(tmp_path, mode):
     assert f"QLAM_CLIENT_SECRET_FILE: {path} is readable by group or others (mode {mode:04o})" in message
     assert f"chmod 600 {path}" in message and caught.value.exit_code == 3
     assert VALUE not in _shown(caught.value)
+
+
+@pytest.mark.parametrize("mode", [0o622, 0o620, 0o602, 0o660])
+def test_a_secret_file_writable_by_others_is_refused(tmp_path, mode):
+    """A secret file others may write could be swapped for their own secret or key: refused, exit 3."""
+    path = _secret_file(tmp_path / "secret", mode=mode)
+    with pytest.raises(ConfigurationError) as caught:
+        _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret.resolve()
+    message = str(caught.value)
+    assert caught.value.exit_code == 3 and "\n" not in message and f"chmod 600 {path}" in message
+    assert f"{path} is {'readable' if mode & 0o044 else 'writable'} by group or others (mode {mode:04o})" in message
+    assert VALUE not in _shown(caught.value)
+
+
+def test_a_secret_file_of_another_user_is_refused(tmp_path):
+    """A 0600 file owned by another user (not root) is theirs to change: refused, naming the owner and chown."""
+    path = _secret_file(tmp_path / "secret")
+    os.chown(path, OTHER_UID, -1)
+    with pytest.raises(ConfigurationError) as caught:
+        _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret.resolve()
+    message = str(caught.value)
+    assert caught.value.exit_code == 3 and "\n" not in message
+    assert f"QLAM_CLIENT_SECRET_FILE: {path} belongs to uid {OTHER_UID}" in message and f"chown {os.geteuid()} {path}" in message
+
+
+def test_a_private_key_file_of_another_user_is_refused(tmp_path):
+    """The same rules hold for QLAM_CLIENT_PRIVATE_KEY_FILE (and file: references)."""
+    path = _secret_file(tmp_path / "key.pem", "-----BEGIN PRIVATE KEY-----")
+    os.chown(path, OTHER_UID, -1)
+    with pytest.raises(ConfigurationError, match=f"QLAM_CLIENT_PRIVATE_KEY_FILE: {path} belongs to uid {OTHER_UID}"):
+        _settings(QLAM_CLIENT_PRIVATE_KEY_FILE=str(path)).private_key.resolve()
+    path.chmod(0o622)
+    os.chown(path, os.geteuid(), -1)
+    with pytest.raises(ConfigurationError, match="is writable by group or others"):
+        _settings(QLAM_CLIENT_SECRET=f"file:{path}").client_secret.resolve()
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "refused"),
+    [
+        (0o777, None, "which other users can write to (mode 0777)"),
+        (0o770, None, "which other users can write to (mode 0770)"),
+        (0o755, OTHER_UID, f"which belongs to uid {OTHER_UID}"),
+        (0o1777, None, None),  # sticky, like /tmp: others cannot rename or delete your file
+        (0o700, None, None),
+    ],
+)
+def test_a_secret_file_in_a_directory_others_can_write_is_refused(tmp_path, mode, owner, refused):
+    """Whoever can write a directory on the way to the file can replace the file: refused, naming that directory."""
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    path = _secret_file(directory / "secret")
+    directory.chmod(mode)
+    if owner is not None:
+        os.chown(directory, owner, -1)
+    source = _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret
+    if refused is None:
+        assert source.resolve().reveal() == VALUE
+        return
+    with pytest.raises(ConfigurationError) as caught:
+        source.resolve()
+    message = str(caught.value)
+    assert caught.value.exit_code == 3 and "\n" not in message
+    assert f"QLAM_CLIENT_SECRET_FILE: {path} is in {directory}, {refused}" in message
+
+
+def test_a_secret_file_reached_through_another_users_link_is_refused(tmp_path):
+    """A symbolic link on the way, owned by another user in a sticky directory, can be re-pointed by them."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    _secret_file(mine / "secret")
+    link = shared / "qlam"
+    link.symlink_to(mine)
+    os.lchown(link, OTHER_UID, -1)
+    with pytest.raises(ConfigurationError, match=f"goes through the symbolic link {link}, which belongs to uid {OTHER_UID}"):
+        _settings(QLAM_CLIENT_SECRET_FILE=str(link / "secret")).client_secret.resolve()
+    os.lchown(link, os.geteuid(), -1)  # your own link: followed
+    assert _settings(QLAM_CLIENT_SECRET_FILE=str(link / "secret")).client_secret.resolve().reveal() == VALUE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_a_user_trusts_directories_installed_by_root():
+    """Run as an ordinary user: a file of one's own under directories owned by root (as admins
+    install /run/secrets or /etc/qlam) is read; the same file in a root-owned 0777 directory is not."""
+    import tempfile
+
+    base = tempfile.mkdtemp(dir="/tmp")  # /tmp (root, sticky) -> base (root) -> mine (the user's)
+    try:
+        os.chmod(base, 0o755)
+        mine = os.path.join(base, "mine")
+        os.mkdir(mine, 0o700)
+        os.chown(mine, OTHER_UID, OTHER_UID)
+        path = os.path.join(mine, "secret")
+        with open(path, "w") as file:
+            file.write(VALUE + "\n")
+        os.chmod(path, 0o600)
+        os.chown(path, OTHER_UID, OTHER_UID)
+        def as_user(target):
+            # A forked child that becomes the user: the interpreter's own files need not be theirs to run.
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                try:
+                    os.setgroups([])
+                    os.setgid(OTHER_UID)
+                    os.setuid(OTHER_UID)
+                    try:
+                        answer = FileSecret(target, origin="QLAM_CLIENT_SECRET_FILE").resolve().reveal()
+                    except ConfigurationError as error:
+                        answer = f"ConfigurationError {error}"
+                    os.write(writer, answer.encode())
+                finally:
+                    os._exit(0)
+            os.close(writer)
+            with os.fdopen(reader, "rb") as pipe:
+                answer = pipe.read().decode()
+            os.waitpid(pid, 0)
+            return answer
+
+        assert as_user(path) == VALUE
+        os.chmod(base, 0o777)
+        assert as_user(path).startswith(f"ConfigurationError QLAM_CLIENT_SECRET_FILE: {path} is in {base}, which other users")
+    finally:
+        import shutil
+
+        shutil.rmtree(base)
 
 
 @pytest.mark.parametrize(

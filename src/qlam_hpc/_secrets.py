@@ -18,6 +18,14 @@ not one per fetch); ``resolve(fresh=True)`` asks again, which the provider does 
 when the identity provider answers ``invalid_client``: the secret may have been rotated.
 Files are read again at every resolve, so a replaced file is seen at the next fetch.
 
+A file is trusted only if no one but its reader (or root) could have put its content
+there: it must belong to the reader or to root, be neither readable nor writable by group
+or others, and every directory and symbolic link on the way to it must belong to the
+reader or to root and not be writable by others (unless sticky, as ``/tmp`` is: there
+others cannot rename or delete what is not theirs). Otherwise another user could swap
+in their own secret or key — and receive the tokens issued to it, or learn what this
+process sends. The rules are OpenSSH's ``StrictModes``, applied to the whole path.
+
 No message, log line or exception here holds a secret: they name variables, paths,
 URLs and field names only, and backend errors are re-raised ``from None``.
 """
@@ -182,11 +190,18 @@ class FileSecret(SecretSource):
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigurationError(f"{self.origin}: {self.path} is not a regular file")
-            if info.st_mode & 0o044:
+            if info.st_uid not in (os.geteuid(), 0):
                 raise ConfigurationError(
-                    f"{self.origin}: {self.path} is readable by group or others "
+                    f"{self.origin}: {self.path} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}) "
+                    f"or root, who could replace it; refusing to use it: chown {os.geteuid()} {self.path}"
+                )
+            if info.st_mode & 0o066:
+                what = "readable" if info.st_mode & 0o044 else "writable"
+                raise ConfigurationError(
+                    f"{self.origin}: {self.path} is {what} by group or others "
                     f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to use it: chmod 600 {self.path}"
                 )
+            self._check_the_way_to(info)
             chunks = []
             while True:
                 chunk = os.read(fd, 65536)
@@ -200,6 +215,57 @@ class FileSecret(SecretSource):
         except UnicodeDecodeError:
             raise ConfigurationError(f"{self.origin}: {self.path} is not UTF-8 text") from None
         return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+    def _check_the_way_to(self, opened: os.stat_result) -> None:
+        """Refuse the file if someone other than its reader or root could replace it: through a
+        directory on the way (as written, and as resolved) or a symbolic link they own."""
+        import stat
+
+        trusted = (os.geteuid(), 0)
+        path = os.path.abspath(self.path)
+        real = os.path.realpath(path)
+        for name, follow in [*((p, False) for p in _ancestors(path, True)), *((p, True) for p in _ancestors(real, False))]:
+            try:
+                info = os.stat(name) if follow else os.lstat(name)
+            except OSError as exc:
+                raise ConfigurationError(f"{self.origin}: cannot check {name}, on the way to {self.path} ({exc.strerror})") from None
+            if stat.S_ISLNK(info.st_mode):
+                if info.st_uid not in trusted:  # its directory is checked too: only its owner can re-point it
+                    raise ConfigurationError(
+                        f"{self.origin}: {self.path} goes through the symbolic link {name}, which belongs to uid "
+                        f"{info.st_uid}, who could re-point it; refusing to use it: name the file by its own path"
+                    )
+                continue
+            if name == path or name == real:
+                continue  # the file itself: checked on its descriptor
+            if info.st_uid not in trusted:
+                raise ConfigurationError(
+                    f"{self.origin}: {self.path} is in {name}, which belongs to uid {info.st_uid}, who could "
+                    "replace the file; refusing to use it: keep it in a directory of your own"
+                )
+            if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+                raise ConfigurationError(
+                    f"{self.origin}: {self.path} is in {name}, which other users can write to "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}) and so replace the file; refusing to use it: "
+                    f"chmod go-w {name}, or keep the file in a directory only you can write"
+                )
+        try:
+            same = os.stat(real)
+        except OSError:
+            same = None
+        if same is None or (same.st_dev, same.st_ino) != (opened.st_dev, opened.st_ino):
+            raise ConfigurationError(f"{self.origin}: {self.path} changed while it was read; refusing to use it")
+
+
+def _ancestors(path: str, include_self: bool) -> list[str]:
+    """``/a/b/c`` -> ``[/a/b/c,] /a/b, /a, /``: the path's own name first, then each directory above it."""
+    names = [path] if include_self else []
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return names
+        names.append(parent)
+        path = parent
 
 
 # --- HashiCorp Vault ------------------------------------------------------------------------
