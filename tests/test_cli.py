@@ -267,7 +267,7 @@ def test_auth_status_describes_the_token_without_showing_it(env, sandbox, cache_
     assert "token       valid, expires" in result.out
     assert "subject     test-client@clients" in result.out
     assert "scopes      read:tasks write:tasks" in result.out
-    assert "1 token requests in" in result.out and "WARNING: above 80% of the monthly budget" in result.out
+    assert "1 token request in" in result.out and "WARNING: above 80% of the monthly budget" in result.out
 
 
 def test_auth_status_json_reports_a_recorded_failure(env, sandbox):

@@ -77,6 +77,26 @@ def test_the_default_provider_is_skipped_when_it_is_not_m2m(home):
     assert Settings.from_env(_env(home)).client_id == "m2m-client"
 
 
+def test_a_context_with_only_a_device_login_selects_user_context(home):
+    """A device_code provider alone means user context, with QuEra's organization scope for its tenant."""
+    device = _provider("device", grant_type="device_code", client_secret=None, tenant="acme")
+    (home / ".qsh" / "config.json").write_text(json.dumps(_config(production=[device])))
+    origins: dict[str, str] = {}
+    settings = build_settings(_env(home), {}, origins)
+    assert settings.user_context and settings.client_id == "device-client"
+    assert settings.scope == "openid email profile offline_access organization:acme"
+    assert settings.device_authorization_url == "https://auth.example.com/oauth/device/code"
+    assert settings.client_secret is None
+    assert origins["auth_flow"].startswith("grant_type device_code of QLAM Shell context 'production'")
+
+
+def test_qlam_auth_flow_device_picks_the_device_provider(home):
+    """QLAM_AUTH_FLOW=device takes the context's device_code provider even where an M2M one exists."""
+    settings = Settings.from_env(_env(home, QLAM_AUTH_FLOW="device"))
+    assert settings.user_context and settings.client_id == "device-client"
+    assert settings.revocation_url == "https://auth.example.com/oauth/revoke"
+
+
 @pytest.mark.parametrize("how", ["variable", "override"])
 def test_context_by_name(home, how):
     """QLAM_CONTEXT or --context picks another context; its scope list becomes a scope string."""
@@ -136,7 +156,7 @@ def test_origins_name_the_context(home):
     [
         ({**CONFIG, "current_context": None}, None, "has no current_context: name one with --context or QLAM_CONTEXT (contexts: production, staging)"),
         (CONFIG, "nope", "there is no context 'nope' in the QLAM Shell config"),
-        (_config(production=[_provider("device", grant_type="device_code")]), None, "has no auth provider with grant_type client_credentials (it has: device (device_code))"),
+        (_config(production=[_provider("pw", grant_type="password")]), None, "has no auth provider with grant_type client_credentials or device_code (it has: pw (password))"),
         (_config(production=[_provider(client_id=None)]), None, "QLAM_CLIENT_ID is not set (the M2M client id from your QLAM admin); QLAM Shell context 'production'"),
         (_config(production=[_provider(auth_base_url=None)]), None, "AUTH_BASE_URL is not set"),
         (_config(production=[_provider(audience=7)]), None, "audience of auth provider 'm2m' in context 'production'"),

@@ -1,11 +1,18 @@
 """What a shared cache entry holds, how it is encoded, and what to do with it. Pure: no I/O.
 
-One entry per identity (token endpoint, client id, audience, scope). It holds
-the current token and, after a failed fetch, a *failure record*: the error the
-identity provider gave, whose credentials it was given for, and until when the
-other processes should repeat it instead of asking again. A failure record is
-ignored once its cool-down ends or when the credentials differ, so a rotated
-secret is tried at once.
+One entry per identity (token endpoint, client id, audience, scope, and in user
+context the local user). It holds the current token and, after a failed fetch, a
+*failure record*: the error the identity provider gave, whose credentials it was
+given for, and until when the other processes should repeat it instead of asking
+again. A failure record is ignored once its cool-down ends or when the
+credentials differ, so a rotated secret is tried at once.
+
+In user context the entry also holds the *login*: the refresh token, when the
+user logged in, until when the login lasts and who it is. A refresh token
+rotates (each use returns the next one and spends the old), so it must be
+published with the access token it came with, in one atomic write; and before
+it is spent, the refresher writes an *intent* (who, since when), so that the
+next holder knows when a refresh was cut short (see ``_provider.py``).
 
 The entry is text, one ``name=value`` per line, readable with ``cat`` and parsed
 with ``str.partition``: the warm ``qlam-hpc token`` path then needs neither
@@ -22,18 +29,40 @@ from ._tokens import Token
 MAGIC = "qlam-hpc token cache v1"
 _END = "end"
 
-_IDENTITY_FIELDS = ("token_url", "client_id", "audience", "scope")
+_IDENTITY_FIELDS = ("token_url", "client_id", "audience", "scope", "principal")
 
 
-class Identity(namedtuple("_IdentityFields", _IDENTITY_FIELDS, defaults=(None,))):
-    """What a token is for; one cache entry per identity. An empty scope means none."""
+class Identity(namedtuple("_IdentityFields", _IDENTITY_FIELDS, defaults=(None, None))):
+    """What a token is for; one cache entry per identity. An empty scope means none.
+
+    ``principal`` is None for M2M (the client is the principal) and ``device:<user>``
+    in user context, so that two people who share a store never share a login.
+    """
 
     __slots__ = ()
 
+    @classmethod
+    def of(cls, settings) -> Identity:  # Settings; not imported, to keep this module light
+        principal = f"device:{_local_user()}" if settings.auth_flow == "device" else None
+        return cls(settings.token_url, settings.client_id, settings.audience, settings.scope, principal)
+
     def key(self) -> str:
         """A file-name-safe key: the first 32 hex digits of a SHA-256 of the identity."""
-        material = "\0".join((self.token_url, self.client_id, self.audience, self.scope or ""))
-        return _sha256(material.encode()).hexdigest()[:32]
+        parts = [self.token_url, self.client_id, self.audience, self.scope or ""]
+        if self.principal:  # M2M keys stay what they were
+            parts.append(self.principal)
+        return _sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def _local_user() -> str:
+    import os
+
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid{os.geteuid()}"
 
 
 def _sha256(data: bytes):
@@ -90,7 +119,39 @@ class Failure(namedtuple("_FailureFields", "error args at until credentials by",
         return cls(type(error).__name__, tuple(args), at, at + cooldown, credentials, by)
 
 
-class CacheEntry(namedtuple("_CacheEntryFields", "identity token failure", defaults=(None, None))):
+class Login(namedtuple("_LoginFields", "refresh_token logged_in_at expires_at subject email", defaults=(None, None))):
+    """A user's login: the current refresh token, when the user logged in, when the login
+    ends (the refresh token's absolute lifetime: rotation does not extend it), and who it is."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Login(subject={self.subject!r}, expires_at={self.expires_at!r}, refresh_token=<hidden>)"
+
+    @property
+    def who(self) -> str:
+        return self.email or self.subject or "an unknown user"
+
+    def fingerprint(self) -> str:
+        """Names this refresh token in failure records; it is random, so a hash cannot be reversed."""
+        return _sha256(("qlam-hpc login v1\0" + self.refresh_token).encode()).hexdigest()[:16]
+
+    def rotated(self, refresh_token: str | None, lifetime: float | None, now: float) -> Login:
+        """The login after a refresh: the next refresh token (or this one, where the server
+        does not rotate), and the end the server gave, else the same absolute end."""
+        expires_at = now + lifetime if lifetime is not None else self.expires_at
+        return self._replace(refresh_token=refresh_token or self.refresh_token, expires_at=expires_at)
+
+
+class Intent(namedtuple("_IntentFields", "at by")):
+    """A refresh under way: written before the refresh token is spent, cleared with its result."""
+
+    __slots__ = ()
+
+
+class CacheEntry(
+    namedtuple("_CacheEntryFields", "identity token failure login intent", defaults=(None, None, None, None))
+):
     __slots__ = ()
 
     def with_token(self, token: Token) -> CacheEntry:
@@ -98,6 +159,10 @@ class CacheEntry(namedtuple("_CacheEntryFields", "identity token failure", defau
 
     def with_failure(self, failure: Failure) -> CacheEntry:
         return self._replace(failure=failure)
+
+    def with_login(self, login: Login | None, token: Token | None) -> CacheEntry:
+        """The entry after a login or a refresh: the login and its access token, nothing pending."""
+        return self._replace(login=login, token=token, failure=None, intent=None)
 
 
 def cached_token(
@@ -153,6 +218,8 @@ def cooldown_for(error: _errors.QlamError, *, rejected_cooldown: float, transien
 
 def encode_entry(entry: CacheEntry) -> bytes:
     fields = dict(zip(_IDENTITY_FIELDS, entry.identity))
+    if fields["principal"] is None:  # M2M entries read the same in every release
+        del fields["principal"]
     token = entry.token
     if token is not None:
         fields.update(
@@ -163,6 +230,17 @@ def encode_entry(entry: CacheEntry) -> bytes:
             token_scope=token.scope,
             obtained_by=token.obtained_by,
         )
+    login = entry.login
+    if login is not None:
+        fields.update(
+            refresh_token=login.refresh_token,
+            login_at=repr(float(login.logged_in_at)),
+            login_expires_at=repr(float(login.expires_at)),
+            login_subject=login.subject,
+            login_email=login.email,
+        )
+    if entry.intent is not None:
+        fields.update(intent_at=repr(float(entry.intent.at)), intent_by=entry.intent.by)
     if entry.failure is not None:
         import json
 
@@ -194,7 +272,13 @@ def decode_entry(raw: bytes, identity: Identity) -> CacheEntry:
     if tuple(fields.get(name) or None for name in _IDENTITY_FIELDS) != tuple(v or None for v in identity):
         raise ValueError("entry belongs to another identity")
     try:
-        return CacheEntry(identity, _decode_token(fields), _decode_failure(fields.get("failure")))
+        return CacheEntry(
+            identity,
+            _decode_token(fields),
+            _decode_failure(fields.get("failure")),
+            _decode_login(fields),
+            Intent(_finite(fields["intent_at"]), fields.get("intent_by") or "") if "intent_at" in fields else None,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed field ({exc.__class__.__name__})") from None
 
@@ -211,6 +295,20 @@ def _decode_token(fields: dict[str, str]) -> Token | None:
         token_type=fields.get("token_type") or "Bearer",
         scope=fields.get("token_scope") or None,
         obtained_by=fields.get("obtained_by") or None,
+    )
+
+
+def _decode_login(fields: dict[str, str]) -> Login | None:
+    if "refresh_token" not in fields:
+        return None
+    if not fields["refresh_token"]:
+        raise ValueError("refresh_token")
+    return Login(
+        refresh_token=fields["refresh_token"],
+        logged_in_at=_finite(fields["login_at"]),
+        expires_at=_finite(fields["login_expires_at"]),
+        subject=fields.get("login_subject") or None,
+        email=fields.get("login_email") or None,
     )
 
 

@@ -2,7 +2,8 @@
 
 Asked for with ``QLAM_DISCOVERY=on`` (``{AUTH_BASE_URL}/.well-known/openid-configuration``)
 or ``QLAM_DISCOVERY=<url>``. It gives the token endpoint (unless ``QLAM_TOKEN_URL``
-names one) and the client authentication methods the server accepts. The document is
+names one) and the client authentication methods the server accepts; in user
+context also the device authorization and revocation endpoints (RFC 8414). The document is
 read only when a token must be fetched, once per process, and it costs no quota: it is
 not a token request.
 
@@ -24,8 +25,14 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_AUTH_METHODS = ("client_secret_basic",)
 
 
-class Discovered(namedtuple("_DiscoveredFields", "url issuer token_endpoint auth_methods signing_algs")):
-    """What qlam-hpc uses of a discovery document."""
+class Discovered(
+    namedtuple(
+        "_DiscoveredFields",
+        "url issuer token_endpoint auth_methods signing_algs device_authorization_endpoint revocation_endpoint",
+        defaults=(None, None),
+    )
+):
+    """What qlam-hpc uses of a discovery document (the last two for user context, where given)."""
 
     __slots__ = ()
 
@@ -57,6 +64,11 @@ def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: s
     algs = data.get("token_endpoint_auth_signing_alg_values_supported")
     algs = tuple(a for a in algs if isinstance(a, str)) if isinstance(algs, list) else None
     issuer = data.get("issuer") if isinstance(data.get("issuer"), str) else None
+    optional = {}
+    for name in ("device_authorization_endpoint", "revocation_endpoint"):
+        value = data.get(name)
+        if isinstance(value, str) and value:
+            optional[name] = checked_url(value, f"the {name} of {url}")
     return Discovered(
         url=url,
         issuer=issuer,
@@ -64,6 +76,7 @@ def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: s
         token_endpoint=checked_url(endpoint, f"the token_endpoint of {url}"),
         auth_methods=tuple(methods),
         signing_algs=algs,
+        **optional,
     )
 
 

@@ -14,7 +14,9 @@
     │   │   └── UnsupportedGrantType
     │   ├── IdentityProviderUnreachable  5  connection failures, timeouts, 5xx
     │   ├── RateLimited            6  HTTP 429, with the wait the IdP asked for
-    │   └── InvalidTokenResponse   7  a 2xx answer that holds no usable token
+    │   ├── InvalidTokenResponse   7  a 2xx answer that holds no usable token
+    │   ├── LoginRequired         16  user context: no login, or it expired or was revoked
+    │   └── DeviceCodeExpired     17  a device login was not approved before its code expired
     ├── CacheError                 8  the shared cache cannot be used safely
     │   ├── UnsafeCache                (foreign owner, symlink, wrong type)
     │   └── LockTimeout            9  another process held the refresh lock too long
@@ -51,6 +53,8 @@ __all__ = [
     "IdentityProviderUnreachable",
     "RateLimited",
     "InvalidTokenResponse",
+    "LoginRequired",
+    "DeviceCodeExpired",
     "CacheError",
     "UnsafeCache",
     "LockTimeout",
@@ -197,6 +201,25 @@ class InvalidTokenResponse(AuthError):
     """A successful HTTP answer that holds no usable token (HTML, bad JSON, no expiry)."""
 
     exit_code = 7
+
+
+class LoginRequired(AuthError):
+    """User context: there is no login to refresh with, or the identity provider refused it
+    (refresh token expired, revoked, or its family revoked after a reuse). Only the user
+    can fix it, by logging in again; every process of an array says so at once."""
+
+    exit_code = 16
+
+    def __init__(self, message: str) -> None:
+        if "qlam-hpc auth login" not in message:
+            message += ": run qlam-hpc auth login"
+        super().__init__(message)
+
+
+class DeviceCodeExpired(AuthError):
+    """A device login was not approved before its code expired (or ``--timeout`` ran out)."""
+
+    exit_code = 17
 
 
 class CacheError(QlamError):

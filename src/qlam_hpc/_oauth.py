@@ -212,3 +212,124 @@ def _bounded_wait(seconds: float) -> float:
     if seconds != seconds:
         raise ValueError("NaN")
     return min(max(0.0, seconds), MAX_EXPIRES_IN)
+
+
+# --- user context: device authorization (RFC 8628), refresh (RFC 6749 section 6), revocation (RFC 7009)
+#
+# A user-context client is *public*: it authenticates with its client_id alone, as QuEra's
+# tools and any native app do. Only standard parameters are sent; Auth0 reads ``audience``
+# from the device authorization request, other servers ignore it (RFC 8707 ``resource``
+# when QLAM_AUDIENCE_PARAM says so).
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# RFC 8628 section 3.2: without ``interval``, poll every 5 seconds; section 3.5: slow_down adds 5.
+DEFAULT_POLL_INTERVAL = 5.0
+SLOW_DOWN_STEP = 5.0
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_in: float
+    interval: float
+
+    def __repr__(self) -> str:  # the device code is a credential until it expires
+        return f"DeviceAuthorization(user_code={self.user_code!r}, verification_uri={self.verification_uri!r})"
+
+
+@dataclass(frozen=True)
+class UserTokens:
+    """A user-context token answer: the access token, the next refresh token (if any), the
+    ID token's claims (unverified: for display and attribution only), and the refresh
+    token's lifetime where the server says it (``refresh_token_expires_in`` or Keycloak's
+    ``refresh_expires_in``)."""
+
+    token: Token
+    refresh_token: str | None
+    id_claims: dict
+    refresh_expires_in: float | None
+
+    def __repr__(self) -> str:
+        return f"UserTokens(token={self.token!r}, refresh_token={'<hidden>' if self.refresh_token else None})"
+
+
+def _form(url: str, form: dict[str, str]) -> TokenRequest:
+    return TokenRequest(url, form, {"Accept": "application/json"})
+
+
+def device_authorization_request(settings: Settings, url: str) -> TokenRequest:
+    form = {"client_id": settings.client_id, "scope": settings.scope or ""}
+    form[settings.audience_param or "audience"] = settings.audience
+    return _form(url, form)
+
+
+def device_token_request(settings: Settings, url: str, device_code: str) -> TokenRequest:
+    return _form(url, {"grant_type": DEVICE_CODE_GRANT, "device_code": device_code, "client_id": settings.client_id})
+
+
+def refresh_request(settings: Settings, url: str, refresh_token: str) -> TokenRequest:
+    # No scope: the refreshed token keeps the login's (RFC 6749 section 6).
+    return _form(url, {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": settings.client_id})
+
+
+def revocation_request(settings: Settings, url: str, refresh_token: str) -> TokenRequest:
+    return _form(url, {"token": refresh_token, "token_type_hint": "refresh_token", "client_id": settings.client_id})
+
+
+def parse_device_authorization(status: int, headers: Mapping[str, str], body: bytes, url: str) -> DeviceAuthorization:
+    """The device authorization answer (RFC 8628 section 3.2), or a one-line error."""
+    data = _json_object(body)
+    if status >= 400:
+        if data is not None and isinstance(data.get("error"), str):
+            description = data.get("error_description")
+            raise oauth_error(data["error"], description if isinstance(description, str) else None, status, url)
+        raise InvalidTokenResponse(
+            f"identity provider {url} answered HTTP {status} {_what(headers.get('content-type', ''), body)}: "
+            "does it support the device flow (QLAM_DEVICE_AUTHORIZATION_URL)?"
+        )
+    if data is None:
+        raise InvalidTokenResponse(f"identity provider {url} answered without a JSON device authorization")
+    texts = {}
+    for name in ("device_code", "user_code", "verification_uri"):
+        value = data.get(name) or (data.get("verification_url") if name == "verification_uri" else None)
+        if not isinstance(value, str) or not value.strip() or not value.isprintable():
+            raise InvalidTokenResponse(f"identity provider {url} answered without a usable {name}")
+        texts[name] = value
+    complete = data.get("verification_uri_complete")
+    interval = data.get("interval", DEFAULT_POLL_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
+        interval = DEFAULT_POLL_INTERVAL
+    return DeviceAuthorization(
+        device_code=texts["device_code"],
+        user_code=texts["user_code"],
+        verification_uri=texts["verification_uri"],
+        verification_uri_complete=complete if isinstance(complete, str) and complete.isprintable() else None,
+        expires_in=_expires_in(data.get("expires_in"), url),
+        interval=float(interval),
+    )
+
+
+def parse_user_tokens(
+    status: int, headers: Mapping[str, str], body: bytes, url: str, obtained_at: float, obtained_by: str | None
+) -> UserTokens:
+    """A device-grant or refresh answer: ``parse_token_response``'s checks, plus what a login keeps."""
+    from ._tokens import unverified_claims
+
+    token = parse_token_response(status, headers, body, url, obtained_at, obtained_by)
+    data = _json_object(body) or {}
+    refresh_token = data.get("refresh_token")
+    if refresh_token is not None and (
+        not isinstance(refresh_token, str) or not refresh_token.isprintable() or any(c.isspace() for c in refresh_token)
+    ):
+        raise InvalidTokenResponse(f"identity provider {url} answered with a malformed refresh_token")
+    id_token = data.get("id_token")
+    claims = unverified_claims(id_token) if isinstance(id_token, str) else None
+    lifetime = next(
+        (data[k] for k in ("refresh_token_expires_in", "refresh_expires_in") if k in data), None
+    )
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 0 < lifetime <= MAX_EXPIRES_IN:
+        lifetime = None
+    return UserTokens(token, refresh_token or None, claims or {}, float(lifetime) if lifetime else None)

@@ -20,6 +20,26 @@ that finds the token, or waits for another process to publish it, reads none.
 When the identity provider answers ``invalid_client``, the source is read once
 more: if it now holds other credentials (rotated in Vault, a file replaced), the
 request is retried once with them.
+
+**User context** (``Settings.auth_flow == "device"``) uses the same lookup, but the
+token comes from refreshing the user's login, whose refresh token *rotates*: the
+identity provider spends it on use, and a spent one used again revokes the whole
+login. So, under the refresh lock of the store that keeps the login:
+
+1. the entry is read again, and nothing is sent if another process refreshed;
+2. an *intent* is written first (write-ahead): if the store cannot take it, it could
+   not take the next refresh token either, and the current one is left unspent;
+3. the refresh token read under the lock is sent; a request the server may have
+   acted on is never repeated (``_http._Retrying``);
+4. the next refresh token and the access token are published in one atomic write
+   before anything else (the ledger, the caller).
+
+A refresher killed between 3 and 4 leaves its intent behind. The next holder takes
+over within a poll and tries the refresh token once: it still works if the server
+never acted, or if the server's rotation overlap period has not ended; otherwise
+the login was lost with the killed process, the server says ``invalid_grant``,
+and every process of the array stops at once with ``LoginRequired`` (exit 16).
+A refused refresh drops the login from the entry, so nobody asks again.
 """
 
 from __future__ import annotations
@@ -29,9 +49,29 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
-from ._cache import CacheEntry, Failure, Identity, active_failure, cached_token, cooldown_for, fallback_token
-from ._errors import AuthError, InvalidClient, LockTimeout, QlamError, TokenLifetimeTooShort
+from ._cache import (
+    CacheEntry,
+    Failure,
+    Identity,
+    Intent,
+    Login,
+    active_failure,
+    cached_token,
+    cooldown_for,
+    fallback_token,
+)
+from ._errors import (
+    AuthError,
+    CacheError,
+    InvalidClient,
+    LockTimeout,
+    LoginRequired,
+    OAuthError,
+    QlamError,
+    TokenLifetimeTooShort,
+)
 from ._log import log
+from ._login import LOGIN_WARNING
 from ._settings import Settings
 from ._store import NO_LOCK, NullStore, TokenStore
 from ._tokens import Token
@@ -63,10 +103,17 @@ class TokenProvider:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.identity = Identity(settings.token_url, settings.client_id, settings.audience, settings.scope)
+        self.identity = Identity.of(settings)
         if store is None:
             store = _default_store(settings)
         self.store = store
+        # User context: where the login (refresh token) lives; apart from the shared access
+        # token only with QLAM_REFRESH_TOKEN_DIR (refresh on the login node alone).
+        self.login_store: TokenStore = store
+        if settings.user_context and settings.refresh_token_dir and settings.cache_enabled:
+            from ._filestore import FileStore
+
+            self.login_store = FileStore(settings.refresh_token_dir)
         self._fetch = fetch
         self._clock = clock
         self._memory: Token | None = None
@@ -102,6 +149,31 @@ class TokenProvider:
         """After a 401 for ``rejected``: a different token, through the single-flight cache."""
         return self.get(rejected=rejected).token.access_token
 
+    def current_login(self) -> Login | None:
+        """User context: the login as the store keeps it (who, since when, until when)."""
+        if not self.settings.user_context:
+            return None
+        entry = self.login_store.load(self.identity)
+        return entry.login if entry is not None else None
+
+    def principal(self) -> dict | None:
+        """User context: who the tokens act for, ``{"subject", "email"}`` (set keys only);
+        None for M2M. From the login where this process can read it, else the token's claims."""
+        if not self.settings.user_context:
+            return None
+        login = self.current_login()
+        if login is not None:
+            found = {"subject": login.subject, "email": login.email}
+        else:
+            from ._tokens import unverified_claims
+
+            entry = self.store.load(self.identity)
+            token = self._memory or (entry.token if entry is not None else None)
+            claims = unverified_claims(token.access_token) or {} if token is not None else {}
+            found = {"subject": claims.get("sub"), "email": claims.get("email")}
+        found = {k: v for k, v in found.items() if isinstance(v, str) and v}
+        return found or None
+
     def clear(self) -> int:
         """Forget the token, in memory and in the shared store."""
         with self._lock:
@@ -111,13 +183,19 @@ class TokenProvider:
     # --- the shared store -----------------------------------------------------------------
 
     def _from_store(self, min_ttl: float, rejected: str | None) -> TokenResult:
+        if self.settings.user_context:
+            return self._user_from_store(min_ttl, rejected)
         credentials = _Credentials(self.settings)  # read from their sources on first use only
         entry = self.store.load(self.identity)
         settled = self._settled(entry, credentials, min_ttl, rejected)
         if settled is not None:
             return settled
         _check_lifetime(entry, min_ttl)
-        lock = self._acquire(credentials, min_ttl, rejected)
+
+        def settle() -> TokenResult | None:
+            return self._settled(self.store.load(self.identity), credentials, min_ttl, rejected)
+
+        lock = self._acquire(self.store, settle)
         if isinstance(lock, TokenResult):
             return lock
         with lock:
@@ -136,30 +214,40 @@ class TokenProvider:
             return TokenResult(token, "cache")
         return self._replay_failure(entry, credentials, rejected)
 
-    def _acquire(self, credentials: _Credentials, min_ttl: float, rejected: str | None) -> ContextManager | TokenResult:
-        """The refresh lock, or the result another process published while we waited for it."""
+    def _acquire(
+        self, store: TokenStore, settle: Callable[[], TokenResult | None] | None
+    ) -> ContextManager | TokenResult:
+        """``store``'s refresh lock, or the result another process published while we waited
+        for it (``settle`` watches the entry; None waits for the lock alone)."""
         deadline = self._clock() + self.settings.lock_timeout
         pause = 0.005
         while True:
             try:
-                lock = self.store.try_lock(self.identity)
+                lock = store.try_lock(self.identity)
             except OSError as exc:
+                if self.settings.user_context:
+                    # Two unlocked refreshers would spend the same refresh token: the login is
+                    # worth more than this call.
+                    raise CacheError(
+                        f"cannot lock {store.location} ({exc.strerror or exc}): not refreshing the login "
+                        "without the lock, since two refreshes at once would revoke it"
+                    ) from None
                 log(
                     "warning",
-                    f"cannot lock the token cache in {self.store.location} ({exc.strerror or exc}); "
+                    f"cannot lock the token cache in {store.location} ({exc.strerror or exc}); "
                     "fetching without coordinating with other processes",
                 )
                 return NO_LOCK
             if lock is not None:
                 return lock
             # Readers never block: while another process fetches, watch the entry for its result.
-            settled = self._settled(self.store.load(self.identity), credentials, min_ttl, rejected)
+            settled = settle() if settle is not None else None
             if settled is not None:
                 return settled
             if self._clock() >= deadline:
-                holder = self.store.lock_holder(self.identity) or "another process"
+                holder = store.lock_holder(self.identity) or "another process"
                 raise LockTimeout(
-                    f"{holder} has held the token refresh lock in {self.store.location} for more than "
+                    f"{holder} has held the token refresh lock in {store.location} for more than "
                     f"{self.settings.lock_timeout:g}s without publishing a token; giving up "
                     "(is it hung or stopped? QLAM_LOCK_TIMEOUT sets the wait)"
                 )
@@ -192,6 +280,12 @@ class TokenProvider:
         """
         from ._jobinfo import process_label
 
+        if self.settings.user_context:  # proves the login works: one refresh, whatever the cache holds
+            with self._lock:
+                self._memory = None
+                result = self._user_from_store(0.0, rejected=None, force=True)
+                self._memory = result.token
+                return result
         with self._lock:
             base = self.store.load(self.identity) or CacheEntry(self.identity)
             by = process_label()
@@ -290,21 +384,148 @@ class TokenProvider:
         )
         return TokenResult(token, "fallback")
 
-    def _record(self, at: float, job: str | None, outcome: str) -> None:
+    def _record(self, at: float, job: str | None, outcome: str, grant: str | None = None) -> None:
         import os
         import socket
 
-        self.store.record_request(
-            {
-                "time": at,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "job": job,
-                "client_id": self.settings.client_id,
-                "token_url": self.settings.token_url,
-                "outcome": outcome,
-            }
+        record = {
+            "time": at,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job": job,
+            "client_id": self.settings.client_id,
+            "token_url": self.settings.token_url,
+            "outcome": outcome,
+        }
+        if grant is not None:  # user context: refresh_token, device_code
+            record["grant"] = grant
+        self.store.record_request(record)
+
+    # --- user context ---------------------------------------------------------------------
+
+    def _user_from_store(self, min_ttl: float, rejected: str | None, *, force: bool = False) -> TokenResult:
+        def settle() -> TokenResult | None:
+            return None if force else self._user_settled(self.store.load(self.identity), min_ttl, rejected)
+
+        settled = settle()
+        if settled is not None:
+            return settled
+        entry = self.store.load(self.identity)
+        _check_lifetime(entry, min_ttl)
+        lock = self._acquire(self.login_store, settle)
+        if isinstance(lock, TokenResult):
+            return lock
+        with lock:
+            settled = settle()  # the previous holder may have just refreshed
+            if settled is not None:
+                return settled
+            return self._refresh_and_publish(min_ttl, rejected)
+
+    def _user_settled(self, entry: CacheEntry | None, min_ttl: float, rejected: str | None) -> TokenResult | None:
+        """A usable token, or a failure another process met (the login's failures are
+        cleared by the next login, so no fingerprint needs comparing)."""
+        token = cached_token(entry, self._clock(), min_ttl, rejected)
+        if token is not None:
+            return TokenResult(token, "cache")
+        failure = entry.failure if entry is not None else None
+        if failure is None or self._clock() >= failure.until:
+            return None
+        log("info", f"not asking the identity provider again: {failure.by or 'another process'} got this answer")
+        return self._fallback_or_raise(entry, failure.to_error(), rejected)
+
+    def _refresh_and_publish(self, min_ttl: float, rejected: str | None) -> TokenResult:
+        from ._jobinfo import job_id, process_label
+
+        by, now = process_label(), self._clock()
+        entry = self.store.load(self.identity) or CacheEntry(self.identity)
+        shared = self.login_store is self.store
+        held = entry if shared else (self.login_store.load(self.identity) or CacheEntry(self.identity))
+        login = held.login
+        if login is None:
+            raise self._no_login(entry)
+        if login.expires_at <= now:
+            self._lose_login(entry, held, LoginRequired(f"the login of {login.who} ended at {_utc(login.expires_at)}"), by)
+        if held.intent is not None:
+            log(
+                "warning",
+                f"a refresh by {held.intent.by} at {_utc(held.intent.at)} did not finish (killed?); trying "
+                "the refresh token it left: if the identity provider had already spent it, the login is lost",
+            )
+        # Write-ahead: a store that cannot take the intent could not take the next refresh token.
+        if not self.login_store.save(held._replace(intent=Intent(now, by))):
+            raise CacheError(
+                f"cannot write to {self.login_store.location}, so the next refresh token could not be kept: "
+                "not refreshing (the login stays as it is)"
+            )
+        try:
+            tokens = self._send_refresh(login, by)
+        except OAuthError as error:  # invalid_grant: expired, revoked, or spent by someone else
+            self._record(now, job_id(), error.error, "refresh_token")
+            detail = f"{error.error}: {error.description}" if error.description else error.error
+            self._lose_login(entry, held, LoginRequired(f"the identity provider refused the login of {login.who} ({detail})"), by)
+        except AuthError as error:  # unreachable, rate limited, garbage: the login may still be good
+            failure = self._failure(error, login.fingerprint(), by)
+            self.login_store.save(held._replace(intent=None, failure=failure))
+            if not shared:
+                self.store.save(entry.with_failure(failure))
+            self._record(now, job_id(), getattr(error, "error", None) or type(error).__name__, "refresh_token")
+            return self._fallback_or_raise(entry, error, rejected)
+        renewed = login.rotated(tokens.refresh_token, tokens.refresh_expires_in, now)
+        renewed = renewed._replace(
+            subject=tokens.id_claims.get("sub") or renewed.subject, email=tokens.id_claims.get("email") or renewed.email
         )
+        if renewed.expires_at - now < LOGIN_WARNING:
+            from ._durations import format_duration
+
+            log(
+                "warning",
+                f"the login of {renewed.who} ends in {format_duration(max(0.0, renewed.expires_at - now))}: "
+                "run qlam-hpc auth login before then",
+            )
+        # Published before anything else: the old refresh token is spent from now on.
+        if not self.login_store.save(held.with_login(renewed, tokens.token)):
+            log(
+                "error",
+                f"the next refresh token could not be written to {self.login_store.location}: this token is "
+                "good, but the next refresh will be refused and you will have to log in again",
+            )
+        if not shared:
+            self.store.save(entry.with_token(tokens.token))
+        self._record(now, job_id(), "ok", "refresh_token")
+        if not tokens.token.usable(self._clock(), min_ttl):
+            raise TokenLifetimeTooShort(min_ttl, tokens.token.lifetime)
+        return TokenResult(tokens.token, "fetched")
+
+    def _send_refresh(self, login: Login, by: str):
+        fetch = self._fetch
+        if fetch is None:
+            from ._http import refresh_tokens as fetch
+        return fetch(self.settings, login.refresh_token, obtained_by=by, clock=self._clock)
+
+    def _failure(self, error: QlamError, credentials: str, by: str) -> Failure:
+        cooldown = cooldown_for(
+            error, rejected_cooldown=self.settings.rejected_cooldown, transient_cooldown=self.settings.transient_cooldown
+        )
+        return Failure.from_error(error, at=self._clock(), cooldown=cooldown, credentials=credentials, by=by)
+
+    def _lose_login(self, entry: CacheEntry, held: CacheEntry, error: LoginRequired, by: str):
+        """Forget a login the identity provider refused, tell every other process, and raise."""
+        failure = self._failure(error, "login", by)
+        self.login_store.save(held._replace(login=None, intent=None, failure=failure))
+        if self.login_store is not self.store:
+            self.store.save(entry.with_failure(failure))
+        raise error
+
+    def _no_login(self, entry: CacheEntry) -> LoginRequired:
+        where = self.login_store.location
+        token = entry.token
+        if token is not None:
+            return LoginRequired(
+                f"the access token in {self.store.location} expired at {_utc(token.expires_at)} and there is no "
+                f"login in {where} to refresh it with (it was obtained by {token.obtained_by or 'unknown'}; "
+                "if qlam-hpc auth keep-fresh refreshes it on a login node, is it still running?)"
+            )
+        return LoginRequired(f"not logged in: there is no login for client {self.settings.client_id} in {where}")
 
     def _warn_about_budget(self) -> None:
         budget = self.settings.token_budget

@@ -1,4 +1,4 @@
-"""QLAM Shell compatibility: the ``client_credentials`` client of a context in ``~/.qsh/config.json``.
+"""QLAM Shell compatibility: the client of a context in ``~/.qsh/config.json``.
 
 Users of QuEra's own tools already describe their clients there::
 
@@ -12,7 +12,11 @@ Users of QuEra's own tools already describe their clients there::
 The file is ``$QSH_CONFIG``, else ``$QSH_CONFIG_DIR/config.json``, else
 ``~/.qsh/config.json``. The context is the one asked for (``--context``,
 ``QLAM_CONTEXT``), else ``current_context``; its provider is the context's default
-``auth_provider`` when that one uses ``client_credentials``, else the first that does.
+``auth_provider`` when that one uses ``client_credentials``, else the first
+``client_credentials`` provider; a context without one gives its ``device_code``
+provider (``QLAM_AUTH_FLOW=device`` asks for it in any context). A
+``device_code`` provider selects user context (``auth_flow = "device"``), and its
+``tenant`` goes into the login's scope as ``organization:<tenant>``, as QuEra's tools do.
 ``Settings.from_env`` reads the file only when asked for a context or when the
 environment does not name the client, and lets every environment variable win.
 
@@ -33,14 +37,23 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Mapping
 
-_FIELDS = "path context provider auth_base_url client_id client_secret private_key key_id audience scope api_base_url mode"
+_FIELDS = (
+    "path context provider auth_base_url client_id client_secret private_key key_id audience scope api_base_url mode "
+    "grant_type tenant"
+)
+# The grant types qlam-hpc can serve, and the flow (Settings.auth_flow) each stands for.
+_FLOWS = {"client_credentials": "client_credentials", "device_code": "device"}
 
 
-class QshClient(namedtuple("_QshClientFields", _FIELDS)):
-    """The pieces of one context's client_credentials provider (``None`` when absent);
-    ``mode`` is the config file's permission bits."""
+class QshClient(namedtuple("_QshClientFields", _FIELDS, defaults=("client_credentials", None))):
+    """The pieces of one context's auth provider (``None`` when absent); ``mode`` is the
+    config file's permission bits; ``tenant`` is the device login's organization."""
 
     __slots__ = ()
+
+    @property
+    def flow(self) -> str:
+        return _FLOWS[self.grant_type]
 
     @property
     def origin(self) -> str:
@@ -74,9 +87,10 @@ def config_path(env: Mapping[str, str]) -> str:
     return os.path.join(os.path.expanduser(directory), "config.json")
 
 
-def load_client(env: Mapping[str, str], context: str | None = None) -> QshClient | None:
-    """The client of ``context`` (else the current one); ``None`` when there is no config
-    file and no context was asked for. ``ConfigurationError`` names whatever is missing."""
+def load_client(env: Mapping[str, str], context: str | None = None, flow: str | None = None) -> QshClient | None:
+    """The client of ``context`` (else the current one) for ``flow`` (else the context's
+    default provider's); ``None`` when there is no config file and no context was asked
+    for. ``ConfigurationError`` names whatever is missing."""
     path = config_path(env)
     try:
         with open(path, "rb") as file:
@@ -101,11 +115,19 @@ def load_client(env: Mapping[str, str], context: str | None = None) -> QshClient
         # JSONDecodeError's msg and position, never its document: the file may hold a secret.
         where = f" ({exc.msg}, line {exc.lineno})" if hasattr(exc, "msg") else ""
         raise ConfigurationError(f"the QLAM Shell config {path} is not valid JSON{where}") from None
-    return select_client(data, path, context, mode)
+    return select_client(data, path, context, mode, flow)
 
 
-def select_client(data: Any, path: str, context: str | None, mode: int = 0o600) -> QshClient:
-    """Pick the context and its client_credentials provider out of a parsed config. Pure."""
+def select_client(
+    data: Any, path: str, context: str | None, mode: int = 0o600, flow: str | None = None
+) -> QshClient:
+    """Pick the context and its provider out of a parsed config. Pure.
+
+    With ``flow``, the provider must serve it (``client_credentials`` or ``device``).
+    Without, M2M stays the default: the context's default provider if it uses
+    client_credentials, else its first client_credentials provider; only a context
+    without one selects user context (its default device_code provider, else the first).
+    """
     if not isinstance(data, dict):
         raise ConfigurationError(f"the QLAM Shell config {path} is not a JSON object")
     contexts = [c for c in data.get("contexts") or [] if isinstance(c, dict)]
@@ -122,15 +144,22 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600) 
         raise ConfigurationError(f"there is no context {context!r} in the QLAM Shell config {path} (contexts: {names})")
     where = f"context {context!r} of {path}"
     providers = [p for p in chosen.get("auth_providers") or [] if isinstance(p, dict)]
-    usable = [p for p in providers if p.get("grant_type") == "client_credentials"]
+    wanted = [g for g, f in _FLOWS.items() if flow is None or f == flow]
+    usable = [p for p in providers if p.get("grant_type") in wanted]
     defaults = chosen.get("defaults") if isinstance(chosen.get("defaults"), dict) else {}
     preferred = defaults.get("auth_provider")
-    provider = next((p for p in usable if p.get("name") == preferred), None) or (usable[0] if usable else None)
+    provider = None
+    for grant in wanted:  # M2M first: a job that has a client secret keeps working as it did
+        candidates = [p for p in usable if p.get("grant_type") == grant]
+        provider = next((p for p in candidates if p.get("name") == preferred), None) or next(iter(candidates), None)
+        if provider is not None:
+            break
     if provider is None:
         found = ", ".join(f"{p.get('name')} ({p.get('grant_type')})" for p in providers) or "none"
+        grants = " or ".join(wanted)
         raise ConfigurationError(
-            f"{where} has no auth provider with grant_type client_credentials (it has: {found}); "
-            "qlam-hpc needs a machine-to-machine client"
+            f"{where} has no auth provider with grant_type {grants} (it has: {found}); qlam-hpc needs a "
+            "machine-to-machine client (client_credentials) or a user login (device_code)"
         )
     name = str(provider.get("name") or "?")
 
@@ -160,4 +189,6 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600) 
         scope=scope or None,
         api_base_url=text("api_base_url", defaults),
         mode=mode,
+        grant_type=provider["grant_type"],
+        tenant=text("tenant"),
     )

@@ -92,7 +92,20 @@ _SETTINGS_FIELDS = (
     "assertion_audience",  # str | None: aud of client assertions; None: the token endpoint; "issuer": discovered
     "token_store",  # str | None: QLAM_TOKEN_STORE (redis://, rediss://, file://); None: the file store in cache_dir
     "token_store_password",  # Secret | None: QLAM_REDIS_PASSWORD or REDIS_PASSWORD
+    # User context (QLAM_AUTH_FLOW=device): a person's login, refreshed by every process single-flight.
+    "auth_flow",  # "client_credentials" (M2M, the default) or "device" (user context)
+    "device_authorization_url",  # RFC 8628 endpoint; None: from the discovery document
+    "revocation_url",  # RFC 7009 endpoint; None: from the discovery document (or the server has none)
+    "refresh_token_lifetime",  # seconds a login lasts when the server does not say (QLAM: 15 days)
+    "refresh_token_dir",  # str | None: keep the login (refresh token) here, apart from the access token
 )
+
+CLIENT_CREDENTIALS = "client_credentials"
+DEVICE = "device"
+# What a user-context login asks for when QLAM_SCOPE does not say: an ID token (who logged
+# in) and a refresh token (offline_access), as QuEra's own tools ask.
+DEFAULT_USER_SCOPE = "openid email profile offline_access"
+DEFAULT_REFRESH_TOKEN_LIFETIME = 15 * 86400.0
 
 CLIENT_AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
 ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")
@@ -115,7 +128,8 @@ class Settings(
         _SETTINGS_FIELDS,
         defaults=(None, None, None, True, None, 90.0, 10.0, RetryPolicy(), 300.0, 15.0)
         + (None, None, None, None, "audience", None, None)
-        + (None, None),
+        + (None, None)
+        + (CLIENT_CREDENTIALS, None, None, DEFAULT_REFRESH_TOKEN_LIFETIME, None),
     )
 ):
     """Everything qlam-hpc needs to obtain and cache a token. Immutable; ``with_`` copies."""
@@ -139,6 +153,11 @@ class Settings(
     def cache_path(self) -> str:
         """The cache directory in use: ``cache_dir``, or the per-user default."""
         return self.cache_dir or default_cache_dir(os.environ)
+
+    @property
+    def user_context(self) -> bool:
+        """True for a person's login (device flow, refresh tokens); False for M2M."""
+        return self.auth_flow == DEVICE
 
     @property
     def discovers_endpoint(self) -> bool:
@@ -176,6 +195,9 @@ def build_settings(
     token_url = pick("token_url", "QLAM_TOKEN_URL")
     audience = pick("audience", "QLAM_AUDIENCE")
     scope = pick("scope", "QLAM_SCOPE")
+    flow = _auth_flow(env.get("QLAM_AUTH_FLOW"))
+    if flow:
+        note("auth_flow", "environment QLAM_AUTH_FLOW")
     secret = _credential(env, "QLAM_CLIENT_SECRET", note, "client_secret")
     key = _credential(env, "QLAM_CLIENT_PRIVATE_KEY", note, "private_key")
     for name in ("client_secret", "private_key"):
@@ -188,24 +210,35 @@ def build_settings(
     if context or not client_id or not (base_url or token_url):
         from ._qsh import load_client
 
-        qsh = load_client(env, context)
+        qsh = load_client(env, context, flow)
     if qsh is not None:
         where = qsh.origin
+        if flow is None:
+            flow = qsh.flow
+            note("auth_flow", f"grant_type {qsh.grant_type} of {where}")
         found = {"client_id": client_id, "auth_base_url": base_url, "audience": audience, "scope": scope}
         for name, value in found.items():
             if not value and getattr(qsh, name):  # the environment wins; the file fills the gaps
                 found[name] = getattr(qsh, name)
                 note(name, where)
         client_id, base_url, audience, scope = found.values()
-        if secret is None and key is None:
+        if flow == DEVICE and qsh.flow == DEVICE and qsh.tenant and not scope:
+            # QuEra's tools pass the tenant as an extra scope of the device login.
+            scope = f"{DEFAULT_USER_SCOPE} organization:{qsh.tenant}"
+            note("scope", where)
+        if secret is None and key is None and qsh.flow == CLIENT_CREDENTIALS:
             secret, key = qsh.credentials(env)
             if secret is not None:
                 note("client_secret", where)
             if key is not None:
                 note("private_key", where)
     missing = f"; {qsh.origin} has none either" if qsh is not None else ""
+    if flow is None:
+        flow = CLIENT_CREDENTIALS
+        note("auth_flow", "default")
     if not client_id:
-        raise ConfigurationError(f"QLAM_CLIENT_ID is not set (the M2M client id from your QLAM admin){missing}")
+        kind = "the M2M client id from your QLAM admin" if flow == CLIENT_CREDENTIALS else "the login's public client id"
+        raise ConfigurationError(f"QLAM_CLIENT_ID is not set ({kind}){missing}")
     discovery_url = _discovery_url(env.get("QLAM_DISCOVERY"), base_url)
     if discovery_url:
         note("discovery_url", "environment QLAM_DISCOVERY")
@@ -223,6 +256,10 @@ def build_settings(
         )
     if not audience:
         note("audience", "default")
+    if flow == DEVICE and not scope:
+        scope = DEFAULT_USER_SCOPE
+        note("scope", "default for user context")
+    user_endpoints = _user_endpoints(env, flow, base_url, discovery_url, note)
     cache_dir = pick("cache_dir", "QLAM_TOKEN_CACHE_DIR")
     if not cache_dir:
         note("cache_dir", "default")
@@ -251,8 +288,81 @@ def build_settings(
         assertion_audience=_assertion_audience(env.get("QLAM_CLIENT_ASSERTION_AUD"), base_url, discovery_url),
         token_store=pick("token_store", "QLAM_TOKEN_STORE"),
         token_store_password=_redis_password(env),
+        auth_flow=flow,
+        device_authorization_url=user_endpoints[0],
+        revocation_url=user_endpoints[1],
+        refresh_token_lifetime=_seconds(
+            env.get("QLAM_REFRESH_TOKEN_LIFETIME"), "QLAM_REFRESH_TOKEN_LIFETIME", DEFAULT_REFRESH_TOKEN_LIFETIME
+        ),
+        refresh_token_dir=os.path.expanduser(env["QLAM_REFRESH_TOKEN_DIR"]) if env.get("QLAM_REFRESH_TOKEN_DIR") else None,
     )
-    return settings._replace(**given) if given else settings
+    if settings.refresh_token_dir:
+        note("refresh_token_dir", "environment QLAM_REFRESH_TOKEN_DIR")
+    settings = settings._replace(**given) if given else settings
+    if settings.user_context:
+        _check_refresh_token_store(settings, env)
+    return settings
+
+
+def _auth_flow(value: str | None) -> str | None:
+    """QLAM_AUTH_FLOW: ``device`` (user context) or ``client_credentials``/``m2m``; None when unset."""
+    if not value or not value.strip():
+        return None
+    text = value.strip().lower()
+    if text in ("device", "device_code", "user"):
+        return DEVICE
+    if text in ("client_credentials", "m2m"):
+        return CLIENT_CREDENTIALS
+    raise ConfigurationError(f"QLAM_AUTH_FLOW={value!r}: use device (user context) or client_credentials (M2M)")
+
+
+def _user_endpoints(env: Mapping[str, str], flow: str, base_url: str | None, discovery_url: str | None, note):
+    """``(device_authorization_url, revocation_url)`` for user context; ``(None, None)`` for M2M.
+
+    An explicit variable wins; with discovery, None means "read it from the document";
+    else Auth0's paths under AUTH_BASE_URL.
+    """
+    if flow != DEVICE:
+        return None, None
+    found = []
+    for variable, path, name in (
+        ("QLAM_DEVICE_AUTHORIZATION_URL", "/oauth/device/code", "device_authorization_url"),
+        ("QLAM_REVOCATION_URL", "/oauth/revoke", "revocation_url"),
+    ):
+        if env.get(variable):
+            found.append(checked_url(env[variable], variable))
+            note(name, f"environment {variable}")
+        elif discovery_url:
+            found.append(None)
+            note(name, "discovery document (QLAM_DISCOVERY)")
+        elif base_url:
+            found.append(base_url_for(base_url) + path)
+            note(name, f"AUTH_BASE_URL + {path}")
+        else:
+            raise ConfigurationError(
+                f"user context needs the identity provider: set AUTH_BASE_URL, QLAM_DISCOVERY or {variable}"
+            )
+    return found[0], found[1]
+
+
+def _check_refresh_token_store(settings: Settings, env: Mapping[str, str]) -> None:
+    """Refresh tokens stay where only their owner can read them: a Redis is refused unless
+    the user opts in (QLAM_SHARED_REFRESH_TOKENS=allow) or keeps them elsewhere."""
+    if not settings.cache_enabled:
+        raise ConfigurationError(
+            "QLAM_TOKEN_CACHE=off cannot be used in user context: the login (refresh token) must be kept in the "
+            "store, and processes that refresh on their own would spend each other's refresh tokens"
+        )
+    store = (settings.token_store or "").strip().lower()
+    if not store.startswith(("redis://", "rediss://")) or settings.refresh_token_dir:
+        return
+    if (env.get("QLAM_SHARED_REFRESH_TOKENS") or "").strip().lower() == "allow":
+        return
+    raise ConfigurationError(
+        "QLAM_TOKEN_STORE names a Redis, and in user context the store would hold your refresh token: "
+        "whoever can read that Redis could act as you for weeks. Keep the login in a directory of your own "
+        "(QLAM_REFRESH_TOKEN_DIR), use the file store, or accept it with QLAM_SHARED_REFRESH_TOKENS=allow"
+    )
 
 
 def _redis_password(env: Mapping[str, str]) -> Secret | None:

@@ -27,6 +27,8 @@ Exit codes:
  12  a wait timed out               13  the QLAM API refused the request
  14  the QLAM API is unreachable
  15  a secret store (Vault, AWS Secrets Manager) is unreachable
+ 16  user context: not logged in, or the login expired or was revoked (run qlam-hpc auth login)
+ 17  a device login was not approved before its code expired
  130 interrupted
 """
 
@@ -155,6 +157,13 @@ def _until_job_ends(provider):
     if left.seconds is None:
         log("warning", f"--min-ttl job: cannot tell when this job ends ({left.reason}); using the usual margin")
         return provider.get()
+    login = provider.current_login()
+    if login is not None and login.expires_at < time.time() + left.seconds:
+        log(
+            "warning",
+            f"this job ends after the login of {login.who} does ({format_duration(max(0.0, login.expires_at - time.time()))} "
+            "left): its last refreshes will fail; run qlam-hpc auth login again before then",
+        )
     try:
         return provider.get(min_ttl=left.seconds)
     except TokenLifetimeTooShort as error:
@@ -167,7 +176,59 @@ def _until_job_ends(provider):
 
 @cli.group()
 def auth() -> None:
-    """Inspect or clear the cached token (never prints the token)."""
+    """Log in or out (user context); inspect, check or clear the cached token (never printed)."""
+
+
+@auth.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the code and URL as a JSON line on stdout (for portals).")
+@click.option(
+    "--timeout", metavar="DURATION", help="Give up waiting for the approval after this long (default: when the code expires)."
+)
+@click.pass_obj
+def login(config: _Config, as_json: bool, timeout: str | None) -> None:
+    """Log in as yourself with the device flow (user context; QLAM_AUTH_FLOW=device).
+
+    Shows a URL and a code: open the URL in a browser on any device, check that it
+    shows the same code, and approve. No browser is needed on this machine. Every
+    job then refreshes the login on its own, one process at a time, until it ends
+    (QLAM_REFRESH_TOKEN_LIFETIME, 15 days by default).
+
+    \b
+    qlam-hpc auth login                       # on a login node, once
+    sbatch --array=0-499 job.sbatch           # jobs: qlam-hpc token / api / tasks
+    """
+    from ._login import run_login
+
+    run_login(config.provider(), as_json, _duration(timeout, "--timeout") if timeout else None)
+
+
+@auth.command()
+@click.pass_obj
+def logout(config: _Config) -> None:
+    """Forget your login here and revoke it at the identity provider (user context)."""
+    from ._login import run_logout
+
+    run_logout(config.provider())
+
+
+@auth.command("keep-fresh")
+@click.option("--once", is_flag=True, help="Refresh if needed, then exit (for cron).")
+@click.pass_obj
+def keep_fresh(config: _Config, once: bool) -> None:
+    """Keep the shared access token fresh from here, so jobs never refresh (user context).
+
+    Refreshes whenever half the access token's lifetime is gone, as HTCondor's
+    credmon does. Run it on a login node with QLAM_REFRESH_TOKEN_DIR set to a
+    directory of that node only: the refresh token then never reaches a compute
+    node, which only reads access tokens from the shared cache. See docs/user-context.md.
+    """
+    from .._login import keep_fresh as run
+
+    result = run(config.provider(), once=once)
+    if once:
+        from ._output import utc
+
+        click.echo(f"access token valid until {utc(result.token.expires_at)} ({result.source})")
 
 
 @auth.command()

@@ -23,7 +23,7 @@ def warm_token(args: list[str]) -> int | None:
         settings = Settings.from_env()
         if not settings.cache_enabled or settings.token_store:
             return None
-        identity = Identity(settings.token_url, settings.client_id, settings.audience, settings.scope)
+        identity = Identity.of(settings)
         entry = FileStore(settings.cache_path).load(identity)
     except Exception:  # the full CLI reproduces it and reports it properly
         return None

@@ -16,6 +16,7 @@ def auth_status(provider: TokenProvider, now: float) -> dict:
     token = entry.token if entry else None
     report: dict = {
         "cache": provider.store.location,
+        "flow": settings.auth_flow,
         "client_id": settings.client_id,
         "token_url": settings.token_url,
         "audience": settings.audience,
@@ -44,6 +45,7 @@ def auth_status(provider: TokenProvider, now: float) -> dict:
             "until": utc(failure.until),
             "by": failure.by,
         }
+    report["login"] = _login_report(provider, now) if settings.user_context else None
     month = time.strftime("%Y-%m", time.gmtime(now))
     used = count_requests(provider.store, settings, now)
     report["requests"] = {"month": month, "count": used, "budget": settings.token_budget}
@@ -52,12 +54,42 @@ def auth_status(provider: TokenProvider, now: float) -> dict:
     return report
 
 
+def _login_report(provider: TokenProvider, now: float) -> dict:
+    from .._login import LOGIN_WARNING
+
+    login = provider.current_login()
+    report: dict = {"store": provider.login_store.location, "logged_in": login is not None}
+    if login is not None:
+        left = login.expires_at - now
+        report.update(
+            subject=login.subject,
+            email=login.email,
+            logged_in_at=utc(login.logged_in_at),
+            expires_at=utc(login.expires_at),
+            days_left=round(max(0.0, left) / 86400, 1),
+            warning="the login ends in less than 2 days: run qlam-hpc auth login" if left < LOGIN_WARNING else None,
+        )
+    return report
+
+
 def render_status(report: dict) -> str:
     lines = [
         f"cache       {report['cache']}",
+        f"flow        {'user context (device login)' if report['flow'] == 'device' else 'M2M (client credentials)'}",
         f"client      {report['client_id']} at {report['token_url']}",
         f"audience    {report['audience']}",
     ]
+    login = report.get("login")
+    if login is not None and not login["logged_in"]:
+        lines.append(f"login       none in {login['store']}: run qlam-hpc auth login")
+    elif login is not None:
+        who = " ".join(filter(None, (login["email"], f"({login['subject']})" if login["subject"] else None)))
+        lines.append(f"user        {who or 'unknown'}")
+        lines.append(
+            f"login       since {login['logged_in_at']}, until {login['expires_at']} ({login['days_left']:g} days left)"
+        )
+        if login["warning"]:
+            lines.append(f"            WARNING: {login['warning']}")
     token = report["token"]
     if token is None:
         lines.append("token       none cached")
@@ -73,7 +105,8 @@ def render_status(report: dict) -> str:
         lines.append(f"failure     {failure['error']}")
         lines.append(f"            recorded {failure['at']} by {failure['by'] or 'unknown'}, repeated until {failure['until']}")
     requests = report["requests"]
-    usage = f"{requests['count']} token requests in {requests['month']}"
+    noun = "token request" if requests["count"] == 1 else "token requests"
+    usage = f"{requests['count']} {noun} in {requests['month']}"
     if requests["budget"]:
         usage += f" of a budget of {requests['budget']} ({requests['percent_of_budget']}%)"
         if requests["percent_of_budget"] > 80:

@@ -1,0 +1,80 @@
+"""``qlam-hpc auth login`` and ``auth logout``: what the user sees of the device flow."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from .._durations import format_duration
+from .._login import login, logout
+from ._output import utc
+
+
+def run_login(provider, as_json: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
+    def show(authorization) -> None:  # type: ignore[no-untyped-def]
+        if as_json:
+            document = {
+                "verification_uri": authorization.verification_uri,
+                "verification_uri_complete": authorization.verification_uri_complete,
+                "user_code": authorization.user_code,
+                "expires_in": int(authorization.expires_in),
+                "interval": authorization.interval,
+            }
+            sys.stdout.write(json.dumps(document) + "\n")
+            sys.stdout.flush()
+            return
+        url = authorization.verification_uri_complete or authorization.verification_uri
+        click.echo(
+            f"To log in, open this page in a browser (on any device):\n\n    {url}\n\n"
+            f"check that it shows the code {authorization.user_code}, and approve it. "
+            f"The code expires in {format_duration(authorization.expires_in)}.\nWaiting for the approval...",
+            err=True,
+        )
+
+    result = login(provider, on_code=show, timeout=timeout)
+    who = result.login.who if result.login else (provider.principal() or {}).get("subject", "an unknown user")
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "logged_in": True,
+                    "subject": result.login.subject if result.login else None,
+                    "email": result.login.email if result.login else None,
+                    "login_expires_at": utc(result.login.expires_at) if result.login else None,
+                    "store": provider.login_store.location,
+                }
+            )
+            + "\n"
+        )
+        return
+    if result.login is None:
+        click.echo(f"logged in as {who}, without a refresh token: until {utc(result.token.expires_at)}", err=True)
+        return
+    lasts = format_duration(result.login.expires_at - time.time())
+    click.echo(
+        f"logged in as {who}; the login lasts until {utc(result.login.expires_at)} ({lasts}) and is kept in "
+        f"{provider.login_store.location}",
+        err=True,
+    )
+
+
+def run_logout(provider) -> None:  # type: ignore[no-untyped-def]
+    result = logout(provider)
+    if result.login is None:
+        click.echo(f"not logged in (no login in {provider.login_store.location})", err=True)
+        return
+    removed = f"removed the login of {result.login.who} from {provider.login_store.location}"
+    if result.error is not None:
+        result.error.message = f"{removed}, but could not revoke it at the identity provider: {result.error}"
+        raise result.error
+    if result.revoked_at is None:
+        click.echo(
+            f"{removed}; the identity provider offers no revocation, so the refresh token stays valid there "
+            f"until {utc(result.login.expires_at)}",
+            err=True,
+        )
+        return
+    click.echo(f"{removed} and revoked it at {result.revoked_at}", err=True)
