@@ -3,8 +3,10 @@ the environment, host and user in.
 
 QuEra sees many tasks from one M2M client when a whole job array shares it; the
 ``qlam_hpc`` block in each task's ``system_metadata`` lets both sides tell them
-apart afterwards (which Slurm array task made this one?). Only variables that
-are set appear, so the block stays small.
+apart afterwards (which Slurm array task made this one?). In user context the
+block also names the person whose login made the task (``principal``: subject and
+email), for audits that need per-user attribution. Only what is known appears,
+so the block stays small.
 """
 
 from __future__ import annotations
@@ -23,13 +25,22 @@ _SLURM = (
 _PBS = (("job_id", "PBS_JOBID"), ("array_index", "PBS_ARRAY_INDEX"), ("array_index", "PBS_ARRAYID"))
 
 
-def attribution(env: Mapping[str, str], *, version: str, host: str | None, user: str | None) -> dict[str, Any]:
-    """``{"qlam_hpc": {"version", "host", "user", "slurm": {...}, "pbs": {...}}}``, set keys only."""
+def attribution(
+    env: Mapping[str, str],
+    *,
+    version: str,
+    host: str | None,
+    user: str | None,
+    principal: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``{"qlam_hpc": {"version", "host", "user", "principal", "slurm": {...}, "pbs": {...}}}``, set keys only."""
     block: dict[str, Any] = {"version": version}
     if host:
         block["host"] = host
     if user:
         block["user"] = user
+    if principal:
+        block["principal"] = dict(principal)
     for name, table in (("slurm", _SLURM), ("pbs", _PBS)):
         found: dict[str, str] = {}
         for key, variable in table:

@@ -34,20 +34,25 @@ class _Common:
 
     def _setup(self, settings: ApiSettings | None, provider: TokenProvider | None, auth: httpx.Auth | None) -> httpx.Auth:
         self.settings = settings if settings is not None else ApiSettings.from_env()
-        self._attribution = _attribution_block() if self.settings.attribution else None
         if auth is None:
             from .._auth import QlamAuth
 
             auth = QlamAuth(provider)
+        # User context: who is logged in is known once a token is; the block is built then.
+        self._principal_of = getattr(auth, "provider", None)
+        self._attribution: dict[str, Any] | None = None
         return auth
 
     def _creation_body(self, definition: Definition, idempotency_key: str | None) -> dict[str, Any]:
         body = rq.task_body(definition)
         if idempotency_key is not None:
             body = rq.with_idempotency_key(body, idempotency_key)
-        if self._attribution is not None:
+        if self.settings.attribution:
             from ._attribution import with_attribution
 
+            if self._attribution is None:
+                provider = self._principal_of
+                self._attribution = _attribution_block(provider.principal() if provider is not None else None)
             body, attributed = with_attribution(body, self._attribution)
             if not attributed:
                 log("info", "system_metadata is not a JSON object: sent unchanged, without attribution")
@@ -57,7 +62,7 @@ class _Common:
         return self.settings.base_url + request.path
 
 
-def _attribution_block() -> dict[str, Any]:
+def _attribution_block(principal: Mapping[str, str] | None = None) -> dict[str, Any]:
     import socket
 
     from .._version import __version__
@@ -71,7 +76,7 @@ def _attribution_block() -> dict[str, Any]:
             user = pwd.getpwuid(os.getuid()).pw_name
         except (ImportError, KeyError):
             user = None
-    return attribution(os.environ, version=__version__, host=socket.gethostname(), user=user)
+    return attribution(os.environ, version=__version__, host=socket.gethostname(), user=user, principal=principal)
 
 
 def _ids(tasks: TaskRef | Iterable[TaskRef]) -> tuple[list[str], bool]:
