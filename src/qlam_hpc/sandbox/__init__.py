@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._config import SandboxClient, SandboxConfig
+from ._config import SandboxClient, SandboxConfig, SandboxUser
 
 if TYPE_CHECKING:
     from ._app import create_app
     from ._server import Sandbox
 
-__all__ = ["Sandbox", "SandboxConfig", "SandboxClient", "create_app"]
+__all__ = ["Sandbox", "SandboxConfig", "SandboxClient", "SandboxUser", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""What a sandbox serves: its clients, audiences, token lifetime, quota and faults.
+"""What a sandbox serves: its clients, users, audiences, token lifetime, quota and faults.
 
 Plain value objects, standard library only, so the CLI can build and validate a
 configuration before it imports FastAPI.  Invalid settings raise
@@ -20,7 +20,16 @@ from typing import Any
 
 from .._errors import ConfigurationError
 
-__all__ = ["SandboxClient", "SandboxConfig", "DEFAULT_AUDIENCE", "DEFAULT_QPU_MODES", "is_loopback"]
+__all__ = [
+    "SandboxClient",
+    "SandboxConfig",
+    "SandboxUser",
+    "DEFAULT_AUDIENCE",
+    "DEFAULT_DEVICE_CLIENTS",
+    "DEFAULT_QPU_MODES",
+    "DEFAULT_USERS",
+    "is_loopback",
+]
 
 DEFAULT_AUDIENCE = "https://api.quera.com"
 DEFAULT_QPU_MODES = ("squin-256q",)
@@ -111,6 +120,32 @@ class SandboxClient:
 
 
 @dataclass(frozen=True)
+class SandboxUser:
+    """A person who can approve a device login (``/activate``); their tokens carry ``sub`` = ``subject``."""
+
+    subject: str
+    email: str
+    name: str
+
+    def __post_init__(self) -> None:
+        for name in ("subject", "email", "name"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or value != value.strip():
+                raise ConfigurationError(f"user {name} must be a non-empty string without surrounding blanks")
+        if "@" not in self.email or any(c.isspace() for c in self.email):
+            raise ConfigurationError(f"user email {self.email!r} is not an e-mail address")
+
+    def is_named(self, name: str) -> bool:
+        """Whether ``name`` is this user's subject or (case-insensitively) e-mail address."""
+        return name == self.subject or name.lower() == self.email.lower()
+
+
+# One user and one public client, so the device flow works with no configuration at all.
+DEFAULT_USERS = (SandboxUser("auth0|sandbox-user-1", "ada@example.org", "Ada Lovelace"),)
+DEFAULT_DEVICE_CLIENTS = ("qlam-sandbox-device",)
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     """Everything a sandbox identity provider serves; immutable once built.
 
@@ -119,6 +154,15 @@ class SandboxConfig:
     or ``POST /_sandbox/faults``.  ``seed`` makes the ``error_rate`` draws repeatable.
     ``qpu_modes`` are the modes the tasks API serves; ``state_dir`` keeps tasks
     (and, without ``signing_key_file``, the signing key) across restarts.
+
+    User context (device code flow, rotating refresh tokens): ``users`` may approve
+    device logins; ``device_clients`` are public client ids (no secret) allowed the
+    device_code and refresh_token grants.  ``refresh_token_overlap`` is Auth0's
+    rotation overlap period (0, the default, as on Auth0: any reuse revokes the
+    login); ``refresh_token_lifetime`` the absolute lifetime of a login, which
+    rotation does not extend; ``auto_approve`` approves a device login as the first
+    user at its first poll.  ``refresh_token_overlap``, ``device_poll_interval`` and
+    ``auto_approve`` are starting values too.
     """
 
     clients: tuple[SandboxClient, ...]
@@ -134,6 +178,13 @@ class SandboxConfig:
     qpu_modes: tuple[str, ...] = DEFAULT_QPU_MODES
     task_duration: float = 2.0
     state_dir: Path | None = None
+    users: tuple[SandboxUser, ...] = DEFAULT_USERS
+    device_clients: tuple[str, ...] = DEFAULT_DEVICE_CLIENTS
+    refresh_token_overlap: float = 0.0
+    refresh_token_lifetime: int = 15 * 86400
+    device_code_lifetime: int = 600
+    device_poll_interval: int = 5
+    auto_approve: bool = False
 
     def __post_init__(self) -> None:
         clients = tuple(self.clients)
@@ -157,6 +208,44 @@ class SandboxConfig:
         if self.signing_key_file is not None:
             object.__setattr__(self, "signing_key_file", Path(self.signing_key_file))
         self._check_tasks_settings()
+        self._check_user_settings()
+
+    def _check_user_settings(self) -> None:
+        users = tuple(self.users) if isinstance(self.users, Iterable) else ()
+        if not users or not all(isinstance(u, SandboxUser) for u in users):
+            raise ConfigurationError("users must hold at least one SandboxUser")
+        for attribute in ("subject", "email"):
+            values = [getattr(u, attribute).lower() for u in users]
+            if len(set(values)) != len(values):
+                raise ConfigurationError(f"users must have unique {attribute}s")
+        object.__setattr__(self, "users", users)
+        device_clients = _strings(self.device_clients, "device_clients")
+        if len(set(device_clients)) != len(device_clients):
+            raise ConfigurationError("device_clients must be unique")
+        shared = [c for c in device_clients if self.client(c) is not None]
+        if shared:
+            raise ConfigurationError(f"device_clients {shared} are also M2M clients: a client is one or the other")
+        object.__setattr__(self, "device_clients", device_clients)
+        overlap = self.refresh_token_overlap
+        if not _is_number(overlap) or not math.isfinite(overlap) or overlap < 0:
+            raise ConfigurationError(f"refresh_token_overlap must be a finite number of seconds >= 0, not {overlap!r}")
+        object.__setattr__(self, "refresh_token_overlap", float(overlap))
+        for name in ("refresh_token_lifetime", "device_code_lifetime"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not _is_int(self.device_poll_interval) or self.device_poll_interval < 0:
+            raise ConfigurationError(
+                f"device_poll_interval must be a whole number of seconds >= 0, not {self.device_poll_interval!r}"
+            )
+        if not isinstance(self.auto_approve, bool):
+            raise ConfigurationError(f"auto_approve must be true or false, not {self.auto_approve!r}")
+
+    def user(self, name: str | None = None) -> SandboxUser | None:
+        """The user with this subject or e-mail address (the first user for ``None``), if any."""
+        if name is None:
+            return self.users[0]
+        return next((u for u in self.users if u.is_named(name)), None)
 
     def _check_tasks_settings(self) -> None:
         modes = _strings(self.qpu_modes, "qpu_modes")
@@ -175,9 +264,7 @@ class SandboxConfig:
             object.__setattr__(self, "state_dir", Path(self.state_dir))
 
     def _check_numbers(self) -> None:
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
+        is_int = _is_int
         if not is_int(self.token_lifetime) or self.token_lifetime <= 0:
             raise ConfigurationError(f"token_lifetime must be a positive number of seconds, not {self.token_lifetime!r}")
         if self.monthly_quota is not None and (not is_int(self.monthly_quota) or self.monthly_quota < 0):
@@ -213,11 +300,13 @@ class SandboxConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **settings: Any) -> SandboxConfig:
-        """Clients (and optionally audiences) from a JSON file; ``settings`` are the other fields.
+        """Clients (and optionally audiences, users and device clients) from a JSON file;
+        ``settings`` are the other fields.
 
         The file: ``{"clients": [{"client_id": "...", "client_secret": "...", "scopes": [...],
-        "audiences": [...]}], "audiences": [...]}``; ``scopes`` and both ``audiences`` are optional.
-        An ``audiences`` keyword argument wins over the file's.
+        "audiences": [...]}], "audiences": [...], "users": [{"subject", "email", "name"}],
+        "device_clients": [...]}``; all but ``clients`` and their ids and secrets are optional.
+        A keyword argument wins over the file's value.
         """
         path = Path(path)
         try:
@@ -243,10 +332,37 @@ class SandboxConfig:
                 raise ConfigurationError(f"{path}: client #{number}: {exc}") from None
         if "audiences" in data and "audiences" not in settings:
             settings["audiences"] = data["audiences"]
+        if "users" in data and "users" not in settings:
+            settings["users"] = _users_from(data["users"], path)
+        if "device_clients" in data and "device_clients" not in settings:
+            settings["device_clients"] = data["device_clients"]
         try:
             return cls(clients=tuple(clients), **settings)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{path}: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _users_from(entries: Any, path: Path) -> tuple[SandboxUser, ...]:
+    """A clients file's ``users``: ``[{"subject", "email", "name"}, ...]``."""
+    if not isinstance(entries, list):
+        raise ConfigurationError(f"{path}: users must be a list of objects")
+    users = []
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or set(entry) != {"subject", "email", "name"}:
+            raise ConfigurationError(f"{path}: user #{number} must be an object with subject, email and name")
+        try:
+            users.append(SandboxUser(**entry))
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{path}: user #{number}: {exc}") from None
+    return tuple(users)
 
 
 # Keys of a clients-file entry for private_key_jwt clients: an inline JWK set, or files

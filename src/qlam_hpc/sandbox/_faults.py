@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Faults", "ScriptedResponse", "parse_fault_changes"]
+__all__ = ["FAULT_KEYS", "Faults", "ScriptedResponse", "parse_fault_changes"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,23 @@ class ScriptedResponse:
 
 @dataclass(frozen=True)
 class Faults:
-    """The current fault settings; ``script`` is the queue of canned answers still to serve."""
+    """The current fault settings; ``script`` is the queue of canned answers still to serve.
+
+    The user-context settings are here too, because tests change them at run time:
+    ``refresh_token_overlap`` (Auth0's rotation overlap period), ``device_poll_interval``
+    (the interval new device codes get), ``auto_approve``, and ``response_delay``: seconds
+    ``/oauth/token`` waits after a grant was committed (a refresh token rotated, a device
+    code consumed) before it answers, so a test can kill a client in between.
+    """
 
     latency: float
     error_rate: float
     token_lifetime: int
     script: tuple[ScriptedResponse, ...] = ()
+    refresh_token_overlap: float = 0.0
+    device_poll_interval: int = 5
+    auto_approve: bool = False
+    response_delay: float = 0.0
 
     def public(self) -> dict[str, Any]:
         """The JSON shape ``GET /_sandbox/faults`` answers with."""
@@ -62,20 +73,49 @@ class Faults:
             "error_rate": self.error_rate,
             "token_lifetime": self.token_lifetime,
             "script_pending": len(self.script),
+            "refresh_token_overlap": self.refresh_token_overlap,
+            "device_poll_interval": self.device_poll_interval,
+            "auto_approve": self.auto_approve,
+            "response_delay": self.response_delay,
         }
+
+
+FAULT_KEYS = frozenset(
+    {
+        "latency",
+        "error_rate",
+        "script",
+        "token_lifetime",
+        "refresh_token_overlap",
+        "device_poll_interval",
+        "auto_approve",
+        "response_delay",
+    }
+)
 
 
 def parse_fault_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Validated changes for ``Faults``; ``None`` values mean "leave as is". Raises ``ValueError``."""
-    unknown = set(changes) - {"latency", "error_rate", "script", "token_lifetime"}
+    unknown = set(changes) - FAULT_KEYS
     if unknown:
         raise ValueError(f"unknown fault settings {sorted(unknown)}")
     parsed: dict[str, Any] = {}
-    latency = changes.get("latency")
-    if latency is not None:
-        if not _is_number(latency) or not math.isfinite(latency) or latency < 0:
-            raise ValueError("latency must be a finite number of seconds >= 0")
-        parsed["latency"] = float(latency)
+    for name in ("latency", "refresh_token_overlap", "response_delay"):
+        seconds = changes.get(name)
+        if seconds is not None:
+            if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+                raise ValueError(f"{name} must be a finite number of seconds >= 0")
+            parsed[name] = float(seconds)
+    interval = changes.get("device_poll_interval")
+    if interval is not None:
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 0:
+            raise ValueError("device_poll_interval must be a whole number of seconds >= 0")
+        parsed["device_poll_interval"] = interval
+    auto_approve = changes.get("auto_approve")
+    if auto_approve is not None:
+        if not isinstance(auto_approve, bool):
+            raise ValueError("auto_approve must be true or false")
+        parsed["auto_approve"] = auto_approve
     error_rate = changes.get("error_rate")
     if error_rate is not None:
         if not _is_number(error_rate) or not 0.0 <= error_rate <= 1.0:

@@ -8,60 +8,61 @@ no answer ever repeats a secret or a token it was sent.
 Clients authenticate with client_secret_post, client_secret_basic or
 private_key_jwt (``_client_auth.py``); the API is named by Auth0's ``audience``
 parameter or by RFC 8707's ``resource``, so standard clients work too.
+
+The user context (device code and refresh token grants, revocation, the
+``/activate`` page) is in ``_user_flows.py`` and ``_activate.py``; the token
+endpoint here only dispatches to it, so that faults apply to every grant alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from datetime import datetime, timezone
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import _client_auth
+from . import _activate, _client_auth, _user_flows
 from ._bearer import bearer_claims
 from ._client_auth import ClientAuthError, authenticator_of
 from ._config import SandboxClient
 from ._context import SandboxContext, context_of
+from ._faults import Faults
 from ._keys import ALGORITHM
+from ._params import NO_STORE, Refusal, read_params, requested_audience
 from ._quota import next_month_start
 from ._tokens import issue_access_token
+from ._user_flows import DEVICE_CODE_GRANT, USER_SCOPES
 
 __all__ = ["router"]
 
 router = APIRouter()
-# POST /_sandbox/clients (rotating a client's credentials) comes with the identity provider.
+# POST /_sandbox/clients (rotating a client's credentials) comes with the identity provider,
+# and so do the device flow, revocation and the page where a person approves a device.
 router.include_router(_client_auth.router)
+router.include_router(_user_flows.router)
+router.include_router(_activate.router)
 
-# RFC 6749 section 5.1: token responses must not be cached by anyone.
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-class Refusal(Exception):
-    """An RFC 6749 error answer (or Auth0's 429) for the token endpoint."""
-
-    def __init__(self, status: int, error: str, description: str, headers: dict[str, str] | None = None):
-        super().__init__(description)
-        self.status, self.error, self.description = status, error, description
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"error": self.error, "error_description": self.description}
-        return JSONResponse(body, status_code=self.status, headers={**NO_STORE, **self.headers})
+GRANT_TYPES = ("client_credentials", DEVICE_CODE_GRANT, "refresh_token")
 
 
 @router.post("/oauth/token")
 async def token_endpoint(request: Request) -> Response:
     ctx = context_of(request)
     # Counted on arrival, before any injected latency, so a client that gives
-    # up (or is killed) mid-request still shows up in the stats.
+    # up (or is killed) mid-request still shows up in the stats.  The body is
+    # read at once so that refresh requests are counted on arrival too.
     ctx.state.count_token_request()
+    try:
+        params, unreadable = await read_params(request), None
+    except Refusal as refusal:
+        params, unreadable = {}, refusal
+    if params.get("grant_type") == "refresh_token":
+        ctx.state.logins.count("refresh_requests")
     faults = ctx.state.faults()
     if faults.latency > 0:
         await asyncio.sleep(faults.latency)
@@ -73,56 +74,43 @@ async def token_endpoint(request: Request) -> Response:
     try:
         if ctx.state.draw_error():
             raise Refusal(500, "server_error", "Injected fault (error_rate)")
-        params = await _read_params(request)
-        client = _authenticate(request, ctx, params)
-        body, headers = _grant(ctx, client, params, issuer=ctx.issuer(request), lifetime=faults.token_lifetime)
+        if unreadable is not None:
+            raise unreadable
+        if faults.latency > 0 and await request.is_disconnected():
+            # A client that gave up during the latency would never see a token: grant nothing.
+            raise Refusal(400, "invalid_request", "The client disconnected before sending its body")
+        body, headers = _dispatch(request, ctx, params, faults)
     except Refusal as refusal:
         ctx.state.count_token_error(refusal.error)
         return refusal.response()
+    if faults.response_delay > 0:
+        # The grant is committed (a refresh token rotated, a device code used up):
+        # a client killed now has lost its answer, as over a real network.
+        await asyncio.sleep(faults.response_delay)
     return JSONResponse(body, headers={**NO_STORE, **headers})
 
 
-async def _read_params(request: Request) -> dict[str, str]:
-    """The request's parameters from a form body (the standard) or a JSON body (Auth0 accepts both)."""
-    try:
-        raw = await request.body()
-    except ClientDisconnect:
-        # A client that gave up (timeout, killed mid-request) is routine under load: no traceback.
-        raise Refusal(400, "invalid_request", "The client disconnected before sending its body") from None
-    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if content_type == "application/json":
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise Refusal(400, "invalid_request", "The request body is not valid JSON") from None
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise Refusal(400, "invalid_request", "The JSON body must be an object of string parameters")
-        return data
-    if content_type not in ("application/x-www-form-urlencoded", ""):
-        raise Refusal(
-            400, "invalid_request", "Send parameters as application/x-www-form-urlencoded or application/json"
-        )
-    try:
-        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        raise Refusal(400, "invalid_request", "The request body is not UTF-8") from None
-    params = dict(pairs)
-    if len(params) != len(pairs):  # RFC 6749 section 3.2: no parameter may repeat
-        raise Refusal(400, "invalid_request", "A parameter is included more than once")
-    return params
+def _dispatch(request: Request, ctx: SandboxContext, params: dict[str, str], faults: Faults) -> tuple[dict, dict]:
+    """The grant type first (as Auth0 checks it), then the grant's own checks."""
+    grant_type = params.get("grant_type")
+    if not grant_type:
+        raise Refusal(400, "invalid_request", "Missing required parameter: grant_type")
+    issuer = ctx.issuer(request)
+    if grant_type == DEVICE_CODE_GRANT:
+        return _user_flows.device_code_grant(ctx, params, issuer=issuer, faults=faults), {}
+    if grant_type == "refresh_token":
+        return _user_flows.refresh_token_grant(ctx, params, issuer=issuer, faults=faults), {}
+    if grant_type != "client_credentials":
+        raise Refusal(400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}")
+    client = _authenticate(request, ctx, params)
+    return _grant(ctx, client, params, issuer=issuer, lifetime=faults.token_lifetime)
 
 
 def _grant(
     ctx: SandboxContext, client: SandboxClient, params: dict[str, str], *, issuer: str, lifetime: int
 ) -> tuple[dict, dict]:
-    """The token response body and extra headers for an authenticated client's request, or ``Refusal``."""
-    audience = _requested_audience(ctx, params)
-    if not audience:
-        raise Refusal(
-            403, "access_denied", "No audience parameter was provided, and no default audience has been configured"
-        )
-    if audience not in ctx.config.audiences:
-        raise Refusal(403, "access_denied", f"Service not found: {audience}")
+    """The client_credentials token response body and extra headers, or ``Refusal``."""
+    audience = requested_audience(ctx.config, params)
     if not client.may_access(audience):
         raise Refusal(
             403,
@@ -155,12 +143,7 @@ def _grant(
 
 
 def _authenticate(request: Request, ctx: SandboxContext, params: dict[str, str]) -> SandboxClient:
-    """The grant type first (as Auth0 checks it), then the client, by whichever method it used."""
-    grant_type = params.get("grant_type")
-    if not grant_type:
-        raise Refusal(400, "invalid_request", "Missing required parameter: grant_type")
-    if grant_type != "client_credentials":
-        raise Refusal(400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}")
+    """The M2M client, by whichever method it used."""
     try:
         return authenticator_of(request).authenticate(
             params,
@@ -170,18 +153,6 @@ def _authenticate(request: Request, ctx: SandboxContext, params: dict[str, str])
         )
     except ClientAuthError as failure:
         raise Refusal(failure.status, failure.error, failure.description, failure.headers) from None
-
-
-def _requested_audience(ctx: SandboxContext, params: dict[str, str]) -> str | None:
-    """Auth0's ``audience``, or RFC 8707's ``resource`` (an unknown resource is ``invalid_target``)."""
-    audience, resource = params.get("audience"), params.get("resource")
-    if audience and resource and audience != resource:
-        raise Refusal(400, "invalid_request", "audience and resource name different APIs")
-    if resource and not audience:
-        if resource not in ctx.config.audiences:
-            raise Refusal(400, "invalid_target", f"Unknown resource: {resource}")
-        return resource
-    return audience
 
 
 def _granted_scope(client: SandboxClient, requested: str | None) -> str:
@@ -222,11 +193,13 @@ async def discovery(request: Request) -> dict[str, Any]:
         "token_endpoint": f"{base}/oauth/token",
         "jwks_uri": f"{base}/.well-known/jwks.json",
         "userinfo_endpoint": f"{base}/userinfo",
-        "grant_types_supported": ["client_credentials"],
+        "device_authorization_endpoint": f"{base}/oauth/device/code",
+        "revocation_endpoint": f"{base}/oauth/revoke",
+        "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": authenticator_of(request).methods_supported(),
         "token_endpoint_auth_signing_alg_values_supported": sorted(_client_auth.ALGORITHMS),
         "id_token_signing_alg_values_supported": [ALGORITHM],
-        "scopes_supported": sorted({s for c in ctx.config.clients for s in c.scopes}),
+        "scopes_supported": [*USER_SCOPES, *sorted({s for c in ctx.config.clients for s in c.scopes} - set(USER_SCOPES))],
     }
 
 
@@ -236,5 +209,10 @@ async def jwks(request: Request) -> dict[str, Any]:
 
 
 @router.get("/userinfo")
-async def userinfo(claims: Annotated[dict[str, Any], Depends(bearer_claims)]) -> dict[str, Any]:
+async def userinfo(request: Request, claims: Annotated[dict[str, Any], Depends(bearer_claims)]) -> dict[str, Any]:
+    """Who a user's token belongs to (OpenID Connect's standard claims); for an M2M token,
+    its client and scope."""
+    user = next((u for u in context_of(request).config.users if u.subject == claims["sub"]), None)
+    if user is not None:
+        return {"sub": user.subject, "email": user.email, "name": user.name, "email_verified": True}
     return {"sub": claims["sub"], "client_id": claims.get("azp"), "scope": claims.get("scope", "")}

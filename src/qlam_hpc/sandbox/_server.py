@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
 from ._app import create_app
-from ._config import SandboxClient, SandboxConfig
+from ._config import SandboxClient, SandboxConfig, SandboxUser
 from ._context import SandboxContext
 from ._tasks_store import TaskStore
 
@@ -21,7 +23,18 @@ __all__ = ["Sandbox"]
 _START_TIMEOUT = 10.0
 # How long stop() lets in-flight requests (say, one sleeping an injected
 # latency) finish before uvicorn cancels them.
-_GRACEFUL_SHUTDOWN = 2
+_GRACEFUL_SHUTDOWN = 2.0
+
+
+class _QuietCancelledRequests(logging.Filter):
+    """Drop uvicorn's traceback for a request that stop() cancelled (one sleeping an
+    injected latency, say): ending it was the point, not an error of the application."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+_QUIET = _QuietCancelledRequests()
 
 
 class Sandbox:
@@ -67,6 +80,7 @@ class Sandbox:
                 timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,
             )
             self._server = uvicorn.Server(config)
+            logging.getLogger("uvicorn.error").addFilter(_QUIET)  # once: a logger keeps a set of filters
             self._thread = threading.Thread(
                 target=self._server.run, kwargs={"sockets": [sock]}, name=f"qlam-sandbox-{port}", daemon=True
             )
@@ -78,12 +92,16 @@ class Sandbox:
             raise
         return self
 
-    def stop(self) -> None:
-        """Stop serving and wait for the server thread; safe to call twice."""
+    def stop(self, *, grace: float = _GRACEFUL_SHUTDOWN) -> None:
+        """Stop serving and wait for the server thread; safe to call twice.
+
+        Requests still running get ``grace`` seconds to finish; then they are cancelled.
+        """
         if self._server is not None:
+            self._server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]  # read at shutdown
             self._server.should_exit = True
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=_GRACEFUL_SHUTDOWN + 5)
+            self._thread.join(timeout=grace + 5)
             if self._thread.is_alive() and self._server is not None:
                 self._server.force_exit = True  # stop waiting for stuck connections
                 self._thread.join(timeout=5)
@@ -161,8 +179,40 @@ class Sandbox:
     def client(self) -> SandboxClient:
         return self._config.clients[0]
 
-    def env(self, client: SandboxClient | None = None) -> dict[str, str]:
-        """The environment a qlam-hpc client needs to use this sandbox (first client by default)."""
+    @property
+    def user(self) -> SandboxUser:
+        """The first configured user: who ``approve()`` and ``auto_approve`` log in by default."""
+        return self._config.users[0]
+
+    def env(
+        self, client: SandboxClient | str | None = None, *, flow: Literal["m2m", "device"] = "m2m"
+    ) -> dict[str, str]:
+        """The environment a qlam-hpc client needs to use this sandbox.
+
+        ``flow="m2m"``: an M2M client (the first by default) and its secret, if it has one.
+        ``flow="device"``: a device client id (the first by default), no secret, and
+        ``QLAM_AUTH_FLOW=device``; the user logs in with the device code flow.
+        """
+        if flow == "device":
+            client_id = client.client_id if isinstance(client, SandboxClient) else client
+            if client_id is None and self._config.device_clients:
+                client_id = self._config.device_clients[0]
+            if client_id not in self._config.device_clients:
+                raise ValueError(f"{client_id!r} is not one of the sandbox's device_clients")
+            return {
+                "AUTH_BASE_URL": self.url,
+                "QLAM_CLIENT_ID": client_id,
+                "QLAM_AUDIENCE": self.audience,
+                "QLAM_API_URL": self.url,
+                "QLAM_AUTH_FLOW": "device",
+            }
+        if flow != "m2m":
+            raise ValueError(f"flow must be 'm2m' or 'device', not {flow!r}")
+        if isinstance(client, str):
+            found = self._config.client(client)
+            if found is None:
+                raise ValueError(f"{client!r} is not one of the sandbox's M2M clients")
+            client = found
         client = client or self.client
         env = {
             "AUTH_BASE_URL": self.url,
@@ -184,8 +234,30 @@ class Sandbox:
 
     def stats(self) -> dict[str, Any]:
         """``{"token_requests", "tokens_issued", "token_errors", "scripted_responses", "api_requests",
-        "api_scripted_responses", "tasks_created"}``."""
+        "api_scripted_responses", "tasks_created", "device_authorizations", "device_logins",
+        "refresh_requests", "refreshes", "reuse_detections", "families_revoked", "revocations"}``."""
         return self._state.stats()
+
+    # -- user context ----------------------------------------------------------
+
+    def approve(self, user_code: str, user: str | SandboxUser | None = None) -> None:
+        """Approve a pending device login as ``user`` (e-mail or subject; the first user by default).
+
+        ``LookupError`` when ``user_code`` names no pending login; ``ValueError`` for an unknown user.
+        """
+        self._state.logins.decide(user_code, user, now=time.time())
+
+    def deny(self, user_code: str) -> None:
+        """Deny a pending device login: its next poll is answered ``access_denied``."""
+        self._state.logins.decide(user_code, deny=True, now=time.time())
+
+    def pending_user_codes(self) -> list[str]:
+        """User codes of device logins waiting for a decision, oldest first."""
+        return self._state.logins.pending_user_codes(now=time.time())
+
+    def revoke_logins(self, user: str | SandboxUser | None = None) -> int:
+        """Revoke every login (of ``user``): their refresh tokens get ``invalid_grant``. The number revoked."""
+        return self._state.logins.revoke_families(user)
 
     def set_faults(
         self,
@@ -197,6 +269,10 @@ class Sandbox:
         task_duration: float | None = None,
         api_script: Iterable[Mapping[str, Any]] | None = None,
         revoke_tokens_before: float | None = None,
+        refresh_token_overlap: float | None = None,
+        device_poll_interval: int | None = None,
+        auto_approve: bool | None = None,
+        response_delay: float | None = None,
     ) -> dict[str, Any]:
         """Change faults at run time (``None`` leaves a setting as is; a script replaces the old one).
 
@@ -205,6 +281,11 @@ class Sandbox:
         API, each before processing requests normally.  ``task_duration`` applies to
         tasks created from now on.  ``revoke_tokens_before`` (epoch seconds; 0 turns it
         off) makes the tasks API refuse tokens issued before then.
+
+        User context: ``refresh_token_overlap`` (seconds a used refresh token may still be
+        exchanged), ``device_poll_interval`` (for device codes issued from now on),
+        ``auto_approve``, and ``response_delay`` (seconds ``/oauth/token`` waits between
+        committing a grant and answering).
         Raises ``ValueError`` for invalid values.  Returns the new settings.
         """
         changes: dict[str, Any] = {
@@ -213,6 +294,10 @@ class Sandbox:
             "token_lifetime": token_lifetime,
             "task_duration": task_duration,
             "revoke_tokens_before": revoke_tokens_before,
+            "refresh_token_overlap": refresh_token_overlap,
+            "device_poll_interval": device_poll_interval,
+            "auto_approve": auto_approve,
+            "response_delay": response_delay,
         }
         if script is not None:
             changes["script"] = list(script)
@@ -222,7 +307,8 @@ class Sandbox:
         return self._state.public_faults()
 
     def reset(self) -> None:
-        """Zero the stats and quota usage, clear the scripts, restore the configured faults (tasks stay)."""
+        """Zero the stats and quota usage, clear the scripts, restore the configured faults
+        (tasks, device codes and logins stay: a refresh token handed out before still works)."""
         self._state.reset()
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """All mutable sandbox state in one object: counters, faults and quota usage.
 
 (Tasks themselves live in SQLite, see ``_tasks_store``; only their counters and
-knobs are here.)
+knobs are here.  User logins, device codes and refresh tokens are in ``logins``,
+a ``_users.UserLogins`` with its own lock; ``stats()`` shows its counters too.)
 
 The server's event loop thread and the test's thread (``Sandbox.stats()``,
 ``set_faults()``) both touch it, so every access takes one lock; each method
@@ -20,6 +21,7 @@ from ._config import SandboxConfig
 from ._faults import Faults, ScriptedResponse, parse_fault_changes
 from ._quota import month_of
 from ._tasks_faults import TASK_FAULT_KEYS, TaskFaults, parse_task_fault_changes
+from ._users import UserLogins
 
 __all__ = ["SandboxState"]
 
@@ -35,10 +37,16 @@ class SandboxState:
         self._lock = threading.Lock()
         # Kept across reset(): facts about tokens already out there, not settings.
         self._issued_at: OrderedDict[str, float] = OrderedDict()
+        # Also kept across reset(): device codes and logins (refresh-token families).
+        self.logins = UserLogins(config)
         self.reset()
 
     def reset(self) -> None:
-        """Zero the counters and quota usage; faults back to the configuration's values."""
+        """Zero the counters and quota usage; faults back to the configuration's values.
+
+        Device codes and logins (refresh-token families) stay, as access tokens do:
+        a refresh token handed out before a reset can still be exchanged."""
+        self.logins.reset_counters()
         with self._lock:
             self._token_requests = 0
             self._tokens_issued = 0
@@ -52,6 +60,9 @@ class SandboxState:
                 latency=float(self._config.latency),
                 error_rate=float(self._config.error_rate),
                 token_lifetime=self._config.token_lifetime,
+                refresh_token_overlap=self._config.refresh_token_overlap,
+                device_poll_interval=self._config.device_poll_interval,
+                auto_approve=self._config.auto_approve,
             )
             self._random = random.Random(self._config.seed)
             self._tasks_created = 0
@@ -59,6 +70,7 @@ class SandboxState:
             self._task_faults = TaskFaults(task_duration=self._config.task_duration)
 
     def stats(self) -> dict[str, Any]:
+        logins = self.logins.counters()
         with self._lock:
             return {
                 "token_requests": self._token_requests,
@@ -68,6 +80,7 @@ class SandboxState:
                 "api_requests": self._api_requests,
                 "api_scripted_responses": self._api_scripted,
                 "tasks_created": self._tasks_created,
+                **logins,
             }
 
     def faults(self) -> Faults:
@@ -162,6 +175,11 @@ class SandboxState:
             if rate >= 1.0:
                 return True
             return self._random.random() < rate
+
+    def count_token_issued(self) -> None:
+        """One more access token handed out by a user grant (M2M tokens are counted by ``take_quota``)."""
+        with self._lock:
+            self._tokens_issued += 1
 
     def take_quota(self, client_id: str, limit: int | None, now: float) -> int | None:
         """Count one token against the client's month: the tokens it has had this month,

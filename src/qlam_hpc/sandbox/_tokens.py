@@ -1,4 +1,5 @@
-"""Signing and verifying the sandbox's access tokens (RS256 JWTs, Auth0's M2M claim set)."""
+"""Signing and verifying the sandbox's tokens: RS256 JWTs with Auth0's claim sets, for
+applications (M2M) and for users (access and ID tokens of the device code flow)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 
 import jwt
 
+from ._config import SandboxUser
 from ._keys import ALGORITHM, SigningKey
 
-__all__ = ["InvalidToken", "issue_access_token", "verify_access_token"]
+__all__ = ["InvalidToken", "issue_access_token", "issue_id_token", "issue_user_access_token", "verify_access_token"]
 
 
 class InvalidToken(Exception):
@@ -40,6 +42,53 @@ def issue_access_token(
     }
     if scope:
         claims["scope"] = scope
+    return _sign(key, claims)
+
+
+def issue_user_access_token(
+    key: SigningKey,
+    *,
+    issuer: str,
+    subject: str,
+    client_id: str,
+    audience: str,
+    scope: str,
+    lifetime: int,
+    now: int,
+) -> str:
+    """A signed access token as Auth0 issues to a user's application: with ``openid`` in
+    the scope its ``aud`` also names the tenant's ``/userinfo``, as a list."""
+    aud: str | list[str] = [audience, f"{issuer}userinfo"] if "openid" in scope.split() else audience
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": aud,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+        "azp": client_id,
+    }
+    if scope:
+        claims["scope"] = scope
+    return _sign(key, claims)
+
+
+def issue_id_token(key: SigningKey, *, issuer: str, user: SandboxUser, client_id: str, lifetime: int, now: int) -> str:
+    """An OpenID Connect ID token: who the user is, for the application (``aud`` = its client id)."""
+    claims = {
+        "iss": issuer,
+        "sub": user.subject,
+        "aud": client_id,
+        "iat": now,
+        "exp": now + lifetime,
+        "email": user.email,
+        "name": user.name,
+        "email_verified": True,
+    }
+    return _sign(key, claims)
+
+
+def _sign(key: SigningKey, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
 
 
