@@ -315,6 +315,24 @@ def test_directory_of_another_user_is_refused(store, cache_dir):
 
 
 @as_root
+def test_a_cache_directory_that_is_another_users_link_is_refused_and_its_target_untouched(tmp_path):
+    """QLAM_TOKEN_CACHE_DIR in a shared place where another user planted a link to a directory of
+    yours: refused (they could re-point it), and the target is neither chmod-ed nor written."""
+    target = tmp_path / "yours"
+    target.mkdir()
+    target.chmod(0o755)
+    link = tmp_path / "cache"
+    link.symlink_to(target)
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(UnsafeCache, match=f"is a symbolic link of uid {NOBODY}.*QLAM_TOKEN_CACHE_DIR"):
+        FileStore(link).try_lock(IDENTITY)
+    assert _mode(target) == 0o755 and list(target.iterdir()) == []
+    os.lchown(link, os.geteuid(), os.getegid())  # a link of your own (~/.cache -> /scratch/...): followed
+    FileStore(link).save(ENTRY)
+    assert _mode(target) == 0o700 and FileStore(link).load(IDENTITY) is not None
+
+
+@as_root
 def test_entry_of_another_user_is_refused(store):
     """An entry owned by someone else raises UnsafeCache and is left in place."""
     store.save(ENTRY)

@@ -19,6 +19,15 @@ Why these choices (see docs/hpc.md for the filesystem facts):
   worst case is one fetch per process, never a torn entry.
 * The lock file is never unlinked: a process could be waiting on the old inode
   while another creates a new file and two "holders" would coexist.
+* Where the filesystem refuses locks, the lock is taken on the node instead, in a
+  directory only the user can have made: ``$XDG_RUNTIME_DIR`` (the login manager makes
+  it 0700 and the user's), else ``/dev/shm`` (or ``/tmp``). A fixed name there could be
+  taken first by another user (who would then stop every task, or, with a link, have a
+  directory of the user's chmod-ed and filled), so the name is only a rendezvous: a
+  directory is used only if ``lstat`` shows it is the user's, 0700 and not a link, and
+  when the usual name is taken, the user's processes meet in the first such directory
+  ``qlam-hpc-locks-<uid>-<random>`` (made with ``mkdir 0700``), which no one else can
+  create. Links are never followed there, and a directory is never chmod-ed by name.
 """
 
 from __future__ import annotations
@@ -64,8 +73,10 @@ class FileStore:
     def __init__(self, directory: str | os.PathLike, *, node_local: bool = False) -> None:
         self.directory = os.path.abspath(os.fspath(directory))
         self.location = self.directory
-        # Where to lock when this directory's filesystem refuses locks (None: nowhere else).
-        self._node_locks = None if node_local else FileStore(_node_lock_directory(), node_local=True)
+        self._node_local = node_local
+        # Where to lock when this directory's filesystem refuses locks: found when first
+        # needed (it takes a look at the node's directories), never for a node-local store.
+        self._node_locks: FileStore | None = None
         self._warned_node_locks = False
 
     def entry_path(self, identity: Identity) -> str:
@@ -174,7 +185,7 @@ class FileStore:
                 os.close(fd)
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
                     return None
-                if exc.errno not in _LOCKS_UNSUPPORTED or self._node_locks is None:
+                if exc.errno not in _LOCKS_UNSUPPORTED or self._node_local:
                     raise
                 unsupported = exc
             else:
@@ -182,6 +193,8 @@ class FileStore:
                 return _HeldLock(path, fd, label)
         # Lustre mounted -o noflock, NFS without a lock manager: the entry is still shared
         # (and safe: rename is atomic), but single flight can only be had per node.
+        if self._node_locks is None:
+            self._node_locks = FileStore(_node_lock_directory(), node_local=True)
         if not self._warned_node_locks:
             self._warned_node_locks = True
             log(
@@ -250,36 +263,65 @@ class FileStore:
     # --- the directory ------------------------------------------------------------------
 
     def _checked_directory(self, *, create: bool) -> bool:
-        """True when the directory exists and is safe to use; raises ``UnsafeCache`` if not safe."""
+        """True when the directory exists and is safe to use; raises ``UnsafeCache`` if not safe.
+
+        A link at the directory's own name is followed only if it is the user's or root's
+        (only they can re-point it), and never for the node-local lock directory."""
         try:
-            info = os.stat(self.directory)
+            info = os.lstat(self.directory)
         except FileNotFoundError:
             if not create:
                 return False
             # mkdir applies the mode atomically (narrowed by umask, never widened): no window
             # in which another user could open the directory.
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            info = os.stat(self.directory)
+            info = os.lstat(self.directory)
         except NotADirectoryError:
             raise UnsafeCache(f"token cache {self.directory} is not a directory (a file is in its path)") from None
         except OSError as exc:
             raise UnsafeCache(f"token cache {self.directory} cannot be used ({exc.strerror or exc})") from None
+        setting = "XDG_RUNTIME_DIR" if self._node_local else "QLAM_TOKEN_CACHE_DIR"
+        followed = False
+        if stat.S_ISLNK(info.st_mode):
+            if self._node_local or info.st_uid not in (os.geteuid(), 0):
+                raise UnsafeCache(
+                    f"token cache directory {self.directory} is a symbolic link of uid {info.st_uid}; refusing "
+                    f"to follow it. Set {setting} to a directory of your own"
+                )
+            try:
+                info = os.stat(self.directory)
+            except OSError as exc:
+                raise UnsafeCache(f"token cache {self.directory} cannot be used ({exc.strerror or exc})") from None
+            followed = True
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafeCache(f"token cache {self.directory} is not a directory")
         if info.st_uid != os.geteuid():
             raise UnsafeCache(
                 f"token cache directory {self.directory} belongs to uid {info.st_uid}, not to you "
-                f"(uid {os.geteuid()}); refusing it. Set QLAM_TOKEN_CACHE_DIR to a directory of your own"
+                f"(uid {os.geteuid()}); refusing it. Set {setting} to a directory of your own"
             )
         if info.st_mode & 0o077:
-            try:
-                os.chmod(self.directory, 0o700)
-            except OSError:
-                raise UnsafeCache(
-                    f"token cache directory {self.directory} is open to other users and cannot be made 0700"
-                ) from None
-            log("warning", f"token cache directory {self.directory} was open to other users; made it 0700")
+            self._tighten(info, follow=followed)
         return True
+
+    def _tighten(self, checked: os.stat_result, *, follow: bool) -> None:
+        """chmod 0700 the directory that was checked, through a descriptor: never through a
+        link swapped in since, never another directory than the one found to be ours."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        try:
+            fd = os.open(self.directory, flags)
+            try:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino, now.st_uid) != (checked.st_dev, checked.st_ino, os.geteuid()):
+                    raise UnsafeCache(f"token cache directory {self.directory} changed while it was checked; refusing it")
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
+        except OSError:
+            raise UnsafeCache(
+                f"token cache directory {self.directory} is open to other users and cannot be made 0700"
+            ) from None
+        log("warning", f"token cache directory {self.directory} was open to other users; made it 0700")
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary files of writers killed between create and rename."""
@@ -296,10 +338,66 @@ class FileStore:
 _LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
 
-def _node_lock_directory() -> str:
-    """A per-user directory on this node's own memory or disk, for locks only."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
-    return os.path.join(base, f"qlam-hpc-locks-{os.geteuid()}")
+_NODE_LOCK_BASES = ("/dev/shm", "/tmp")
+
+
+def _node_lock_directory(env=None, bases: tuple[str, ...] = _NODE_LOCK_BASES) -> str:
+    """A directory on this node that only this user can have made, for locks only (see the
+    module's docstring). Every process of the user on the node finds the same one."""
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR") or ""
+    if os.path.isabs(runtime) and _private_directory(runtime):
+        path = os.path.join(runtime, "qlam-hpc-locks")
+        _make_directory(path)
+        if _private_directory(path):
+            return path
+    prefix = f"qlam-hpc-locks-{os.geteuid()}"
+    for base in bases:
+        found = _first_private_directory(base, prefix)
+        if found:
+            return found
+        # The usual name, or (when someone else has it) a name no one can guess or take first.
+        if not _make_directory(os.path.join(base, prefix)):
+            _make_directory(os.path.join(base, f"{prefix}-{os.urandom(8).hex()}"))
+        # Read again rather than trust our own mkdir: processes that raced here all pick
+        # the same (first) directory.
+        found = _first_private_directory(base, prefix)
+        if found:
+            return found
+    raise UnsafeCache(
+        f"the cache's filesystem refuses locks, and this node has no private directory for them "
+        f"(none of {', '.join(bases)} would do): set XDG_RUNTIME_DIR to a directory of yours on this node "
+        "(mode 0700), or QLAM_TOKEN_CACHE_DIR to a filesystem with working locks"
+    )
+
+
+def _private_directory(path: str) -> bool:
+    """A directory (not a link to one) owned by this user and closed to everyone else."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
+
+
+def _first_private_directory(base: str, prefix: str) -> str | None:
+    try:
+        names = sorted(n for n in os.listdir(base) if n == prefix or n.startswith(prefix + "-"))
+    except OSError:
+        return None
+    for name in names:  # the usual name sorts first
+        if _private_directory(os.path.join(base, name)):
+            return os.path.join(base, name)
+    return None
+
+
+def _make_directory(path: str) -> bool:
+    """mkdir 0700; False if the name is taken (by anyone) or cannot be made."""
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        return False
+    return True
 
 
 class _HeldLock:
