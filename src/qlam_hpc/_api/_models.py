@@ -5,6 +5,11 @@ and a client that drops what it does not understand loses data on the way
 through (``tasks get --json`` must print what the server said). For the same
 reason a status this client has never heard of stays a plain string instead of
 failing validation.
+
+The referee is the real service's OpenAPI document, as QuEra's SDK (``qlam-core``)
+ships it in generated models: what it makes optional in an answer is optional
+here too, and what we send carries every field it requires
+(``tests/test_api_models_conformance.py`` checks both against the SDK's models).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, List, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 T = TypeVar("T")
 
@@ -66,9 +71,11 @@ class Group(_Model):
 
 class Task(_Model):
     """One task as the API describes it. ``task_status`` is a ``TaskStatus``, or the raw
-    string for a status newer than this client."""
+    string for a status newer than this client. The real schema requires only
+    ``task_status``, ``created_by``, ``created_date``, ``group`` and ``error_reasons``;
+    every task it returns has an ``id``, but an answer without one is still read."""
 
-    id: str
+    id: Optional[str] = None
     task_status: Union[TaskStatus, str] = Field(union_mode="left_to_right")
     definition_id: Optional[str] = None
     compilation_id: Optional[str] = None
@@ -109,9 +116,11 @@ class Program(_Model):
 
 
 class SubtaskDefinition(_Model):
+    """``arguments`` are numbers, as in the real schema (an int stays an int on the wire)."""
+
     program_index: int = 0
     num_shots: int
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Union[StrictInt, StrictFloat]] = Field(default_factory=dict)
     subtask_metadata: Optional[Metadata] = None
 
 
