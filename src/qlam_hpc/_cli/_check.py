@@ -1,5 +1,7 @@
 """``qlam-hpc auth check``: one token request, to prove the configured credentials work.
 
+In user context it is one refresh of the login instead: it costs no M2M quota.
+
 Every token request counts against the client's monthly quota, so the command asks
 before it makes one (``--yes`` answers for a script); without a terminal to ask on,
 it refuses rather than spend quota unasked. The token it gets goes to the shared
@@ -24,6 +26,17 @@ def auth_check(settings: Settings, yes: bool) -> None:
     from ._output import utc
 
     where = settings.discovery_url if settings.discovers_endpoint else settings.token_url
+    if settings.user_context:  # a refresh: no M2M quota to protect, nothing to ask
+        provider = TokenProvider(settings)
+        result = provider.check()
+        login = provider.current_login()
+        who = login.who if login is not None else "the user"
+        click.echo(
+            f"ok: the identity provider refreshed the login of {who}; token valid until "
+            f"{utc(result.token.expires_at)} ({format_duration(result.token.remaining(time.time()))}), "
+            "now in the shared cache"
+        )
+        return
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(

@@ -105,7 +105,8 @@ def render_status(report: dict) -> str:
         lines.append(f"failure     {failure['error']}")
         lines.append(f"            recorded {failure['at']} by {failure['by'] or 'unknown'}, repeated until {failure['until']}")
     requests = report["requests"]
-    noun = "token request" if requests["count"] == 1 else "token requests"
+    noun = "request" if requests["count"] == 1 else "requests"
+    noun = f"{'login/refresh' if report['flow'] == 'device' else 'token'} {noun}"
     usage = f"{requests['count']} {noun} in {requests['month']}"
     if requests["budget"]:
         usage += f" of a budget of {requests['budget']} ({requests['percent_of_budget']}%)"
