@@ -224,11 +224,16 @@ class FileSecret(SecretSource):
         trusted = (os.geteuid(), 0)
         path = os.path.abspath(self.path)
         real = os.path.realpath(path)
-        for name, follow in [*((p, False) for p in _ancestors(path, True)), *((p, True) for p in _ancestors(real, False))]:
+        # The path as written (links show as links) and as resolved (the real directories).
+        written = [(name, os.lstat) for name in _ancestors(path, True)]
+        resolved = [(name, os.stat) for name in _ancestors(real, False)]
+        for name, look in written + resolved:
             try:
-                info = os.stat(name) if follow else os.lstat(name)
+                info = look(name)
             except OSError as exc:
-                raise ConfigurationError(f"{self.origin}: cannot check {name}, on the way to {self.path} ({exc.strerror})") from None
+                raise ConfigurationError(
+                    f"{self.origin}: cannot check {name}, on the way to {self.path} ({exc.strerror})"
+                ) from None
             if stat.S_ISLNK(info.st_mode):
                 if info.st_uid not in trusted:  # its directory is checked too: only its owner can re-point it
                     raise ConfigurationError(
