@@ -6,9 +6,10 @@ the download and the JSON pages of results come from one builder).
 
 The referee is the real service's OpenAPI document, as QuEra's SDK (``qlam-core``)
 ships it in generated models: which fields are required and which optional, and
-their types, are the same here (``tests/sandbox/test_tasks_conformance.py`` checks
-both directions).  Where the public document says nothing (the results, the
-limits on shots and page sizes) the sandbox decides, and docs/sandbox.md says so.
+their types, are the same here (the test suite validates every answer against
+the SDK's models and runs the SDK's own client against the sandbox).  Where the
+public document says nothing (the results, the limits on shots and page sizes)
+the sandbox decides, and docs/sandbox.md says so.
 """
 
 from __future__ import annotations
