@@ -172,3 +172,17 @@ def test_command_keeps_tasks_in_state_dir(tmp_path: Path) -> None:
     finally:
         stop(process)
     assert os.path.exists(state_dir / "signing-key.pem")
+
+
+def test_tasks_stored_without_a_group_are_in_the_default_group(http: httpx.Client, tmp_path: Path) -> None:
+    """A task a sandbox stored before every task had a group shows, and filters as, its owner's default group."""
+    state_dir = tmp_path / "state"
+    with Sandbox(_config(state_dir, task_duration=0)) as sandbox:
+        api = TasksApi(http, sandbox, fetch_token(http, sandbox))
+        old, new = api.create()["id"], api.create()
+        with sqlite3.connect(state_dir / "tasks.sqlite3") as db:
+            db.execute("UPDATE tasks SET group_id = NULL WHERE id = ?", (old,))
+        assert api.get(old)["group"] == new["group"]
+        in_default = api.list(group_id=new["group"]["id"])
+        assert {t["id"] for t in in_default["elements"]} == {old, new["id"]}
+        assert api.list(group_id=str(uuid.uuid4()))["total"] == 0
