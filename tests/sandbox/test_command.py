@@ -1,13 +1,16 @@
-"""``qlam-hpc sandbox``: the foreground command, its export lines, env file and signals."""
+"""``qlam-hpc sandbox``: the foreground command, its export lines, env file, flows and signals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +20,7 @@ from click.testing import CliRunner
 from qlam_hpc.sandbox._command import sandbox_command
 
 ENV_NAMES = {"AUTH_BASE_URL", "QLAM_CLIENT_ID", "QLAM_CLIENT_SECRET", "QLAM_AUDIENCE", "QLAM_API_URL"}
+DEVICE_ENV_NAMES = {"AUTH_BASE_URL", "QLAM_CLIENT_ID", "QLAM_AUDIENCE", "QLAM_API_URL", "QLAM_AUTH_FLOW"}
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.com"])
@@ -63,46 +67,152 @@ def _parse_exports(text: str) -> dict[str, str]:
     return env
 
 
-def test_command_prints_exports_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    """The command writes a 0600 env file, prints the same exports, serves tokens, and exits 0 on SIGTERM."""
-    env_file = tmp_path / "sandbox.env"
-    code = "from qlam_hpc.sandbox._command import sandbox_command; sandbox_command()"
+CODE = "from qlam_hpc.sandbox._command import sandbox_command; sandbox_command()"
+
+
+@contextlib.contextmanager
+def _running(*args: str) -> Iterator[subprocess.Popen]:
+    """``qlam-hpc sandbox`` in a child process; killed at the end if it is still running."""
     process = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", "0", "--env-file", str(env_file), "--client-id", "job-array"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", CODE, "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 20
-        while not env_file.exists():
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the sandbox did not write its env file"
-            time.sleep(0.05)
-        assert env_file.stat().st_mode & 0o777 == 0o600
-        env = _parse_exports(env_file.read_text())
-        assert set(env) == ENV_NAMES
-        assert env["QLAM_CLIENT_ID"] == "job-array"
-        response = httpx.post(
-            env["AUTH_BASE_URL"] + "/oauth/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": env["QLAM_CLIENT_ID"],
-                "client_secret": env["QLAM_CLIENT_SECRET"],
-                "audience": env["QLAM_AUDIENCE"],
-            },
-        )
-        assert response.status_code == 200
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=15)
+        yield process
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def _wait_for(env_file: Path, process: subprocess.Popen) -> dict[str, str]:
+    deadline = time.monotonic() + 20
+    while not env_file.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the sandbox did not write its env file"
+        time.sleep(0.02)
+    return _parse_exports(env_file.read_text())
+
+
+def _fetch(env: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        env["AUTH_BASE_URL"] + "/oauth/token",
+        timeout=60,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": env["QLAM_CLIENT_ID"],
+            "client_secret": env["QLAM_CLIENT_SECRET"],
+            "audience": env["QLAM_AUDIENCE"],
+        },
+    )
+
+
+def _fetch_ignoring_errors(env: dict[str, str]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        _fetch(env)
+
+
+def test_command_prints_exports_serves_and_exits_0_on_sigterm() -> None:
+    """Without --env-file the exports go to stdout; the sandbox serves them tokens and exits 0 on SIGTERM."""
+    with _running("--client-id", "job-array") as process:
+        assert process.stdout is not None
+        env = _parse_exports("".join(process.stdout.readline() for _ in ENV_NAMES))
+        assert set(env) == ENV_NAMES
+        assert env["QLAM_CLIENT_ID"] == "job-array"
+        assert _fetch(env).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
-    assert _parse_exports(stdout) == env
     assert env["QLAM_CLIENT_SECRET"] not in stderr
-    assert "qlam-hpc sandbox serving" in stderr
+    assert f"qlam-hpc sandbox serving {env['AUTH_BASE_URL']}" in stderr
+
+
+def test_env_file_gets_the_exports_and_stdout_stays_empty(tmp_path: Path) -> None:
+    """With --env-file the exports (with the secret) go to the 0600 file only; stderr says where, in one line."""
+    env_file = tmp_path / "sandbox.env"
+    with _running("--env-file", str(env_file)) as process:
+        env = _wait_for(env_file, process)
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        assert set(env) == ENV_NAMES
+        assert _fetch(env).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    assert stdout == ""
+    assert env["QLAM_CLIENT_SECRET"] not in stderr
+    (line,) = stderr.splitlines()
+    assert env["AUTH_BASE_URL"] in line and str(env_file) in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_env_file_is_removed_when_the_sandbox_exits(tmp_path: Path, sig: signal.Signals) -> None:
+    """The env file goes away with the sandbox, so a later run cannot source a dead port."""
+    env_file = tmp_path / "sandbox.env"
+    with _running("--env-file", str(env_file)) as process:
+        _wait_for(env_file, process)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    assert not env_file.exists()
+
+
+def test_env_file_replaced_by_someone_else_is_left_alone(tmp_path: Path) -> None:
+    """On exit the sandbox removes only the file it wrote, not one another run put there since."""
+    env_file = tmp_path / "sandbox.env"
+    with _running("--env-file", str(env_file)) as process:
+        _wait_for(env_file, process)
+        (tmp_path / "other.env").write_text("export AUTH_BASE_URL=http://127.0.0.1:1\n")
+        os.replace(tmp_path / "other.env", env_file)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    assert env_file.read_text() == "export AUTH_BASE_URL=http://127.0.0.1:1\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_sandbox_within_a_second_even_mid_request(tmp_path: Path, sig: signal.Signals) -> None:
+    """A token request sleeping an injected latency does not hold up the exit, nor print a traceback."""
+    env_file = tmp_path / "sandbox.env"
+    with _running("--env-file", str(env_file), "--latency", "30") as process:
+        env = _wait_for(env_file, process)
+        threading.Thread(target=_fetch_ignoring_errors, args=(env,), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while httpx.get(env["AUTH_BASE_URL"] + "/_sandbox/stats").json()["token_requests"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.monotonic()
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=15)
+        took = time.monotonic() - started
+    assert process.returncode == 0, stderr
+    assert took < 1.0, f"took {took:.2f}s to exit"
+    assert "Traceback" not in stderr
+
+
+def test_device_flow_exports_a_public_client_and_auto_approves() -> None:
+    """--flow device exports the device client and QLAM_AUTH_FLOW, no secret; --auto-approve logs in at once."""
+    with _running("--flow", "device", "--auto-approve", "--refresh-token-overlap", "2") as process:
+        assert process.stdout is not None
+        names = DEVICE_ENV_NAMES
+        env = _parse_exports("".join(process.stdout.readline() for _ in names))
+        assert set(env) == names
+        assert (env["QLAM_CLIENT_ID"], env["QLAM_AUTH_FLOW"]) == ("qlam-sandbox-device", "device")
+        base, client = env["AUTH_BASE_URL"], {"client_id": env["QLAM_CLIENT_ID"]}
+        start = httpx.post(
+            base + "/oauth/device/code", data={**client, "audience": env["QLAM_AUDIENCE"], "scope": "offline_access"}
+        ).json()
+        grant = {**client, "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": start["device_code"]}
+        tokens = httpx.post(base + "/oauth/token", data=grant)
+        assert tokens.status_code == 200 and "refresh_token" in tokens.json()
+        assert httpx.get(base + "/_sandbox/faults").json()["refresh_token_overlap"] == 2.0
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    assert process.returncode == 0
+
+
+def test_refresh_token_lifetime_takes_a_duration() -> None:
+    """--refresh-token-lifetime takes 15m, 2h, 1d like --token-lifetime, and refuses nonsense."""
+    result = CliRunner().invoke(sandbox_command, ["--refresh-token-lifetime", "soon"])
+    assert result.exit_code == 2
+    assert "--refresh-token-lifetime" in result.output
 
 
 def test_env_file_is_private_even_if_it_existed(tmp_path: Path) -> None:

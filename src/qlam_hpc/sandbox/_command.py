@@ -56,19 +56,26 @@ class _ConfigProblem(click.ClickException):
     exit_code = ConfigurationError.exit_code
 
 
+# How long requests still running at Ctrl-C or SIGTERM (one sleeping an injected
+# latency, a client's long poll) get before they are cancelled: a person or a
+# job script waiting for the sandbox to go away should not wait for them.
+_STOP_GRACE = 0.2
+
+
 @click.command(
     "sandbox",
     epilog="""\b
 Example:
-  rm -f sandbox.env
   qlam-hpc sandbox --env-file sandbox.env &
   until [ -s sandbox.env ]; do sleep 0.1; done
   source sandbox.env
   qlam-hpc token   # now talks to the sandbox
 
 The emulated QLAM tasks API is at $QLAM_API_URL/v2/<qpu-mode>/tasks.
+With --flow device, log in with the device code flow: approve at
+$AUTH_BASE_URL/activate, or use --auto-approve.
 Control endpoints for tests: GET /_sandbox/stats, POST /_sandbox/faults,
-POST /_sandbox/reset. See docs/sandbox.md.""",
+POST /_sandbox/reset, POST /_sandbox/device/approve. See docs/sandbox.md.""",
 )
 @click.option(
     "--host",
@@ -155,9 +162,38 @@ POST /_sandbox/reset. See docs/sandbox.md.""",
     help="qpu_mode the tasks API serves, <language>-<constraint>; repeat for several. [default: squin-256q]",
 )
 @click.option(
+    "--flow",
+    type=click.Choice(["m2m", "device"]),
+    default="m2m",
+    show_default=True,
+    help="Which client the exports are for: the M2M client and its secret, or the public device client "
+    "(QLAM_AUTH_FLOW=device, no secret) whose user logs in with the device code flow.",
+)
+@click.option(
+    "--auto-approve",
+    is_flag=True,
+    help="Approve every device login as the first user at its first poll: for scripts and demos without a browser.",
+)
+@click.option(
+    "--refresh-token-overlap",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds a used refresh token may still be exchanged (Auth0's rotation overlap period); "
+    "after that, using it again revokes the whole login.",
+)
+@click.option(
+    "--refresh-token-lifetime",
+    type=_DurationType(),
+    default=15 * 86400,
+    show_default=True,
+    help="Absolute lifetime of a device login's refresh tokens (rotation does not extend it): seconds, or 12h, 15d.",
+)
+@click.option(
     "--env-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the export lines to this file (mode 0600) once the server is up; 'source' it.",
+    help="Write the export lines to this file (mode 0600) once the server is up, instead of to stdout; "
+    "'source' it. It is removed when the sandbox exits.",
 )
 def sandbox_command(
     host: str,
@@ -175,14 +211,21 @@ def sandbox_command(
     state_dir: Path | None,
     task_duration: float,
     qpu_modes: tuple[str, ...],
+    flow: str,
+    auto_approve: bool,
+    refresh_token_overlap: float,
+    refresh_token_lifetime: int,
     env_file: Path | None,
 ) -> None:
     """Run a local Auth0-compatible identity provider and QLAM tasks API for testing, offline.
 
-    It issues real RS256 access tokens for the client_credentials grant, and
-    serves an emulated QLAM tasks API that accepts them, on loopback only. On start it prints the `export VAR=value` lines a qlam-hpc
-    client needs (AUTH_BASE_URL, QLAM_CLIENT_ID, QLAM_CLIENT_SECRET,
-    QLAM_AUDIENCE, QLAM_API_URL), then serves until Ctrl-C or SIGTERM.
+    It issues real RS256 access tokens for the client_credentials grant and for
+    users who log in with the device code flow (with rotating refresh tokens),
+    and serves an emulated QLAM tasks API that accepts them, on loopback only.
+    On start it prints the `export VAR=value` lines a qlam-hpc client needs
+    (AUTH_BASE_URL, QLAM_CLIENT_ID, QLAM_CLIENT_SECRET, QLAM_AUDIENCE,
+    QLAM_API_URL; with --flow device QLAM_AUTH_FLOW and no secret), or writes
+    them to --env-file, then serves until Ctrl-C or SIGTERM.
     """
     if clients_file and client_public_keys:
         raise click.UsageError("--client-public-key is for the single client: put keys in the --clients-file instead")
@@ -199,6 +242,9 @@ def sandbox_command(
         signing_key_file=signing_key_file,
         state_dir=state_dir,
         task_duration=task_duration,
+        auto_approve=auto_approve,
+        refresh_token_overlap=refresh_token_overlap,
+        refresh_token_lifetime=refresh_token_lifetime,
     )
     if qpu_modes:
         settings["qpu_modes"] = qpu_modes
@@ -218,12 +264,15 @@ def sandbox_command(
         raise click.ClickException(
             f"the sandbox needs the 'sandbox' extra ({exc.name} is missing): pip install 'qlam-hpc[sandbox]'"
         ) from None
-    _serve(Sandbox(config), env_file)
+    if flow == "device" and not config.device_clients:
+        raise _ConfigProblem(f"--flow device needs a device client: add \"device_clients\" to {clients_file}")
+    _serve(Sandbox(config), env_file, flow)
 
 
-def _serve(sandbox, env_file: Path | None) -> None:  # type: ignore[no-untyped-def]
+def _serve(sandbox, env_file: Path | None, flow: str) -> None:  # type: ignore[no-untyped-def]
     stop = threading.Event()
     previous = _on_signals({sig: (lambda signum, frame: stop.set()) for sig in _SIGNALS})
+    written: os.stat_result | None = None
     try:
         try:
             sandbox.start()
@@ -232,21 +281,29 @@ def _serve(sandbox, env_file: Path | None) -> None:  # type: ignore[no-untyped-d
         except OSError as exc:  # e.g. the --port is taken
             raise click.ClickException(f"cannot start the sandbox: {exc}") from None
         # A client with public keys only has no secret to export (it signs with its private key).
-        lines = [f"export {name}={shlex.quote(value)}" for name, value in sandbox.env().items() if value is not None]
-        if env_file is not None:
+        env = sandbox.env(flow=flow)
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items() if value is not None]
+        if env_file is None:
+            click.echo("\n".join(lines))
+            sys.stdout.flush()
+            click.echo(f"qlam-hpc sandbox serving {sandbox.url} (Ctrl-C to stop)", err=True)
+        else:
+            # Only the file gets the lines: stdout may be a log file or a terminal
+            # others can read, and the lines can carry the client secret.
             try:
-                _write_private(env_file, lines)
+                written = _write_private(env_file, lines)
             except OSError as exc:
                 raise click.ClickException(f"cannot write {env_file}: {exc.strerror}") from None
-        click.echo("\n".join(lines))
-        sys.stdout.flush()
-        click.echo(f"qlam-hpc sandbox serving {sandbox.url} (Ctrl-C to stop)", err=True)
-        # Short waits so signal handlers run promptly and a dead server thread is noticed.
+            click.echo(f"qlam-hpc sandbox serving {sandbox.url}, environment in {env_file} (Ctrl-C to stop)", err=True)
+        # Short waits so a dead server thread is noticed; a signal ends the wait at once.
         while not stop.wait(0.2):
             if not sandbox.running:
                 raise click.ClickException("the sandbox server stopped unexpectedly")
     finally:
-        sandbox.stop()
+        if written is not None:
+            # A stale file would send the next run's `until [ -s ... ]; source ...` to a dead port.
+            _remove_if_ours(env_file, written)  # type: ignore[arg-type]
+        sandbox.stop(grace=_STOP_GRACE)
         _on_signals(previous)
 
 
@@ -264,13 +321,26 @@ def _on_signals(handlers: dict) -> dict:  # type: ignore[type-arg]
     return previous
 
 
-def _write_private(path: Path, lines: list[str]) -> None:
-    """Write the file readable by its owner only, atomically: a reader polling for it never sees half."""
+def _write_private(path: Path, lines: list[str]) -> os.stat_result:
+    """Write the file readable by its owner only, atomically: a reader polling for it never sees half.
+    Returns what it wrote, to tell it from a file someone else puts there later."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates it 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
+            written = os.fstat(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return written
+
+
+def _remove_if_ours(path: Path, written: os.stat_result) -> None:
+    """Remove the env file unless another run has replaced it since (then it is that run's)."""
+    try:
+        current = os.stat(path)
+        if (current.st_dev, current.st_ino) == (written.st_dev, written.st_ino):
+            path.unlink()
+    except OSError:
+        pass  # gone already, or not ours to remove
