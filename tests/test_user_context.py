@@ -394,3 +394,14 @@ def test_a_login_store_in_another_users_directory_is_refused(env, sandbox, tmp_p
 def test_no_login_is_a_one_line_error(env, sandbox):
     with pytest.raises(LoginRequired, match="not logged in"):
         _provider(env).get_token()
+
+
+def test_doctor_shows_the_flow_and_the_login(env, sandbox):
+    """doctor names the flow; without a login it fails with exit 16, with one it says who and until when."""
+    before = run_cli("doctor", env=env)
+    assert before.code == 16
+    assert "flow                user context (device login)" in before.out
+    assert "FAIL  login" in before.out and "run qlam-hpc auth login" in before.out
+    assert run_cli("auth", "login", env=env).code == 0
+    after = run_cli("doctor", env=env)
+    assert after.code == 0 and "ok    login               ada@example.org, until" in after.out

@@ -76,7 +76,7 @@ def diagnose(environ: Mapping[str, str], overrides: dict, *, transport=None) -> 
         checks.append(Check("FAIL", "settings", str(error), error.exit_code))
     checks.extend(_origins(origins, settings))
     if settings is not None:
-        checks.extend(_credentials(settings))
+        checks.extend(_login(settings) if settings.user_context else _credentials(settings))
         idp = _identity_provider(settings, transport)
         checks.extend(idp)
     else:
@@ -97,6 +97,7 @@ def diagnose(environ: Mapping[str, str], overrides: dict, *, transport=None) -> 
 # --- where each setting came from -----------------------------------------------------------
 
 _SHOWN = (
+    ("auth_flow", "flow"),
     ("context", "context"),
     ("client_id", "client id"),
     ("auth_base_url", "auth base URL"),
@@ -104,13 +105,21 @@ _SHOWN = (
     ("discovery_url", "discovery"),
     ("audience", "audience"),
     ("scope", "scope"),
+    ("device_authorization_url", "device login"),
+    ("revocation_url", "revocation"),
     ("cache_dir", "cache location"),
+    ("refresh_token_dir", "login location"),
 )
 
 
 def _origins(origins: dict[str, str], settings) -> list[Check]:  # type: ignore[no-untyped-def]
     lines = [Check("ok", label, _from(origins[name])) for name, label in _SHOWN if name in origins]
-    if settings is not None:
+    if lines and lines[0].name == "flow" and settings is not None:
+        kind = "user context (device login)" if settings.user_context else "M2M (client credentials)"
+        lines[0] = lines[0]._replace(detail=f"{kind}, {lines[0].detail}")
+    if settings is not None and settings.user_context:
+        lines.append(Check("ok", "client auth", "none: a public client, the user's login is the credential"))
+    elif settings is not None:
         method = settings.client_auth
         detail = f"{method}, from QLAM_CLIENT_AUTH_METHOD" if method else _default_method(settings)
         lines.append(Check("ok", "client auth", detail))
@@ -171,6 +180,33 @@ def _credentials(settings) -> list[Check]:  # type: ignore[no-untyped-def]
     else:
         checks.append(Check("ok", label, detail))
     return checks
+
+
+def _login(settings) -> list[Check]:  # type: ignore[no-untyped-def]
+    """User context: is someone logged in, and for how long still? (Read from the store; no request.)"""
+    from .._durations import format_duration
+    from .._errors import LoginRequired
+    from .._login import LOGIN_WARNING
+    from .._provider import TokenProvider
+
+    try:
+        provider = TokenProvider(settings)
+        login = provider.current_login()
+    except QlamError as error:
+        return [Check("FAIL", "login", str(error), error.exit_code)]
+    if login is None:
+        message = f"none in {provider.login_store.location}: run qlam-hpc auth login"
+        if settings.refresh_token_dir is None:
+            return [Check("FAIL", "login", message, LoginRequired.exit_code)]
+        # Jobs on compute nodes read access tokens only: the login lives on the refreshing node.
+        return [Check("warn", "login", f"{message} (on the node that keeps it fresh, if not this one)")]
+    left = login.expires_at - time.time()
+    detail = f"{login.who}, until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(login.expires_at))}"
+    if left <= 0:
+        return [Check("FAIL", "login", f"{detail}: ended; run qlam-hpc auth login", LoginRequired.exit_code)]
+    if left < LOGIN_WARNING:
+        return [Check("warn", "login", f"{detail}: ends in {format_duration(left)}; run qlam-hpc auth login")]
+    return [Check("ok", "login", f"{detail} ({format_duration(left)} left; not verified: qlam-hpc auth check does)")]
 
 
 # --- the identity provider, the clock, the API ----------------------------------------------
