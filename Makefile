@@ -1,12 +1,13 @@
 # Everything a fresh machine needs is installed by these targets.
 #   make demo   - the main job: a 32-task job array against the embedded sandbox
+#   make demo-user - the same array in user context: one device login, one refresh
 #   make test   - the whole test suite (with Redis and a local Slurm cluster)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo demo-user test bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qlam-hpc demo
+
+demo-user: $(STAMP)
+	$(BIN)/qlam-hpc demo --user-context
 
 # The integration tests need Redis and a local Slurm: installed from Debian's packages
 # and started here when missing, stopped afterwards whatever the outcome.

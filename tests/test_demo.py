@@ -34,3 +34,16 @@ def test_every_array_task_submits_waits_and_saves_its_results(tmp_path):
         data = json.loads((results / name).read_text())
         (subtask,) = data["subtasks"]
         assert subtask["arguments"] == {"array_task": index} and len(subtask["shots"]) == 100
+
+
+def test_the_user_context_demo_logs_in_once_and_the_array_refreshes_once(tmp_path):
+    """--user-context: one device login, an expired access token, N tasks: 1 refresh, 0 reuse detections."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
+    result = run_cli("demo", "-n", "6", "--user-context", "--task-duration", "0.2", "--latency", "0.05", env=env, timeout=120)
+    assert result.code == 0, result.out + result.err
+    assert "/activate?user_code=" in result.out
+    assert _row(result.out, "succeeded") == "6/6"
+    assert _row(result.out, "logins (device flow)") == "1"
+    assert _row(result.out, "refresh requests seen by the IdP") == "1"
+    assert _row(result.out, "reuse detections") == "0"
+    assert _row(result.out, "tasks attributed to") == "ada@example.org"

@@ -32,6 +32,9 @@ def main() -> int:
     try:
         provider = TokenProvider.from_env()
         result["source"] = provider.get().source
+        principal = provider.principal()
+        if principal:
+            result["principal"] = principal.get("email") or principal.get("subject")
         with QlamClient(provider=provider) as client:
             # The key makes a resubmitted array task find its earlier task instead of making another.
             task = client.create_task(definition(array_task), idempotency_key=f"demo-{array_job}-{array_task}")
