@@ -234,25 +234,31 @@ class UserLogins:
     def rotate(self, refresh_token: str, client_id: str, *, scope: str = "", now: float, overlap: float) -> Grant:
         """The refresh_token grant with rotation: the token is used up and a new one of its
         family handed out; a used token outside the overlap period revokes the family.
-        ``scope`` narrows the new access token to a subset of the login's scope."""
+        ``scope`` narrows the new access token to a subset of the login's scope.
+
+        Every reuse counts in ``reuse_detections``, also once the family is revoked:
+        50 jobs refreshing with one token make 49 detections and one revocation.
+        """
         with self._lock:
             token = self._refresh_tokens.get(_digest(refresh_token))
-            if token is None or token.family.client_id != client_id or not self._is_live(token.family, now):
+            if token is None or token.family.client_id != client_id or self._has_expired(token.family, now):
                 raise Refusal(403, "invalid_grant", INVALID_REFRESH_TOKEN)
-            granted = token.family.scope.split()
-            excess = [s for s in scope.split() if s not in granted]
+            family = token.family
+            if token.used_at is not None and not (overlap > 0 and now - token.used_at <= overlap):
+                # Reuse: someone holds a token that was already exchanged. Auth0 takes
+                # it as a breach and ends the whole login.
+                self._counts["reuse_detections"] += 1
+                if not family.revoked:
+                    family.revoked = True
+                    self._counts["families_revoked"] += 1
+                raise Refusal(403, "invalid_grant", INVALID_REFRESH_TOKEN)
+            if family.revoked:
+                raise Refusal(403, "invalid_grant", INVALID_REFRESH_TOKEN)
+            excess = [s for s in scope.split() if s not in family.scope.split()]
             if excess:  # checked before the token is used up: a bad request costs nothing
                 raise Refusal(400, "invalid_scope", f"Scope exceeds what the login was granted: {' '.join(excess)}")
             if token.used_at is None:
                 token.used_at = now
-            elif not (overlap > 0 and now - token.used_at <= overlap):
-                # Reuse: someone holds a token that was already exchanged. Auth0 takes it
-                # as a breach and ends the whole login.
-                token.family.revoked = True
-                self._counts["reuse_detections"] += 1
-                self._counts["families_revoked"] += 1
-                raise Refusal(403, "invalid_grant", INVALID_REFRESH_TOKEN)
-            family = token.family
             self._counts["refreshes"] += 1
             return Grant(family.user, client_id, family.audience, scope or family.scope, self._new_refresh_token(family))
 
@@ -288,8 +294,8 @@ class UserLogins:
         self._refresh_tokens[_digest(token)] = _RefreshToken(family)
         return token
 
-    def _is_live(self, family: Family, now: float) -> bool:
-        return not family.revoked and now - family.created_at < self._config.refresh_token_lifetime
+    def _has_expired(self, family: Family, now: float) -> bool:
+        return now - family.created_at >= self._config.refresh_token_lifetime
 
     @staticmethod
     def _is_pending(login: _DeviceLogin, now: float) -> bool:
