@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from qlam_hpc.sandbox import Sandbox
 
-from .conftest import ALICE, API, OTHER_API, fetch_token, jwks_key
+from .conftest import ALICE, API, GRACE, OTHER_API, fetch_token, jwks_key, login
 
 
 def test_discovery_document(idp: Sandbox, http: httpx.Client) -> None:
@@ -21,7 +21,14 @@ def test_discovery_document(idp: Sandbox, http: httpx.Client) -> None:
     assert doc["token_endpoint"] == idp.token_url
     assert doc["jwks_uri"] == idp.url + "/.well-known/jwks.json"
     assert doc["userinfo_endpoint"] == idp.url + "/userinfo"
-    assert doc["grant_types_supported"] == ["client_credentials"]
+    assert doc["device_authorization_endpoint"] == idp.url + "/oauth/device/code"
+    assert doc["revocation_endpoint"] == idp.url + "/oauth/revoke"
+    assert doc["grant_types_supported"] == [
+        "client_credentials",
+        "urn:ietf:params:oauth:grant-type:device_code",
+        "refresh_token",
+    ]
+    assert doc["scopes_supported"] == ["openid", "email", "profile", "offline_access", "read:tasks", "write:tasks"]
     assert doc["token_endpoint_auth_methods_supported"] == ["client_secret_post", "client_secret_basic", "private_key_jwt"]
     assert doc["token_endpoint_auth_signing_alg_values_supported"] == ["ES256", "PS256", "RS256"]
     assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
@@ -48,6 +55,15 @@ def test_userinfo_with_valid_token(idp: Sandbox, http: httpx.Client) -> None:
     response = http.get(idp.url + "/userinfo", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert response.json() == {"sub": "alice@clients", "client_id": "alice", "scope": "read:tasks write:tasks"}
+
+
+@pytest.mark.parametrize("scope", ["openid email profile offline_access", "offline_access"])
+def test_userinfo_with_a_users_token_says_who_they_are(idp: Sandbox, http: httpx.Client, scope: str) -> None:
+    """A token from a device login gets the user's standard claims, whether or not it names /userinfo."""
+    token = login(http, idp, scope=scope, user=GRACE.email)["access_token"]
+    response = http.get(idp.url + "/userinfo", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.json() == {"sub": GRACE.subject, "email": GRACE.email, "name": GRACE.name, "email_verified": True}
 
 
 def test_userinfo_accepts_every_configured_audience(idp: Sandbox, http: httpx.Client) -> None:

@@ -143,6 +143,8 @@ def _revoking_client(request: Request, ctx: SandboxContext, params: dict[str, st
     client_id = params.get("client_id")
     if client_id in ctx.config.device_clients:
         return client_id
+    if client_id and ctx.config.client(client_id) is None:
+        raise Refusal(401, "invalid_client", "Unknown client")
     try:
         return authenticator_of(request).authenticate(
             params,
