@@ -212,6 +212,30 @@ def test_a_read_only_cache_still_returns_the_token_with_a_warning(env, sandbox):
     assert "not shared with other processes" in result.err
 
 
+def test_in_a_batch_job_an_unwritable_cache_is_an_error_before_any_request(env, sandbox):
+    """Inside a Slurm job, a read-only cache would cost one request per array task: exit 8 at once."""
+    with _tmpfs() as mountpoint:
+        (mountpoint / "cache").mkdir(mode=0o700)
+        subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+        job = {**env, "QLAM_TOKEN_CACHE_DIR": str(mountpoint / "cache"), "SLURM_JOB_ID": "77"}
+        result = run_cli("token", env=job)
+        opted_out = run_cli("token", env={**job, "QLAM_TOKEN_CACHE": "off"})
+    assert result.code == 8 and result.out == ""
+    assert "every task of this job would fetch its own token" in one_error_line(result.err)
+    assert "QLAM_TOKEN_CACHE=off" in result.err
+    assert opted_out.code == 0  # the explicit opt-in: one request per task, knowingly
+    assert sandbox.stats()["token_requests"] == 1
+
+
+def test_in_a_batch_job_a_full_cache_disk_is_an_error_before_any_request(env, sandbox):
+    with _tmpfs("64k") as mountpoint:
+        with contextlib.suppress(OSError):
+            (mountpoint / "filler").write_bytes(b"x" * 1024 * 1024)
+        result = run_cli("token", env={**env, "QLAM_TOKEN_CACHE_DIR": str(mountpoint / "cache"), "PBS_JOBID": "9.pbs"})
+    assert result.code == 8 and "cannot be used" in result.err
+    assert sandbox.stats()["token_requests"] == 0
+
+
 def test_a_full_disk_still_returns_the_token_with_a_warning(env, sandbox):
     """With the cache's filesystem full (ENOSPC) the token is still printed, with a warning."""
     with _tmpfs("64k") as mountpoint:

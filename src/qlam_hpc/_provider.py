@@ -232,6 +232,7 @@ class TokenProvider:
                         f"cannot lock {store.location} ({exc.strerror or exc}): not refreshing the login "
                         "without the lock, since two refreshes at once would revoke it"
                     ) from None
+                _refuse_unshared_in_batch_job(store, exc.strerror or str(exc))
                 log(
                     "warning",
                     f"cannot lock the token cache in {store.location} ({exc.strerror or exc}); "
@@ -261,6 +262,10 @@ class TokenProvider:
 
         base = entry or CacheEntry(self.identity)
         by = process_label()
+        if _in_batch_job() and not self.store.save(base):
+            # A token that cannot be shared costs one request per task of the array: say so
+            # before spending any (the warning above says why the store cannot be written).
+            _refuse_unshared_in_batch_job(self.store, "it cannot be written")
         token, error, credentials = self._fetch_rotating(credentials, by)
         if error is not None:
             self._publish_failure(base, error, credentials, by)
@@ -589,6 +594,24 @@ def _default_store(settings: Settings) -> TokenStore:
     from ._filestore import FileStore
 
     return FileStore(settings.cache_path)
+
+
+def _in_batch_job() -> bool:
+    from ._jobinfo import job_id
+
+    return job_id() is not None
+
+
+def _refuse_unshared_in_batch_job(store: TokenStore, why: str) -> None:
+    """Inside a batch job, a cache that cannot be shared is an error, not a warning: every
+    task of the array would fetch its own token, the very thing qlam-hpc exists to prevent."""
+    if not _in_batch_job():
+        return
+    raise CacheError(
+        f"the shared token cache {store.location} cannot be used ({why}), so every task of this job "
+        "would fetch its own token: set QLAM_TOKEN_CACHE_DIR to a directory of yours that every node can "
+        "write, or QLAM_TOKEN_CACHE=off to accept one token request per task"
+    )
 
 
 def _check_lifetime(entry: CacheEntry | None, min_ttl: float) -> None:
