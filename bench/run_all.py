@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["get_token.py", "cli_startup.py", "token_requests.py", "tasks_throughput.py", "slurm_array.py"]
+SCRIPTS = [
+    "get_token.py",
+    "cli_startup.py",
+    "token_requests.py",
+    "refresh_race.py",
+    "tasks_throughput.py",
+    "slurm_array.py",
+]
 
 for script in SCRIPTS:
     if script == "slurm_array.py" and "--no-slurm" in sys.argv:
