@@ -405,3 +405,24 @@ def test_doctor_shows_the_flow_and_the_login(env, sandbox):
     assert run_cli("auth", "login", env=env).code == 0
     after = run_cli("doctor", env=env)
     assert after.code == 0 and "ok    login               ada@example.org, until" in after.out
+
+
+def test_auth_clear_keeps_the_login_and_drops_the_access_token(env, sandbox, tmp_path):
+    """auth clear forgets the token; the next call refreshes with the login it kept."""
+    assert run_cli("auth", "login", env=env).code == 0
+    assert run_cli("auth", "clear", env=env).code == 0
+    entry = _entry_text(tmp_path / "cache")
+    assert "refresh_token=" in entry and "access_token=" not in entry
+    assert run_cli("token", env=env).code == 0
+    assert sandbox.stats()["refreshes"] == 1
+
+
+def test_python_login_and_logout(env, sandbox, capsys):
+    """TokenProvider.login() shows the URL and code on stderr; logout() revokes."""
+    provider = _provider(env)
+    login_record = provider.login()
+    assert login_record is not None and login_record.email == "ada@example.org"
+    assert "/activate?user_code=" in capsys.readouterr().err
+    assert provider.get_token()
+    assert provider.logout().refresh_token == login_record.refresh_token
+    assert sandbox.stats()["revocations"] == 1

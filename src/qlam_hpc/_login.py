@@ -53,6 +53,21 @@ def require_user_context(provider: TokenProvider, command: str) -> None:
         )
 
 
+def show_on_stderr(authorization: DeviceAuthorization) -> None:
+    """Where and what to approve, for a person at a terminal."""
+    import sys
+
+    from ._durations import format_duration
+
+    url = authorization.verification_uri_complete or authorization.verification_uri
+    sys.stderr.write(
+        f"To log in, open this page in a browser (on any device):\n\n    {url}\n\n"
+        f"check that it shows the code {authorization.user_code}, and approve it. "
+        f"The code expires in {format_duration(authorization.expires_in)}.\nWaiting for the approval...\n"
+    )
+    sys.stderr.flush()
+
+
 def login(
     provider: TokenProvider,
     *,

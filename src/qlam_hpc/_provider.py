@@ -175,10 +175,39 @@ class TokenProvider:
         return found or None
 
     def clear(self) -> int:
-        """Forget the token, in memory and in the shared store."""
+        """Forget the token, in memory and in the shared store; the number of entries changed.
+
+        In user context the login stays (``auth logout`` ends it): only its access token
+        and any recorded failure go, under the refresh lock so no refresh is lost.
+        """
         with self._lock:
             self._memory = None
-            return self.store.clear(self.identity)
+            if not self.settings.user_context:
+                return self.store.clear(self.identity)
+            with self._acquire(self.login_store, None):
+                entry = self.store.load(self.identity)
+                if entry is None or entry.login is None:
+                    return self.store.clear(self.identity)
+                self.store.save(entry._replace(token=None, failure=None, intent=None))
+                return 1
+
+    def login(self, *, on_code=None, timeout: float | None = None) -> Login | None:  # type: ignore[no-untyped-def]
+        """User context: log in with the device flow; ``on_code(authorization)`` shows the user
+        where to approve (default: the URL and code on stderr). The login, or None when the
+        server gave no refresh token. See ``qlam-hpc auth login``."""
+        from ._login import login, show_on_stderr
+
+        return login(self, on_code=on_code or show_on_stderr, timeout=timeout).login
+
+    def logout(self) -> Login | None:
+        """User context: forget the login everywhere the store keeps it and revoke it at the
+        server; the login removed, if any. A failed revocation raises (the login is gone here)."""
+        from ._login import logout
+
+        result = logout(self)
+        if result.error is not None:
+            raise result.error
+        return result.login
 
     # --- the shared store -----------------------------------------------------------------
 

@@ -266,9 +266,13 @@ def check(config: _Config, yes: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Remove the entries of every client in the cache directory.")
 @click.pass_obj
 def clear(config: _Config, everything: bool) -> None:
-    """Remove the cached token (and any recorded failure); the ledger is kept."""
+    """Remove the cached token (and any recorded failure); the ledger is kept.
+
+    In user context the login stays: qlam-hpc auth logout ends it (--all removes the
+    logins in the cache directory too, without revoking them).
+    """
     provider = config.provider()
-    removed = provider.store.clear(None if everything else provider.identity)
+    removed = provider.store.clear(None) if everything else provider.clear()
     click.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'} from {provider.store.location}")
 
 

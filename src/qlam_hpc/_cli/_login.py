@@ -9,7 +9,7 @@ import time
 import click
 
 from .._durations import format_duration
-from .._login import login, logout
+from .._login import login, logout, show_on_stderr
 from ._output import utc
 
 
@@ -26,13 +26,7 @@ def run_login(provider, as_json: bool, timeout: float | None) -> None:  # type: 
             sys.stdout.write(json.dumps(document) + "\n")
             sys.stdout.flush()
             return
-        url = authorization.verification_uri_complete or authorization.verification_uri
-        click.echo(
-            f"To log in, open this page in a browser (on any device):\n\n    {url}\n\n"
-            f"check that it shows the code {authorization.user_code}, and approve it. "
-            f"The code expires in {format_duration(authorization.expires_in)}.\nWaiting for the approval...",
-            err=True,
-        )
+        show_on_stderr(authorization)
 
     result = login(provider, on_code=show, timeout=timeout)
     who = result.login.who if result.login else (provider.principal() or {}).get("subject", "an unknown user")
