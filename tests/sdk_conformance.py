@@ -102,6 +102,10 @@ class Record:
         self.validated: Counter[str] = Counter()
         self.skipped = 0
         self.mismatches: list[str] = []
+        self.reported: set[int] = set()  # indexes of the mismatches already failing a test
+
+    def unreported(self) -> list[str]:
+        return [m for n, m in enumerate(self.mismatches) if n not in self.reported]
 
     def note(self, validated_as: str | None, mismatch: str | None) -> None:
         with self.lock:
@@ -205,11 +209,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_call(item: pytest.Item) -> Any:
     result = yield
     with RECORD.lock:
-        new = RECORD.mismatches[item.stash.get(_SEEN, 0) :]
+        first = item.stash.get(_SEEN, 0)
+        new = RECORD.mismatches[first:]
+        RECORD.reported.update(range(first, len(RECORD.mismatches)))
     if new:
         shown = "\n  ".join(new[:10]) + (f"\n  ... and {len(new) - 10} more" if len(new) > 10 else "")
         pytest.fail(f"the sandbox answered what QuEra's SDK models do not allow:\n  {shown}", pytrace=False)
     return result
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Mismatches outside a test's call (in a fixture's teardown, say) fail the session."""
+    with RECORD.lock:
+        unreported = RECORD.unreported()
+    if unreported and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -225,3 +239,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             " (results, scripted answers)"
         )
     terminalreporter.write_line(line)
+    with RECORD.lock:
+        unreported = RECORD.unreported()
+    for mismatch in unreported:
+        terminalreporter.write_line(f"sdk conformance: outside any test: {mismatch}", red=True)
