@@ -77,7 +77,8 @@ def test_middleware_records_and_passes_answers_through() -> None:
         if (b"x-scripted", b"1") in scope["headers"]:  # as TasksRoute marks a canned answer
             scope["state"]["sandbox_scripted"] = True
         status, content = {"GET": (200, body({**TASK, "group": None})), "PUT": (202, body(TASK))}[scope["method"]]
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content[:10], "more_body": True})
         await send({"type": "http.response.body", "body": content[10:]})
 

@@ -96,7 +96,9 @@ def tasks(ctx: AppContext) -> Iterator[TasksClient]:
         yield client
 
 
-def definition(*, language: str | None = "squin", group: uuid.UUID | None = None, content: str = "ok") -> TaskCreationRequest:
+def definition(
+    *, language: str | None = "squin", group: uuid.UUID | None = None, content: str = "ok"
+) -> TaskCreationRequest:
     return TaskCreationRequest(
         TaskDefinition(
             program_language=language,
