@@ -1,7 +1,16 @@
-"""``qlam-hpc auth status``: everything about the cached token except the token itself."""
+"""``qlam-hpc auth status``: everything about the cached token except the token itself.
+
+It also answers the two questions a user asks before submitting a large array: will
+its tasks share one token (a cache that cannot be written costs one token request
+per task), and how far is this month's quota from running out (the requests per
+day, drawn in plain text so that it reads the same in a terminal and in a job log,
+and the month's end projected at this month's rate).
+"""
 
 from __future__ import annotations
 
+import calendar
+import math
 import time
 
 from .._durations import format_duration
@@ -16,6 +25,7 @@ def auth_status(provider: TokenProvider, now: float) -> dict:
     token = entry.token if entry else None
     report: dict = {
         "cache": provider.store.location,
+        "cache_problem": _cache_problem(provider),
         "flow": settings.auth_flow,
         "client_id": settings.client_id,
         "token_url": settings.token_url,
@@ -51,7 +61,67 @@ def auth_status(provider: TokenProvider, now: float) -> dict:
     report["requests"] = {"month": month, "count": used, "budget": settings.token_budget}
     if settings.token_budget:
         report["requests"]["percent_of_budget"] = round(100 * used / settings.token_budget, 1)
+    per_day = requests_per_day(provider.store.requests(month), settings, now)
+    report["requests"]["per_day"] = [{"date": f"{month}-{day:02d}", "count": n} for day, n in enumerate(per_day, 1)]
+    report["requests"]["projection"] = project(used, settings.token_budget, now)
     return report
+
+
+def _cache_problem(provider: TokenProvider) -> str | None:
+    """Why this cache cannot be shared, checked as ``doctor`` does (it writes and locks a
+    scratch file), or None. No one notices an unshared cache until the month's quota is
+    gone: every task of an array then fetches its own token."""
+    settings = provider.settings
+    if not settings.cache_enabled:
+        return "QLAM_TOKEN_CACHE=off"
+    if settings.token_store:
+        return None  # Redis: its own errors are reported when it is used
+    from ._doctor import _cache
+
+    failed = [check.detail for check in _cache(provider.store.location) if check.verdict == "FAIL"]
+    return failed[0] if failed else None
+
+
+def requests_per_day(records: list[dict], settings, now: float) -> list[int]:  # type: ignore[no-untyped-def]
+    """This month's token requests of these settings' client, per UTC day, up to today."""
+    year, month, today = time.gmtime(now)[:3]
+    counts = [0] * today
+    for record in records:
+        if record.get("client_id") != settings.client_id or record.get("token_url") != settings.token_url:
+            continue
+        at = record.get("time")
+        if isinstance(at, (int, float)):
+            when = time.gmtime(at)
+            if (when.tm_year, when.tm_mon) == (year, month) and when.tm_mday <= today:
+                counts[when.tm_mday - 1] += 1
+    return counts
+
+
+def project(used: int, budget: int | None, now: float) -> dict:
+    """The month's total at this month's rate so far, and the day the budget runs out at it.
+
+    The rate is taken over at least one day, so that three requests in the first hour of
+    the month do not project two thousand."""
+    year, month = time.gmtime(now)[:2]
+    days = calendar.monthrange(year, month)[1]
+    start = calendar.timegm((year, month, 1, 0, 0, 0))
+    end = start + days * 86400
+    rate = used / max((now - start) / 86400, 1.0)
+    total = used + rate * max(end - now, 0.0) / 86400
+    projection: dict = {
+        "end_of_month": f"{year:04d}-{month:02d}-{days:02d}",
+        "count": round(total),
+        "per_day": round(rate, 2),
+    }
+    if budget:
+        projection["percent_of_budget"] = round(100 * total / budget, 1)
+        runs_out = None
+        if used >= budget:
+            runs_out = utc(now)[:10]
+        elif rate > 0 and total > budget:
+            runs_out = utc(now + (budget - used) / rate * 86400)[:10]
+        projection["budget_runs_out"] = runs_out
+    return projection
 
 
 def _login_report(provider: TokenProvider, now: float) -> dict:
@@ -73,8 +143,16 @@ def _login_report(provider: TokenProvider, now: float) -> dict:
 
 
 def render_status(report: dict) -> str:
-    lines = [
-        f"cache       {report['cache']}",
+    lines = [f"cache       {report['cache']}"]
+    problem = report.get("cache_problem")
+    if problem == "QLAM_TOKEN_CACHE=off":
+        lines.append("            NOT SHARED: QLAM_TOKEN_CACHE=off: every process fetches its own token, one request each")
+    elif problem:
+        lines.append(
+            f"            NOT SHARED: {problem}: every task of a job array would fetch its own "
+            "token, one request each (inside a batch job, qlam-hpc stops with exit 8 instead)"
+        )
+    lines += [
         f"flow        {'user context (device login)' if report['flow'] == 'device' else 'M2M (client credentials)'}",
         f"client      {report['client_id']} at {report['token_url']}",
         f"audience    {report['audience']}",
@@ -113,4 +191,63 @@ def render_status(report: dict) -> str:
         if requests["percent_of_budget"] > 80:
             usage += "  WARNING: above 80% of the monthly budget"
     lines.append(f"requests    {usage}")
+    if requests["count"]:
+        lines += ["            " + line for line in chart(requests)]
+        lines.append(f"projection  {_projection_line(requests)}")
     return "\n".join(lines)
+
+
+CHART_HEIGHT = 5
+
+
+def chart(requests: dict) -> list[str]:
+    """This month's requests per day as a column chart of plain characters.
+
+    ``#`` is a day's requests, ``.`` the days left at this month's rate, and ``-`` the
+    budget's even daily share (the budget over the days of the month): columns above
+    that line are days that spent more than their share. One column per day of the month.
+    """
+    counts = [day["count"] for day in requests["per_day"]]
+    projection = requests["projection"]
+    days = int(projection["end_of_month"][-2:])
+    budget = requests.get("budget")
+    pace = budget / days if budget else None
+    top = max(max(counts), pace or 0, projection["per_day"], 1)
+    height = CHART_HEIGHT
+
+    def rows_for(value: float) -> int:  # how many rows a value fills, at least one if non-zero
+        return min(height, math.ceil(value * height / top - 1e-9)) if value > 0 else 0
+
+    columns = [("#", rows_for(n)) for n in counts]
+    columns += [(".", rows_for(projection["per_day"]))] * (days - len(counts))
+    pace_row = rows_for(pace) if pace else 0
+    label = f"{math.ceil(top - 1e-9)}"
+    width = max(len(label), 1)
+    legend = "# requests per day (UTC), . projected"
+    if pace:
+        legend += f", - the budget's share of a day ({pace:.3g})"
+    lines = [legend]
+    for row in range(height, 0, -1):
+        cells = "".join(mark if filled >= row else ("-" if row == pace_row else " ") for mark, filled in columns)
+        lines.append(f"{label if row == height else '':>{width}} |{cells}".rstrip())
+    lines.append(f"{'0':>{width}} +{'-' * days}")
+    axis = [" "] * days
+    for day in (1, 5, 10, 15, 20, 25, 30):
+        if day <= days:
+            text = str(day)
+            axis[day - 1 : day - 1 + len(text)] = list(text)
+    lines.append(f"{'':>{width}}  {''.join(axis).rstrip()}")
+    return lines
+
+
+def _projection_line(requests: dict) -> str:
+    projection = requests["projection"]
+    text = f"{projection['count']} requests by {projection['end_of_month']} at this month's rate ({projection['per_day']:g} a day)"
+    if requests.get("budget"):
+        text += f": {projection['percent_of_budget']}% of the budget"
+        if projection.get("budget_runs_out"):
+            if requests["count"] >= requests["budget"]:
+                text += "  WARNING: the budget is used up"
+            else:
+                text += f"  WARNING: the budget runs out around {projection['budget_runs_out']}"
+    return text
