@@ -433,21 +433,21 @@ def test_failure_active_during_cool_down():
     """A failure record is repeated until its cool-down ends, then ignored."""
     failure = _failure(until=T0 + 300)
     entry = CacheEntry(IDENTITY, None, failure)
-    assert active_failure(entry, T0 + 299.9, CREDS) == failure
-    assert active_failure(entry, T0 + 300, CREDS) is None
-    assert active_failure(entry, T0 + 1000, CREDS) is None
+    assert active_failure(entry, T0 + 299.9, CREDS.__eq__, longest=LONGEST) == failure
+    assert active_failure(entry, T0 + 300, CREDS.__eq__, longest=LONGEST) is None
+    assert active_failure(entry, T0 + 1000, CREDS.__eq__, longest=LONGEST) is None
 
 
 def test_failure_for_other_credentials_is_ignored():
     """A rotated secret (another fingerprint) is tried at once, not blocked by the old failure."""
     entry = CacheEntry(IDENTITY, None, _failure())
-    assert active_failure(entry, T0 + 1, "fedcba9876543210") is None
+    assert active_failure(entry, T0 + 1, "fedcba9876543210".__eq__, longest=LONGEST) is None
 
 
 def test_no_failure_without_entry_or_record():
     """No entry, or an entry without a failure record, has no active failure."""
-    assert active_failure(None, T0, CREDS) is None
-    assert active_failure(CacheEntry(IDENTITY, TOKEN), T0, CREDS) is None
+    assert active_failure(None, T0, CREDS.__eq__, longest=LONGEST) is None
+    assert active_failure(CacheEntry(IDENTITY, TOKEN), T0, CREDS.__eq__, longest=LONGEST) is None
 
 
 def test_new_token_clears_failure():
@@ -532,3 +532,85 @@ def test_transient_failures_cool_down_briefly():
     assert _cooldown(_errors.RateLimited("429")) == 15
     assert _cooldown(ERRORS[5]) == 15
     assert _cooldown(ERRORS[6]) == 15
+
+
+# --- malformed tokens in an entry -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "access_token",
+    ["tökén", "access token", "a=b", "=", "abc\x7f", "a,b", 'a"b', "a\tb", "ab==c"],
+    ids=["non-ascii", "space", "inner-equals", "only-equals", "del", "comma", "quote", "tab", "equals-then-text"],
+)
+def test_decode_discards_an_access_token_that_is_not_a_b64token(access_token):
+    """A token an older release cached, or someone planted, that cannot go in an
+    Authorization header (RFC 6750 b64token) is a corrupt entry, not a crash in every process."""
+    with pytest.raises(ValueError, match="malformed"):
+        decode_entry(_raw(access_token=access_token), IDENTITY)
+
+
+@pytest.mark.parametrize("access_token", ["eyJ.abc-_.d~+/", "abc=", "abc==", "A"])
+def test_decode_keeps_b64tokens(access_token):
+    """Every b64token, padding included, still reads back."""
+    assert decode_entry(_raw(access_token=access_token), IDENTITY).token.access_token == access_token
+
+
+def _login_raw(refresh_token: str) -> bytes:
+    from qlam_hpc._cache import Login
+
+    login = Login("refresh-1", T0, T0 + DAY, "auth0|ada", "ada@example.org")
+    fields = _fields(encode_entry(CacheEntry(IDENTITY, TOKEN, None, login)))
+    fields["refresh_token"] = refresh_token
+    return _text(*(f"{name}={value}" for name, value in fields.items()))
+
+
+@pytest.mark.parametrize("refresh_token", ["réfresh", "a\x01b", "\x7f"], ids=["non-ascii", "control", "del"])
+def test_decode_discards_a_refresh_token_that_is_not_vschar(refresh_token):
+    """A refresh token outside RFC 6749's VSCHAR (%x20-7E) cannot be sent back: the entry is corrupt."""
+    with pytest.raises(ValueError, match="malformed"):
+        decode_entry(_login_raw(refresh_token), IDENTITY)
+
+
+def test_decode_keeps_a_vschar_refresh_token():
+    """Any printable ASCII refresh token reads back."""
+    assert decode_entry(_login_raw("v1.Mr~e+f/r=e!sh"), IDENTITY).login.refresh_token == "v1.Mr~e+f/r=e!sh"
+
+
+# --- failure records against the reader's clock -----------------------------------------------
+
+LONGEST = 300.0
+
+
+def _record(at: float, until: float) -> Failure:
+    return Failure("InvalidClient", ("invalid_client", None, 401, URL), at, until, CREDS, "fast-clock:1")
+
+
+def test_a_failure_from_a_writer_whose_clock_is_days_ahead_is_ignored():
+    """A record dated two days in the reader's future says nothing about now: ignored."""
+    record = _record(T0 + 2 * DAY, T0 + 2 * DAY + 300)
+    assert not record.stands(T0, longest=LONGEST)
+    assert active_failure(CacheEntry(IDENTITY, None, record), T0, CREDS.__eq__, longest=LONGEST) is None
+
+
+def test_a_failure_dated_within_the_skew_still_stands():
+    """A writer a few seconds ahead (ordinary clock skew) is believed."""
+    record = _record(T0 + 5, T0 + 305)
+    assert record.stands(T0, longest=LONGEST)
+    assert active_failure(CacheEntry(IDENTITY, None, record), T0, CREDS.__eq__, longest=LONGEST) == record
+
+
+def test_a_failure_longer_than_the_readers_longest_cool_down_is_clamped():
+    """until - at beyond what the reader would write (48 h for 5 min) ends at at + longest."""
+    record = _record(T0, T0 + 2 * DAY)
+    assert record.ends(LONGEST) == T0 + LONGEST
+    assert record.stands(T0 + LONGEST - 1, longest=LONGEST)
+    assert not record.stands(T0 + LONGEST, longest=LONGEST)
+    assert not record.stands(T0 + DAY, longest=LONGEST)
+
+
+def test_a_failure_is_compared_only_while_it_stands():
+    """The credentials (a slow KDF) are compared only for a record that still stands."""
+    compared = []
+    entry = CacheEntry(IDENTITY, None, _record(T0, T0 + 300))
+    assert active_failure(entry, T0 + 400, compared.append, longest=LONGEST) is None
+    assert compared == []

@@ -126,16 +126,22 @@ def test_missing_expires_in():
         _parse(body)
 
 
-@pytest.mark.parametrize("expires_in", [0, -1, -3600, 0.5, MAX_EXPIRES_IN + 1, 10 * 366 * 86400, "nan", "inf", 1e308])
+@pytest.mark.parametrize("expires_in", [0, -1, -3600, 0.5, MAX_EXPIRES_IN + 1, 10 * 366 * 86400, 1e308, "0", "99999999999"])
 def test_absurd_expires_in(expires_in):
     """Lifetimes under a second or over a year are refused as absurd."""
     with pytest.raises(_errors.InvalidTokenResponse, match="absurd expires_in"):
         _parse({**GOOD, "expires_in": expires_in})
 
 
-@pytest.mark.parametrize("expires_in", ["abc", "", [3600], {"s": 1}])
+@pytest.mark.parametrize(
+    "expires_in",
+    ["abc", "", [3600], {"s": 1}, True, False, "nan", "inf", "-3600", " 3600", "3600.5", "1e3", "\u0663\u0666\u0660\u0660", None],
+)
 def test_unreadable_expires_in(expires_in):
-    """An expires_in that is not a number is refused, quoting what was sent."""
+    """An expires_in that is not a JSON number (a bool is not one) or a string of ASCII digits
+    is refused, quoting what was sent: ``true`` used to be taken as 1 s."""
+    if expires_in is None:
+        return  # covered by test_missing_expires_in
     with pytest.raises(_errors.InvalidTokenResponse, match="expires_in="):
         _parse({**GOOD, "expires_in": expires_in})
 
@@ -363,22 +369,98 @@ def test_backoff_is_jittered_and_reproducible():
 # --- credentials_fingerprint ----------------------------------------------------------------
 
 
+def credentials_match(settings: Settings, recorded: str) -> bool:
+    from qlam_hpc._oauth import credentials_match
+
+    return credentials_match(settings, recorded)
+
+
 def test_fingerprint_changes_with_the_secret():
-    """A rotated secret gives another fingerprint; the same secret gives the same one."""
-    assert credentials_fingerprint(_settings()) == credentials_fingerprint(_settings())
-    assert credentials_fingerprint(_settings()) != credentials_fingerprint(_settings(secret="rotated-secret"))
-    assert credentials_fingerprint(_settings()) != credentials_fingerprint(_settings(secret=None))
+    """A record matches the secret it was made for; a rotated secret, or none, does not match."""
+    recorded = credentials_fingerprint(_settings())
+    assert credentials_match(_settings(), recorded)
+    assert not credentials_match(_settings(secret="rotated-secret"), recorded)
+    assert not credentials_match(_settings(secret=None), recorded)
 
 
 def test_fingerprint_changes_with_the_client():
-    """Another client id gives another fingerprint."""
-    assert credentials_fingerprint(_settings()) != credentials_fingerprint(_settings(client_id="client-2"))
+    """Another client id does not match."""
+    assert not credentials_match(_settings(client_id="client-2"), credentials_fingerprint(_settings()))
 
 
 def test_fingerprint_never_contains_the_secret():
-    """The fingerprint is 16 hex digits and reveals no part of the secret."""
+    """The fingerprint names its KDF, salt and digest, and reveals no part of the secret."""
     fingerprint = credentials_fingerprint(_settings(secret="zz-not-hex-zz"))
-    assert len(fingerprint) == 16
-    int(fingerprint, 16)
+    kdf, salt, digest = fingerprint.split("$")
+    assert kdf in ("scrypt1", "pbkdf2-1") and len(salt) == 32 and len(digest) == 32
+    int(salt, 16), int(digest, 16)
     assert "zz-not-hex-zz" not in fingerprint
     assert SECRET not in credentials_fingerprint(_settings())
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    ["0123456789abcdef", "", "scrypt1$zz$zz", "scrypt1$00$", "nope$00$00", "scrypt1$" + "0" * 32, "login"],
+    ids=["old-unsalted", "empty", "not-hex", "no-digest", "unknown-kdf", "two-fields", "label"],
+)
+def test_old_or_broken_fingerprints_match_nothing(recorded):
+    """An unsalted record of an older release, or a broken one, is simply not ours: no crash."""
+    assert credentials_match(_settings(), recorded) is False
+
+
+# --- token characters -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "access_token",
+    ["tökén", "eyJ.abc.d\u00e9f", "a b", "a=b", "=", "a,b", 'a"b', "a\\b", "ab==c", "\u200babc"],
+    ids=["non-ascii", "accent", "space", "inner-equals", "only-equals", "comma", "quote", "backslash", "equals-then-text", "zero-width"],
+)
+def test_an_access_token_that_is_not_a_b64token_is_refused(access_token):
+    """RFC 6750's b64token ([A-Za-z0-9-._~+/]+=*) only: anything else would be cached and
+    shared, then crash every process that builds the header (UnicodeEncodeError)."""
+    with pytest.raises(_errors.InvalidTokenResponse, match="malformed access_token") as caught:
+        _parse({**GOOD, "access_token": access_token})
+    assert access_token not in str(caught.value)
+
+
+@pytest.mark.parametrize("access_token", ["eyJ.abc-_.d~+/", "abc=", "abc==", "A"])
+def test_every_b64token_is_accepted(access_token):
+    """Padding and the URL-safe and standard base64 alphabets are all b64token."""
+    assert _parse({**GOOD, "access_token": access_token}).access_token == access_token
+
+
+def _user(body: dict):
+    from qlam_hpc._oauth import parse_user_tokens
+
+    return parse_user_tokens(200, JSON, json.dumps(body).encode(), URL, T0, "node1:42")
+
+
+@pytest.mark.parametrize("refresh_token", ["réfresh", "a\x01b", "a\x7fb", "a\nb", 42, True])
+def test_a_refresh_token_that_is_not_vschar_is_refused(refresh_token):
+    """RFC 6749 A.17: a refresh token is 1*VSCHAR (%x20-7E); anything else is refused."""
+    with pytest.raises(_errors.InvalidTokenResponse, match="malformed refresh_token"):
+        _user({**GOOD, "refresh_token": refresh_token})
+
+
+def test_a_vschar_refresh_token_is_kept():
+    """Printable ASCII, punctuation included, is a refresh token."""
+    assert _user({**GOOD, "refresh_token": "v1.M~r+e/f=r!esh"}).refresh_token == "v1.M~r+e/f=r!esh"
+
+
+# --- the fingerprint is salted and slow -------------------------------------------------------
+
+
+def test_a_fingerprint_is_salted_each_time_it_is_made():
+    """Two records of the same secret share nothing a guesser could precompute against."""
+    assert credentials_fingerprint(_settings()) != credentials_fingerprint(_settings())
+
+
+def test_a_fingerprint_is_not_one_sha256_of_the_secret():
+    """The old fingerprint (SHA-256 over label, URL, client id, secret) let anyone who reads
+    the store test a guess with one hash: it is no longer what is recorded."""
+    import hashlib
+
+    material = "\0".join(("qlam-hpc credentials v1", URL, "client-1", SECRET))
+    old = hashlib.sha256(material.encode()).hexdigest()[:16]
+    assert old not in credentials_fingerprint(_settings())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from crowd import Crowd, json_lines
 from redis_service import RedisServer, free_port, start_redis
 
 from qlam_hpc import Settings, TokenProvider
-from qlam_hpc._cache import CacheEntry, Failure, Identity
+from qlam_hpc._cache import CacheEntry, Failure, Identity, encode_entry
 from qlam_hpc._errors import CacheError, ConfigurationError, InvalidClient
 from qlam_hpc._filestore import FileStore
 from qlam_hpc._redisstore import RedisStore, RedisUnavailable, store_from_url
@@ -61,8 +62,23 @@ print(json.dumps({"access_token": result.token.access_token, "source": result.so
 """
 
 
-def _token(seconds: float = 3600, value: str = "access-token-1") -> Token:
+def _jwt(**claims) -> str:
+    """An unsigned JWT with these claims: what the store's check reads (it verifies no signature)."""
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def _claims(identity: Identity = IDENTITY, seconds: float = 3600, **changes) -> dict:
+    claims = {"azp": identity.client_id, "aud": identity.audience, "exp": int(time.time() + seconds)}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _token(seconds: float = 3600, value: str | None = None, identity: Identity = IDENTITY) -> Token:
     now = time.time()
+    value = value or _jwt(**_claims(identity, seconds))
     return Token(value, expires_at=now + seconds, obtained_at=now, obtained_by="node1:42")
 
 
@@ -170,16 +186,119 @@ def test_a_corrupt_entry_is_discarded_with_a_warning(store, redis_server, warnin
     assert "corrupt" in warnings_log.text
 
 
-def test_clear_removes_one_entry_or_all_and_keeps_the_ledger(store):
-    """clear(identity) removes that entry; clear() removes every entry; the ledger stays."""
-    store.save(CacheEntry(IDENTITY, _token()))
-    store.save(CacheEntry(OTHER, _token()))
+def test_clear_removes_one_entry_or_the_owners_and_keeps_the_ledger(redis_server, redis_env):
+    """clear(identity) removes that entry; clear() removes the entries of the owner's client at
+    its token endpoint (any audience or scope), not other clients' or people's; the ledger stays."""
+    store = store_from_url(redis_server.url, redis_env, owner=IDENTITY)
+    other_scope = IDENTITY._replace(scope="read:tasks")
+    someone = IDENTITY._replace(principal="device:ada")
+    for identity in (IDENTITY, other_scope, OTHER, someone):
+        store.save(CacheEntry(identity, _token(identity=identity)))
     store.record_request({"time": T0, "client_id": "client-1", "outcome": "ok"})
     assert store.clear(IDENTITY) == 1
-    assert store.load(IDENTITY) is None and store.load(OTHER) is not None
+    assert store.load(IDENTITY) is None and store.load(other_scope) is not None
     assert store.clear() == 1
-    assert store.load(OTHER) is None
+    assert store.load(other_scope) is None
+    assert store.load(OTHER) is not None and store.load(someone) is not None
     assert len(store.requests(MONTH)) == 1
+
+
+def test_clear_all_without_an_owner_is_refused(store):
+    """A store that does not know whose it is cannot tell which entries are the caller's."""
+    store.save(CacheEntry(IDENTITY, _token()))
+    with pytest.raises(ConfigurationError, match="whose"):
+        store.clear()
+    assert store.load(IDENTITY) is not None
+
+
+def test_auth_clear_all_leaves_other_clients_entries(sandbox, env, redis_env, redis_server):
+    """qlam-hpc auth clear --all on a shared Redis removes the caller's entries only."""
+    from conftest import run_cli
+
+    store_env = {**env, "REDIS_PASSWORD": redis_env["REDIS_PASSWORD"], "QLAM_TOKEN_STORE": redis_server.url}
+    own = Identity.of(Settings.from_env(store_env))
+    store = store_from_url(redis_server.url, redis_env)
+    store.save(CacheEntry(own, _token(identity=own)))
+    store.save(CacheEntry(OTHER, _token(identity=OTHER)))
+    done = run_cli("auth", "clear", "--all", env=store_env)
+    assert done.code == 0, done.err
+    assert "removed 1 cache entry" in done.out
+    assert store.load(own) is None
+    assert store.load(OTHER) is not None
+
+
+# --- what a token read from Redis must show -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        _claims(azp="client-2"),
+        _claims(azp=None, client_id="client-2"),
+        _claims(azp=None, sub="client-2@clients"),
+        _claims(azp=None),
+        _claims(aud="https://other-api.example"),
+        _claims(aud=["https://other-api.example", "https://idp.example/userinfo"]),
+        _claims(aud=None),
+        _claims(seconds=-10),
+        _claims(exp=None),
+        _claims(exp="soon"),
+        _claims(exp=True),
+        None,
+    ],
+    ids=[
+        "azp-of-another-client",
+        "client_id-of-another-client",
+        "sub-of-another-client",
+        "no-client-claim",
+        "another-audience",
+        "audiences-without-ours",
+        "no-audience",
+        "expired-by-its-exp",
+        "no-exp",
+        "text-exp",
+        "bool-exp",
+        "not-a-jwt",
+    ],
+)
+def test_a_planted_token_is_not_handed_out(store, redis_server, claims, warnings_log):
+    """Whoever can write the Redis can plant an entry; a token whose (unverified) claims do not
+    name our client and audience, or that has expired by its own exp, is dropped with a warning."""
+    value = _jwt(**claims) if claims is not None else "opaque-planted-token"
+    planted = Token(value, expires_at=time.time() + 3600, obtained_at=time.time(), obtained_by="attacker:1")
+    redis_server.client().set(f"qlam-hpc:{IDENTITY.key()}:entry", encode_entry(CacheEntry(IDENTITY, planted)))
+    entry = store.load(IDENTITY)
+    assert entry is None or entry.token is None
+    assert "not issued for" in warnings_log.text
+    assert value not in warnings_log.text
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        _claims(),
+        _claims(azp=None, client_id="client-1"),
+        _claims(azp=None, sub="client-1@clients"),
+        _claims(aud=["https://idp.example/userinfo", "https://api.quera.com"]),
+    ],
+    ids=["azp", "client_id", "m2m-sub", "audience-list"],
+)
+def test_a_token_naming_the_client_and_audience_is_trusted(store, claims):
+    """Auth0's M2M (sub=<client>@clients, azp), RFC 9068 (client_id) and list audiences pass."""
+    token = _token(value=_jwt(**claims))
+    store.save(CacheEntry(IDENTITY, token))
+    assert store.load(IDENTITY).token == token
+
+
+def test_a_planted_token_is_replaced_by_a_fetched_one(settings, sandbox, store):
+    """The provider on Redis: a token for another client is not used; one is fetched and published."""
+    identity = Identity.of(settings)
+    planted = _token(value=_jwt(**_claims(identity, azp="other-client")), identity=identity)
+    store.client.set(f"qlam-hpc:{identity.key()}:entry", encode_entry(CacheEntry(identity, planted)))
+    result = TokenProvider(settings, store=store).get()
+    assert result.source == "fetched" and result.token.access_token != planted.access_token
+    assert store.load(identity).token == result.token
+    assert sandbox.stats()["token_requests"] == 1
 
 
 # --- the refresh lock ---------------------------------------------------------------------
@@ -299,7 +418,7 @@ def test_tls_with_the_ca_in_the_url_works(tls_server):
     store = store_from_url(tls_server.url, {"REDIS_PASSWORD": tls_server.password})
     assert store.location == f"rediss://127.0.0.1:{tls_server.port}/0"
     assert store.save(CacheEntry(IDENTITY, _token()))
-    assert store.load(IDENTITY).token.access_token == "access-token-1"
+    assert store.load(IDENTITY).token.access_token.count(".") == 2
 
 
 def test_tls_without_the_ca_fails_verification_clearly(tls_server):
@@ -314,6 +433,39 @@ def test_plain_redis_to_a_tls_port_fails_clearly(tls_server):
     url = f"redis://127.0.0.1:{tls_server.port}/0?socket_timeout=2"
     with pytest.raises(RedisUnavailable):
         store_from_url(url, {"REDIS_PASSWORD": tls_server.password}).load(IDENTITY)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://redis.example:6379/0", "redis://10.0.0.7/0", "redis://:pw@[2001:db8::1]:6379/0", "redis://127.evil.example/0"],
+)
+def test_plain_redis_off_loopback_is_refused(url):
+    """Password and tokens would cross the network in clear: rediss:// is required off loopback."""
+    with pytest.raises(ConfigurationError, match="rediss://") as caught:
+        store_from_url(url, {})
+    assert "QLAM_REDIS_INSECURE=allow" in str(caught.value)
+    assert "pw@" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "environ"),
+    [
+        ("redis://127.0.0.1:6379/0", {}),
+        ("redis://localhost/0", {}),
+        ("redis://[::1]:6379/0", {}),
+        ("rediss://redis.example:6379/0", {}),
+        ("redis://redis.example:6379/0", {"QLAM_REDIS_INSECURE": "allow"}),
+    ],
+)
+def test_plain_redis_is_accepted_on_loopback_or_when_allowed(url, environ):
+    """Loopback never leaves the machine; elsewhere QLAM_REDIS_INSECURE=allow says the site decided."""
+    assert isinstance(store_from_url(url, environ), RedisStore)
+
+
+def test_an_unknown_insecure_setting_is_a_configuration_error():
+    """QLAM_REDIS_INSECURE takes one value, allow: a typo does not silently allow or refuse."""
+    with pytest.raises(ConfigurationError, match="QLAM_REDIS_INSECURE"):
+        store_from_url("redis://127.0.0.1/0", {"QLAM_REDIS_INSECURE": "yes please"})
 
 
 def test_a_file_url_is_the_file_store(tmp_path):

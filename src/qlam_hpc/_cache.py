@@ -29,6 +29,15 @@ from ._tokens import Token
 MAGIC = "qlam-hpc token cache v1"
 _END = "end"
 
+# How far in the reader's future a failure record may be dated and still be believed:
+# ordinary NTP-level skew between nodes, not a clock that is days out.
+MAX_CLOCK_SKEW = 60.0
+
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+# RFC 6749 appendix A.17: refresh-token = 1*VSCHAR, VSCHAR = %x20-7E
+_VSCHAR = "".join(map(chr, range(0x20, 0x7F)))
+
 _IDENTITY_FIELDS = ("token_url", "client_id", "audience", "scope", "principal")
 
 
@@ -94,12 +103,28 @@ class Failure(namedtuple("_FailureFields", "error args at until credentials by",
 
     ``error`` is the class name in ``qlam_hpc._errors`` and ``args`` rebuild it;
     ``credentials`` is the fingerprint of the credentials the IdP refused.
+
+    ``at`` and ``until`` are the *writer's* clock, and whoever can write the store writes
+    them: a reader believes a record only as far as it would have written it itself. A
+    record dated more than ``MAX_CLOCK_SKEW`` in the reader's future is ignored (a node
+    whose clock ran two days ahead once made every process repeat ``invalid_client`` for
+    48 h), and one standing longer than the reader's longest cool-down ends at
+    ``at + longest``.
     """
 
     __slots__ = ()
 
-    def active(self, now: float, credentials: str) -> bool:
-        return now < self.until and credentials == self.credentials
+    def ends(self, longest: float) -> float:
+        """When the record stops standing, for a reader whose longest cool-down is ``longest``."""
+        return min(self.until, self.at + longest)
+
+    def stands(self, now: float, *, longest: float) -> bool:
+        return self.at <= now + MAX_CLOCK_SKEW and now < self.ends(longest)
+
+    def active(self, now: float, matches, *, longest: float) -> bool:
+        """Does the record stand, for the credentials in use? ``matches(recorded)`` compares
+        them with the recorded fingerprint; it may be slow (a KDF), so it is asked last."""
+        return self.stands(now, longest=longest) and bool(matches(self.credentials))
 
     def to_error(self) -> _errors.QlamError:
         cls = getattr(_errors, self.error, None)
@@ -192,10 +217,60 @@ def fallback_token(entry: CacheEntry | None, now: float, rejected: str | None = 
     return token if token.remaining(now) > token.margin / 2 else None
 
 
-def active_failure(entry: CacheEntry | None, now: float, credentials: str) -> Failure | None:
+def active_failure(entry: CacheEntry | None, now: float, matches, *, longest: float) -> Failure | None:
+    """The entry's failure record if it stands at ``now`` for the credentials ``matches`` accepts."""
     if entry is None or entry.failure is None:
         return None
-    return entry.failure if entry.failure.active(now, credentials) else None
+    return entry.failure if entry.failure.active(now, matches, longest=longest) else None
+
+
+def foreign_token(token: Token, identity: Identity, now: float) -> str | None:
+    """Why a token read from a store that others can write is not ours to hand out, or None.
+
+    Whoever can write a shared store (Redis) can plant an entry; the token in it must be a
+    JWT whose claims name this client (``azp``, RFC 9068's ``client_id``, Okta's ``cid``,
+    or Auth0's ``sub`` = ``<client>@clients`` for M2M) and this audience (``aud``, a string
+    or a list), and have not expired by its own ``exp``. The claims are *not verified*: a
+    forged token passes, but it is only ever sent to the QLAM API, which refuses it (one
+    401, then one refresh through the cache). What the check stops is the planted token
+    that works: someone else's, for their client, which would send the user's tasks and
+    results to their account. An opaque (non-JWT) token cannot be checked, so it is refused.
+    """
+    from ._tokens import unverified_claims
+
+    claims = unverified_claims(token.access_token)
+    if claims is None:
+        return "not a JWT"
+    client = identity.client_id
+    if client not in (claims.get("azp"), claims.get("client_id"), claims.get("cid")) and claims.get(
+        "sub"
+    ) != f"{client}@clients":
+        return "it names another client, or none"
+    audiences = claims.get("aud")
+    if identity.audience not in (audiences if isinstance(audiences, list) else [audiences]):
+        return "it is for another audience, or none"
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return "it has no exp"
+    if exp <= now:
+        return "it has expired by its own exp"
+    return None
+
+
+def identity_of(raw: bytes) -> Identity | None:
+    """The identity an encoded entry names, or None if it is not an entry: lets a store
+    tell whose an entry is without knowing the identity its key was hashed from."""
+    try:
+        lines = raw.decode().split("\n")
+    except UnicodeDecodeError:
+        return None
+    if lines[0] != MAGIC or lines[-2:] != [_END, ""]:
+        return None
+    fields = dict(line.partition("=")[::2] for line in lines[1:-2])
+    values = [fields.get(name) or None for name in _IDENTITY_FIELDS]
+    if None in values[:3]:
+        return None
+    return Identity(*values)
 
 
 def cooldown_for(error: _errors.QlamError, *, rejected_cooldown: float, transient_cooldown: float) -> float:
@@ -286,7 +361,7 @@ def decode_entry(raw: bytes, identity: Identity) -> CacheEntry:
 def _decode_token(fields: dict[str, str]) -> Token | None:
     if "access_token" not in fields:
         return None
-    if not fields["access_token"]:
+    if not is_b64token(fields["access_token"]):  # an older release's, or planted: no header can carry it
         raise ValueError("access_token")
     return Token(
         access_token=fields["access_token"],
@@ -301,7 +376,7 @@ def _decode_token(fields: dict[str, str]) -> Token | None:
 def _decode_login(fields: dict[str, str]) -> Login | None:
     if "refresh_token" not in fields:
         return None
-    if not fields["refresh_token"]:
+    if not is_vschar(fields["refresh_token"]):
         raise ValueError("refresh_token")
     return Login(
         refresh_token=fields["refresh_token"],
@@ -310,6 +385,23 @@ def _decode_login(fields: dict[str, str]) -> Login | None:
         subject=fields.get("login_subject") or None,
         email=fields.get("login_email") or None,
     )
+
+
+def is_b64token(text: object) -> bool:
+    """An RFC 6750 ``b64token``: what an ``Authorization: Bearer`` header can carry.
+
+    Checked with ``str.strip`` rather than ``re``: this runs on the warm ``qlam-hpc token``
+    path, for every cached entry read, and costs well under a microsecond.
+    """
+    if not isinstance(text, str):
+        return False
+    body = text.rstrip("=")
+    return bool(body) and not body.strip(_B64TOKEN)
+
+
+def is_vschar(text: object) -> bool:
+    """An RFC 6749 refresh token: one or more printable ASCII characters (space included)."""
+    return isinstance(text, str) and bool(text) and not text.strip(_VSCHAR)
 
 
 def _finite(text: str | float) -> float:

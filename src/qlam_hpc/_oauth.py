@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Mapping
 
+from ._cache import is_b64token, is_vschar
 from ._errors import InvalidTokenResponse, oauth_error
 from ._settings import RetryPolicy, Settings
 from ._tokens import Token
@@ -31,16 +32,16 @@ class TokenRequest:
     headers: dict[str, str]
 
 
-def credentials_fingerprint(settings: Settings) -> str:
-    """Names the credentials without revealing them, so a shared failure record can tell
-    whether it was written for the credentials in use now (a rotated secret or key differs).
+# The fingerprint's KDF: a failure record is readable by whoever can read the store, so a
+# fingerprint must not let them test guesses of a weak secret at SHA-256 speed. scrypt at
+# N=2**14, r=8 (16 MiB, about 20-40 ms, see bench/fingerprint_cost.py) is computed only
+# when a fetch fails or a standing record must be compared, never on the warm path.
+# PBKDF2 stands in where Python's OpenSSL has no scrypt (LibreSSL); both are read.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 2**20, "dklen": 16}
+_PBKDF2_ROUNDS = 600_000
 
-    It covers the credential in use only (the private key's PEM for private_key_jwt,
-    else the secret), read from its source if ``settings`` still hold a reference: the
-    provider calls it only when a token must be fetched.
-    """
-    import hashlib
 
+def _credential_material(settings: Settings) -> bytes:
     from ._client_auth import uses_private_key
 
     with_key = uses_private_key(settings)
@@ -49,8 +50,62 @@ def credentials_fingerprint(settings: Settings) -> str:
     parts = [settings.token_url, settings.client_id, value]
     if with_key:
         parts = ["private_key_jwt", *parts, settings.key_id or "", settings.assertion_alg or ""]
-    material = "\0".join(("qlam-hpc credentials v1", *parts))
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
+    return "\0".join(("qlam-hpc credentials v2", *parts)).encode()
+
+
+def _derive(kdf: str, salt: bytes, material: bytes) -> bytes | None:
+    import hashlib
+
+    if kdf == "scrypt1":
+        try:
+            return hashlib.scrypt(material, salt=salt, **_SCRYPT)
+        except (AttributeError, ValueError):  # no scrypt in this OpenSSL, or too little memory
+            return None
+    if kdf == "pbkdf2-1":
+        return hashlib.pbkdf2_hmac("sha256", material, salt, _PBKDF2_ROUNDS, dklen=16)
+    return None
+
+
+def credentials_fingerprint(settings: Settings) -> str:
+    """Names the credentials without revealing them, so a shared failure record can tell
+    whether it was written for the credentials in use now (a rotated secret or key differs).
+
+    ``<kdf>$<salt>$<digest>``: a random salt per record and a deliberately slow KDF, so
+    that whoever reads the store cannot precompute, nor test a guess cheaply. Compare
+    with ``credentials_match``, never with ``==`` (two fingerprints of one secret differ).
+    It covers the credential in use only (the private key's PEM for private_key_jwt,
+    else the secret), read from its source if ``settings`` still hold a reference: the
+    provider calls it only when a fetch has failed.
+    """
+    import os
+
+    material = _credential_material(settings)
+    salt = os.urandom(16)
+    for kdf in ("scrypt1", "pbkdf2-1"):
+        digest = _derive(kdf, salt, material)
+        if digest is not None:
+            return f"{kdf}${salt.hex()}${digest.hex()}"
+    raise AssertionError("unreachable: PBKDF2 is always available")
+
+
+def credentials_match(settings: Settings, recorded: str) -> bool:
+    """Was ``recorded`` (a ``credentials_fingerprint``) made for these credentials?
+
+    False for anything else: an unsalted fingerprint of an older release (the record is
+    then ignored, and the IdP asked once more), a broken one, a KDF this Python lacks.
+    """
+    import hmac
+
+    kdf, _, rest = recorded.partition("$") if isinstance(recorded, str) else ("", "", "")
+    salt_hex, _, digest_hex = rest.partition("$")
+    try:
+        salt, digest = bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
+    except ValueError:
+        return False
+    if len(salt) < 16 or len(digest) < 16:
+        return False
+    derived = _derive(kdf, salt, _credential_material(settings))
+    return derived is not None and hmac.compare_digest(derived, digest)
 
 
 def token_request(
@@ -111,8 +166,9 @@ def parse_token_response(
     access_token = data.get("access_token")
     if not isinstance(access_token, str) or not access_token.strip():
         raise InvalidTokenResponse(f"identity provider {url} answered without an access_token")
-    if not access_token.isprintable() or any(c.isspace() for c in access_token):
-        # RFC 6750 tokens are printable, without spaces; anything else cannot go in a header.
+    if not is_b64token(access_token):
+        # RFC 6750's b64token, ASCII only: anything else would be cached and shared, then
+        # fail in every process that builds the Authorization header.
         raise InvalidTokenResponse(f"identity provider {url} answered with a malformed access_token")
     token_type = data.get("token_type") or "Bearer"
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
@@ -165,15 +221,20 @@ def _what(content_type: str, body: bytes) -> str:
 
 
 def _expires_in(value: object, url: str) -> float:
+    """RFC 6749 says a number of seconds. A JSON number is taken (a bool is not one, though
+    Python calls it an int: ``true`` used to be 1 s); so is a string of ASCII digits, which
+    some Auth0-compatible servers send. Nothing else (``"1e3"``, ``"nan"``, ``" 60"``)."""
     if value is None:
         raise InvalidTokenResponse(f"identity provider {url} answered without expires_in")
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidTokenResponse(f"identity provider {url} answered with expires_in={value!r}") from None
-    if not (MIN_EXPIRES_IN <= seconds <= MAX_EXPIRES_IN):
-        raise InvalidTokenResponse(f"identity provider {url} answered with an absurd expires_in={value!r}")
-    return seconds
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        seconds: float = int(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value
+    else:
+        raise InvalidTokenResponse(f"identity provider {url} answered with expires_in={value!r:.40}")
+    if not (MIN_EXPIRES_IN <= seconds <= MAX_EXPIRES_IN):  # compared before float(): 10**400 is an int
+        raise InvalidTokenResponse(f"identity provider {url} answered with an absurd expires_in={value!r:.40}")
+    return float(seconds)
 
 
 # --- retry timing ---------------------------------------------------------------------------
@@ -321,9 +382,7 @@ def parse_user_tokens(
     token = parse_token_response(status, headers, body, url, obtained_at, obtained_by)
     data = _json_object(body) or {}
     refresh_token = data.get("refresh_token")
-    if refresh_token is not None and (
-        not isinstance(refresh_token, str) or not refresh_token.isprintable() or any(c.isspace() for c in refresh_token)
-    ):
+    if refresh_token is not None and refresh_token != "" and not is_vschar(refresh_token):
         raise InvalidTokenResponse(f"identity provider {url} answered with a malformed refresh_token")
     id_token = data.get("id_token")
     claims = unverified_claims(id_token) if isinstance(id_token, str) else None

@@ -392,18 +392,21 @@ class TokenProvider:
     def _replay_failure(
         self, entry: CacheEntry | None, credentials: _Credentials, rejected: str | None
     ) -> TokenResult | None:
-        failure = entry.failure if entry is not None else None
-        if failure is None or self._clock() >= failure.until:
-            return None  # nothing to compare: the credentials need not be read
-        failure = active_failure(entry, self._clock(), credentials.fingerprint())
+        # The credentials are read and compared (a slow KDF) only for a record that stands.
+        longest = self._longest_cooldown()
+        failure = active_failure(entry, self._clock(), credentials.matches, longest=longest)
         if failure is None:
             return None
         log(
             "info",
             f"not asking the identity provider again: {failure.by or 'another process'} got this answer "
-            f"at {_utc(failure.at)}; it stands until {_utc(failure.until)} or until the credentials change",
+            f"at {_utc(failure.at)}; it stands until {_utc(failure.ends(longest))} or until the credentials change",
         )
         return self._fallback_or_raise(entry, failure.to_error(), rejected)
+
+    def _longest_cooldown(self) -> float:
+        """The longest a failure record this process writes can stand: what it believes of others'."""
+        return max(self.settings.rejected_cooldown, self.settings.transient_cooldown)
 
     def _fallback_or_raise(self, entry: CacheEntry | None, error: QlamError, rejected: str | None) -> TokenResult:
         token = fallback_token(entry, self._clock(), rejected)
@@ -462,7 +465,7 @@ class TokenProvider:
         if token is not None:
             return TokenResult(token, "cache")
         failure = entry.failure if entry is not None else None
-        if failure is None or self._clock() >= failure.until:
+        if failure is None or not failure.stands(self._clock(), longest=self._longest_cooldown()):
             return None
         log("info", f"not asking the identity provider again: {failure.by or 'another process'} got this answer")
         return self._fallback_or_raise(entry, failure.to_error(), rejected)
@@ -572,12 +575,15 @@ class TokenProvider:
 
 class _Credentials:
     """The settings with their credential read from its source, and the fingerprint of what
-    was read; both made on first use, so a process that needs neither reads no secret."""
+    was read; both made on first use, so a process that needs neither reads no secret.
+    Fingerprints are salted and slow (``_oauth.credentials_fingerprint``): each recorded
+    one is compared once per process, not on every poll while another process fetches."""
 
     def __init__(self, settings: Settings, resolved: Settings | None = None) -> None:
         self._settings = settings
         self._resolved = resolved
         self._fingerprint: str | None = None
+        self._compared: dict[str, bool] = {}
 
     def settings(self) -> Settings:
         if self._resolved is None:
@@ -593,12 +599,20 @@ class _Credentials:
             self._fingerprint = credentials_fingerprint(self.settings())
         return self._fingerprint
 
+    def matches(self, recorded: str) -> bool:
+        """Was ``recorded`` made for these credentials?"""
+        if recorded not in self._compared:
+            from ._oauth import credentials_match
+
+            self._compared[recorded] = credentials_match(self.settings(), recorded)
+        return self._compared[recorded]
+
     def renewed(self) -> _Credentials | None:
         """The credentials read again from their source, if they differ from these."""
         from ._client_auth import resolve_credentials
 
         again = _Credentials(self._settings, resolve_credentials(self._settings, fresh=True))
-        return again if again.fingerprint() != self.fingerprint() else None
+        return None if again.matches(self.fingerprint()) else again
 
 
 def count_requests(store: TokenStore, settings: Settings, now: float) -> int:
@@ -615,11 +629,17 @@ def _default_store(settings: Settings) -> TokenStore:
     if not settings.cache_enabled:
         return NullStore()
     if settings.token_store:
+        import os
+
         from ._redisstore import store_from_url
 
         password = settings.token_store_password
-        # {}: the environment was read once, by Settings.from_env.
-        return store_from_url(settings.token_store, {}, password=password.reveal() if password else None)
+        # The environment was read once, by Settings.from_env; all but QLAM_REDIS_INSECURE,
+        # which the store reads where it parses the URL (it is not a Settings field yet).
+        insecure = {"QLAM_REDIS_INSECURE": os.environ.get("QLAM_REDIS_INSECURE", "")}
+        return store_from_url(
+            settings.token_store, insecure, password=password.reveal() if password else None, owner=Identity.of(settings)
+        )
     from ._filestore import FileStore
 
     return FileStore(settings.cache_path)

@@ -25,6 +25,16 @@ Why these choices:
 * Redis that cannot be reached is a ``CacheError`` naming the store, not a fetch per
   task: a thousand tasks fetching on their own is what the store exists to prevent. A
   ``save`` that fails only warns: the token in hand is good.
+* Whoever can write the database can write an entry, so what is read is not trusted as
+  the file store's 0600 entries are: a token is handed out only if its claims name this
+  client and audience and it has not expired by its own ``exp`` (``_cache.foreign_token``);
+  otherwise it is dropped from the entry with a warning (the login and failure record
+  beside it are kept: deleting them would let a planted token log the user out). A
+  failure record is believed only as far as the reader would have written it
+  (``_cache.Failure``), and only for a salted fingerprint of the credentials in use.
+* ``redis://`` sends the password and the tokens in clear, so it is refused off
+  loopback unless ``QLAM_REDIS_INSECURE=allow`` says the site has decided otherwise (a
+  private network, a TLS tunnel): the same rule as plain http to the identity provider.
 
 redis-py is imported when a store is made, never on the file store's paths.
 """
@@ -37,7 +47,7 @@ import os
 import time
 from typing import Mapping
 
-from ._cache import CacheEntry, Identity, decode_entry, encode_entry
+from ._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
 from ._errors import CacheError, ConfigurationError
 from ._log import log
 
@@ -59,10 +69,17 @@ class RedisStore:
 
     ``client`` is a ``redis.Redis``. ``lease`` is the lock's lifetime in seconds; its holder
     renews it every third of it, so it bounds the stall after a holder dies, not a fetch.
+    ``owner`` is the identity of the caller, whose entries ``clear()`` removes.
     """
 
     def __init__(
-        self, client, *, lease: float = DEFAULT_LEASE, prefix: str = "qlam-hpc", location: str | None = None
+        self,
+        client,
+        *,
+        lease: float = DEFAULT_LEASE,
+        prefix: str = "qlam-hpc",
+        location: str | None = None,
+        owner: Identity | None = None,
     ) -> None:
         if lease <= 0:
             raise ValueError("lease must be positive")
@@ -70,6 +87,7 @@ class RedisStore:
         self.lease = lease
         self.prefix = prefix
         self.location = location or _describe_client(client)
+        self.owner = owner
 
     def _key(self, identity: Identity, kind: str) -> str:
         return f"{self.prefix}:{identity.key()}:{kind}"
@@ -86,14 +104,35 @@ class RedisStore:
         if raw is None:
             return None
         try:
-            return decode_entry(raw, identity)
+            entry = decode_entry(raw, identity)
         except ValueError as reason:
             log("warning", f"token store entry {key} in {self.location} is corrupt ({reason}); discarded")
             with self._errors("discard a corrupt entry"):
                 self.client.delete(key)
             return None
+        if entry.token is not None:
+            reason = foreign_token(entry.token, identity, time.time())
+            if reason is not None:
+                log(
+                    "warning",
+                    f"token store entry {key} in {self.location} holds a token not issued for client "
+                    f"{identity.client_id} and audience {identity.audience} ({reason}); not using it",
+                )
+                entry = entry._replace(token=None)
+        return entry
 
     def save(self, entry: CacheEntry) -> bool:
+        token = entry.token
+        reason = foreign_token(token, entry.identity, time.time()) if token is not None else None
+        if reason is not None:
+            # Fresh from the identity provider, yet load() would refuse it: without this line
+            # every process would fetch its own token and nobody would know why.
+            log(
+                "warning",
+                f"the identity provider's token does not pass the check of tokens read from {self.location} "
+                f"({reason}): other processes will not use it and will each fetch their own; "
+                "use the file store with this identity provider",
+            )
         try:
             with self._errors("write the token"):
                 self.client.set(self._key(entry.identity, "entry"), encode_entry(entry), ex=_ttl(entry, time.time()))
@@ -103,11 +142,34 @@ class RedisStore:
         return True
 
     def clear(self, identity: Identity | None = None) -> int:
+        """Remove ``identity``'s entry; without one, the owner's entries: those naming the
+        owner's token endpoint, client and principal, whatever their audience and scope.
+
+        A Redis is shared by clients (and, in user context, people) that a file cache
+        directory never mixes, and "all" must not mean theirs: another client's tokens, or
+        another person's login, are not the caller's to delete. An entry that cannot be read
+        is not provably the owner's and is left (``load`` discards it when its owner reads
+        it). Without an owner, clearing "all" is refused.
+        """
         with self._errors("clear the token"):
             if identity is not None:
                 return int(self.client.delete(self._key(identity, "entry")))
-            keys = list(self.client.scan_iter(match=f"{self.prefix}:*:entry", count=500))
-            return int(self.client.delete(*keys)) if keys else 0
+            owner = self.owner
+            if owner is None:
+                raise ConfigurationError(
+                    f"token store {self.location}: cannot tell whose entries are whose without the caller's "
+                    "identity; clear one identity's entry instead"
+                )
+            removed = 0
+            for key in self.client.scan_iter(match=f"{self.prefix}:*:entry", count=500):
+                found = identity_of(self.client.get(key) or b"")
+                if found is not None and (found.token_url, found.client_id, found.principal) == (
+                    owner.token_url,
+                    owner.client_id,
+                    owner.principal,
+                ):
+                    removed += int(self.client.delete(key))
+            return removed
 
     # --- the refresh lock ---------------------------------------------------------------
 
@@ -290,8 +352,9 @@ def store_from_url(
     *,
     password: str | None = None,
     lease: float = DEFAULT_LEASE,
+    owner: Identity | None = None,
 ):
-    """The token store a ``QLAM_TOKEN_STORE`` URL names.
+    """The token store a ``QLAM_TOKEN_STORE`` URL names; ``owner`` is the caller's identity.
 
     * ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS), read by
       ``redis.Redis.from_url``: query parameters such as ``ssl_ca_certs=/path/ca.pem``,
@@ -300,9 +363,15 @@ def store_from_url(
       ``environ`` (default ``os.environ``).
     * ``file:///path/to/dir``: the file store in that directory.
 
+    ``redis://`` to a host other than loopback (``localhost``, ``127.x.y.z``, ``::1``) is
+    refused unless ``QLAM_REDIS_INSECURE=allow`` in ``environ``: the password and every
+    token would cross the network in clear. It is read here, with the URL it qualifies.
+
     Raises ``ConfigurationError`` for anything else.
     """
     from urllib.parse import unquote, urlsplit
+
+    from ._settings import is_loopback
 
     env = os.environ if environ is None else environ
     text = url.strip()
@@ -330,8 +399,17 @@ def store_from_url(
     options: dict = {"socket_connect_timeout": DEFAULT_TIMEOUT, "socket_timeout": DEFAULT_TIMEOUT}
     try:
         has_password = urlsplit(text).password is not None
+        host = urlsplit(text).hostname or "localhost"  # redis-py's default
     except ValueError:
         raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r} is not a valid URL") from None
+    insecure = (env.get("QLAM_REDIS_INSECURE") or "").strip()
+    if insecure and insecure.lower() != "allow":
+        raise ConfigurationError(f"QLAM_REDIS_INSECURE={insecure!r:.40}: the only value is allow")
+    if scheme == "redis" and not insecure and not is_loopback(host):
+        raise ConfigurationError(
+            f"QLAM_TOKEN_STORE {_safe_url(text)!r} would send the Redis password and the tokens in clear: "
+            "use rediss:// (TLS), or set QLAM_REDIS_INSECURE=allow if the network is trusted"
+        )
     if not has_password:
         password = password or env.get("QLAM_REDIS_PASSWORD") or env.get("REDIS_PASSWORD")
         if password:
@@ -346,4 +424,4 @@ def store_from_url(
         # The message names a parameter, never its value.
         detail = str(exc).replace("AbstractConnection.__init__() got an ", "")
         raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r}: {detail}") from None
-    return RedisStore(client, lease=lease, location=_safe_url(text))
+    return RedisStore(client, lease=lease, location=_safe_url(text), owner=owner)
