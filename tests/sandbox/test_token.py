@@ -180,3 +180,17 @@ def test_quota_resets_at_the_next_utc_month() -> None:
     """The quota window ends at the first second of the next UTC month, across a year end too."""
     assert next_month_start(1735689599.0) == 1735689600  # 2024-12-31T23:59:59Z -> 2025-01-01
     assert next_month_start(1706745600.0) == 1709251200  # 2024-02-01 -> 2024-03-01 (leap year)
+
+
+def test_client_gone_during_the_latency_gets_nothing_granted(idp: Sandbox, http: httpx.Client) -> None:
+    """A client that gives up while its request sleeps the injected latency gets no token issued (nor quota used),
+    though its request still counts."""
+    idp.set_faults(latency=0.5)
+    with pytest.raises(httpx.ReadTimeout):
+        http.post(idp.token_url, data=token_form(), timeout=0.1)
+    deadline = time.monotonic() + 5
+    while not idp.stats()["token_errors"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = idp.stats()
+    assert (stats["token_requests"], stats["tokens_issued"]) == (1, 0)
+    assert stats["token_errors"] == {"invalid_request": 1}
