@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The services the integration tests use, started before pytest (`make test` runs this).
 #
-#   scripts/test-services.sh [start]   Redis on 127.0.0.1:6390 and a 3-node Slurm cluster
+#   scripts/test-services.sh [start]   Redis on 127.0.0.1:6390 and a 3-node Slurm cluster; Lmod installed
 #   scripts/test-services.sh stop      stop both (only what these scripts started)
 #
 # Never fails `make test`: where a service cannot be installed or started, it says why,
@@ -15,6 +15,17 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 last_line() { grep -v '^\s*$' "$log" | tail -1; }
+
+# Lmod, for the site install's modulefile (tests/test_site_install.py): a package, no daemon.
+lmod_installed() {
+    [ -e /etc/profile.d/lmod.sh ] && return 0
+    command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] \
+        || { echo "Lmod is not installed and installing it needs root and apt-get (apt-get install lmod)" >"$log"; return 1; }
+    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lmod)
+    "${install[@]}" >"$log" 2>&1 && return 0
+    apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists
+    "${install[@]}" >"$log" 2>&1
+}
 
 case $action in
     start)
@@ -30,6 +41,12 @@ case $action in
         else
             echo "  slurm         NOT STARTED: $(last_line)"
             echo "                (the tests in tests/slurm/ will be skipped or fail with this reason)"
+        fi
+        if lmod_installed; then
+            echo "  lmod          installed (/etc/profile.d/lmod.sh)"
+        else
+            echo "  lmod          NOT INSTALLED: $(last_line)"
+            echo "                (tests/test_site_install.py is skipped with this reason)"
         fi
         ;;
     stop)
