@@ -37,9 +37,20 @@ def test_a_good_setup_passes_without_a_token_request(good, sandbox):
     rows = _lines(result.out)
     for name in ("client id", "client secret", "identity provider", "clock", "QLAM API", "cache directory", "cache locking", "cached token"):
         assert rows[name] == "ok", result.out
-    assert result.out.splitlines()[-1] == "doctor: no problems found"
+    assert result.out.splitlines()[-1].startswith("doctor: no problems found; the credentials were not verified")
     assert "from environment QLAM_CLIENT_ID" in result.out
     assert good["QLAM_CLIENT_SECRET"] not in result.out + result.err
+    assert sandbox.stats()["token_requests"] == 0
+
+
+def test_a_wrong_secret_passes_but_the_last_line_says_it_was_not_verified(good, sandbox):
+    """No token request (no quota), so a wrong secret cannot be caught: the last line says so,
+    and names the command that checks it for one request."""
+    result = run_cli("doctor", env={**good, "QLAM_CLIENT_SECRET": "a-wrong-secret"})
+    assert result.code == 0, result.out
+    last = result.out.splitlines()[-1]
+    assert "the credentials were not verified" in last
+    assert "qlam-hpc auth check" in last and "one token request" in last
     assert sandbox.stats()["token_requests"] == 0
 
 

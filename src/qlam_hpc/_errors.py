@@ -2,7 +2,9 @@
 
     QlamError                      1  anything qlam-hpc raises on purpose
     ├── ConfigurationError         3  a setting is missing or invalid
-    │   └── TokenLifetimeTooShort  3  --min-ttl asks more than the IdP ever issues
+    │   ├── TokenLifetimeTooShort  3  --min-ttl asks more than the IdP ever issues
+    │   └── TlsError              18  a certificate not trusted, or https spoken to a plain-http server
+    │                                 (any server: IdP, API, Vault; never retried, never "unreachable")
     ├── AuthError                     the token could not be obtained
     │   ├── OAuthError             4  the IdP answered with an RFC 6749 error
     │   │   ├── InvalidClient          (wrong secret, unknown client)
@@ -41,6 +43,7 @@ __all__ = [
     "QlamError",
     "ConfigurationError",
     "TokenLifetimeTooShort",
+    "TlsError",
     "AuthError",
     "OAuthError",
     "InvalidClient",
@@ -106,6 +109,18 @@ class TokenLifetimeTooShort(ConfigurationError):
 
     def __reduce__(self):  # type: ignore[override]
         return (type(self), (self.min_ttl, self.lifetime))
+
+
+class TlsError(ConfigurationError):
+    """A TLS handshake failed in a way no retry fixes: the server's certificate is not
+    trusted (a site CA missing from the bundle, a proxy that re-signs), or the server
+    answers plain HTTP where https was asked for (a bare ``host:port`` means https).
+
+    A ``ConfigurationError``, since a setting fixes it, with its own exit code, 18, so a
+    batch script can tell it from a missing variable; the message names the setting.
+    """
+
+    exit_code = 18
 
 
 class AuthError(QlamError):

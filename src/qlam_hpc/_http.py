@@ -2,15 +2,29 @@
 
 httpx is imported here and only here on the token path, so a warm cache hit
 never pays for it.
+
+Every request to the identity provider (client_credentials, device, refresh, revocation,
+discovery) goes through ``_exchange``, which bounds it two ways httpx does not:
+
+- **a deadline for the whole request**, ``QLAM_HTTP_TIMEOUT`` and never past what is left
+  of ``QLAM_RETRY_DEADLINE``. httpx's timeouts apply to each read, so a server (or proxy)
+  that sends a byte a second keeps a request, and the refresh lock with it, for as long
+  as it likes. At the deadline a timer shuts the request's socket down;
+- **a cap on the answer**, ``BODY_LIMIT``: a token answer is a few kilobytes, so a larger
+  one is refused as it streams in, never read whole.
+
+TLS trust is ``_tls``'s, the same as the tasks client's; a TLS failure is a ``TlsError``
+at once, never retried as if the network were down.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import namedtuple
 from typing import Callable
 
-from ._errors import ConfigurationError, IdentityProviderUnreachable, RateLimited
+from ._errors import ConfigurationError, IdentityProviderUnreachable, InvalidTokenResponse, RateLimited
 from ._log import log
 from ._oauth import backoff_delay, parse_token_response, server_wait, token_request
 from ._settings import Settings
@@ -33,18 +47,16 @@ def fetch_token(
     the IdP asks, if that fits in the policy's deadline. OAuth errors are never retried.
     With discovery, the document is read first (once per process), within the same budget.
     """
-    import httpx
-
     from ._client_auth import choose_method, client_authentication
 
     retry = _Retrying(settings, sleep=sleep, clock=clock, rng=rng)
-    with httpx.Client(timeout=settings.http_timeout, transport=transport, trust_env=True) as client:
+    with _client(settings, transport) as client:
         endpoint, supported, issuer = settings.token_url, None, None
         if settings.discovery_url:
             from ._discovery import discover
 
             def get(url: str) -> tuple:
-                response, _ = retry.send(url, lambda: client.get(url, headers={"Accept": "application/json"}))
+                response, _ = retry.send(client, url, lambda: client.build_request("GET", url, headers=_ACCEPT))
                 return response.status_code, response.headers, response.content
 
             found = discover(settings.discovery_url, get)
@@ -66,9 +78,9 @@ def fetch_token(
             request = token_request(
                 settings, endpoint=endpoint, auth=auth, now=clock(), assertion_audience=assertion_audience
             )
-            return client.post(request.url, data=request.form, headers=request.headers)
+            return client.build_request("POST", request.url, data=request.form, headers={**_ACCEPT, **request.headers})
 
-        response, sent_at = retry.send(endpoint, post)
+        response, sent_at = retry.send(client, endpoint, post)
         return parse_token_response(
             response.status_code, response.headers, response.content, endpoint, sent_at, obtained_by
         )
@@ -79,11 +91,16 @@ class _Retrying:
 
     def __init__(self, settings: Settings, *, sleep, clock, rng) -> None:
         self.policy = settings.retry
+        self.http_timeout = settings.http_timeout
+        self.trust = settings.tls_trust
         self.sleep, self.clock, self.rng = sleep, clock, rng
         self.started = clock()
+        # The deadline of requests in flight is real time, whatever clock the caller gave.
+        self.began = time.monotonic()
 
-    def send(self, url: str, attempt_once: Callable, *, spends: str | None = None):
-        """``(response, sent_at)`` for the first answer that is neither 5xx nor 429.
+    def send(self, client, url: str, build: Callable, *, spends: str | None = None):
+        """``(answer, sent_at)`` for the first answer that is neither 5xx nor 429; ``build()``
+        makes the ``httpx.Request`` of each attempt.
 
         ``spends`` names what a request uses up (a rotating refresh token): such a request
         is repeated only when the server cannot have acted on it — no connection made,
@@ -93,16 +110,22 @@ class _Retrying:
         import httpx
 
         policy, clock = self.policy, self.clock
+        failure: Exception | None = None
         for attempt in range(1, policy.attempts + 1):
+            seconds = min(self.http_timeout, policy.deadline - (time.monotonic() - self.began))
+            if seconds <= 0 and failure is not None:
+                raise failure
+            seconds = max(seconds, 0.001)
             sent_at = clock()
             requested_wait: float | None = None
             final = False
             try:
-                response = attempt_once()
+                response = _exchange(client, build(), url, seconds, trust=self.trust)
+            except _Overdue as exc:
+                failure = IdentityProviderUnreachable(str(exc))
+                final = spends is not None and exc.sent
             except httpx.TransportError as exc:
-                failure: Exception = IdentityProviderUnreachable(
-                    f"identity provider {url} is unreachable ({_describe(exc)})"
-                )
+                failure = IdentityProviderUnreachable(f"identity provider {url} is unreachable ({_describe(exc)})")
                 final = spends is not None and not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             else:
                 status = response.status_code
@@ -131,6 +154,153 @@ class _Retrying:
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
 
 
+# --- one request: a deadline, a body cap, TLS failures named ---------------------------------
+
+#: The largest answer read from the identity provider. Token answers are a few kilobytes
+#: (an Auth0 access token about 1 KiB, with an ID and refresh token under 8 KiB), discovery
+#: documents under 16 KiB; anything bigger is not what was asked for.
+BODY_LIMIT = 64 * 1024
+# Plain bytes: a compressed answer could hide any size behind a small one.
+_ACCEPT = {"Accept": "application/json", "Accept-Encoding": "identity"}
+
+
+class _Answer(namedtuple("_AnswerFields", "status_code reason_phrase headers content")):
+    """An identity provider's answer, read in full (it fit under ``BODY_LIMIT``)."""
+
+    __slots__ = ()
+
+
+class _Overdue(Exception):
+    """A request outlived its deadline; ``sent``: the request may have reached the server."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class _Watchdog:
+    """Ends a request at its deadline, whatever it is waiting for.
+
+    httpcore reports each new connection through the request's ``trace`` extension; the
+    watchdog keeps a duplicate of its socket, and when the timer fires shuts it down,
+    which wakes the read (or TLS handshake) in progress with an error. Connections are
+    not kept alive between requests (see ``_client``), so every request has its own.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        import threading
+
+        self.fired = False
+        self.connected = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is None:
+            return
+        # A duplicate: TLS takes over the original socket object, not the connection.
+        duplicate = sock.dup()
+        with self._lock:
+            self.connected = True
+            self._sockets.append(duplicate)
+            if self.fired:
+                _shut(duplicate)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+def _shut(sock) -> None:
+    import socket
+
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _exchange(client, request, url: str, seconds: float, *, trust=None) -> _Answer:
+    """Send ``request`` and read its answer within ``seconds`` and ``BODY_LIMIT``.
+
+    ``_Overdue`` at the deadline; ``TlsError`` for a certificate failure or a plain-http
+    server; ``InvalidTokenResponse`` for an answer over the cap (a 5xx or 429 answer's body
+    is cut there instead: only its status and headers are used); ``httpx.TransportError``
+    for the rest, for the caller to retry.
+    """
+    import httpx
+
+    from ._tls import failure as tls_failure
+
+    request.extensions["timeout"] = httpx.Timeout(seconds).as_dict()
+    watchdog = _Watchdog(seconds)
+    request.extensions["trace"] = watchdog.trace
+    overdue = _Overdue(
+        f"identity provider {url} did not answer within {seconds:.3g}s "
+        "(QLAM_HTTP_TIMEOUT per request, QLAM_RETRY_DEADLINE in all)",
+        sent=True,
+    )
+    with watchdog:
+        try:
+            response = client.send(request, stream=True)
+            try:
+                content = _read_capped(response, url)
+            finally:
+                response.close()
+        except httpx.TransportError as exc:
+            if watchdog.fired:
+                overdue.sent = watchdog.connected
+                raise overdue from None
+            tls = tls_failure(exc, url, trust)
+            if tls is not None:
+                raise tls from None
+            raise
+        except httpx.DecodingError:
+            raise InvalidTokenResponse(f"identity provider {url} sent an answer that cannot be decoded") from None
+        if watchdog.fired:  # the socket was shut down as the answer ended: it may be cut short
+            raise overdue
+    return _Answer(response.status_code, response.reason_phrase, response.headers, content)
+
+
+def _read_capped(response, url: str) -> bytes:
+    status = response.status_code
+    disposable = status == 429 or status >= 500
+    too_big = InvalidTokenResponse(
+        f"identity provider {url} sent an answer over {BODY_LIMIT // 1024} KiB (HTTP {status}); refusing it"
+    )
+    declared = response.headers.get("content-length", "")
+    if not disposable and declared.isdigit() and int(declared) > BODY_LIMIT:
+        raise too_big
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > BODY_LIMIT:
+            if disposable:
+                break
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _rate_limited(url: str, wait: float | None) -> RateLimited:
     from ._durations import format_duration
 
@@ -147,9 +317,21 @@ def _describe(exc: Exception) -> str:
 
 
 def _client(settings: Settings, transport):
+    """The httpx client of one exchange with the identity provider: the site's TLS trust
+    (``_tls``), proxies from the environment, and no kept-alive connections, so that each
+    request has its own socket for its deadline (see ``_Watchdog``)."""
     import httpx
 
-    return httpx.Client(timeout=settings.http_timeout, transport=transport, trust_env=True)
+    from ._tls import verify
+
+    trust = settings.tls_trust
+    return httpx.Client(
+        timeout=settings.http_timeout,
+        transport=transport,
+        trust_env=True,
+        verify=verify(trust[1], trust[0]) if trust else True,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
 
 
 def _user_endpoint(settings: Settings, client, retry: _Retrying, name: str) -> str | None:
@@ -165,11 +347,16 @@ def _user_endpoint(settings: Settings, client, retry: _Retrying, name: str) -> s
     from ._discovery import discover
 
     def get(url: str) -> tuple:
-        response, _ = retry.send(url, lambda: client.get(url, headers={"Accept": "application/json"}))
+        response, _ = retry.send(client, url, lambda: client.build_request("GET", url, headers=_ACCEPT))
         return response.status_code, response.headers, response.content
 
     found = discover(settings.discovery_url, get)
     return found.token_endpoint if name == "token" else getattr(found, f"{name}_endpoint")
+
+
+def _post(client, url: str, request):
+    """The ``httpx.Request`` of a form POST (``_oauth``'s request objects)."""
+    return client.build_request("POST", url, data=request.form, headers={**_ACCEPT, **request.headers})
 
 
 def start_device_login(settings: Settings, *, transport=None, clock: Callable[[], float] = time.time):
@@ -185,7 +372,7 @@ def start_device_login(settings: Settings, *, transport=None, clock: Callable[[]
                 "this server does not offer the device flow (or set QLAM_DEVICE_AUTHORIZATION_URL)"
             )
         request = device_authorization_request(settings, url)
-        response, _ = retry.send(url, lambda: client.post(url, data=request.form, headers=request.headers))
+        response, _ = retry.send(client, url, lambda: _post(client, url, request))
         return parse_device_authorization(response.status_code, response.headers, response.content, url)
 
 
@@ -227,7 +414,10 @@ def poll_device_login(
             sleep(interval)
             sent_at = clock()
             try:
-                response = client.post(url, data=request.form, headers=request.headers)
+                response = _exchange(client, _post(client, url, request), url, settings.http_timeout, trust=settings.tls_trust)
+            except _Overdue as exc:
+                log("warning", f"{exc}; polling again")
+                continue
             except httpx.TransportError as exc:
                 log("warning", f"identity provider {url} is unreachable ({_describe(exc)}); polling again")
                 continue
@@ -278,9 +468,7 @@ def refresh_tokens(
         url = _user_endpoint(settings, client, retry, "token")
         assert url is not None
         request = refresh_request(settings, url, refresh_token)
-        response, sent_at = retry.send(
-            url, lambda: client.post(url, data=request.form, headers=request.headers), spends="refresh token"
-        )
+        response, sent_at = retry.send(client, url, lambda: _post(client, url, request), spends="refresh token")
         return parse_user_tokens(response.status_code, response.headers, response.content, url, sent_at, obtained_by)
 
 
@@ -294,7 +482,7 @@ def revoke_refresh_token(settings: Settings, refresh_token: str, *, transport=No
         if url is None:
             return None
         request = revocation_request(settings, url, refresh_token)
-        response, _ = retry.send(url, lambda: client.post(url, data=request.form, headers=request.headers))
+        response, _ = retry.send(client, url, lambda: _post(client, url, request))
         if response.status_code >= 400:
             # An OAuth error body gives a precise message; anything else is a bad answer.
             parse_token_response(response.status_code, response.headers, response.content, url, 0.0, None)

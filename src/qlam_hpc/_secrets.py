@@ -324,10 +324,15 @@ class VaultSecret(SecretSource):
         if not address:
             raise ConfigurationError(f"{self.origin} names {self.describe()}, but VAULT_ADDR is not set")
         address = base_url_for(address, "VAULT_ADDR")
+        from ._tls import VAULT_CA_VARIABLES, ca_setting
+
+        # Vault's own variables, as hvac and the vault CLI read them: VAULT_CACERT, else
+        # VAULT_CAPATH; without either, requests' default trust (REQUESTS_CA_BUNDLE, certifi).
+        trust = ca_setting(env, VAULT_CA_VARIABLES)
         client = hvac.Client(
             url=address,
             namespace=env.get("VAULT_NAMESPACE") or None,
-            verify=env.get("VAULT_CACERT") or True,
+            verify=trust[1] if trust else True,
             timeout=10,
         )
         what = f"{self.describe()} at {address}"
@@ -347,7 +352,18 @@ class VaultSecret(SecretSource):
         except hvac.exceptions.VaultError as exc:
             raise SecretStoreUnreachable(f"Vault at {address} answered with an error ({type(exc).__name__})") from None
         except requests.exceptions.RequestException as exc:
+            from ._tls import failure
+
+            # A certificate or a plain-http server is a setting to fix, not an outage to retry.
+            tls = failure(exc, address, trust, names="VAULT_CACERT (or VAULT_CAPATH)")
+            if tls is not None:
+                raise tls from None
             raise SecretStoreUnreachable(f"Vault at {address} is unreachable ({type(exc).__name__})") from None
+        except OSError as exc:  # an unusable VAULT_CACERT: requests raises it while sending
+            raise ConfigurationError(
+                f"the CA bundle named by VAULT_CACERT or VAULT_CAPATH cannot be used for Vault at {address} "
+                f"({exc.strerror or type(exc).__name__})"
+            ) from None
         data = ((answer or {}).get("data") or {}).get("data")
         if not isinstance(data, dict):
             raise ConfigurationError(f"Vault's answer for {what} holds no KV version 2 data")

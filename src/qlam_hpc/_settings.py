@@ -98,7 +98,17 @@ _SETTINGS_FIELDS = (
     "revocation_url",  # RFC 7009 endpoint; None: from the discovery document (or the server has none)
     "refresh_token_lifetime",  # seconds a login lasts when the server does not say (QLAM: 15 days)
     "refresh_token_dir",  # str | None: keep the login (refresh token) here, apart from the access token
+    "tls_trust",  # (variable, path) | None: the CA bundle named by SSL_CERT_FILE, SSL_CERT_DIR or REQUESTS_CA_BUNDLE
 )
+
+# How long a task waits for another task's fetch before LockTimeout (exit 9). Long enough
+# for a crashed node's lock to come free on NFSv4: the server drops a dead client's locks
+# only once its lease (Linux knfsd: 90 s) has run out unrenewed, and after a server
+# restart no lock is granted before its grace period (90 s more) ends. Waiting just the
+# lease (the old 90 s) gave up at the very moment the lock came free. 240 s covers lease
+# plus grace (180 s), the server's scan for expired clients and a waiter's poll, and is
+# still well past the longest fetch (QLAM_RETRY_DEADLINE 60 s plus one QLAM_HTTP_TIMEOUT).
+DEFAULT_LOCK_TIMEOUT = 240.0
 
 CLIENT_CREDENTIALS = "client_credentials"
 DEVICE = "device"
@@ -126,10 +136,10 @@ class Settings(
     namedtuple(
         "_SettingsFields",
         _SETTINGS_FIELDS,
-        defaults=(None, None, None, True, None, 90.0, 10.0, RetryPolicy(), 300.0, 15.0)
+        defaults=(None, None, None, True, None, DEFAULT_LOCK_TIMEOUT, 10.0, RetryPolicy(), 300.0, 15.0)
         + (None, None, None, None, "audience", None, None)
         + (None, None)
-        + (CLIENT_CREDENTIALS, None, None, DEFAULT_REFRESH_TOKEN_LIFETIME, None),
+        + (CLIENT_CREDENTIALS, None, None, DEFAULT_REFRESH_TOKEN_LIFETIME, None, None),
     )
 ):
     """Everything qlam-hpc needs to obtain and cache a token. Immutable; ``with_`` copies."""
@@ -148,6 +158,12 @@ class Settings(
 
     def with_(self, **changes) -> Settings:
         return self._replace(**changes)
+
+    def __repr__(self) -> str:
+        # The store URL may carry the Redis password (redis://:pw@host): shown without it.
+        fields = self._asdict()
+        fields["token_store"] = redact_url(self.token_store)
+        return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in fields.items()) + ")"
 
     @property
     def cache_path(self) -> str:
@@ -173,6 +189,8 @@ def build_settings(
     ``origins`` is filled as settings are read, so after a ``ConfigurationError`` it still
     holds everything read before it (``qlam-hpc doctor`` shows both).
     """
+    from ._tls import ca_setting
+
     env = os.environ if environ is None else environ
     given = {k: v for k, v in overrides.items() if v is not None}
 
@@ -272,7 +290,7 @@ def build_settings(
         cache_dir=os.path.expanduser(cache_dir) if cache_dir else default_cache_dir(env),
         cache_enabled=_flag(env.get("QLAM_TOKEN_CACHE") or "on", "QLAM_TOKEN_CACHE"),
         token_budget=_positive_int(env.get("QLAM_TOKEN_BUDGET"), "QLAM_TOKEN_BUDGET"),
-        lock_timeout=_seconds(env.get("QLAM_LOCK_TIMEOUT"), "QLAM_LOCK_TIMEOUT", 90.0),
+        lock_timeout=_seconds(env.get("QLAM_LOCK_TIMEOUT"), "QLAM_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
         http_timeout=_seconds(env.get("QLAM_HTTP_TIMEOUT"), "QLAM_HTTP_TIMEOUT", 10.0),
         retry=RetryPolicy(
             attempts=_positive_int(env.get("QLAM_RETRY_ATTEMPTS"), "QLAM_RETRY_ATTEMPTS") or 5,
@@ -295,6 +313,7 @@ def build_settings(
             env.get("QLAM_REFRESH_TOKEN_LIFETIME"), "QLAM_REFRESH_TOKEN_LIFETIME", DEFAULT_REFRESH_TOKEN_LIFETIME
         ),
         refresh_token_dir=os.path.expanduser(env["QLAM_REFRESH_TOKEN_DIR"]) if env.get("QLAM_REFRESH_TOKEN_DIR") else None,
+        tls_trust=ca_setting(env),
     )
     if settings.refresh_token_dir:
         note("refresh_token_dir", "environment QLAM_REFRESH_TOKEN_DIR")
@@ -363,6 +382,31 @@ def _check_refresh_token_store(settings: Settings, env: Mapping[str, str]) -> No
         "whoever can read that Redis could act as you for weeks. Keep the login in a directory of your own "
         "(QLAM_REFRESH_TOKEN_DIR), use the file store, or accept it with QLAM_SHARED_REFRESH_TOKENS=allow"
     )
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with any password replaced by ``********``: in its userinfo
+    (``redis://user:pw@host``) and in a ``password=`` query parameter (redis-py reads both)."""
+    if not url or not isinstance(url, str):
+        return url
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}:********@{host}" if colon else authority
+    if "?" in tail or "?" in authority:
+        path, _, query = (slash + tail).partition("?") if slash else ("", "", "")
+        if not slash:
+            authority, _, query = authority.partition("?")
+        parts = [
+            part.split("=", 1)[0] + "=********" if part.split("=", 1)[0].lower() == "password" else part
+            for part in query.split("&")
+        ]
+        return f"{scheme}://{authority}{path}?{'&'.join(parts)}"
+    return f"{scheme}://{authority}{slash}{tail}"
 
 
 def _redis_password(env: Mapping[str, str]) -> Secret | None:

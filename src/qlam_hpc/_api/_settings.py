@@ -9,6 +9,7 @@ from typing import Mapping
 
 from .._errors import ConfigurationError
 from .._settings import RetryPolicy, _flag, _positive_int, _seconds, base_url_for
+from .._tls import ca_bundle
 
 DEFAULT_API_URL = "https://api.quera.com"
 DEFAULT_QPU_MODE = "squin-256q"
@@ -45,8 +46,8 @@ class ApiSettings(
 
         ``QLAM_API_URL``, ``QLAM_QPU_MODE``, ``QLAM_ATTRIBUTION`` (on|off), ``QLAM_API_TIMEOUT``,
         ``QLAM_API_CONNECT_TIMEOUT``, ``QLAM_RETRY_ATTEMPTS``, ``QLAM_RETRY_DEADLINE``; the CA
-        bundle from ``SSL_CERT_FILE`` (httpx's variable), else ``REQUESTS_CA_BUNDLE`` (requests'),
-        so a cluster set up for either works unchanged.
+        bundle as for the token fetch (``_tls``): ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else
+        ``REQUESTS_CA_BUNDLE``, so a cluster set up for any of them works unchanged.
         """
         env = os.environ if environ is None else environ
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -62,7 +63,7 @@ class ApiSettings(
                 attempts=_positive_int(env.get("QLAM_RETRY_ATTEMPTS"), "QLAM_RETRY_ATTEMPTS") or 5,
                 deadline=_seconds(env.get("QLAM_RETRY_DEADLINE"), "QLAM_RETRY_DEADLINE", 60.0),
             ),
-            ca_bundle=env.get("SSL_CERT_FILE") or env.get("REQUESTS_CA_BUNDLE") or None,
+            ca_bundle=ca_bundle(env),
         )
         if given:
             settings = settings._replace(**given)

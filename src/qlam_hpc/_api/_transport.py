@@ -2,20 +2,18 @@
 
 Proxies come from the environment the way httpx (and curl, and requests) read
 them: ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``, through
-``trust_env``. Trust: ``SSL_CERT_FILE`` (httpx's own variable) or, failing that,
-``REQUESTS_CA_BUNDLE``, so a site that set up either for its proxy's CA works
-as its users expect; a directory of hashed certificates works too.
+``trust_env``. Trust is the token fetch's (``_tls``): ``SSL_CERT_FILE``, else
+``SSL_CERT_DIR``, else ``REQUESTS_CA_BUNDLE``, so a site that set up any of them for
+its proxy's CA works as its users expect; a directory of hashed certificates works too.
 """
 
 from __future__ import annotations
 
-import os
 import ssl
 from typing import Any
 
 import httpx
 
-from .._errors import ConfigurationError
 from .._version import __version__
 from ._settings import ApiSettings
 
@@ -34,18 +32,9 @@ def user_agent() -> str:
 
 def ssl_context(settings: ApiSettings) -> ssl.SSLContext | bool:
     """A context trusting ``settings.ca_bundle``, or ``True`` for httpx's default trust."""
-    bundle = settings.ca_bundle
-    if not bundle:
-        return True
-    try:
-        if os.path.isdir(bundle):
-            return ssl.create_default_context(capath=bundle)
-        return ssl.create_default_context(cafile=bundle)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigurationError(
-            f"the CA bundle {bundle} (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE) cannot be used: {reason}"
-        ) from None
+    from .._tls import verify
+
+    return verify(settings.ca_bundle)
 
 
 def client_options(settings: ApiSettings, *, auth: httpx.Auth | None, transport: Any = None) -> dict[str, Any]:
@@ -76,6 +65,8 @@ PERMANENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 def retryable(exc: httpx.TransportError) -> bool:
     if isinstance(exc, PERMANENT):
         return False
-    text = str(exc)
-    # A certificate the client does not trust stays untrusted on the next attempt.
-    return "CERTIFICATE_VERIFY_FAILED" not in text and "certificate verify failed" not in text
+    from .._tls import failure
+
+    # A certificate the client does not trust stays untrusted on the next attempt, and a
+    # plain-http server does not learn TLS.
+    return failure(exc, "") is None

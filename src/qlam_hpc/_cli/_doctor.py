@@ -10,7 +10,13 @@ Each line is ``verdict  check  detail``; the verdicts are ``ok``, ``warn`` (work
 but worth knowing), ``FAIL`` and ``skip`` (could not be checked because of an
 earlier failure). The exit code is that of the first failed check: 3 for
 settings, secrets and the clock, 15 for a secret store, 5 for the identity
-provider, 14 for the QLAM API, 8 for the cache; 0 when nothing failed.
+provider, 14 for the QLAM API, 18 for a TLS failure with either, 8 for the cache;
+0 when nothing failed. Its connections trust what the token fetch and the tasks
+client trust (``_tls``: SSL_CERT_FILE, SSL_CERT_DIR, REQUESTS_CA_BUNDLE).
+
+Reading a secret proves it is there, not that the identity provider accepts it: the
+last line says so when nothing failed, and names ``qlam-hpc auth check``, which
+verifies it at the cost of one token request.
 """
 
 from __future__ import annotations
@@ -60,7 +66,14 @@ def doctor(config) -> None:  # type: ignore[no-untyped-def]
     if failed:
         click.echo(f"doctor: {len(failed)} problem{'s' * (len(failed) > 1)} found; the first is {failed[0].name}")
         click.get_current_context().exit(failed[0].code)
-    click.echo(f"doctor: no problems found{f' ({warned} warnings)' if warned else ''}")
+    click.echo(f"doctor: no problems found{f' ({warned} warnings)' if warned else ''}; {NOT_VERIFIED}")
+
+
+# The last line of a clean report: doctor spends no token request, so a wrong secret (or a
+# revoked login) passes every check above; say so where a batch script's log shows it.
+NOT_VERIFIED = (
+    "the credentials were not verified: qlam-hpc auth check does that, at the cost of one token request"
+)
 
 
 def diagnose(environ: Mapping[str, str], overrides: dict, *, transport=None) -> list[Check]:
@@ -214,20 +227,27 @@ def _login(settings) -> list[Check]:  # type: ignore[no-untyped-def]
 
 def _identity_provider(settings, transport) -> list[Check]:  # type: ignore[no-untyped-def]
     """GET the discovery document if one is configured, else the token endpoint itself:
-    any HTTP answer proves it reachable, and none of them is a token request."""
+    any HTTP answer proves it reachable, and none of them is a token request. The GET has
+    the token fetch's client, deadline and body cap."""
     import httpx
+
+    from .._errors import TlsError
+    from .._http import _ACCEPT, _client, _exchange, _Overdue
 
     url = settings.discovery_url or settings.token_url
     try:
-        with httpx.Client(timeout=settings.http_timeout, transport=transport, trust_env=True) as client:
+        with _client(settings, transport) as client:
             sent = time.time()
-            response = client.get(url, headers={"Accept": "application/json"})
+            response = _exchange(client, client.build_request("GET", url, headers=_ACCEPT), url, settings.http_timeout, trust=settings.tls_trust)
             received = time.time()
-    except httpx.HTTPError as exc:
-        return [
-            Check("FAIL", "identity provider", f"{url} is unreachable ({type(exc).__name__})", 5),
-            Check("skip", "clock", "needs an answer from the identity provider"),
-        ]
+    except (httpx.HTTPError, _Overdue, TlsError, QlamError) as exc:
+        if isinstance(exc, QlamError):
+            failed = Check("FAIL", "identity provider", str(exc), exc.exit_code)
+        elif isinstance(exc, _Overdue):
+            failed = Check("FAIL", "identity provider", str(exc), 5)
+        else:
+            failed = Check("FAIL", "identity provider", f"{url} is unreachable ({type(exc).__name__})", 5)
+        return [failed, Check("skip", "clock", "needs an answer from the identity provider")]
     took = f"in {(received - sent) * 1000:.0f} ms"
     if response.status_code >= 500:
         checks = [Check("FAIL", "identity provider", f"{url} answered HTTP {response.status_code} {took}", 5)]
@@ -273,6 +293,9 @@ def _clock(date: str | None, sent: float, received: float) -> Check:
 def _api(environ: Mapping[str, str], transport) -> Check:
     import httpx
 
+    from .._tls import failure as tls_failure
+    from .._tls import verify_from_env
+
     try:
         from .._api._settings import ApiSettings
 
@@ -280,15 +303,28 @@ def _api(environ: Mapping[str, str], transport) -> Check:
     except Exception:  # the tasks client's settings are not ours to diagnose; fall back to the variable
         base = (environ.get("QLAM_API_URL") or "https://api.quera.com").rstrip("/")
     try:
-        with httpx.Client(timeout=10.0, transport=transport, trust_env=True) as client:
+        trusted = verify_from_env(environ)
+    except QlamError as error:
+        return Check("FAIL", "QLAM API", str(error), error.exit_code)
+    try:
+        with httpx.Client(timeout=10.0, transport=transport, trust_env=True, verify=trusted) as client:
             sent = time.time()
             response = client.get(base + "/")
             took = (time.time() - sent) * 1000
     except httpx.HTTPError as exc:
+        tls = tls_failure(exc, base + "/", _trust(environ))
+        if tls is not None:
+            return Check("FAIL", "QLAM API", str(tls), tls.exit_code)
         return Check("FAIL", "QLAM API", f"{base} is unreachable ({type(exc).__name__})", 14)
     if response.status_code >= 500:
         return Check("warn", "QLAM API", f"{base} answered HTTP {response.status_code} in {took:.0f} ms")
     return Check("ok", "QLAM API", f"{base} answers (HTTP {response.status_code} without a token) in {took:.0f} ms")
+
+
+def _trust(environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    from .._tls import ca_setting
+
+    return ca_setting(environ)
 
 
 # --- the cache ------------------------------------------------------------------------------
