@@ -34,9 +34,9 @@ _END = "end"
 MAX_CLOCK_SKEW = 60.0
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_B64TOKEN = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+_B64TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 # RFC 6749 appendix A.17: refresh-token = 1*VSCHAR, VSCHAR = %x20-7E
-_VSCHAR = "".join(map(chr, range(0x20, 0x7F)))
+_VSCHAR = bytes(range(0x20, 0x7F))
 
 _IDENTITY_FIELDS = ("token_url", "client_id", "audience", "scope", "principal")
 
@@ -390,18 +390,19 @@ def _decode_login(fields: dict[str, str]) -> Login | None:
 def is_b64token(text: object) -> bool:
     """An RFC 6750 ``b64token``: what an ``Authorization: Bearer`` header can carry.
 
-    Checked with ``str.strip`` rather than ``re``: this runs on the warm ``qlam-hpc token``
-    path, for every cached entry read, and costs well under a microsecond.
+    Tested with ``bytes.translate`` rather than ``re``: this runs on the warm ``qlam-hpc
+    token`` path, for every entry read (about 1 us for a 800-character JWT; ``str.strip``
+    with the alphabet took 13 us).
     """
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not text.isascii():
         return False
     body = text.rstrip("=")
-    return bool(body) and not body.strip(_B64TOKEN)
+    return bool(body) and not body.encode().translate(None, _B64TOKEN)
 
 
 def is_vschar(text: object) -> bool:
     """An RFC 6749 refresh token: one or more printable ASCII characters (space included)."""
-    return isinstance(text, str) and bool(text) and not text.strip(_VSCHAR)
+    return isinstance(text, str) and text.isascii() and bool(text) and not text.encode().translate(None, _VSCHAR)
 
 
 def _finite(text: str | float) -> float:
