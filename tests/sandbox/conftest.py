@@ -120,7 +120,8 @@ def start_login(
 
 def poll(http: httpx.Client, idp: Sandbox, device_code: str, client_id: str = DEVICE) -> httpx.Response:
     """One device_code grant request."""
-    return http.post(idp.token_url, data={"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": client_id})
+    form = {"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": client_id}
+    return http.post(idp.token_url, data=form)
 
 
 def login(
@@ -134,7 +135,9 @@ def login(
     return response.json()
 
 
-def refresh(http: httpx.Client, idp: Sandbox, refresh_token: str, client_id: str = DEVICE, **extra: str) -> httpx.Response:
+def refresh(
+    http: httpx.Client, idp: Sandbox, refresh_token: str, client_id: str = DEVICE, **extra: str
+) -> httpx.Response:
     """One refresh_token grant request, as a public client sends it (no secret)."""
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id, **extra}
     return http.post(idp.token_url, data=form)

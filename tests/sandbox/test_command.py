@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from qlam_hpc.sandbox._command import sandbox_command
 
 ENV_NAMES = {"AUTH_BASE_URL", "QLAM_CLIENT_ID", "QLAM_CLIENT_SECRET", "QLAM_AUDIENCE", "QLAM_API_URL"}
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEVICE_ENV_NAMES = {"AUTH_BASE_URL", "QLAM_CLIENT_ID", "QLAM_AUDIENCE", "QLAM_API_URL", "QLAM_AUTH_FLOW"}
 
 
@@ -199,7 +200,7 @@ def test_device_flow_exports_a_public_client_and_auto_approves() -> None:
         start = httpx.post(
             base + "/oauth/device/code", data={**client, "audience": env["QLAM_AUDIENCE"], "scope": "offline_access"}
         ).json()
-        grant = {**client, "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": start["device_code"]}
+        grant = {**client, "grant_type": DEVICE_GRANT, "device_code": start["device_code"]}
         tokens = httpx.post(base + "/oauth/token", data=grant)
         assert tokens.status_code == 200 and "refresh_token" in tokens.json()
         assert httpx.get(base + "/_sandbox/faults").json()["refresh_token_overlap"] == 2.0

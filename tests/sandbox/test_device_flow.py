@@ -39,11 +39,19 @@ USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
 
 def test_device_authorization_answers_codes_and_verification_urls(idp: Sandbox, http: httpx.Client) -> None:
     """The answer has an opaque device code, a consonant user code, the /activate URLs, lifetime and interval."""
-    response = http.post(idp.url + "/oauth/device/code", data={"client_id": DEVICE, "scope": FULL_SCOPE, "audience": API})
+    form = {"client_id": DEVICE, "scope": FULL_SCOPE, "audience": API}
+    response = http.post(idp.url + "/oauth/device/code", data=form)
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert set(body) == {"device_code", "user_code", "verification_uri", "verification_uri_complete", "expires_in", "interval"}
+    assert list(body) == [
+        "device_code",
+        "user_code",
+        "verification_uri",
+        "verification_uri_complete",
+        "expires_in",
+        "interval",
+    ]
     assert re.fullmatch(r"[A-Za-z0-9_-]{43,}", body["device_code"])
     assert USER_CODE.match(body["user_code"])
     assert body["verification_uri"] == idp.url + "/activate"
@@ -135,7 +143,8 @@ def test_device_poll_interval_applies_to_new_codes(idp: Sandbox, http: httpx.Cli
 @pytest.fixture(scope="module")
 def short_codes(key_file: Path) -> Iterator[Sandbox]:
     """A sandbox whose device codes expire after one second."""
-    with Sandbox(SandboxConfig.default(device_code_lifetime=1, device_poll_interval=0, signing_key_file=key_file)) as idp:
+    config = SandboxConfig.default(device_code_lifetime=1, device_poll_interval=0, signing_key_file=key_file)
+    with Sandbox(config) as idp:
         yield idp
 
 
@@ -194,7 +203,8 @@ def test_device_grant_refusals(
     """A code the sandbox never issued, or issued to another client, gets nothing."""
     started = start_login(http, user_idp)
     user_idp.approve(started["user_code"])
-    form = {"grant_type": DEVICE_GRANT, "client_id": client_id, "device_code": started["device_code"] if device_code is None else device_code}
+    code = started["device_code"] if device_code is None else device_code
+    form = {"grant_type": DEVICE_GRANT, "client_id": client_id, "device_code": code}
     response = http.post(user_idp.token_url, data=form)
     assert (response.status_code, response.json()["error"]) == (status, error)
     assert poll(http, user_idp, started["device_code"]).status_code == 200  # still there for its own client
@@ -294,7 +304,8 @@ def test_approval_in_the_browser_logs_the_chosen_user_in(user_idp: Sandbox, http
 def test_denial_in_the_browser_is_access_denied(user_idp: Sandbox, http: httpx.Client) -> None:
     """The Deny button ends the login: the device's next poll is access_denied."""
     started = start_login(http, user_idp)
-    page = http.post(user_idp.url + "/activate", data={"user_code": started["user_code"], "user": ADA.subject, "action": "deny"})
+    form = {"user_code": started["user_code"], "user": ADA.subject, "action": "deny"}
+    page = http.post(user_idp.url + "/activate", data=form)
     assert page.status_code == 200 and "denied" in page.text
     assert poll(http, user_idp, started["device_code"]).json()["error"] == "access_denied"
 
@@ -397,7 +408,9 @@ def test_auto_approve_does_not_override_a_denial(user_idp: Sandbox, http: httpx.
 # --- response_delay, quota, faults on the device grant ---------------------------------------
 
 
-def test_response_delay_uses_up_the_device_code_even_if_the_client_gives_up(user_idp: Sandbox, http: httpx.Client) -> None:
+def test_response_delay_uses_up_the_device_code_even_if_the_client_gives_up(
+    user_idp: Sandbox, http: httpx.Client
+) -> None:
     """The code is consumed before the delayed answer: a client that timed out cannot get the tokens again."""
     started = start_login(http, user_idp)
     user_idp.approve(started["user_code"])
@@ -426,7 +439,8 @@ def test_monthly_quota_counts_client_credentials_only(key_file: Path, http: http
     config = SandboxConfig(clients=(ALICE,), monthly_quota=1, signing_key_file=key_file, device_poll_interval=0)
     with Sandbox(config) as idp:
         body = login(http, idp)
-        assert http.post(idp.token_url, data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": DEVICE}).status_code == 200
+        form = {"grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": DEVICE}
+        assert http.post(idp.token_url, data=form).status_code == 200
         assert http.post(idp.token_url, data=token_form()).status_code == 200
         assert http.post(idp.token_url, data=token_form()).status_code == 429
         assert idp.stats()["tokens_issued"] == 3
@@ -436,7 +450,11 @@ def test_user_token_is_accepted_by_the_tasks_api(user_idp: Sandbox, http: httpx.
     """The tasks API takes a user's token (aud is a list) and files the task under the user."""
     token = login(http, user_idp)["access_token"]
     tasks = user_idp.url + "/v2/squin-256q/tasks"
-    definition = {"program_language": "squin", "programs": [{"content": "x"}], "subtasks": [{"program_index": 0, "num_shots": 1}]}
+    definition = {
+        "program_language": "squin",
+        "programs": [{"content": "x"}],
+        "subtasks": [{"program_index": 0, "num_shots": 1}],
+    }
     created = http.post(tasks, json=definition, headers={"Authorization": f"Bearer {token}"})
     assert created.status_code == 201, created.text
     mine = http.get(tasks, headers={"Authorization": f"Bearer {token}"}).json()

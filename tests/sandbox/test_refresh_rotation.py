@@ -143,7 +143,9 @@ def short_logins(key_file: Path) -> Iterator[Sandbox]:
         yield idp
 
 
-def test_rotation_does_not_extend_the_login_past_its_absolute_lifetime(short_logins: Sandbox, http: httpx.Client) -> None:
+def test_rotation_does_not_extend_the_login_past_its_absolute_lifetime(
+    short_logins: Sandbox, http: httpx.Client
+) -> None:
     """A token from a refresh made just before the end still dies with the login; that is no reuse."""
     token = login(http, short_logins)["refresh_token"]
     time.sleep(0.5)

@@ -172,7 +172,8 @@ def test_user_settings_change_at_run_time_and_reset_restores_them(idp: Sandbox, 
 )
 def test_invalid_user_settings_are_refused(idp: Sandbox, http: httpx.Client, body: dict) -> None:
     """Invalid values get 400 over HTTP and ValueError from set_faults, and change nothing."""
-    response = http.post(idp.url + "/_sandbox/faults", content=json.dumps(body), headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    response = http.post(idp.url + "/_sandbox/faults", content=json.dumps(body), headers=headers)
     assert response.status_code == 400
     with pytest.raises(ValueError):
         idp.set_faults(**body)

@@ -29,7 +29,9 @@ router = APIRouter()
 
 _HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",  # the user code is in the URL
 }

@@ -199,7 +199,7 @@ async def discovery(request: Request) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": authenticator_of(request).methods_supported(),
         "token_endpoint_auth_signing_alg_values_supported": sorted(_client_auth.ALGORITHMS),
         "id_token_signing_alg_values_supported": [ALGORITHM],
-        "scopes_supported": [*USER_SCOPES, *sorted({s for c in ctx.config.clients for s in c.scopes} - set(USER_SCOPES))],
+        "scopes_supported": [*USER_SCOPES, *sorted({s for c in ctx.config.clients for s in c.scopes} - {*USER_SCOPES})],
     }
 
 

@@ -210,9 +210,8 @@ class UserLogins:
             previous, login.last_poll = login.last_poll, now
             if previous is not None and now - previous < login.interval:
                 login.interval += SLOW_DOWN_STEP
-                raise Refusal(
-                    429, "slow_down", f"You are polling faster than allowed: wait {login.interval} seconds between polls"
-                )
+                wait = f"wait {login.interval} seconds between polls"
+                raise Refusal(429, "slow_down", f"You are polling faster than allowed: {wait}")
             if login.status == "pending" and auto_approve:
                 login.status, login.user = "approved", self._config.users[0]
             if login.status == "pending":
@@ -260,7 +259,8 @@ class UserLogins:
             if token.used_at is None:
                 token.used_at = now
             self._counts["refreshes"] += 1
-            return Grant(family.user, client_id, family.audience, scope or family.scope, self._new_refresh_token(family))
+            new_token = self._new_refresh_token(family)
+            return Grant(family.user, client_id, family.audience, scope or family.scope, new_token)
 
     def revoke_token(self, refresh_token: str, client_id: str) -> bool:
         """RFC 7009: revoke the login of ``refresh_token`` if it is one of ``client_id``'s."""
