@@ -45,7 +45,7 @@ def test_minimal_environment():
     assert settings.scope is None
     assert settings.cache_enabled is True
     assert settings.token_budget is None
-    assert settings.lock_timeout == 90
+    assert settings.lock_timeout == 240
     assert settings.http_timeout == 10
 
 
@@ -217,7 +217,7 @@ def test_none_overrides_are_ignored():
     assert settings == Settings.from_env(env)
     assert settings.client_id == "client-1"
     assert settings.scope == "env:scope"
-    assert settings.lock_timeout == 90
+    assert settings.lock_timeout == 240
 
 
 def test_environment_is_read_only_from_the_mapping_given(monkeypatch):
@@ -318,9 +318,9 @@ def test_token_budget_invalid(value):
     assert repr(value) in message
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("30", 30), ("2m", 120), ("1h30m", 5400), ("", 90)])
+@pytest.mark.parametrize(("value", "seconds"), [("30", 30), ("2m", 120), ("1h30m", 5400), ("", 240)])
 def test_lock_timeout_durations(value, seconds):
-    """QLAM_LOCK_TIMEOUT takes durations like 2m; empty keeps the 90 s default."""
+    """QLAM_LOCK_TIMEOUT takes durations like 2m; empty keeps the 240 s default."""
     assert _from_env(QLAM_LOCK_TIMEOUT=value).lock_timeout == seconds
 
 
@@ -377,9 +377,9 @@ def test_with_changes_a_copy():
     """with_() returns changed settings and leaves the original alone."""
     settings = _from_env()
     changed = settings.with_(lock_timeout=1.0)
-    assert (settings.lock_timeout, changed.lock_timeout) == (90, 1.0)
+    assert (settings.lock_timeout, changed.lock_timeout) == (240, 1.0)
     assert type(changed) is Settings
-    assert changed.with_(lock_timeout=90.0) == settings
+    assert changed.with_(lock_timeout=240.0) == settings
 
 
 def test_with_refuses_unknown_fields():
@@ -458,3 +458,36 @@ def test_a_secret_argument_takes_the_same_notation():
     settings = Settings.from_env(BASE, client_secret="file:/run/secrets/qlam", private_key="literal-pem")
     assert settings.client_secret.describe() == "file /run/secrets/qlam"
     assert settings.private_key == Secret("literal-pem")
+
+
+def test_the_default_lock_timeout_outlasts_an_nfs4_lease_and_grace():
+    """A crashed node's lock comes free on NFSv4 after the lease (90 s on Linux) and, after a
+    server restart, its grace period (90 s more): waiters must still be waiting then, and
+    longer than the longest fetch (retry deadline plus one request)."""
+    settings = _from_env()
+    assert settings.lock_timeout > 90 + 90
+    assert settings.lock_timeout > settings.retry.deadline + settings.http_timeout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2-password@redis.example.org:6379/0",
+        "rediss://qlam:hunter2-password@redis.example.org:6380/0?ssl_ca_certs=/etc/ca.pem",
+        "redis://redis.example.org/0?password=hunter2-password",
+    ],
+)
+def test_the_repr_shows_the_store_url_without_its_password(url):
+    settings = _from_env(QLAM_TOKEN_STORE=url)
+    assert settings.token_store == url  # the value itself is intact, for the store
+    shown = repr(settings)
+    assert "hunter2-password" not in shown
+    assert "redis.example.org" in shown and "********" in shown
+    assert "hunter2-password" not in str(settings) and "hunter2-password" not in f"{settings!r}"
+
+
+def test_the_ca_bundle_is_read_from_the_given_environment():
+    assert _from_env().tls_trust is None
+    assert _from_env(REQUESTS_CA_BUNDLE="/etc/site-ca.pem").tls_trust == ("REQUESTS_CA_BUNDLE", "/etc/site-ca.pem")
+    both = _from_env(REQUESTS_CA_BUNDLE="/b.pem", SSL_CERT_DIR="/certs", SSL_CERT_FILE="/a.pem")
+    assert both.tls_trust == ("SSL_CERT_FILE", "/a.pem")

@@ -29,6 +29,7 @@ Exit codes:
  15  a secret store (Vault, AWS Secrets Manager) is unreachable
  16  user context: not logged in, or the login expired or was revoked (run qlam-hpc auth login)
  17  a device login was not approved before its code expired
+ 18  TLS: a certificate not trusted (set SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or https to a plain-http server
  130 interrupted
 """
 
