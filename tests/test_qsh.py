@@ -233,3 +233,64 @@ def test_the_cli_uses_a_context(sandbox, tmp_path, env):
     assert sandbox.stats()["token_requests"] == 1
     wrong = run_cli("--context", "nope", "token", env=case)
     assert wrong.code == 3 and "there is no context 'nope'" in wrong.err
+
+
+# --- malformed and untrusted files -----------------------------------------------------------
+
+MALFORMED = [
+    ({"current_context": "production", "contexts": 5}, "contexts"),
+    ({"current_context": "production", "contexts": {"production": {}}}, "contexts"),
+    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": "x"}]}, "auth_providers"),
+    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": 7}]}, "auth_providers"),
+    (
+        {"current_context": "production", "contexts": [{"name": "production", "defaults": [], "auth_providers": [_provider()]}]},
+        "defaults",
+    ),
+    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": [_provider(name=["m2m"])]}]}, "name"),
+    ({"current_context": "production", "contexts": [{"name": ["production"], "auth_providers": [_provider()]}]}, "name"),
+    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": [_provider(grant_type=["client_credentials"])]}]}, "grant_type"),
+    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": [_provider()], "defaults": {"auth_provider": {"x": 1}}}]}, "auth_provider"),
+    ({"current_context": ["production"], "contexts": []}, "current_context"),
+]
+
+
+@pytest.mark.parametrize(("config", "key"), MALFORMED)
+def test_a_malformed_config_is_a_configuration_error_naming_the_file_and_key(home, config, key):
+    path = home / ".qsh" / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(_env(home))
+    message = str(caught.value)
+    assert str(path) in message and key in message, message
+    assert caught.value.exit_code == 3
+
+
+def test_a_malformed_config_exits_3_from_the_cli(home):
+    (home / ".qsh" / "config.json").write_text(json.dumps({"current_context": "p", "contexts": 5}))
+    result = run_cli("token", env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert result.code == 3, result.err
+    assert "contexts" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_config_others_can_write_is_refused(home, mode):
+    """It says where the secret goes (auth_base_url): only its owner may be able to change it."""
+    path = home / ".qsh" / "config.json"
+    path.chmod(mode)
+    with pytest.raises(ConfigurationError, match=f"{re.escape(str(path))} is writable by group or others") as caught:
+        Settings.from_env(_env(home))
+    assert "chmod go-w" in str(caught.value)
+
+
+def test_a_config_readable_by_others_without_a_literal_secret_is_fine(home):
+    (home / ".qsh" / "config.json").chmod(0o644)
+    assert Settings.from_env(_env(home)).client_id == "m2m-client"
+
+
+def test_a_config_in_a_directory_others_can_write_is_refused(home):
+    (home / ".qsh").chmod(0o777)
+    try:
+        with pytest.raises(ConfigurationError, match="which other users can write to"):
+            Settings.from_env(_env(home))
+    finally:
+        (home / ".qsh").chmod(0o700)

@@ -24,6 +24,11 @@ environment does not name the client, and lets every environment variable win.
 other secret reference of ``_secrets.py``; ``private_key`` and ``key_id`` are
 qlam-hpc's own additions, for ``private_key_jwt`` clients. A literal secret is
 refused when the file is readable by group or others.
+
+The file says where the secret goes (``auth_base_url``), so it is trusted as a secret
+file is (``_secrets.check_trusted_file``): refused when someone other than its reader or
+root owns it or could write it or the directories above it. A file of the wrong shape
+(``"contexts": 5``) is a ``ConfigurationError`` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -94,7 +99,11 @@ def load_client(env: Mapping[str, str], context: str | None = None, flow: str | 
     path = config_path(env)
     try:
         with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
+            info = os.fstat(file.fileno())
+            mode = info.st_mode
+            from ._secrets import check_trusted_file
+
+            check_trusted_file(path, info, "QLAM Shell config", private=False)
             raw = file.read()
     except FileNotFoundError:
         if context:
@@ -130,7 +139,9 @@ def select_client(
     """
     if not isinstance(data, dict):
         raise ConfigurationError(f"the QLAM Shell config {path} is not a JSON object")
-    contexts = [c for c in data.get("contexts") or [] if isinstance(c, dict)]
+    contexts = _objects(data.get("contexts"), "contexts", f"the QLAM Shell config {path}")
+    for c in contexts:
+        _string(c, "name", f"a context in the QLAM Shell config {path}")
     names = ", ".join(str(c.get("name")) for c in contexts) or "none"
     if not context:
         context = data.get("current_context")
@@ -143,11 +154,17 @@ def select_client(
     if chosen is None:
         raise ConfigurationError(f"there is no context {context!r} in the QLAM Shell config {path} (contexts: {names})")
     where = f"context {context!r} of {path}"
-    providers = [p for p in chosen.get("auth_providers") or [] if isinstance(p, dict)]
+    providers = _objects(chosen.get("auth_providers"), "auth_providers", where)
+    for p in providers:
+        _string(p, "name", f"an auth provider of {where}")
+    defaults = chosen.get("defaults")
+    if defaults is None:
+        defaults = {}
+    elif not isinstance(defaults, dict):
+        raise ConfigurationError(f"defaults of {where} must be a JSON object, not {_kind(defaults)}")
+    preferred = _string(defaults, "auth_provider", f"the defaults of {where}")
     wanted = [g for g, f in _FLOWS.items() if flow is None or f == flow]
     usable = [p for p in providers if p.get("grant_type") in wanted]
-    defaults = chosen.get("defaults") if isinstance(chosen.get("defaults"), dict) else {}
-    preferred = defaults.get("auth_provider")
     provider = None
     for grant in wanted:  # M2M first: a job that has a client secret keeps working as it did
         candidates = [p for p in usable if p.get("grant_type") == grant]
@@ -192,3 +209,35 @@ def select_client(
         grant_type=provider["grant_type"],
         tenant=text("tenant"),
     )
+
+
+def _objects(value: Any, key: str, where: str) -> list[dict]:
+    """The JSON objects of the list ``key`` (absent: none); other entries are skipped, as
+    QuEra's tools skip them; anything but a list is an error naming the key."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigurationError(f"{key} in {where} must be a list of objects, not {_kind(value)}")
+    return [item for item in value if isinstance(item, dict)]
+
+
+def _string(source: dict, key: str, where: str) -> str | None:
+    value = source.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"{key} of {where} must be a string, not {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of ``value``, for messages (never the value: the file may hold a secret)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"

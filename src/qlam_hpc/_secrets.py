@@ -177,8 +177,6 @@ class FileSecret(SecretSource):
         return f"file {self.path}"
 
     def _read(self) -> str:
-        import stat
-
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -187,21 +185,7 @@ class FileSecret(SecretSource):
             raise ConfigurationError(f"{self.origin}: cannot read {self.path} ({exc.strerror})") from None
         try:
             # fstat of the open file, not stat of the name: the checked file is the read file.
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigurationError(f"{self.origin}: {self.path} is not a regular file")
-            if info.st_uid not in (os.geteuid(), 0):
-                raise ConfigurationError(
-                    f"{self.origin}: {self.path} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}) "
-                    f"or root, who could replace it; refusing to use it: chown {os.geteuid()} {self.path}"
-                )
-            if info.st_mode & 0o066:
-                what = "readable" if info.st_mode & 0o044 else "writable"
-                raise ConfigurationError(
-                    f"{self.origin}: {self.path} is {what} by group or others "
-                    f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to use it: chmod 600 {self.path}"
-                )
-            self._check_the_way_to(info)
+            check_trusted_file(self.path, os.fstat(fd), self.origin)
             chunks = []
             while True:
                 chunk = os.read(fd, 65536)
@@ -217,49 +201,75 @@ class FileSecret(SecretSource):
         return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
     def _check_the_way_to(self, opened: os.stat_result) -> None:
-        """Refuse the file if someone other than its reader or root could replace it: through a
-        directory on the way (as written, and as resolved) or a symbolic link they own."""
-        import stat
+        _check_the_way_to(self.path, self.origin, opened)
 
-        trusted = (os.geteuid(), 0)
-        path = os.path.abspath(self.path)
-        real = os.path.realpath(path)
-        # The path as written (links show as links) and as resolved (the real directories).
-        written = [(name, os.lstat) for name in _ancestors(path, True)]
-        resolved = [(name, os.stat) for name in _ancestors(real, False)]
-        for name, look in written + resolved:
-            try:
-                info = look(name)
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"{self.origin}: cannot check {name}, on the way to {self.path} ({exc.strerror})"
-                ) from None
-            if stat.S_ISLNK(info.st_mode):
-                if info.st_uid not in trusted:  # its directory is checked too: only its owner can re-point it
-                    raise ConfigurationError(
-                        f"{self.origin}: {self.path} goes through the symbolic link {name}, which belongs to uid "
-                        f"{info.st_uid}, who could re-point it; refusing to use it: name the file by its own path"
-                    )
-                continue
-            if name == path or name == real:
-                continue  # the file itself: checked on its descriptor
-            if info.st_uid not in trusted:
-                raise ConfigurationError(
-                    f"{self.origin}: {self.path} is in {name}, which belongs to uid {info.st_uid}, who could "
-                    "replace the file; refusing to use it: keep it in a directory of your own"
-                )
-            if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-                raise ConfigurationError(
-                    f"{self.origin}: {self.path} is in {name}, which other users can write to "
-                    f"(mode {stat.S_IMODE(info.st_mode):04o}) and so replace the file; refusing to use it: "
-                    f"chmod go-w {name}, or keep the file in a directory only you can write"
-                )
+
+def check_trusted_file(path: str, opened: os.stat_result, origin: str, *, private: bool = True) -> None:
+    """Refuse a file that someone other than its reader (or root) could have written (see the
+    module's docstring); ``opened`` is ``fstat`` of the open file. ``private``: refuse it
+    also when group or others can read it (a secret); otherwise only when they can write it
+    (a file that decides where a secret goes, as QLAM Shell's config.json does)."""
+    import stat
+
+    if not stat.S_ISREG(opened.st_mode):
+        raise ConfigurationError(f"{origin}: {path} is not a regular file")
+    if opened.st_uid not in (os.geteuid(), 0):
+        raise ConfigurationError(
+            f"{origin}: {path} belongs to uid {opened.st_uid}, not to you (uid {os.geteuid()}) "
+            f"or root, who could replace it; refusing to use it: chown {os.geteuid()} {path}"
+        )
+    if opened.st_mode & (0o066 if private else 0o022):
+        what = "readable" if private and opened.st_mode & 0o044 else "writable"
+        fix = "chmod 600" if private else "chmod go-w"
+        raise ConfigurationError(
+            f"{origin}: {path} is {what} by group or others "
+            f"(mode {stat.S_IMODE(opened.st_mode):04o}); refusing to use it: {fix} {path}"
+        )
+    _check_the_way_to(path, origin, opened)
+
+
+def _check_the_way_to(file: str, origin: str, opened: os.stat_result) -> None:
+    """Refuse the file if someone other than its reader or root could replace it: through a
+    directory on the way (as written, and as resolved) or a symbolic link they own."""
+    import stat
+
+    trusted = (os.geteuid(), 0)
+    path = os.path.abspath(file)
+    real = os.path.realpath(path)
+    # The path as written (links show as links) and as resolved (the real directories).
+    written = [(name, os.lstat) for name in _ancestors(path, True)]
+    resolved = [(name, os.stat) for name in _ancestors(real, False)]
+    for name, look in written + resolved:
         try:
-            same = os.stat(real)
-        except OSError:
-            same = None
-        if same is None or (same.st_dev, same.st_ino) != (opened.st_dev, opened.st_ino):
-            raise ConfigurationError(f"{self.origin}: {self.path} changed while it was read; refusing to use it")
+            info = look(name)
+        except OSError as exc:
+            raise ConfigurationError(f"{origin}: cannot check {name}, on the way to {file} ({exc.strerror})") from None
+        if stat.S_ISLNK(info.st_mode):
+            if info.st_uid not in trusted:  # its directory is checked too: only its owner can re-point it
+                raise ConfigurationError(
+                    f"{origin}: {file} goes through the symbolic link {name}, which belongs to uid "
+                    f"{info.st_uid}, who could re-point it; refusing to use it: name the file by its own path"
+                )
+            continue
+        if name == path or name == real:
+            continue  # the file itself: checked on its descriptor
+        if info.st_uid not in trusted:
+            raise ConfigurationError(
+                f"{origin}: {file} is in {name}, which belongs to uid {info.st_uid}, who could "
+                "replace the file; refusing to use it: keep it in a directory of your own"
+            )
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise ConfigurationError(
+                f"{origin}: {file} is in {name}, which other users can write to "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}) and so replace the file; refusing to use it: "
+                f"chmod go-w {name}, or keep the file in a directory only you can write"
+            )
+    try:
+        same = os.stat(real)
+    except OSError:
+        same = None
+    if same is None or (same.st_dev, same.st_ino) != (opened.st_dev, opened.st_ino):
+        raise ConfigurationError(f"{origin}: {file} changed while it was read; refusing to use it")
 
 
 def _ancestors(path: str, include_self: bool) -> list[str]:
