@@ -491,3 +491,12 @@ def test_the_ca_bundle_is_read_from_the_given_environment():
     assert _from_env(REQUESTS_CA_BUNDLE="/etc/site-ca.pem").tls_trust == ("REQUESTS_CA_BUNDLE", "/etc/site-ca.pem")
     both = _from_env(REQUESTS_CA_BUNDLE="/b.pem", SSL_CERT_DIR="/certs", SSL_CERT_FILE="/a.pem")
     assert both.tls_trust == ("SSL_CERT_FILE", "/a.pem")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://\x80.example", "https://idp.exam ple", "https://" + "a" * 64 + ".example", "https://idp.example:99999", "https://\U00018d80"],
+)
+def test_a_url_no_request_can_be_sent_to_is_a_configuration_error(url):
+    """Found by fuzzing: these passed as settings and crashed the first request (httpx.InvalidURL)."""
+    assert "is not a usable URL" in str(_config_error(AUTH_BASE_URL=url))
