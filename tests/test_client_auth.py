@@ -253,11 +253,13 @@ def test_only_the_credential_in_use_is_resolved(tmp_path, rsa_key):
 
 def test_fingerprint_follows_the_key(rsa_key, ec_key):
     """A replaced key gives a new fingerprint (so a recorded rejection no longer applies); it shows no key."""
+    from qlam_hpc._oauth import credentials_match
+
     first = credentials_fingerprint(_key_settings(rsa_key))
-    assert first == credentials_fingerprint(_key_settings(rsa_key))
-    assert first != credentials_fingerprint(_key_settings(ec_key))
-    assert first != credentials_fingerprint(_key_settings(rsa_key, key_id="k2"))
-    assert first != credentials_fingerprint(_settings())
+    assert credentials_match(_key_settings(rsa_key), first)
+    assert not credentials_match(_key_settings(ec_key), first)
+    assert not credentials_match(_key_settings(rsa_key, key_id="k2"), first)
+    assert not credentials_match(_settings(), first)
 
 
 def test_assertions_are_fresh_per_attempt_in_time(rsa_key):

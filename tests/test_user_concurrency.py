@@ -163,11 +163,6 @@ def test_a_revoked_login_stops_50_processes_with_one_line_and_one_refresh_reques
     assert _entry_values(tmp_path / "cache", "refresh_token") == []  # the dead login is forgotten
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the refusal is repeated for the transient cool-down only (15 s: LoginRequired is no OAuthError); "
-    "later tasks are told there is no login and asked whether keep-fresh is running",
-)
 def test_tasks_starting_after_the_failure_cooldown_are_still_told_the_login_was_refused(sandbox, env):
     """An array throttled with %N starts tasks for hours: the ones that start 16 s after the
     refusal must still say why, not point at keep-fresh (which this set-up does not use)."""

@@ -546,8 +546,14 @@ class TokenProvider:
         return Failure.from_error(error, at=self._clock(), cooldown=cooldown, credentials=credentials, by=by)
 
     def _lose_login(self, entry: CacheEntry, held: CacheEntry, error: LoginRequired, by: str):
-        """Forget a login the identity provider refused, tell every other process, and raise."""
-        failure = self._failure(error, "login", by)
+        """Forget a login the identity provider refused, tell every other process, and raise.
+
+        The refusal is repeated for as long as a rejected M2M secret's (it will not fix
+        itself), so tasks that start later still learn why, not only that no login is left.
+        """
+        failure = Failure.from_error(
+            error, at=self._clock(), cooldown=self.settings.rejected_cooldown, credentials="login", by=by
+        )
         self.login_store.save(held._replace(login=None, intent=None, failure=failure))
         if self.login_store is not self.store:
             self.store.save(entry.with_failure(failure))
@@ -557,10 +563,15 @@ class TokenProvider:
         where = self.login_store.location
         token = entry.token
         if token is not None:
+            keeper = (
+                f"; it was last refreshed by {token.obtained_by or 'an unknown process'}: if qlam-hpc auth "
+                "keep-fresh refreshes it there, is it still running?"
+                if self.settings.refresh_token_dir or self.login_store is not self.store
+                else ""
+            )
             return LoginRequired(
                 f"the access token in {self.store.location} expired at {_utc(token.expires_at)} and there is no "
-                f"login in {where} to refresh it with (it was obtained by {token.obtained_by or 'unknown'}; "
-                "if qlam-hpc auth keep-fresh refreshes it on a login node, is it still running?)"
+                f"login in {where} to refresh it with (never logged in here, logged out, or refused){keeper}"
             )
         return LoginRequired(f"not logged in: there is no login for client {self.settings.client_id} in {where}")
 

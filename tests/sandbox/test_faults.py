@@ -111,6 +111,13 @@ def test_stats_count_failed_requests(idp: Sandbox, http: httpx.Client) -> None:
         "api_requests": 0,
         "api_scripted_responses": 0,
         "tasks_created": 0,
+        "device_authorizations": 0,
+        "device_logins": 0,
+        "refresh_requests": 0,
+        "refreshes": 0,
+        "reuse_detections": 0,
+        "families_revoked": 0,
+        "revocations": 0,
     }
 
 
@@ -127,6 +134,10 @@ def test_reset_clears_stats_and_faults(idp: Sandbox, http: httpx.Client) -> None
         "task_duration": 2.0,
         "api_script_pending": 0,
         "revoke_tokens_before": None,
+        "refresh_token_overlap": 0.0,
+        "device_poll_interval": 5,
+        "auto_approve": False,
+        "response_delay": 0.0,
     }
     assert reply["stats"]["token_requests"] == 0
     assert http.post(idp.token_url, data=token_form()).status_code == 200
