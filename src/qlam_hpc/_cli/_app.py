@@ -264,7 +264,12 @@ def check(config: _Config, yes: bool) -> None:
 
 
 @auth.command()
-@click.option("--all", "everything", is_flag=True, help="Remove the entries of every client in the cache directory.")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Remove every entry of yours: all entries of the cache directory, or on Redis those of this client and user.",
+)
 @click.pass_obj
 def clear(config: _Config, everything: bool) -> None:
     """Remove the cached token (and any recorded failure); the ledger is kept.
