@@ -17,7 +17,7 @@ import pytest
 
 from qlam_hpc._cache import CacheEntry, Failure, Identity
 from qlam_hpc._errors import InvalidClient, QlamError, UnsafeCache
-from qlam_hpc._filestore import FileStore
+from qlam_hpc._stores._file import FileStore
 from qlam_hpc._tokens import Token
 
 T0 = time.time()
@@ -34,7 +34,7 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to a
 HOLDER = """
 import sys, time
 from qlam_hpc._cache import Identity
-from qlam_hpc._filestore import FileStore
+from qlam_hpc._stores._file import FileStore
 lock = FileStore(sys.argv[1]).try_lock(Identity(*sys.argv[2:5]))
 print("locked" if lock is not None else "busy", flush=True)
 time.sleep(120)
@@ -44,7 +44,7 @@ time.sleep(120)
 PROBE = """
 import sys
 from qlam_hpc._cache import Identity
-from qlam_hpc._filestore import FileStore
+from qlam_hpc._stores._file import FileStore
 print("locked" if FileStore(sys.argv[1]).try_lock(Identity(*sys.argv[2:5])) is not None else "busy")
 """
 

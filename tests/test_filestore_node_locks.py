@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from qlam_hpc._cache import Identity
-from qlam_hpc._filestore import FileStore, _node_lock_directory
+from qlam_hpc._stores._file import FileStore, _node_lock_directory
 
 IDENTITY = Identity("https://idp.example/oauth/token", "client-node-locks", "https://api.quera.com")
 
@@ -56,7 +56,7 @@ def test_the_node_local_lock_excludes_other_processes_on_the_node(lockless):
         [
             sys.executable,
             "-c",
-            "import time; from qlam_hpc._filestore import FileStore; from qlam_hpc._cache import Identity\n"
+            "import time; from qlam_hpc._stores._file import FileStore; from qlam_hpc._cache import Identity\n"
             f"lock = FileStore({_node_lock_directory()!r}, node_local=True).try_lock(Identity(*{tuple(IDENTITY)!r}))\n"
             "print('locked' if lock else 'busy', flush=True); time.sleep(60)",
         ],

@@ -51,6 +51,7 @@ PUBLIC = [
     "TaskDefinition",
     "TaskFailed",
     "TaskStatus",
+    "TlsError",
     "Token",
     "TokenLifetimeTooShort",
     "TokenProvider",
@@ -93,6 +94,7 @@ EXIT_CODES = {
     "NotFound": 13,
     "ApiUnreachable": 14,
     "SecretStoreUnreachable": 15,
+    "TlsError": 18,
 }
 
 HEAVY = {"httpx", "click", "rich", "pydantic"}
@@ -153,7 +155,7 @@ def test_version_is_a_string():
 
 def test_public_names_are_the_implementation_objects():
     """The public names are the same objects the private modules define (no copies)."""
-    from qlam_hpc._filestore import FileStore
+    from qlam_hpc._stores._file import FileStore
     from qlam_hpc._settings import Settings
     from qlam_hpc._tokens import Token
 

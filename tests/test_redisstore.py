@@ -21,8 +21,9 @@ from redis_service import RedisServer, free_port, start_redis
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import CacheEntry, Failure, Identity, encode_entry
 from qlam_hpc._errors import CacheError, ConfigurationError, InvalidClient
-from qlam_hpc._filestore import FileStore
-from qlam_hpc._redisstore import RedisStore, RedisUnavailable, store_from_url
+from qlam_hpc._stores._file import FileStore
+from qlam_hpc._stores._redis import RedisStore, RedisUnavailable
+from qlam_hpc._stores import store_from_url
 from qlam_hpc._tokens import Token
 
 T0 = time.time()
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.redis
 HOLDER = r"""
 import sys, time
 from qlam_hpc._cache import Identity
-from qlam_hpc._redisstore import store_from_url
+from qlam_hpc._stores import store_from_url
 store = store_from_url(sys.argv[1], lease=float(sys.argv[2]))
 lock = store.try_lock(Identity(*sys.argv[4:7]))
 print("locked" if lock is not None else "busy", flush=True)
@@ -53,7 +54,7 @@ import json, os, sys, pathlib
 barrier = pathlib.Path(sys.argv[1])
 os.environ["QLAM_TOKEN_CACHE_DIR"] = os.path.join(sys.argv[2], str(os.getpid()))
 from qlam_hpc import Settings, TokenProvider
-from qlam_hpc._redisstore import store_from_url
+from qlam_hpc._stores import store_from_url
 provider = TokenProvider(Settings.from_env(), store=store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3])))
 (barrier / f"ready-{os.getpid()}").touch()
 os.close(os.open(barrier / "go", os.O_RDONLY))

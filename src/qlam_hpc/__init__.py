@@ -42,9 +42,9 @@ _HOMES = {
     "Settings": "._settings",
     "Secret": "._settings",
     "RetryPolicy": "._settings",
-    "TokenStore": "._store",
-    "FileStore": "._filestore",
-    "RedisStore": "._redisstore",
+    "TokenStore": "._stores._base",
+    "FileStore": "._stores._file",
+    "RedisStore": "._stores._redis",
     "job_time_left": "._walltime",
     "QlamAuth": "._auth",
     "QlamClient": "._api._client",
@@ -86,8 +86,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._api._settings import ApiSettings
     from ._auth import QlamAuth
     from ._errors import *  # noqa: F403
-    from ._filestore import FileStore
+    from ._stores._file import FileStore
     from ._provider import TokenProvider, TokenResult
     from ._settings import RetryPolicy, Secret, Settings
-    from ._store import TokenStore
+    from ._stores._base import TokenStore
     from ._tokens import Token

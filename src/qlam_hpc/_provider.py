@@ -73,7 +73,7 @@ from ._errors import (
 from ._log import log
 from ._login import LOGIN_WARNING
 from ._settings import Settings
-from ._store import NO_LOCK, NullStore, TokenStore
+from ._stores._base import NO_LOCK, TokenStore
 from ._tokens import Token
 
 Fetch = Callable[..., Token]
@@ -105,13 +105,15 @@ class TokenProvider:
         self.settings = settings
         self.identity = Identity.of(settings)
         if store is None:
-            store = _default_store(settings)
+            from ._stores import open_store
+
+            store = open_store(settings)
         self.store = store
         # User context: where the login (refresh token) lives; apart from the shared access
         # token only with QLAM_REFRESH_TOKEN_DIR (refresh on the login node alone).
         self.login_store: TokenStore = store
         if settings.user_context and settings.refresh_token_dir and settings.cache_enabled:
-            from ._filestore import FileStore
+            from ._stores._file import FileStore
 
             self.login_store = FileStore(settings.refresh_token_dir)
         self._fetch = fetch
@@ -634,26 +636,6 @@ def count_requests(store: TokenStore, settings: Settings, now: float) -> int:
         for record in store.requests(month)
         if record.get("client_id") == settings.client_id and record.get("token_url") == settings.token_url
     )
-
-
-def _default_store(settings: Settings) -> TokenStore:
-    if not settings.cache_enabled:
-        return NullStore()
-    if settings.token_store:
-        import os
-
-        from ._redisstore import store_from_url
-
-        password = settings.token_store_password
-        # The environment was read once, by Settings.from_env; all but QLAM_REDIS_INSECURE,
-        # which the store reads where it parses the URL (it is not a Settings field yet).
-        insecure = {"QLAM_REDIS_INSECURE": os.environ.get("QLAM_REDIS_INSECURE", "")}
-        return store_from_url(
-            settings.token_store, insecure, password=password.reveal() if password else None, owner=Identity.of(settings)
-        )
-    from ._filestore import FileStore
-
-    return FileStore(settings.cache_path)
 
 
 def _in_batch_job() -> bool:

@@ -21,7 +21,7 @@ import pytest
 from slurm_service import Slurm
 
 from qlam_hpc import Settings, TokenProvider
-from qlam_hpc._filestore import FileStore
+from qlam_hpc._stores._file import FileStore
 
 from .conftest import EXAMPLES, JobArea
 

@@ -17,7 +17,7 @@ def warm_token(args: list[str]) -> int | None:
     mode, min_ttl = options
     try:
         from .._cache import Identity, cached_token
-        from .._filestore import FileStore
+        from .._stores._file import FileStore
         from .._settings import Settings
 
         settings = Settings.from_env()

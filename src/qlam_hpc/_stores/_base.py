@@ -8,14 +8,15 @@ A store must give three guarantees, whatever it is built on:
 * ``save`` never raises for I/O trouble: the token in hand is still good, so a
   store that cannot write warns and carries on.
 
-The file store (``_filestore.py``) is the default; a Redis store plugs in here.
+The file store (``_file.py``) is the default; ``_redis.py`` is the other; ``open_store``
+(``__init__.py``) picks one.
 """
 
 from __future__ import annotations
 
 from typing import ContextManager, Protocol
 
-from ._cache import CacheEntry, Identity
+from .._cache import CacheEntry, Identity
 
 
 class TokenStore(Protocol):

@@ -47,9 +47,9 @@ import os
 import time
 from typing import Mapping
 
-from ._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
-from ._errors import CacheError, ConfigurationError
-from ._log import log
+from .._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
+from .._errors import CacheError, ConfigurationError
+from .._log import log
 
 DEFAULT_LEASE = 15.0
 DEFAULT_TIMEOUT = 5.0
@@ -174,7 +174,7 @@ class RedisStore:
     # --- the refresh lock ---------------------------------------------------------------
 
     def try_lock(self, identity: Identity) -> _Lease | None:
-        from ._jobinfo import process_label
+        from .._jobinfo import process_label
 
         key = self._key(identity, "lock")
         secret = os.urandom(16).hex()
@@ -346,50 +346,33 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
-def store_from_url(
+def redis_store_from_url(
     url: str,
     environ: Mapping[str, str] | None = None,
     *,
     password: str | None = None,
     lease: float = DEFAULT_LEASE,
     owner: Identity | None = None,
-):
-    """The token store a ``QLAM_TOKEN_STORE`` URL names; ``owner`` is the caller's identity.
+) -> RedisStore:
+    """The Redis store a ``redis://`` or ``rediss://`` URL names; ``owner`` is the caller's identity.
 
-    * ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS), read by
-      ``redis.Redis.from_url``: query parameters such as ``ssl_ca_certs=/path/ca.pem``,
-      ``ssl_cert_reqs`` or ``socket_timeout`` work as in redis-py. A password not in the
-      URL is ``password``, else ``QLAM_REDIS_PASSWORD`` or ``REDIS_PASSWORD`` from
-      ``environ`` (default ``os.environ``).
-    * ``file:///path/to/dir``: the file store in that directory.
+    The URL is read by ``redis.Redis.from_url``: ``redis://[[user]:password@]host[:port][/db]``,
+    ``rediss://`` for TLS, query parameters such as ``ssl_ca_certs=/path/ca.pem``,
+    ``ssl_cert_reqs`` or ``socket_timeout`` as in redis-py. A password not in the URL is
+    ``password``, else ``QLAM_REDIS_PASSWORD`` or ``REDIS_PASSWORD`` from ``environ``
+    (default ``os.environ``).
 
     ``redis://`` to a host other than loopback (``localhost``, ``127.x.y.z``, ``::1``) is
     refused unless ``QLAM_REDIS_INSECURE=allow`` in ``environ``: the password and every
     token would cross the network in clear. It is read here, with the URL it qualifies.
-
-    Raises ``ConfigurationError`` for anything else.
     """
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import urlsplit
 
-    from ._settings import is_loopback
+    from .._settings import is_loopback
 
     env = os.environ if environ is None else environ
     text = url.strip()
-    scheme = text.partition("://")[0].lower() if "://" in text else ""
-    if scheme == "file":
-        parts = urlsplit(text)
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ConfigurationError(
-                f"QLAM_TOKEN_STORE {text!r}: a file store is written file:///absolute/path/to/dir"
-            )
-        from ._filestore import FileStore
-
-        return FileStore(unquote(parts.path))
-    if scheme not in ("redis", "rediss"):
-        raise ConfigurationError(
-            f"QLAM_TOKEN_STORE {_safe_url(text) if scheme else text.rpartition('@')[2]!r}: expected redis://host:port/db, "
-            "rediss://host:port/db (TLS) or file:///path/to/dir"
-        )
+    scheme = text.partition("://")[0].lower()
     try:
         import redis
     except ImportError:

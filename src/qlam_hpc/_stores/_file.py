@@ -40,9 +40,9 @@ import time
 # _thread, not threading: the warm token path cannot spare threading's import time.
 import _thread
 
-from ._cache import CacheEntry, Identity, decode_entry, encode_entry
-from ._errors import UnsafeCache
-from ._log import log
+from .._cache import CacheEntry, Identity, decode_entry, encode_entry
+from .._errors import UnsafeCache
+from .._log import log
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -169,7 +169,7 @@ class FileStore:
     def try_lock(self, identity: Identity) -> _HeldLock | None:
         import fcntl
 
-        from ._jobinfo import process_label
+        from .._jobinfo import process_label
 
         self._checked_directory(create=True)
         # One name per file however it is spelled: a second spelling must not lock it twice.
