@@ -191,3 +191,14 @@ def test_vault_honours_vault_cacert(idp, authority, tmp_path):
     # Reached: the stand-in has no such secret (404), which is Vault's "no secret".
     with pytest.raises(ConfigurationError, match="Vault has no secret"):
         trusted.resolve(fresh=True)
+
+
+def test_the_tasks_cli_names_the_tls_problem_not_unreachable(sandbox, idp, tmp_path):
+    """qlam-hpc tasks against https to the plain-http sandbox, or an untrusted certificate: exit 18, one line."""
+    port = sandbox.url.rsplit(":", 1)[1]
+    env = {**_clean(), **sandbox.env(), "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "cache")}
+    plain = run_cli("tasks", "list", env={**env, "QLAM_API_URL": f"https://127.0.0.1:{port}"})
+    assert plain.code == 18 and f"write http://127.0.0.1:{port}" in plain.err
+    untrusted = run_cli("tasks", "list", env={**env, "QLAM_API_URL": idp.url})
+    assert untrusted.code == 18 and "SSL_CERT_FILE or REQUESTS_CA_BUNDLE" in untrusted.err
+    assert "unreachable" not in plain.err + untrusted.err

@@ -184,7 +184,7 @@ class AsyncQlamClient(_Common):
                 except httpx.TransportError as exc:
                     delay = retry.delay() if retryable(exc) else retry.give_up()
                     if delay is None:
-                        raise rq.unreachable(self._url(request), rq.describe(exc), retry.attempt) from None
+                        raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                     log("warning", f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s")
                     await self._sleep(delay)
         return target
@@ -287,7 +287,7 @@ class AsyncQlamClient(_Common):
             except httpx.TransportError as exc:
                 delay = retry.delay(sent=not isinstance(exc, NOT_SENT)) if retryable(exc) else retry.give_up()
                 if delay is None:
-                    raise rq.unreachable(self._url(request), rq.tls_hint(rq.describe(exc)), retry.attempt) from None
+                    raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                 log("warning", f"QLAM API {self._url(request)}: {rq.describe(exc)}; {rq.retrying(delay, retry)}")
                 await self._sleep(delay)
                 continue

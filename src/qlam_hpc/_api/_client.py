@@ -267,7 +267,7 @@ class QlamClient(_Common):
                 except httpx.TransportError as exc:
                     delay = retry.delay() if retryable(exc) else retry.give_up()
                     if delay is None:
-                        raise rq.unreachable(self._url(request), rq.describe(exc), retry.attempt) from None
+                        raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                     log("warning", f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s")
                     self._sleep(delay)
         return target
@@ -353,7 +353,7 @@ class QlamClient(_Common):
             except httpx.TransportError as exc:
                 delay = retry.delay(sent=not isinstance(exc, NOT_SENT)) if retryable(exc) else retry.give_up()
                 if delay is None:
-                    raise rq.unreachable(self._url(request), rq.tls_hint(rq.describe(exc)), retry.attempt) from None
+                    raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                 log("warning", f"QLAM API {self._url(request)}: {rq.describe(exc)}; {rq.retrying(delay, retry)}")
                 self._sleep(delay)
                 continue

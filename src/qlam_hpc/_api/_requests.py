@@ -224,21 +224,22 @@ def _error_body(body: bytes) -> tuple[list[str], int | None]:
     return ([" ".join(text.split())[:200]] if text else []), None
 
 
-def unreachable(url: str, reason: str, attempts: int) -> ApiUnreachable:
+def unreachable(url: str, exc: BaseException, attempts: int) -> QlamError:
+    """What a connection failure that outlasted the retries stands for: ``TlsError`` when TLS
+    itself failed (a certificate, https to a plain-http server: no retry fixes those, and
+    the message names the setting that does), else ``ApiUnreachable``."""
+    from .._tls import failure
+
+    tls = failure(exc, url)
+    if tls is not None:
+        return tls
     tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return ApiUnreachable(f"QLAM API {url} is unreachable{tries} ({reason})")
+    return ApiUnreachable(f"QLAM API {url} is unreachable{tries} ({describe(exc)})")
 
 
 def describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def tls_hint(reason: str) -> str:
-    """A hint for certificate failures, which no retry can fix."""
-    if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason:
-        return reason + "; if a proxy or site CA signs this server's certificate, point SSL_CERT_FILE (or REQUESTS_CA_BUNDLE) at its bundle"
-    return reason
 
 
 # --- retry timing -----------------------------------------------------------------------------
