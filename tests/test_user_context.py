@@ -426,3 +426,15 @@ def test_python_login_and_logout(env, sandbox, capsys):
     assert provider.get_token()
     assert provider.logout().refresh_token == login_record.refresh_token
     assert sandbox.stats()["revocations"] == 1
+
+
+def test_a_job_without_the_login_directory_says_so_without_locking_it(env, sandbox, tmp_path):
+    """keep-fresh mode: a compute node where QLAM_REFRESH_TOKEN_DIR does not exist creates nothing there."""
+    login_node = {**env, "QLAM_REFRESH_TOKEN_DIR": str(tmp_path / "login-node")}
+    sandbox.set_faults(token_lifetime=2)
+    assert run_cli("auth", "login", env=login_node).code == 0
+    time.sleep(1.7)
+    elsewhere = tmp_path / "not-on-this-node"
+    result = run_cli("token", env={**env, "QLAM_REFRESH_TOKEN_DIR": str(elsewhere)})
+    assert result.code == 16 and "keep-fresh" in result.err
+    assert not elsewhere.exists()

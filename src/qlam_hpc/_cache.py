@@ -157,10 +157,6 @@ class Login(namedtuple("_LoginFields", "refresh_token logged_in_at expires_at su
     def who(self) -> str:
         return self.email or self.subject or "an unknown user"
 
-    def fingerprint(self) -> str:
-        """Names this refresh token in failure records; it is random, so a hash cannot be reversed."""
-        return _sha256(("qlam-hpc login v1\0" + self.refresh_token).encode()).hexdigest()[:16]
-
     def rotated(self, refresh_token: str | None, lifetime: float | None, now: float) -> Login:
         """The login after a refresh: the next refresh token (or this one, where the server
         does not rotate), and the end the server gave, else the same absolute end."""

@@ -451,6 +451,8 @@ class TokenProvider:
             return settled
         entry = self.store.load(self.identity)
         _check_lifetime(entry, min_ttl)
+        if self._held(entry).login is None:  # nothing to refresh with: no lock needed to say so
+            raise self._no_login(entry or CacheEntry(self.identity))
         lock = self._acquire(self.login_store, settle)
         if isinstance(lock, TokenResult):
             return lock
@@ -478,7 +480,7 @@ class TokenProvider:
         by, now = process_label(), self._clock()
         entry = self.store.load(self.identity) or CacheEntry(self.identity)
         shared = self.login_store is self.store
-        held = entry if shared else (self.login_store.load(self.identity) or CacheEntry(self.identity))
+        held = self._held(entry)
         login = held.login
         if login is None:
             raise self._no_login(entry)
@@ -503,7 +505,7 @@ class TokenProvider:
             detail = f"{error.error}: {error.description}" if error.description else error.error
             self._lose_login(entry, held, LoginRequired(f"the identity provider refused the login of {login.who} ({detail})"), by)
         except AuthError as error:  # unreachable, rate limited, garbage: the login may still be good
-            failure = self._failure(error, login.fingerprint(), by)
+            failure = self._failure(error, "login", by)
             self.login_store.save(held._replace(intent=None, failure=failure))
             if not shared:
                 self.store.save(entry.with_failure(failure))
@@ -534,6 +536,12 @@ class TokenProvider:
         if not tokens.token.usable(self._clock(), min_ttl):
             raise TokenLifetimeTooShort(min_ttl, tokens.token.lifetime)
         return TokenResult(tokens.token, "fetched")
+
+    def _held(self, entry: CacheEntry | None) -> CacheEntry:
+        """The entry that keeps the login: the token's own, or the one in QLAM_REFRESH_TOKEN_DIR."""
+        if self.login_store is not self.store:
+            entry = self.login_store.load(self.identity)
+        return entry or CacheEntry(self.identity)
 
     def _send_refresh(self, login: Login, by: str):
         fetch = self._fetch
@@ -568,7 +576,7 @@ class TokenProvider:
             keeper = (
                 f"; it was last refreshed by {token.obtained_by or 'an unknown process'}: if qlam-hpc auth "
                 "keep-fresh refreshes it there, is it still running?"
-                if self.settings.refresh_token_dir or self.login_store is not self.store
+                if self.settings.refresh_token_dir
                 else ""
             )
             return LoginRequired(
