@@ -86,7 +86,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        path = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path.name
+        return f"{path}:{self.line}"
 
     @property
     def kind(self) -> str:
@@ -190,6 +191,46 @@ def test_every_marker_is_one_the_harness_knows():
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_harness_reads_code_markers_and_leaves_output_alone(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(textwrap.dedent("""\
+        ```bash
+        echo one
+        ```
+        ```text
+        output
+        ```
+        <!-- doc-test: syntax-only (needs a real QLAM account) -->
+
+        ```python
+        print("two")
+        ```
+        - a list item with a block:
+
+          ```sh
+          echo three
+          ```
+        """))
+    blocks, other = read_blocks(page)
+    assert [(b.line, b.lang, b.code, b.kind) for b in blocks] == [
+        (1, "bash", "echo one\n", "run"),
+        (9, "python", 'print("two")\n', "syntax-only"),
+        (14, "bash", "echo three\n", "run"),
+    ]
+    assert other == Counter(text=1)
+
+
+def test_a_failing_line_fails_its_block(tmp_path):
+    block = Block(tmp_path / "page.md", 7, "bash", "true\nfalse\necho never\n")
+    with pytest.raises(pytest.fail.Exception, match="exited 1"):
+        _run_bash([block], _base_env(tmp_path), tmp_path)
+
+
+def test_every_page_is_read():
+    assert {path.name for path in DOCS} >= {"README.md", "credentials.md", "hpc.md", "sandbox.md", "site-install.md"}
+    assert len(RUNNABLE) > 20 and len(CHECKED) > 10
+
+
 # --- syntax only ----------------------------------------------------------------------------------
 
 
@@ -231,9 +272,11 @@ class _Summary:
         if not COUNTS and not SKIPS:
             return
         not_code = ", ".join(f"{n} {lang}" for lang, n in sorted(NOT_CODE.items()))
+        failed = f", {COUNTS['failed']} failed" if COUNTS["failed"] else ""
         terminalreporter.write_line(
-            f"doc-test: {COUNTS['run']} blocks and scripts run, {COUNTS['syntax-only']} syntax-checked only, "
-            f"{len(SKIPS)} skipped, {COUNTS['failed']} failed; not code: {not_code}"
+            f"doc-test: {COUNTS['run']} blocks run, {COUNTS['scripts']} example scripts run, "
+            f"{COUNTS['syntax-only']} blocks syntax-checked only (each marked with its reason), "
+            f"{len(SKIPS)} skipped{failed}; not code: {not_code}"
         )
         for reason in SKIPS:
             terminalreporter.write_line(f"doc-test: skipped {reason}")
@@ -285,7 +328,7 @@ def test_example_runs(name: str, idp, tmp_path):
         env |= idp.env()
     command = [sys.executable, str(script)] if name.endswith(".py") else ["bash", str(script)]
     done = _run(command, env, tmp_path, f"examples/{name}", shell=False)
-    COUNTS["failed" if done.returncode else "run"] += 1
+    COUNTS["failed" if done.returncode else "scripts"] += 1
     assert done.returncode == 0, f"examples/{name} exited {done.returncode}:\n{done.stdout[-3000:]}"
     if name != "prefetch.sbatch":
         saved = list((tmp_path / "results").glob("*.json"))
