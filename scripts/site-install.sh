@@ -28,7 +28,10 @@
 set -euo pipefail
 
 die() { echo "site-install: error: $*" >&2; exit 2; }
-usage() { sed -n '7,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() {  # the header's usage and options: on stdout for --help, else on stderr with exit 2
+    if [ "${1:-}" = help ]; then sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+    sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
+}
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 prefix="" auth_base_url="" cache_root="" token_store="" auth_flow="" extras=""
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
         --python) python=${2:?--python needs an interpreter}; shift ;;
         --system-site-packages) venv_options+=(--system-site-packages) ;;
         --no-deps) pip_options+=(--no-deps) ;;
-        -h|--help) usage ;;
+        -h|--help) usage help ;;
         -*) die "unknown option $1 (--help lists them)" ;;
         *) [ -z "$prefix" ] || die "one PREFIX only (got $prefix and $1)"; prefix=$1 ;;
     esac
