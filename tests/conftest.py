@@ -40,6 +40,32 @@ def sandbox(sandbox_server):
     sandbox_server.reset()
 
 
+@pytest.fixture(scope="session")
+def user_idp():
+    """A sandbox for user context: logins approved at the first poll, which comes after 1 s."""
+    config = SandboxConfig.default(
+        client_id="m2m-client", device_poll_interval=1, device_code_lifetime=60, task_duration=1.0
+    )
+    with Sandbox(config) as server:
+        yield server
+
+
+@pytest.fixture
+def user_sandbox(user_idp):
+    """The user-context sandbox with stats reset, no overlap period (Auth0's default), 24 h tokens."""
+    user_idp.reset()
+    user_idp.set_faults(auto_approve=True, refresh_token_overlap=0, response_delay=0, token_lifetime=86400)
+    yield user_idp
+    user_idp.reset()
+
+
+@pytest.fixture
+def user_env(user_sandbox, cache_dir) -> dict[str, str]:
+    """A clean environment for a qlam-hpc process in user context (QLAM_AUTH_FLOW=device)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
+    return {**base, **user_sandbox.env(flow="device"), "QLAM_TOKEN_CACHE_DIR": str(cache_dir)}
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

@@ -10,7 +10,6 @@ its counters show whether the processes took turns.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from pathlib import Path
@@ -21,35 +20,19 @@ from conftest import FAST_RETRY, run_cli
 from crowd import LOOPER, Crowd, json_lines
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._login import login
-from qlam_hpc.sandbox import Sandbox, SandboxConfig
+from qlam_hpc.sandbox import Sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def idp():
-    config = SandboxConfig.default(client_id="m2m-client", device_poll_interval=1, device_code_lifetime=60)
-    with Sandbox(config) as server:
-        yield server
+@pytest.fixture
+def sandbox(user_sandbox):
+    return user_sandbox
 
 
 @pytest.fixture
-def sandbox(idp):
-    idp.reset()
-    idp.set_faults(auto_approve=True, refresh_token_overlap=0, response_delay=0, token_lifetime=86400)
-    yield idp
-    idp.reset()
-
-
-@pytest.fixture
-def cache_dir(tmp_path) -> Path:
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def env(sandbox, cache_dir) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
-    return {**base, **sandbox.env(flow="device"), "QLAM_TOKEN_CACHE_DIR": str(cache_dir)}
+def env(user_env):
+    return user_env
 
 
 def _log_in(sandbox: Sandbox, env: dict[str, str], token_lifetime: int) -> None:

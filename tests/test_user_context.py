@@ -21,30 +21,19 @@ from conftest import FAST_RETRY, QLAM_HPC, run_cli
 from qlam_hpc import CacheError, ConfigurationError, LoginRequired, Settings, TokenProvider
 from qlam_hpc._stores._file import FileStore
 from qlam_hpc._login import login, logout
-from qlam_hpc.sandbox import Sandbox, SandboxConfig
+from qlam_hpc.sandbox import Sandbox
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def idp():
-    config = SandboxConfig.default(client_id="m2m-client", device_poll_interval=1, device_code_lifetime=60)
-    with Sandbox(config) as server:
-        yield server
+@pytest.fixture
+def sandbox(user_sandbox):
+    return user_sandbox
 
 
 @pytest.fixture
-def sandbox(idp):
-    idp.reset()
-    idp.set_faults(auto_approve=True, refresh_token_overlap=0, response_delay=0, token_lifetime=86400)
-    yield idp
-    idp.reset()
-
-
-@pytest.fixture
-def env(sandbox, tmp_path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
-    return {**base, **sandbox.env(flow="device"), "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "cache")}
+def env(user_env):
+    return user_env
 
 
 def _provider(env: dict[str, str], **overrides) -> TokenProvider:

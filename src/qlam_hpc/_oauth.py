@@ -15,7 +15,7 @@ from email.utils import parsedate_to_datetime
 from typing import Mapping
 
 from ._cache import is_b64token, is_vschar
-from ._errors import InvalidTokenResponse, oauth_error
+from ._errors import AuthError, InvalidTokenResponse, oauth_error
 from ._settings import RetryPolicy, Settings
 from ._tokens import Token
 
@@ -152,13 +152,7 @@ def parse_token_response(
     content_type = headers.get("content-type", "").lower()
     data = _json_object(body)
     if status >= 400:
-        if data is not None and isinstance(data.get("error"), str):
-            description = data.get("error_description")
-            raise oauth_error(data["error"], description if isinstance(description, str) else None, status, url)
-        raise InvalidTokenResponse(
-            f"identity provider {url} answered HTTP {status} {_what(content_type, body)}, "
-            "not an OAuth error: is AUTH_BASE_URL right?"
-        )
+        raise _refusal(status, headers, body, url, data, ", not an OAuth error: is AUTH_BASE_URL right?")
     if data is None:
         raise InvalidTokenResponse(
             f"identity provider {url} answered HTTP {status} with {_what(content_type, body)}, not a token"
@@ -199,6 +193,17 @@ def _expiry(access_token: str, from_expires_in: float, obtained_at: float) -> fl
     if isinstance(exp, (int, float)) and not isinstance(exp, bool) and 0 < from_expires_in - exp <= 2:
         return max(float(exp), obtained_at)
     return from_expires_in
+
+
+def _refusal(
+    status: int, headers: Mapping[str, str], body: bytes, url: str, data: dict | None, hint: str
+) -> AuthError:
+    """The error for a 4xx answer: the RFC 6749 error it carries, else what it was, and ``hint``."""
+    if data is not None and isinstance(data.get("error"), str):
+        description = data.get("error_description")
+        return oauth_error(data["error"], description if isinstance(description, str) else None, status, url)
+    what = _what(headers.get("content-type", "").lower(), body)
+    return InvalidTokenResponse(f"identity provider {url} answered HTTP {status} {what}{hint}")
 
 
 def _json_object(body: bytes) -> dict | None:
@@ -344,12 +349,8 @@ def parse_device_authorization(status: int, headers: Mapping[str, str], body: by
     """The device authorization answer (RFC 8628 section 3.2), or a one-line error."""
     data = _json_object(body)
     if status >= 400:
-        if data is not None and isinstance(data.get("error"), str):
-            description = data.get("error_description")
-            raise oauth_error(data["error"], description if isinstance(description, str) else None, status, url)
-        raise InvalidTokenResponse(
-            f"identity provider {url} answered HTTP {status} {_what(headers.get('content-type', ''), body)}: "
-            "does it support the device flow (QLAM_DEVICE_AUTHORIZATION_URL)?"
+        raise _refusal(
+            status, headers, body, url, data, ": does it support the device flow (QLAM_DEVICE_AUTHORIZATION_URL)?"
         )
     if data is None:
         raise InvalidTokenResponse(f"identity provider {url} answered without a JSON device authorization")

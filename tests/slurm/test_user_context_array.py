@@ -20,7 +20,6 @@ from slurm_service import Slurm
 
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._login import login
-from qlam_hpc.sandbox import Sandbox, SandboxConfig
 
 from .conftest import EXAMPLES, JobArea
 from .test_job_arrays import QLAM_HPC, _assert_no_secrets, _failures, _finished, _nodes, _results, _submit
@@ -31,19 +30,9 @@ TASKS = 50
 SCRIPT = "array-user-context.sbatch"
 
 
-@pytest.fixture(scope="module")
-def idp():
-    config = SandboxConfig.default(device_poll_interval=1, task_duration=1.0)
-    with Sandbox(config) as server:
-        yield server
-
-
 @pytest.fixture
-def sandbox(idp):
-    idp.reset()
-    idp.set_faults(auto_approve=True, refresh_token_overlap=0, response_delay=0, token_lifetime=86400)
-    yield idp
-    idp.reset()
+def sandbox(user_sandbox):
+    return user_sandbox
 
 
 @pytest.fixture
