@@ -427,3 +427,21 @@ def test_a_job_without_the_login_directory_says_so_without_locking_it(env, sandb
     result = run_cli("token", env={**env, "QLAM_REFRESH_TOKEN_DIR": str(elsewhere)})
     assert result.code == 16 and "keep-fresh" in result.err
     assert not elsewhere.exists()
+
+
+def test_min_ttl_job_warns_when_the_job_outlives_the_login(env, sandbox):
+    """A job ending in 2 h with a login that lasts 1 h: the token is printed, with a warning."""
+    assert run_cli("auth", "login", env={**env, "QLAM_REFRESH_TOKEN_LIFETIME": "1h"}).code == 0
+    job = {**env, "SLURM_JOB_ID": "99", "SLURM_JOB_END_TIME": str(int(time.time()) + 7200)}
+    result = run_cli("token", "--min-ttl", "job", env=job)
+    assert result.code == 0 and result.out.count(".") == 2
+    assert "this job ends after the login of ada@example.org" in result.err
+
+
+def test_api_and_tasks_commands_work_in_user_context(env, sandbox):
+    """After a login, qlam-hpc api and tasks authenticate as the user, as with M2M credentials."""
+    assert run_cli("auth", "login", env=env).code == 0
+    listed = run_cli("tasks", "list", "--json", env=env)
+    assert listed.code == 0, listed.err
+    called = run_cli("api", "GET", "/userinfo", env=env)
+    assert called.code == 0 and json.loads(called.out)["email"] == "ada@example.org"
