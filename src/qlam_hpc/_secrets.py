@@ -283,17 +283,139 @@ def _ancestors(path: str, include_self: bool) -> list[str]:
         path = parent
 
 
-# --- HashiCorp Vault ------------------------------------------------------------------------
+# --- HashiCorp Vault and OpenBao ------------------------------------------------------------
+
+# OpenBao (Vault's open-source fork, same API) names its variables BAO_*; Vault's win.
+VAULT_CA_SETTINGS = ("VAULT_CACERT", "VAULT_CAPATH", "BAO_CACERT", "BAO_CAPATH")
+
+
+def vault_setting(env: Mapping[str, str], name: str) -> str | None:
+    """``VAULT_<name>``, else ``BAO_<name>``: the variable Vault's and OpenBao's tools read."""
+    return env.get(f"VAULT_{name}") or env.get(f"BAO_{name}") or None
+
+
+class VaultServer:
+    """The Vault server and login that Vault's own variables name, for the ``vault://``
+    secret source and the Vault token store alike (``_stores/_vault.py``): one reading of
+    ``VAULT_ADDR``, ``VAULT_NAMESPACE``, ``VAULT_CACERT``/``VAULT_CAPATH`` and the login, so
+    the two can never disagree about where Vault is or who logs in (``BAO_*`` too).
+
+    The login is ``VAULT_TOKEN``; else AppRole, ``VAULT_ROLE_ID`` with ``VAULT_SECRET_ID``
+    (or ``VAULT_SECRET_ID_FILE``) at ``VAULT_APPROLE_MOUNT`` (default ``approle``); else
+    ``~/.vault-token``, which ``vault login`` and ``bao login`` write. Nothing here holds a
+    token in a message: they name variables and the address only.
+    """
+
+    def __init__(self, env: Mapping[str, str], what: str, origin: str) -> None:
+        from ._settings import base_url_for
+        from ._tls import ca_setting
+
+        address = vault_setting(env, "ADDR")
+        if not address:
+            raise ConfigurationError(f"{origin} names {what}, but VAULT_ADDR is not set")
+        # What the login needs, read now: a store made from the environment keeps using the
+        # login it was made with, whatever the process does to os.environ later.
+        self.env = {k: v for k, v in env.items() if k.startswith(("VAULT_", "BAO_")) or k == "HOME"}
+        self.address = base_url_for(address, "VAULT_ADDR" if env.get("VAULT_ADDR") else "BAO_ADDR")
+        self.namespace = vault_setting(env, "NAMESPACE")
+        # As hvac and the vault CLI read them: VAULT_CACERT, else VAULT_CAPATH; without
+        # either, requests' default trust (REQUESTS_CA_BUNDLE, certifi).
+        self.trust = ca_setting(env, VAULT_CA_SETTINGS)
+        self.what = what
+        self.origin = origin
+
+    @property
+    def login_kind(self) -> str:
+        """Which login the variables choose, by name: for messages and ``doctor``."""
+        env = self.env
+        if vault_setting(env, "TOKEN"):
+            return "VAULT_TOKEN" if env.get("VAULT_TOKEN") else "BAO_TOKEN"
+        if vault_setting(env, "ROLE_ID"):
+            return "AppRole (VAULT_ROLE_ID)"
+        return "~/.vault-token"
+
+    def hvac(self):
+        """The hvac module (the ``vault`` extra), or a ``ConfigurationError`` saying to install it."""
+        try:
+            import hvac
+            import hvac.exceptions
+        except ImportError:
+            raise ConfigurationError(
+                f"{self.origin} names {self.what}, but hvac is not installed: pip install 'qlam-hpc[vault]'"
+            ) from None
+        return hvac
+
+    def client(self, timeout: float = 10.0):
+        """An hvac client, logged in; hvac's and requests' exceptions pass through (each caller
+        says what they mean to it, ``failure`` the common ones). Needs the ``vault`` extra."""
+        hvac = self.hvac()
+        client = hvac.Client(
+            url=self.address,
+            namespace=self.namespace,
+            verify=self.trust[1] if self.trust else True,
+            timeout=timeout,
+        )
+        client.token = self._login(client)
+        return client
+
+    def _login(self, client) -> str:
+        env = self.env
+        token = vault_setting(env, "TOKEN")
+        if token:
+            return token
+        role_id = vault_setting(env, "ROLE_ID")
+        if role_id:
+            secret_id = vault_setting(env, "SECRET_ID")
+            if not secret_id and vault_setting(env, "SECRET_ID_FILE"):
+                secret_id = FileSecret(vault_setting(env, "SECRET_ID_FILE"), origin="VAULT_SECRET_ID_FILE")._read()
+            answer = client.auth.approle.login(
+                role_id=role_id, secret_id=secret_id or None, mount_point=vault_setting(env, "APPROLE_MOUNT") or "approle"
+            )
+            return answer["auth"]["client_token"]
+        home = env.get("HOME") or os.path.expanduser("~")
+        try:
+            with open(os.path.join(home, ".vault-token"), encoding="utf-8") as file:
+                token = file.read().strip()
+        except OSError:
+            token = ""
+        if token:
+            return token
+        raise ConfigurationError(
+            f"no Vault login for {self.what} at {self.address}: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole)"
+        )
+
+    def failure(self, exc: BaseException, unreachable: type = SecretStoreUnreachable) -> Exception | None:
+        """What a transport failure means, or None for other exceptions: a ``TlsError`` (a
+        certificate or a plain-http server: a setting, never retried), ``unreachable`` for an
+        outage (down, sealed, timing out), ``ConfigurationError`` for an unusable CA bundle."""
+        import hvac.exceptions
+        import requests
+
+        address = self.address
+        if isinstance(exc, (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway)):
+            return unreachable(f"Vault at {address} is unavailable (sealed or failing)")
+        if isinstance(exc, requests.exceptions.RequestException):
+            from ._tls import failure
+
+            tls = failure(exc, address, self.trust, names="VAULT_CACERT (or VAULT_CAPATH)")
+            if tls is not None:
+                return tls
+            return unreachable(f"Vault at {address} is unreachable ({type(exc).__name__})")
+        if isinstance(exc, OSError):  # an unusable VAULT_CACERT: requests raises it while sending
+            return ConfigurationError(
+                f"the CA bundle named by VAULT_CACERT or VAULT_CAPATH cannot be used for Vault at {address} "
+                f"({exc.strerror or type(exc).__name__})"
+            )
+        return None
 
 
 class VaultSecret(SecretSource):
     """``vault://MOUNT/PATH#FIELD``: a field of a KV version 2 secret.
 
-    The server and login come from Vault's own variables: ``VAULT_ADDR``,
-    ``VAULT_NAMESPACE``, ``VAULT_CACERT``, and ``VAULT_TOKEN`` (else ``~/.vault-token``,
-    which ``vault login`` writes), or AppRole: ``VAULT_ROLE_ID`` with ``VAULT_SECRET_ID``
-    (or ``VAULT_SECRET_ID_FILE``), at ``VAULT_APPROLE_MOUNT`` (default ``approle``).
-    Without ``#FIELD`` the secret must hold exactly one field.
+    The server and login come from Vault's own variables (``VaultServer``): ``VAULT_ADDR``,
+    ``VAULT_NAMESPACE``, ``VAULT_CACERT``, and ``VAULT_TOKEN`` (else ``~/.vault-token``), or
+    AppRole; OpenBao's ``BAO_*`` names too. Without ``#FIELD`` the secret must hold exactly
+    one field.
     """
 
     __slots__ = ("mount", "path", "field")
@@ -312,42 +434,19 @@ class VaultSecret(SecretSource):
         return cls(mount, path, field or None, origin=origin, env=env)
 
     def _where(self) -> tuple:
-        return (self.mount, self.path, self.field, self._env.get("VAULT_ADDR"), self._env.get("VAULT_NAMESPACE"))
+        env = self._env
+        return (self.mount, self.path, self.field, vault_setting(env, "ADDR"), vault_setting(env, "NAMESPACE"))
 
     def describe(self) -> str:
         field = f"#{self.field}" if self.field else ""
         return f"vault://{self.mount}/{self.path}{field}"
 
     def _read(self) -> str:
+        server = VaultServer(self._env, self.describe(), self.origin)
+        what = f"{self.describe()} at {server.address}"
+        hvac = server.hvac()
         try:
-            import hvac
-            import hvac.exceptions
-            import requests
-        except ImportError:
-            raise ConfigurationError(
-                f"{self.origin} names a Vault secret, but hvac is not installed: pip install 'qlam-hpc[vault]'"
-            ) from None
-        from ._settings import base_url_for
-
-        env = self._env
-        address = env.get("VAULT_ADDR")
-        if not address:
-            raise ConfigurationError(f"{self.origin} names {self.describe()}, but VAULT_ADDR is not set")
-        address = base_url_for(address, "VAULT_ADDR")
-        from ._tls import VAULT_CA_VARIABLES, ca_setting
-
-        # Vault's own variables, as hvac and the vault CLI read them: VAULT_CACERT, else
-        # VAULT_CAPATH; without either, requests' default trust (REQUESTS_CA_BUNDLE, certifi).
-        trust = ca_setting(env, VAULT_CA_VARIABLES)
-        client = hvac.Client(
-            url=address,
-            namespace=env.get("VAULT_NAMESPACE") or None,
-            verify=trust[1] if trust else True,
-            timeout=10,
-        )
-        what = f"{self.describe()} at {address}"
-        try:
-            client.token = self._login(client, what)
+            client = server.client()
             answer = client.secrets.kv.v2.read_secret_version(
                 path=self.path, mount_point=self.mount, raise_on_deleted_version=True
             )
@@ -357,53 +456,19 @@ class VaultSecret(SecretSource):
             raise ConfigurationError(f"Vault has no secret {what} (is it a KV version 2 mount?)") from None
         except hvac.exceptions.InvalidRequest:
             raise ConfigurationError(f"Vault refused the request for {what} (invalid request: check the login)") from None
-        except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway):
-            raise SecretStoreUnreachable(f"Vault at {address} is unavailable (sealed or failing)") from None
-        except hvac.exceptions.VaultError as exc:
-            raise SecretStoreUnreachable(f"Vault at {address} answered with an error ({type(exc).__name__})") from None
-        except requests.exceptions.RequestException as exc:
-            from ._tls import failure
-
-            # A certificate or a plain-http server is a setting to fix, not an outage to retry.
-            tls = failure(exc, address, trust, names="VAULT_CACERT (or VAULT_CAPATH)")
-            if tls is not None:
-                raise tls from None
-            raise SecretStoreUnreachable(f"Vault at {address} is unreachable ({type(exc).__name__})") from None
-        except OSError as exc:  # an unusable VAULT_CACERT: requests raises it while sending
-            raise ConfigurationError(
-                f"the CA bundle named by VAULT_CACERT or VAULT_CAPATH cannot be used for Vault at {address} "
-                f"({exc.strerror or type(exc).__name__})"
-            ) from None
+        except Exception as exc:
+            known = server.failure(exc)
+            if known is not None:
+                raise known from None
+            if isinstance(exc, hvac.exceptions.VaultError):
+                raise SecretStoreUnreachable(
+                    f"Vault at {server.address} answered with an error ({type(exc).__name__})"
+                ) from None
+            raise
         data = ((answer or {}).get("data") or {}).get("data")
         if not isinstance(data, dict):
             raise ConfigurationError(f"Vault's answer for {what} holds no KV version 2 data")
         return _field(data, self.field, what)
-
-    def _login(self, client, what: str) -> str:
-        env = self._env
-        token = env.get("VAULT_TOKEN")
-        if token:
-            return token
-        role_id = env.get("VAULT_ROLE_ID")
-        if role_id:
-            secret_id = env.get("VAULT_SECRET_ID")
-            if not secret_id and env.get("VAULT_SECRET_ID_FILE"):
-                secret_id = FileSecret(env["VAULT_SECRET_ID_FILE"], origin="VAULT_SECRET_ID_FILE")._read()
-            answer = client.auth.approle.login(
-                role_id=role_id, secret_id=secret_id or None, mount_point=env.get("VAULT_APPROLE_MOUNT") or "approle"
-            )
-            return answer["auth"]["client_token"]
-        home = env.get("HOME") or os.path.expanduser("~")
-        try:
-            with open(os.path.join(home, ".vault-token"), encoding="utf-8") as file:
-                token = file.read().strip()
-        except OSError:
-            token = ""
-        if token:
-            return token
-        raise ConfigurationError(
-            f"no Vault login for {what}: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole)"
-        )
 
 
 # --- AWS Secrets Manager --------------------------------------------------------------------

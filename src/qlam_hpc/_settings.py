@@ -90,7 +90,7 @@ _SETTINGS_FIELDS = (
     "audience_param",  # "audience" (Auth0) or "resource" (RFC 8707)
     "discovery_url",  # str | None: read the token endpoint (when token_url is this URL) and auth method here
     "assertion_audience",  # str | None: aud of client assertions; None: the token endpoint; "issuer": discovered
-    "token_store",  # str | None: QLAM_TOKEN_STORE (redis://, rediss://, file://); None: the file store in cache_dir
+    "token_store",  # str | None: QLAM_TOKEN_STORE (redis://, rediss://, vault://, file://); None: the file store in cache_dir
     "token_store_password",  # Secret | None: QLAM_REDIS_PASSWORD or REDIS_PASSWORD
     # User context (QLAM_AUTH_FLOW=device): a person's login, refreshed by every process single-flight.
     "auth_flow",  # "client_credentials" (M2M, the default) or "device" (user context)
@@ -365,21 +365,28 @@ def _user_endpoints(env: Mapping[str, str], flow: str, base_url: str | None, dis
 
 
 def _check_refresh_token_store(settings: Settings, env: Mapping[str, str]) -> None:
-    """Refresh tokens stay where only their owner can read them: a Redis is refused unless
-    the user opts in (QLAM_SHARED_REFRESH_TOKENS=allow) or keeps them elsewhere."""
+    """Refresh tokens stay where only their owner can read them: a Redis, or a Vault path
+    that a policy may open to others, is refused unless the user opts in
+    (QLAM_SHARED_REFRESH_TOKENS=allow) or keeps them elsewhere (QLAM_REFRESH_TOKEN_DIR)."""
     if not settings.cache_enabled:
         raise ConfigurationError(
             "QLAM_TOKEN_CACHE=off cannot be used in user context: the login (refresh token) must be kept in the "
             "store, and processes that refresh on their own would spend each other's refresh tokens"
         )
     store = (settings.token_store or "").strip().lower()
-    if not store.startswith(("redis://", "rediss://")) or settings.refresh_token_dir:
+    if settings.refresh_token_dir:
+        return
+    if store.startswith(("redis://", "rediss://")):
+        shared, readers = "a Redis", "whoever can read that Redis"
+    elif store.startswith("vault://"):
+        shared, readers = "a Vault path", "whoever the Vault policies let read that path"
+    else:
         return
     if (env.get("QLAM_SHARED_REFRESH_TOKENS") or "").strip().lower() == "allow":
         return
     raise ConfigurationError(
-        "QLAM_TOKEN_STORE names a Redis, and in user context the store would hold your refresh token: "
-        "whoever can read that Redis could act as you for weeks. Keep the login in a directory of your own "
+        f"QLAM_TOKEN_STORE names {shared}, and in user context the store would hold your refresh token: "
+        f"{readers} could act as you for weeks. Keep the login in a directory of your own "
         "(QLAM_REFRESH_TOKEN_DIR), use the file store, or accept it with QLAM_SHARED_REFRESH_TOKENS=allow"
     )
 

@@ -6,6 +6,8 @@ keeps its transports:
     _base.py    the protocol every store keeps, and the store of no sharing at all
     _file.py    a directory on a (shared) filesystem: the default
     _redis.py   a Redis database, for nodes that share no filesystem
+    _vault.py   a KV version 2 path in Vault or OpenBao, for clusters and sites that share
+                neither a filesystem nor a Redis, or that want Vault's policies and audit log
 
 ``open_store`` picks the one the settings name. Nothing is imported at module level:
 the warm ``qlam-hpc token`` path imports ``_file`` alone.
@@ -33,6 +35,9 @@ def open_store(settings: Settings) -> TokenStore:
 
         from .._cache import Identity
 
+        if settings.token_store.strip().lower().startswith("vault://"):
+            # Vault's own variables (VAULT_ADDR, VAULT_TOKEN, ...), as for vault:// secrets.
+            return store_from_url(settings.token_store, os.environ, owner=Identity.of(settings))
         password = settings.token_store_password
         # The environment was read once, by Settings.from_env; all but QLAM_REDIS_INSECURE,
         # which the store reads where it parses the URL (it is not a Settings field yet).
@@ -56,8 +61,9 @@ def store_from_url(
     owner: Identity | None = None,
     **options,
 ) -> TokenStore:
-    """The store a ``QLAM_TOKEN_STORE`` URL names: ``redis://``/``rediss://`` (``_redis``) or
-    ``file:///path/to/dir``; ``ConfigurationError`` for anything else."""
+    """The store a ``QLAM_TOKEN_STORE`` URL names: ``redis://``/``rediss://`` (``_redis``),
+    ``vault://MOUNT/PATH`` (``_vault``; the server and login from Vault's variables in
+    ``environ``) or ``file:///path/to/dir``; ``ConfigurationError`` for anything else."""
     from .._errors import ConfigurationError
 
     text = url.strip()
@@ -77,9 +83,14 @@ def store_from_url(
         from ._redis import redis_store_from_url
 
         return redis_store_from_url(text, environ, password=password, owner=owner, **options)
+    if scheme == "vault":
+        from ._vault import vault_store_from_url
+
+        return vault_store_from_url(text, environ, owner=owner, **options)
     from ._redis import _safe_url
 
     shown = _safe_url(text) if scheme else text.rpartition("@")[2]
     raise ConfigurationError(
-        f"QLAM_TOKEN_STORE {shown!r}: expected redis://host:port/db, rediss://host:port/db (TLS) or file:///path/to/dir"
+        f"QLAM_TOKEN_STORE {shown!r}: expected redis://host:port/db, rediss://host:port/db (TLS), "
+        "vault://MOUNT/PATH (Vault or OpenBao KV version 2) or file:///path/to/dir"
     )
