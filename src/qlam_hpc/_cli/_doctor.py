@@ -10,7 +10,8 @@ Each line is ``verdict  check  detail``; the verdicts are ``ok``, ``warn`` (work
 but worth knowing), ``FAIL`` and ``skip`` (could not be checked because of an
 earlier failure). The exit code is that of the first failed check: 3 for
 settings, secrets and the clock, 15 for a secret store, 5 for the identity
-provider, 14 for the QLAM API, 18 for a TLS failure with either, 8 for the cache;
+provider, 14 for the QLAM API, 18 for a TLS failure with either, 8 for the cache
+(15 for a token store in Vault);
 0 when nothing failed. Its connections trust what the token fetch and the tasks
 client trust (``_tls``: SSL_CERT_FILE, SSL_CERT_DIR, REQUESTS_CA_BUNDLE).
 
@@ -98,7 +99,10 @@ def diagnose(environ: Mapping[str, str], overrides: dict, *, transport=None) -> 
     checks.append(_api(environ, transport))
     if settings is not None and settings.token_store and settings.cache_enabled:
         # The shared store is elsewhere: the file cache's directory and locks do not matter.
-        checks.append(Check("ok", "token store", "QLAM_TOKEN_STORE: the cache directory is not used"))
+        if settings.token_store.strip().lower().startswith("vault://"):
+            checks.extend(_vault_store(settings))
+        else:
+            checks.append(Check("ok", "token store", "QLAM_TOKEN_STORE: the cache directory is not used"))
     else:
         cache_dir = settings.cache_path if settings is not None else _cache_dir(environ, overrides, default_cache_dir)
         checks.extend(_cache(cache_dir))
@@ -425,6 +429,23 @@ def _existing_ancestor(path: str) -> str:
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     return path
+
+
+def _vault_store(settings) -> list[Check]:  # type: ignore[no-untyped-def]
+    """The Vault token store: reachable and unsealed, the login, the mount, the policy's
+    capabilities on the store's paths (asked of Vault, nothing written), and what a read costs."""
+    from .._cache import Identity
+    from .._stores import open_store
+
+    try:
+        store = open_store(settings)
+        found = store.check(Identity.of(settings))
+    except QlamError as error:
+        return [Check("FAIL", "token store", str(error), error.exit_code)]
+    checks = [Check("ok", "token store", f"{store.location} (QLAM_TOKEN_STORE; the cache directory is not used)")]
+    for good, detail in found:
+        checks.append(Check("ok" if good else "FAIL", "token store", detail, 0 if good else 15))
+    return checks
 
 
 def _cached_token(settings) -> Check:  # type: ignore[no-untyped-def]
