@@ -26,6 +26,63 @@ from collections import namedtuple
 from . import _errors
 from ._tokens import Token
 
+TYPE_CHECKING = False  # typing itself costs the warm token path milliseconds
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from typing import Any, NamedTuple, Protocol
+
+    from ._settings import Settings
+
+    class _Digest(Protocol):
+        def hexdigest(self) -> str: ...
+
+    # The fields as the type checker reads them; the namedtuples below are what runs.
+    class _IdentityFields(NamedTuple):
+        token_url: str
+        client_id: str
+        audience: str
+        scope: str | None = None
+        principal: str | None = None
+
+    class _FailureFields(NamedTuple):
+        error: str
+        args: tuple[Any, ...]
+        at: float
+        until: float
+        credentials: str
+        by: str | None = None
+
+    class _LoginFields(NamedTuple):
+        refresh_token: str
+        logged_in_at: float
+        expires_at: float
+        subject: str | None = None
+        email: str | None = None
+
+    class _IntentFields(NamedTuple):
+        at: float
+        by: str
+
+    class _CacheEntryFields(NamedTuple):
+        identity: Identity
+        token: Token | None = None
+        failure: Failure | None = None
+        login: Login | None = None
+        intent: Intent | None = None
+
+else:
+    _IdentityFields = namedtuple(
+        "_IdentityFields", "token_url client_id audience scope principal", defaults=(None, None)
+    )
+    _FailureFields = namedtuple("_FailureFields", "error args at until credentials by", defaults=(None,))
+    _LoginFields = namedtuple(
+        "_LoginFields", "refresh_token logged_in_at expires_at subject email", defaults=(None, None)
+    )
+    _IntentFields = namedtuple("_IntentFields", "at by")
+    _CacheEntryFields = namedtuple(
+        "_CacheEntryFields", "identity token failure login intent", defaults=(None, None, None, None)
+    )
+
 MAGIC = "qlam-hpc token cache v1"
 _END = "end"
 
@@ -38,10 +95,10 @@ _B64TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~
 # RFC 6749 appendix A.17: refresh-token = 1*VSCHAR, VSCHAR = %x20-7E
 _VSCHAR = bytes(range(0x20, 0x7F))
 
-_IDENTITY_FIELDS = ("token_url", "client_id", "audience", "scope", "principal")
+_IDENTITY_FIELDS = _IdentityFields._fields
 
 
-class Identity(namedtuple("_IdentityFields", _IDENTITY_FIELDS, defaults=(None, None))):
+class Identity(_IdentityFields):
     """What a token is for; one cache entry per identity. An empty scope means none.
 
     ``principal`` is None for M2M (the client is the principal) and ``device:<user>``
@@ -51,7 +108,7 @@ class Identity(namedtuple("_IdentityFields", _IDENTITY_FIELDS, defaults=(None, N
     __slots__ = ()
 
     @classmethod
-    def of(cls, settings) -> Identity:  # Settings; not imported, to keep this module light
+    def of(cls, settings: Settings) -> Identity:
         principal = f"device:{_local_user()}" if settings.auth_flow == "device" else None
         return cls(settings.token_url, settings.client_id, settings.audience, settings.scope, principal)
 
@@ -74,31 +131,32 @@ def _local_user() -> str:
         return f"uid{os.geteuid()}"
 
 
-def _sha256(data: bytes):
+def _sha256(data: bytes) -> _Digest:
     global _sha256_constructor
     if _sha256_constructor is None:
         _sha256_constructor = _builtin_sha256()
     return _sha256_constructor(data)
 
 
-_sha256_constructor = None
+_sha256_constructor: Callable[[bytes], _Digest] | None = None
 
 
-def _builtin_sha256():
+def _builtin_sha256() -> Callable[[bytes], _Digest]:
     # hashlib loads OpenSSL, a few milliseconds the warm token path cannot spare; the
     # interpreter's built-in SHA-256 gives the same digest. Looked up once: a failed
     # import is not cached by Python and would search sys.path on every call.
-    try:
-        from _sha2 import sha256  # Python >= 3.12
+    try:  # the interpreter's private modules have no type stubs
+        from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
     except ImportError:
         try:
-            from _sha256 import sha256  # Python <= 3.11
+            from _sha256 import sha256  # type: ignore[import-not-found]  # Python <= 3.11
         except ImportError:
             from hashlib import sha256
-    return sha256
+    constructor: Callable[[bytes], _Digest] = sha256
+    return constructor
 
 
-class Failure(namedtuple("_FailureFields", "error args at until credentials by", defaults=(None,))):
+class Failure(_FailureFields):
     """A fetch failure shared with the other processes until ``until`` (epoch seconds).
 
     ``error`` is the class name in ``qlam_hpc._errors`` and ``args`` rebuild it;
@@ -121,7 +179,7 @@ class Failure(namedtuple("_FailureFields", "error args at until credentials by",
     def stands(self, now: float, *, longest: float) -> bool:
         return self.at <= now + MAX_CLOCK_SKEW and now < self.ends(longest)
 
-    def active(self, now: float, matches, *, longest: float) -> bool:
+    def active(self, now: float, matches: Callable[[str], object], *, longest: float) -> bool:
         """Does the record stand, for the credentials in use? ``matches(recorded)`` compares
         them with the recorded fingerprint; it may be slow (a KDF), so it is asked last."""
         return self.stands(now, longest=longest) and bool(matches(self.credentials))
@@ -144,7 +202,7 @@ class Failure(namedtuple("_FailureFields", "error args at until credentials by",
         return cls(type(error).__name__, tuple(args), at, at + cooldown, credentials, by)
 
 
-class Login(namedtuple("_LoginFields", "refresh_token logged_in_at expires_at subject email", defaults=(None, None))):
+class Login(_LoginFields):
     """A user's login: the current refresh token, when the user logged in, when the login
     ends (the refresh token's absolute lifetime: rotation does not extend it), and who it is."""
 
@@ -164,15 +222,13 @@ class Login(namedtuple("_LoginFields", "refresh_token logged_in_at expires_at su
         return self._replace(refresh_token=refresh_token or self.refresh_token, expires_at=expires_at)
 
 
-class Intent(namedtuple("_IntentFields", "at by")):
+class Intent(_IntentFields):
     """A refresh under way: written before the refresh token is spent, cleared with its result."""
 
     __slots__ = ()
 
 
-class CacheEntry(
-    namedtuple("_CacheEntryFields", "identity token failure login intent", defaults=(None, None, None, None))
-):
+class CacheEntry(_CacheEntryFields):
     __slots__ = ()
 
     def with_token(self, token: Token) -> CacheEntry:
@@ -213,7 +269,9 @@ def fallback_token(entry: CacheEntry | None, now: float, rejected: str | None = 
     return token if token.remaining(now) > token.margin / 2 else None
 
 
-def active_failure(entry: CacheEntry | None, now: float, matches, *, longest: float) -> Failure | None:
+def active_failure(
+    entry: CacheEntry | None, now: float, matches: Callable[[str], object], *, longest: float
+) -> Failure | None:
     """The entry's failure record if it stands at ``now`` for the credentials ``matches`` accepts."""
     if entry is None or entry.failure is None:
         return None
@@ -263,10 +321,10 @@ def identity_of(raw: bytes) -> Identity | None:
     if lines[0] != MAGIC or lines[-2:] != [_END, ""]:
         return None
     fields = dict(line.partition("=")[::2] for line in lines[1:-2])
-    values = [fields.get(name) or None for name in _IDENTITY_FIELDS]
-    if None in values[:3]:
+    token_url, client_id, audience, scope, principal = (fields.get(name) or None for name in _IDENTITY_FIELDS)
+    if token_url is None or client_id is None or audience is None:
         return None
-    return Identity(*values)
+    return Identity(token_url, client_id, audience, scope, principal)
 
 
 def cooldown_for(error: _errors.QlamError, *, rejected_cooldown: float, transient_cooldown: float) -> float:
@@ -288,7 +346,7 @@ def cooldown_for(error: _errors.QlamError, *, rejected_cooldown: float, transien
 
 
 def encode_entry(entry: CacheEntry) -> bytes:
-    fields = dict(zip(_IDENTITY_FIELDS, entry.identity))
+    fields = dict(zip(_IDENTITY_FIELDS, entry.identity, strict=True))
     if fields["principal"] is None:  # M2M entries read the same in every release
         del fields["principal"]
     token = entry.token

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+TYPE_CHECKING = False  # typing itself costs the warm token path milliseconds
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, NamedTuple
+
 MAX_MARGIN = 60.0
 
 
@@ -25,11 +29,23 @@ def refresh_margin(lifetime: float) -> float:
 
 # Value objects on the warm ``qlam-hpc token`` path are namedtuples, not dataclasses:
 # ``dataclasses`` imports ``inspect`` and would double the command's start-up time.
-_TokenFields = namedtuple(
-    "_TokenFields",
-    "access_token expires_at obtained_at token_type scope obtained_by",
-    defaults=("Bearer", None, None),
-)
+# The type checker reads the same fields, typed, from a NamedTuple that never runs.
+if TYPE_CHECKING:  # pragma: no cover
+
+    class _TokenFields(NamedTuple):
+        access_token: str
+        expires_at: float
+        obtained_at: float
+        token_type: str = "Bearer"
+        scope: str | None = None
+        obtained_by: str | None = None
+
+else:
+    _TokenFields = namedtuple(
+        "_TokenFields",
+        "access_token expires_at obtained_at token_type scope obtained_by",
+        defaults=("Bearer", None, None),
+    )
 
 
 class Token(_TokenFields):
@@ -68,7 +84,7 @@ class Token(_TokenFields):
         return f"Bearer {self.access_token}"
 
 
-def unverified_claims(access_token: str) -> dict | None:
+def unverified_claims(access_token: str) -> dict[str, Any] | None:
     """The JWT payload of ``access_token``, *not verified*: for display only, never for trust."""
     import base64
     import json
