@@ -51,6 +51,24 @@ def attribution(
     return {"qlam_hpc": block}
 
 
+def this_process(principal: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The block for this process: its environment, host name and user (the impure edge)."""
+    import os
+    import socket
+
+    from .._version import __version__
+
+    user = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if not user:
+        try:
+            import pwd
+
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except (ImportError, KeyError):
+            user = None
+    return attribution(os.environ, version=__version__, host=socket.gethostname(), user=user, principal=principal)
+
+
 def merge_system_metadata(existing: Any, ours: Mapping[str, Any]) -> tuple[str | None, bool]:
     """The ``system_metadata`` string to send, and whether ours is in it.
 

@@ -44,39 +44,15 @@ class _Common:
         return auth
 
     def _creation_body(self, definition: Definition, idempotency_key: str | None) -> dict[str, Any]:
-        body = rq.task_body(definition)
-        if idempotency_key is not None:
-            body = rq.with_idempotency_key(body, idempotency_key)
-        if self.settings.attribution:
-            from ._attribution import with_attribution
+        if self.settings.attribution and self._attribution is None:
+            from ._attribution import this_process
 
-            if self._attribution is None:
-                provider = self._principal_of
-                self._attribution = _attribution_block(provider.principal() if provider is not None else None)
-            body, attributed = with_attribution(body, self._attribution)
-            if not attributed:
-                log("info", "system_metadata is not a JSON object: sent unchanged, without attribution")
-        return body
+            provider = self._principal_of
+            self._attribution = this_process(provider.principal() if provider is not None else None)
+        return rq.creation_body(definition, idempotency_key, self._attribution if self.settings.attribution else None)
 
     def _url(self, request: rq.ApiRequest) -> str:
         return self.settings.base_url + request.path
-
-
-def _attribution_block(principal: Mapping[str, str] | None = None) -> dict[str, Any]:
-    import socket
-
-    from .._version import __version__
-    from ._attribution import attribution
-
-    user = os.environ.get("USER") or os.environ.get("LOGNAME")
-    if not user:
-        try:
-            import pwd
-
-            user = pwd.getpwuid(os.getuid()).pw_name
-        except (ImportError, KeyError):
-            user = None
-    return attribution(os.environ, version=__version__, host=socket.gethostname(), user=user, principal=principal)
 
 
 def _ids(tasks: TaskRef | Iterable[TaskRef]) -> tuple[list[str], bool]:
@@ -134,18 +110,22 @@ class QlamClient(_Common):
         intended task) the key goes into ``user_metadata`` and, after an ambiguous failure,
         the recent tasks are searched for it before the request is sent again.
         """
+        return Task.model_validate(self._create(definition, idempotency_key))
+
+    def _create(self, definition: Definition, idempotency_key: str | None) -> dict[str, Any]:
+        """The created task as the server wrote it (the CLI prints it unchanged)."""
         body = self._creation_body(definition, idempotency_key)
         request = rq.create_task(self.settings, body)
         if idempotency_key is None:
-            return Task.model_validate(self._call(request))
+            return self._call(request)
         retry = rq.Retry(self.settings.retry, idempotent=True)
         while True:
             try:
-                return Task.model_validate(self._call(request))
+                return self._call(request)
             except rq.AMBIGUOUS as error:
                 found = self._find_key(idempotency_key)
                 if found is not None:
-                    log("info", f"{error}; the task was created after all: {found.id}")
+                    log("info", f"{error}; the task was created after all: {found.get('id')}")
                     return found
                 delay = retry.delay()
                 if delay is None:
@@ -153,14 +133,14 @@ class QlamClient(_Common):
                 log("warning", f"{error}; no task holds the idempotency key, retrying in {delay:.1f}s")
                 self._sleep(delay)
 
-    def _find_key(self, key: str) -> Task | None:
+    def _find_key(self, key: str) -> dict[str, Any] | None:
         # Newest first: a task this call created is among the latest, unless thousands of
         # others were created since; the search is bounded either way.
         number = 0
         while number < rq.KEY_SEARCH_PAGES:
-            page = self.list_tasks(page=number, size=rq.KEY_SEARCH_SIZE)
-            found = rq.find_idempotency_key(page.elements, key)
-            if found is not None or page.last:
+            page = self._call(rq.list_tasks(self.settings, page=number, size=rq.KEY_SEARCH_SIZE)) or {}
+            found = rq.find_idempotency_key(page.get("elements") or (), key)
+            if found is not None or rq.page_is_last(page):
                 return found
             number += 1
         return None

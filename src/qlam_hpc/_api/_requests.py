@@ -3,17 +3,17 @@ wait timing, reassembling paged results.
 
 ``QlamClient`` and ``AsyncQlamClient`` are thin loops around this module, so
 every rule about the API is written once and tested without a network
-(as ``_oauth.py`` does for the identity provider).
+(as ``_oauth.py`` does for the identity provider). So is the CLI's single-request
+path (``_light``), which is why this module imports neither pydantic nor httpx: a
+``qlam-hpc api GET`` pays for neither.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections import namedtuple
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from .._errors import (
@@ -26,10 +26,21 @@ from .._errors import (
     TaskFailed,
     WaitTimeout,
 )
-from .._oauth import backoff_delay, server_wait
 from .._settings import RetryPolicy
-from ._models import FAILURES, Task
 from ._settings import ApiSettings
+
+# Neither typing nor dataclasses at run time: they bring inspect, ast and a dozen more
+# module files into every light-path process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import random
+    from typing import Any, Callable, Iterable, Sequence
+
+    from ._models import Task
+
+#: The statuses a task never leaves. ``Completed`` is the only success.
+TERMINAL = frozenset({"Completed", "Cancelled", "PayloadProcessingError", "Failed"})
+FAILURES = frozenset({"PayloadProcessingError", "Failed"})
 
 #: Answers worth another try: the server or a proxy in front of it is busy or restarting.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -38,20 +49,27 @@ RESULTS_SORT = "subtask_order,asc"
 OCTET_STREAM = "application/octet-stream"
 
 
-@dataclass(frozen=True)
-class ApiRequest:
+class ApiRequest(
+    namedtuple(
+        "_ApiRequestFields",
+        (
+            "method",
+            "path",
+            "params",  # tuple of (name, value) pairs
+            "json",  # a JSON body, or None
+            "headers",  # tuple of (name, value) pairs
+            "idempotent",
+            "creates",  # a 400 answer means an invalid task definition
+            "content",  # bytes | None: a raw body, for ``QlamClient.request``
+        ),
+        defaults=((), None, (), True, False, None),
+    )
+):
     """One call: ``path`` is relative to the base URL. ``idempotent`` requests are retried
     after connection failures and busy answers; others only when the server surely did
     not act (the connection never opened, or HTTP 429)."""
 
-    method: str
-    path: str
-    params: tuple[tuple[str, str], ...] = ()
-    json: Any = None
-    headers: tuple[tuple[str, str], ...] = ()
-    idempotent: bool = True
-    creates: bool = False  # a 400 answer means an invalid task definition
-    content: bytes | None = None  # a raw body, for ``QlamClient.request``
+    __slots__ = ()
 
 
 #: Methods HTTP defines as idempotent: repeating one has the effect of sending it once.
@@ -176,6 +194,22 @@ def task_body(definition: Any) -> dict[str, Any]:
     raise TypeError(f"a task definition must be a TaskDefinition or a mapping, not {type(definition).__name__}")
 
 
+def creation_body(definition: Any, idempotency_key: str | None, attribution: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The body of a task creation: the definition as given, the idempotency key in its
+    ``user_metadata``, and ``attribution`` (None: off) merged into its ``system_metadata``."""
+    body = task_body(definition)
+    if idempotency_key is not None:
+        body = with_idempotency_key(body, idempotency_key)
+    if attribution is not None:
+        from .._log import log
+        from ._attribution import with_attribution
+
+        body, attributed = with_attribution(body, attribution)
+        if not attributed:
+            log("info", "system_metadata is not a JSON object: sent unchanged, without attribution")
+    return body
+
+
 # --- reading answers --------------------------------------------------------------------------
 
 
@@ -245,22 +279,22 @@ def describe(exc: BaseException) -> str:
 # --- retry timing -----------------------------------------------------------------------------
 
 
-@dataclass
 class Retry:
     """The retry budget of one call: ``delay()`` after each failure says how long to wait
     before the next attempt, or ``None`` to give up (attempts or deadline spent, or a
     failure it is not safe to repeat)."""
 
-    policy: RetryPolicy
-    idempotent: bool = True
-    clock: Callable[[], float] = time.time
-    rng: random.Random | None = None
-    attempt: int = 0
-    started: float = field(default=-1.0)
-
-    def __post_init__(self) -> None:
-        if self.started < 0:
-            self.started = self.clock()
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        idempotent: bool = True,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        attempt: int = 0,
+        started: float = -1.0,
+    ) -> None:
+        self.policy, self.idempotent, self.clock, self.rng, self.attempt = policy, idempotent, clock, rng, attempt
+        self.started = clock() if started < 0 else started
 
     def delay(self, *, status: int | None = None, headers: Mapping[str, str] | None = None, sent: bool = True) -> float | None:
         """After attempt ``self.attempt + 1`` failed: seconds to wait, or ``None``.
@@ -269,6 +303,8 @@ class Retry:
         open), so even a POST is safe to repeat; so is a 429, which the server refused
         before acting. Anything else is repeated only for idempotent requests.
         """
+        from .._oauth import backoff_delay, server_wait  # only after a failure: json, email.utils
+
         self.attempt += 1
         if not self.idempotent and sent and status != 429:
             return None
@@ -435,6 +471,8 @@ def raise_for_outcome(tasks: Iterable[Task]) -> None:
 
 def shot_pages(page: Mapping[str, Any]) -> int:
     """How many shot pages the subtasks of a results page need (1 when one page holds them all)."""
+    import math
+
     needed = 1
     for element in page.get("elements") or ():
         total, size = element.get("shots_total"), element.get("shots_size")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from typing import Mapping
 
 from .._errors import ConfigurationError
 from .._settings import RetryPolicy, _flag, _positive_int, _seconds, base_url_for
 from .._tls import ca_bundle
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Mapping
 
 DEFAULT_API_URL = "https://api.quera.com"
 DEFAULT_QPU_MODE = "squin-256q"

@@ -1,43 +1,60 @@
-"""The warm path of ``qlam-hpc token``: a cache hit served with the standard library only.
+"""The light paths: commands a batch job runs once per array task, served without click,
+httpx, pydantic or rich when the shared cache holds a usable token.
 
-It answers only what it fully understands — a usable cached token for plain
-``--json``/``--header``/``--min-ttl`` options — and returns None for anything
-else, errors included, so the full CLI handles it with its usual messages.
+- ``qlam-hpc token``: a cache hit, with the standard library only;
+- ``qlam-hpc api METHOD PATH`` and ``qlam-hpc tasks get|list|submit`` with ``--json`` (or
+  ``submit -q``): one request over ``http.client`` (``_api._light``), the same retry and
+  error policy as the library, the server's JSON printed as it came.
+
+Each answers only what it fully understands — plain options, a warm cache, no proxy — and
+returns None for anything else (``--help``, a bad value, a cold cache, an option it does not
+know), so the full CLI (``_app.py``) handles it with its usual messages. Once a request is
+sent, the light path finishes it: its errors are the library's, printed as ``_app.run``
+prints them, with the same exit codes.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .._tokens import Token
 
 
 def warm_token(args: list[str]) -> int | None:
-    options = _parse(args)
+    options = _parse_token(args)
     if options is None:
         return None
     mode, min_ttl = options
+    found = _cached(min_ttl)
+    if found is None:
+        return None
+    from ._output import print_token
+
+    print_token(found[1], "cache", mode, time.time())
+    return 0
+
+
+def _cached(min_ttl: float = 0.0) -> tuple | None:
+    """``(settings, token)`` when the file cache holds a token usable for ``min_ttl``, else None."""
     try:
         from .._cache import Identity, cached_token
-        from .._stores._file import FileStore
         from .._settings import Settings
+        from .._stores._file import FileStore
 
         settings = Settings.from_env()
         if not settings.cache_enabled or settings.token_store:
             return None
-        identity = Identity.of(settings)
-        entry = FileStore(settings.cache_path).load(identity)
+        entry = FileStore(settings.cache_path).load(Identity.of(settings))
     except Exception:  # the full CLI reproduces it and reports it properly
         return None
-    now = time.time()
-    token = cached_token(entry, now, min_ttl)
-    if token is None:
-        return None
-    from ._output import print_token
-
-    print_token(token, "cache", mode, now)
-    return 0
+    token = cached_token(entry, time.time(), min_ttl)
+    return None if token is None else (settings, token)
 
 
-def _parse(args: list[str]) -> tuple[str, float] | None:
+def _parse_token(args: list[str]) -> tuple[str, float] | None:
     mode, min_ttl, rest = "plain", "0", list(args)
     while rest:
         arg = rest.pop(0)
@@ -55,3 +72,236 @@ def _parse(args: list[str]) -> tuple[str, float] | None:
         return mode, parse_duration(min_ttl)
     except ValueError:
         return None
+
+
+# --- api and tasks ---------------------------------------------------------------------------
+
+
+class _Options:
+    """Options and positional arguments of one command, read the way click reads them for the
+    forms handled here (``--name value``, ``--name=value``, flags); ``None`` for anything else."""
+
+    def __init__(self, args: list[str], valued: dict[str, str], flags: dict[str, str]) -> None:
+        self.values: dict[str, list[str]] = {}
+        self.flags: set[str] = set()
+        self.positional: list[str] = []
+        self.ok = True
+        rest = list(args)
+        while rest:
+            arg = rest.pop(0)
+            name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+            if name in valued and (eq or rest):
+                self.values.setdefault(valued[name], []).append(value if eq else rest.pop(0))
+            elif arg in flags:
+                self.flags.add(flags[arg])
+            elif arg.startswith("-") and arg != "-":
+                self.ok = False  # --help, --, an unknown option, -abc bundles: click's business
+                return
+            else:
+                self.positional.append(arg)
+
+    def one(self, key: str) -> str | None:
+        found = self.values.get(key, [])
+        if len(found) > 1:
+            self.ok = False
+        return found[-1] if found else None
+
+
+_API_URL = {"--api-url": "api_url", "--qpu-mode": "qpu_mode"}
+
+
+def warm_api(args: list[str]) -> int | None:
+    """``qlam-hpc api METHOD PATH [-d DATA] [-H 'Name: value']... [-i]``."""
+    from . import _calls
+
+    opts = _Options(args, {**_API_URL, "-d": "data", "--data": "data", "-H": "header", "--header": "header"}, {"-i": "include", "--include": "include"})
+    if not opts.ok or len(opts.positional) != 2:
+        return None
+    method, path = opts.positional
+    data, api_url, qpu_mode = opts.one("data"), opts.one("api_url"), opts.one("qpu_mode")
+    start = _start(api_url, qpu_mode) if opts.ok else None
+    if start is None:
+        return None
+    settings, api, token = start
+    from .._api._requests import raw_request
+
+    try:
+        _calls.check_path(_calls.check_method(method) and path)
+        relative = _calls.relative_path(path, api.base_url).replace("{qpu_mode}", api.qpu_mode)
+        headers = _calls.parse_headers(opts.values.get("header", []))
+        raw_request(method, relative)  # refuses what is not a path on the API
+    except ValueError:  # Refused, or not a path: the full CLI says why
+        return None
+    if not (relative.isascii() and relative.isprintable()):
+        return None  # httpx escapes what http.client refuses
+    if data is not None and data.startswith("@") and not _readable(data[1:]):
+        return None  # the full CLI reports the file
+
+    def call() -> int:
+        content = _calls.read_body(data)
+        request = raw_request(method, relative, content=content, headers=_calls.with_content_type(headers, content))
+        answer = _send(settings, api, request, token)
+        if "include" in opts.flags:
+            _calls.write_status(answer.status, answer.reason, answer.headers)
+        _calls.write_body(answer.body)
+        if answer.status >= 400:
+            from .._api._requests import error_for
+
+            raise error_for(answer.status, answer.body, answer.url)
+        return 0
+
+    return _exit_point(call)
+
+
+def warm_tasks(args: list[str]) -> int | None:
+    """``qlam-hpc tasks [--api-url U] [--qpu-mode M] get ID --json``, ``list [...] --json``,
+    ``submit FILE (--json | -q)``: one request each."""
+    group: list[str] = []
+    rest = list(args)
+    while rest and rest[0].partition("=")[0] in _API_URL:
+        group.append(rest.pop(0))
+        if "=" not in group[-1] and rest:
+            group.append(rest.pop(0))
+    if not rest or rest[0] not in ("get", "list", "submit"):
+        return None
+    outer = _Options(group, _API_URL, {})
+    command, rest = rest[0], rest[1:]
+    if command == "get":
+        opts = _Options(rest, {}, {"--json": "json"})
+    elif command == "list":
+        opts = _Options(rest, {"--page": "page", "--size": "size", "--sort": "sort", "--group-id": "group"}, {"--json": "json"})
+    else:
+        opts = _Options(rest, {}, {"--json": "json", "-q": "quiet", "--quiet": "quiet"})
+    api_url, qpu_mode = outer.one("api_url"), outer.one("qpu_mode")
+    if not (outer.ok and opts.ok) or not opts.flags or len(opts.positional) != (0 if command == "list" else 1):
+        return None
+    from .._api import _requests as rq
+
+    start = _start(api_url, qpu_mode)
+    if start is None:
+        return None
+    settings, api, token = start
+    try:
+        if command == "get":
+            request = rq.get_task(api, opts.positional[0])
+        elif command == "list":
+            page, size, sort = _number(opts.one("page") or "0", 0), _number(opts.one("size") or "10", 1, 1000), opts.one("sort")
+            if page is None or size is None or not opts.ok:
+                return None
+            request = rq.list_tasks(api, page=page, size=size, sort=sort, group_ids=opts.values.get("group", []))
+        else:
+            definition = _definition(opts.positional[0])
+            if definition is None:
+                return None
+            attribution = None
+            if api.attribution:
+                if settings.user_context:
+                    return None  # the block names the logged-in user: the provider knows who
+                from .._api._attribution import this_process
+
+                attribution = this_process()
+            request = rq.create_task(api, rq.creation_body(definition, None, attribution))
+    except ValueError:
+        return None
+
+    def call() -> int:
+        answer = _send(settings, api, request, token)
+        if answer.status >= 400:
+            raise rq.error_for(answer.status, answer.body, answer.url, request)
+        data = rq.read_json(answer.status, answer.header("content-type"), answer.body, answer.url)
+        if "quiet" in opts.flags:
+            line = str(data.get("id")) if isinstance(data, dict) else ""
+        else:
+            import json
+
+            line = json.dumps(data, indent=2)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        return 0
+
+    return _exit_point(call)
+
+
+def _start(api_url: str | None, qpu_mode: str | None) -> tuple | None:
+    """``(settings, api settings, token)``, or None when the light path cannot serve: a cold
+    cache, a proxy, settings the full CLI must report on."""
+    found = _cached()
+    if found is None:
+        return None
+    settings, token = found
+    try:
+        import os
+
+        from .._api._light import proxied
+        from .._api._settings import ApiSettings
+
+        api = ApiSettings.from_env(base_url=api_url, qpu_mode=qpu_mode)
+        if proxied(api, os.environ):
+            return None
+    except Exception:
+        return None
+    return settings, api, token
+
+
+def _send(settings, api, request, token: Token):
+    from .._api._light import send
+
+    def refresh(rejected: str) -> str:
+        from .._provider import TokenProvider
+
+        return TokenProvider(settings).invalidate(rejected)
+
+    return send(api, request, token.access_token, refresh)
+
+
+def _number(text: str, low: int, high: int | None = None) -> int | None:
+    if not text.isdigit() or not text.isascii():
+        return None
+    value = int(text)
+    return value if value >= low and (high is None or value <= high) else None
+
+
+def _readable(path: str) -> bool:
+    import os
+
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _definition(path: str) -> dict | None:
+    """The task definition in FILE, or None for stdin and for anything the full CLI must report."""
+    if path == "-":
+        return None
+    import json
+
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _exit_point(call) -> int:
+    """``_app.run``'s handling, for a call the light path has started: an error is one line
+    on stderr and its exit code."""
+    from .._errors import QlamError
+
+    try:
+        return call()
+    except QlamError as error:
+        return _fail(str(error), error.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as error:  # a bug: one line, as the full CLI says it
+        return _fail(f"unexpected {type(error).__name__}: {error} (run with -vv for details)", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"qlam-hpc: error: {message}\n")
+    sys.stderr.flush()
+    return code

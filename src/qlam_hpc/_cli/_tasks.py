@@ -2,7 +2,9 @@
 
 Each command builds one ``QlamClient`` and raises the library's errors; the exit
 point (``_app.run``) turns them into one line and an exit code. ``--json``
-prints what the API said; otherwise tables (rich, imported when used). Waiting
+prints what the API said (``get``, ``list``, ``submit`` byte for byte as the light
+path of ``_fast.py``, which serves them with a warm cache; ``wait`` and ``list --all``
+through the models); otherwise tables (rich, imported when used). Waiting
 shows a live display on a terminal, and one plain line per status change
 otherwise, which is what a batch job's log wants.
 """
@@ -121,10 +123,11 @@ def submit(
     body = _definition(definition)
     timeout_s, poll_s = _duration(timeout, "--timeout"), _duration(poll, "--poll")
     with api.client() as client:
-        task = client.create_task(body, idempotency_key=idempotency_key)
+        created = client._create(body, idempotency_key)
         if not wait_:
-            _print_one(task, as_json, quiet)
+            _print_raw(created, as_json, quiet)
             return
+        task = _task(created)
         if not as_json and not quiet:
             _status_line(task, "submitted")
         final = _wait(client, [task.id], timeout_s, poll_s, as_json, quiet, known=[task])
@@ -176,10 +179,15 @@ def list_command(
             else:
                 _task_table(found, f"{len(found)} task{'s' if len(found) != 1 else ''}")
             return
-        listing = client.list_tasks(page=page, size=size or 10, sort=sort, group_ids=group_ids)
+        from .._api import _requests as rq
+
+        data = client._call(rq.list_tasks(client.settings, page=page, size=size or 10, sort=sort, group_ids=group_ids))
     if as_json:
-        _echo_json(listing.to_json())
+        _echo_json(data)
         return
+    from .._api._models import Page, Task
+
+    listing = Page[Task].model_validate(data)
     pages = max(1, -(-listing.total // listing.size)) if listing.size else 1
     _task_table(listing.elements, f"page {listing.page + 1} of {pages}, {listing.total} tasks in all")
 
@@ -195,9 +203,11 @@ def get(api: _Api, task_id: str, as_json: bool) -> None:
     qlam-hpc tasks get 5f0c...
     qlam-hpc tasks get 5f0c... --json | jq -r .task_status
     """
+    from .._api import _requests as rq
+
     with api.client() as client:
-        task = client.get_task(task_id)
-    _print_one(task, as_json, False)
+        data = client._call(rq.get_task(client.settings, task_id))
+    _print_raw(data, as_json, False)
 
 
 # --- wait --------------------------------------------------------------------------------------
@@ -415,6 +425,21 @@ def _stream_results(client: QlamClient, task_id: str, size: int, shots_size: int
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
+
+
+def _task(data: Any) -> Task:
+    from .._api._models import Task
+
+    return Task.model_validate(data)
+
+
+def _print_raw(data: Any, as_json: bool, quiet: bool) -> None:
+    """A task as the server wrote it: ``--json`` prints it unchanged (as the light path in
+    ``_fast.py`` does), the table and ``-q`` read it through the model."""
+    if as_json and not quiet:
+        _echo_json(data)
+    else:
+        _print_one(_task(data), as_json, quiet)
 
 
 def _print_one(task: Task, as_json: bool, quiet: bool) -> None:
