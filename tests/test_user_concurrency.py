@@ -226,3 +226,37 @@ def test_no_refresh_or_access_token_in_argv_stderr_or_files_outside_the_cache(sa
         for path in tmp_path.rglob("*"):
             if path.is_file() and cache_dir not in path.parents:
                 assert secret not in path.read_bytes(), f"a token is in {path.relative_to(tmp_path)}"
+
+
+# --- a Redis store, accepted for the login on purpose ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    from redis_service import start_redis
+
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def test_a_redis_store_accepted_for_the_login_refreshes_once_for_50_processes(sandbox, env, redis_server, tmp_path):
+    """QLAM_SHARED_REFRESH_TOKENS=allow: the Redis lease is the single flight; 1 refresh, 0 reuse."""
+    redis_server.client().flushdb()
+    store_env = {
+        **env,
+        "QLAM_TOKEN_STORE": redis_server.url,
+        "REDIS_PASSWORD": redis_server.password,
+        "QLAM_SHARED_REFRESH_TOKENS": "allow",
+    }
+    _log_in(sandbox, store_env, token_lifetime=2)
+    sandbox.set_faults(token_lifetime=86400, latency=0.3)
+    time.sleep(2.2)
+    crowd = Crowd(tmp_path, 50, ["token"], store_env)
+    crowd.wait_ready()
+    crowd.release()
+    results = crowd.finish()
+    assert [r.code for r in results].count(0) == 50, [r.err for r in results if r.code]
+    assert len({r.out for r in results}) == 1
+    stats = sandbox.stats()
+    assert (stats["refresh_requests"], stats["reuse_detections"]) == (1, 0)

@@ -294,12 +294,15 @@ class _Lease:
 
 
 def _ttl(entry: CacheEntry, now: float) -> int:
-    """Seconds until nothing in the entry is of use: the later of token expiry and failure end."""
+    """Seconds until nothing in the entry is of use: the latest of token expiry, failure end
+    and, in user context, the login's end (the refresh token outlives its access tokens)."""
     ends = [now + 1]
     if entry.token is not None:
         ends.append(entry.token.expires_at)
     if entry.failure is not None:
         ends.append(entry.failure.until)
+    if entry.login is not None:
+        ends.append(entry.login.expires_at)
     return max(1, math.ceil(max(ends) - now))
 
 
