@@ -110,7 +110,7 @@ class TokenLifetimeTooShort(ConfigurationError):
         self.min_ttl = min_ttl
         self.lifetime = lifetime
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[type[QlamError], tuple[object, ...]]:
         return (type(self), (self.min_ttl, self.lifetime))
 
 
@@ -144,7 +144,7 @@ class OAuthError(AuthError):
         self.status = status
         self.url = url
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[type[QlamError], tuple[object, ...]]:
         return (type(self), (self.error, self.description, self.status, self.url))
 
 
@@ -211,7 +211,7 @@ class RateLimited(AuthError):
         super().__init__(message)
         self.retry_after = retry_after
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[type[QlamError], tuple[object, ...]]:
         return (type(self), (self.message, self.retry_after))
 
 
@@ -268,7 +268,7 @@ class TaskFailed(QlamError):
         self.status = status
         self.reasons = tuple(reasons)
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[type[QlamError], tuple[object, ...]]:
         return (type(self), (self.task_id, self.status, self.reasons))
 
 
@@ -295,7 +295,7 @@ class ApiError(QlamError):
         self.code = code
         self.url = url
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[type[QlamError], tuple[object, ...]]:
         return (type(self), (self.status, self.messages, self.code, self.url))
 
 
