@@ -190,6 +190,12 @@ POST /_sandbox/reset, POST /_sandbox/device/approve. See docs/sandbox.md.""",
     help="Absolute lifetime of a device login's refresh tokens (rotation does not extend it): seconds, or 12h, 15d.",
 )
 @click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve https with a throw-away CA made at start; the exports name it in SSL_CERT_FILE and "
+    "REQUESTS_CA_BUNDLE (for clients that refuse plain-http identity providers, such as QuEra's SDK).",
+)
+@click.option(
     "--env-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the export lines to this file (mode 0600) once the server is up, instead of to stdout; "
@@ -215,6 +221,7 @@ def sandbox_command(
     auto_approve: bool,
     refresh_token_overlap: float,
     refresh_token_lifetime: int,
+    tls: bool,
     env_file: Path | None,
 ) -> None:
     """Run a local Auth0-compatible identity provider and QLAM tasks API for testing, offline.
@@ -266,7 +273,7 @@ def sandbox_command(
         ) from None
     if flow == "device" and not config.device_clients:
         raise _ConfigProblem(f"--flow device needs a device client: add \"device_clients\" to {clients_file}")
-    _serve(Sandbox(config), env_file, flow)
+    _serve(Sandbox(config, tls=tls), env_file, flow)
 
 
 def _serve(sandbox, env_file: Path | None, flow: str) -> None:  # type: ignore[no-untyped-def]

@@ -47,10 +47,18 @@ class Sandbox:
     ``start()`` binds the socket itself (port 0 means any free port, so the URL
     is known at once) and returns when the server answers; ``stop()`` shuts it
     down and waits for the thread.  A ``Sandbox`` is started once.
+
+    ``tls=True`` serves https with a throw-away CA made at start, for clients that
+    refuse plain-http identity providers (QuEra's SDK does); ``env()`` then names the
+    CA in ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``, which httpx, requests and
+    qlam-hpc all read.
     """
 
-    def __init__(self, config: SandboxConfig | None = None) -> None:
+    def __init__(self, config: SandboxConfig | None = None, *, tls: bool = False) -> None:
         self._config = config or SandboxConfig.default()
+        self._tls = tls
+        self._tls_dir: Any = None
+        self.ca_file: str | None = None
         self._url: str | None = None
         self._context: SandboxContext | None = None
         self._store: TaskStore | None = None
@@ -65,7 +73,9 @@ class Sandbox:
         sock = self._bind()
         try:
             host, port = sock.getsockname()[:2]
-            self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            scheme = "https" if self._tls else "http"
+            self._url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+            tls_options = self._make_tls(host) if self._tls else {}
             app = create_app(self._config, base_url=self._url)
             self._context = app.state.sandbox
             self._store = app.state.tasks_store
@@ -78,6 +88,7 @@ class Sandbox:
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,
+                **tls_options,
             )
             self._server = uvicorn.Server(config)
             logging.getLogger("uvicorn.error").addFilter(_QUIET)  # once: a logger keeps a set of filters
@@ -110,6 +121,61 @@ class Sandbox:
             # cleanly, ready for the next Sandbox on the same directory.
             self._store.close()
             self._store = None
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None
+
+    def _make_tls(self, host: str) -> dict[str, str]:
+        """A throw-away CA and a certificate it signs for ``host`` (and localhost), in a
+        private temporary directory removed by ``stop()``; uvicorn's ssl options."""
+        import datetime
+        import ipaddress
+        import tempfile
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool):
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=2))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            )
+            if ca:
+                builder = builder.add_extension(
+                    x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+                ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            else:
+                names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(host))]
+                builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False).add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+                )
+            return builder.sign(issuer_key, hashes.SHA256())
+
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = certificate("qlam-hpc sandbox CA", ca_key, "qlam-hpc sandbox CA", ca_key, ca=True)
+        leaf = certificate(host, key, "qlam-hpc sandbox CA", ca_key, ca=False)
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="qlam-sandbox-tls-")
+        pem = serialization.Encoding.PEM
+        files = {
+            "ca.pem": ca.public_bytes(pem),
+            "cert.pem": leaf.public_bytes(pem),
+            "key.pem": key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        }
+        for name, data in files.items():
+            with open(f"{self._tls_dir.name}/{name}", "wb") as handle:
+                handle.write(data)
+        self.ca_file = f"{self._tls_dir.name}/ca.pem"
+        return {"ssl_certfile": f"{self._tls_dir.name}/cert.pem", "ssl_keyfile": f"{self._tls_dir.name}/key.pem"}
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -157,7 +223,7 @@ class Sandbox:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``, no trailing slash."""
+        """``http://127.0.0.1:<port>`` (``https://`` with ``tls``), no trailing slash."""
         if self._url is None:
             raise RuntimeError("the Sandbox is not started; call start() or use it in a with block")
         return self._url
@@ -205,6 +271,7 @@ class Sandbox:
                 "QLAM_AUDIENCE": self.audience,
                 "QLAM_API_URL": self.url,
                 "QLAM_AUTH_FLOW": "device",
+                **self._trust(),
             }
         if flow != "m2m":
             raise ValueError(f"flow must be 'm2m' or 'device', not {flow!r}")
@@ -222,7 +289,10 @@ class Sandbox:
         }
         if client.client_secret is not None:  # a private_key_jwt client has none
             env["QLAM_CLIENT_SECRET"] = client.client_secret
-        return env
+        return {**env, **self._trust()}
+
+    def _trust(self) -> dict[str, str]:
+        return {"SSL_CERT_FILE": self.ca_file, "REQUESTS_CA_BUNDLE": self.ca_file} if self.ca_file else {}
 
     # -- control -------------------------------------------------------------
 
