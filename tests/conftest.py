@@ -15,6 +15,7 @@ from qlam_hpc import RetryPolicy, Settings, TokenProvider
 from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
 
 pytest_plugins = ["sdk_conformance"]  # every sandbox answer checked against QuEra's generated models
+pytest_plugins += ["leak_check"]  # no sandbox secret or token where it does not belong
 
 QLAM_HPC = str(Path(sys.executable).with_name("qlam-hpc"))
 
