@@ -1,157 +1,156 @@
-"""Real secret stores on loopback for the tests: AWS Secrets Manager (moto's server) and a
-stand-in for HashiCorp Vault's KV version 2 HTTP API.
+"""Real secret stores on loopback for the tests: Vault's API (OpenBao, see vault_service.py)
+and AWS Secrets Manager (moto's server).
 
-No Vault server can be installed here, so ``VaultStandIn`` is a tiny real HTTP server
-that answers the handful of Vault API calls qlam-hpc makes, with Vault's paths, headers
-and JSON shapes (``GET /v1/<mount>/data/<path>`` with ``X-Vault-Token`` and
-``X-Vault-Namespace``, ``POST /v1/auth/approle/login``), and the tests drive it with the
-real hvac client. It is not Vault: no policies, leases, versions history or sealing
-beyond a switch that makes it answer 503.
+``vault`` is a real OpenBao dev server (one per test session, with a file audit device)
+behind the small interface the secret-source tests use: ``put``, ``env``, ``add_approle``,
+``reads`` (KV reads this test made, counted from Vault's own audit log), ``sealed``.
 
-Fixtures: ``vault`` (one stand-in per test) and ``aws`` (one moto server per session;
+``FailingProxy`` is the one stand-in left, for what a real Vault cannot show: a proxy or
+load balancer in front of Vault that answers with its own error page (HTML, no Vault JSON).
+Everything Vault itself does (KV v2, tokens, AppRole, namespaces, policies, sealing) is
+shown by the real server.
+
+Fixtures: ``vault`` (the real server, root login) and ``aws`` (one moto server per session;
 each test makes its own secret names).
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from vault_service import Bao, start_bao
 
-class VaultStandIn:
-    """KV v2 secrets, tokens and AppRole credentials, served on 127.0.0.1."""
 
-    def __init__(self, namespace: str | None = None) -> None:
-        self.namespace = namespace
-        self.tokens = {"s.root-" + secrets.token_hex(8)}
-        self.approles: dict[tuple[str, str], None] = {}
-        self.kv: dict[tuple[str, str], dict] = {}
-        self.reads = 0  # KV reads answered, to show when qlam-hpc did (not) ask
-        self.sealed = False
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+class RealVault:
+    """The session's OpenBao server, seen by one test."""
+
+    def __init__(self, server: Bao) -> None:
+        self.server = server
+        self._start = server.audit.stat().st_size if server.audit.exists() else 0
+        self._mounts: set[str] = {"secret"}
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def token(self) -> str:
+        return self.server.root_token
+
+    def put(self, mount: str, path: str, data: dict) -> None:
+        """Write a KV v2 secret, making the mount (KV version 2) first if it is new."""
+        client = self.server.client()
+        if mount not in self._mounts:
+            if f"{mount}/" not in client.sys.list_mounted_secrets_engines():
+                client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+            self._mounts.add(mount)
+        self.server.put(mount, path, data)
+
+    def add_approle(self) -> tuple[str, str]:
+        """An AppRole whose tokens may read every KV secret: ``(role_id, secret_id)``."""
+        return self.server.approle(self.server.policy('path "*" { capabilities = ["read"] }'))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"VAULT_ADDR": self.url, "VAULT_TOKEN": self.token, **extra}
+
+    @property
+    def reads(self) -> int:
+        """KV secrets read (successfully) since this test began, as Vault's audit log has them."""
+        count = 0
+        with open(self.server.audit, encoding="utf-8") as log:
+            log.seek(self._start)
+            for line in log:
+                record = json.loads(line)
+                request = record.get("request") or {}
+                if (
+                    record.get("type") == "response"
+                    and request.get("operation") == "read"
+                    and "/data/" in (request.get("path") or "")
+                    and not record.get("error")
+                    and (record.get("response") or {}).get("data")
+                ):
+                    count += 1
+        return count
+
+    @property
+    def sealed(self) -> bool:
+        return bool(self.server.client().sys.read_seal_status()["sealed"])
+
+    @sealed.setter
+    def sealed(self, value: bool) -> None:
+        if value:
+            self.server.seal()
+        else:
+            self.server.unseal()
+
+
+_server: list[Bao] = []  # one per session, started by the first test that asks
+
+
+def _vault_server(request) -> Bao:
+    # Not a session fixture of its own: test modules import ``vault`` alone, by name.
+    if not _server:
+        directory = request.config._tmp_path_factory.mktemp("openbao-secrets")
+        server = start_bao(directory / "server", audit=directory / "audit.log")
+        request.config.add_cleanup(server.stop)
+        _server.append(server)
+    return _server[0]
+
+
+@pytest.fixture
+def vault(request) -> RealVault:
+    """The server, as a fresh process sees it: no value remembered from an earlier test (the
+    server and its paths outlive a test; the process memory of secrets must not)."""
+    from qlam_hpc import _secrets
+
+    with _secrets._remembered_lock:
+        _secrets._remembered.clear()
+    real = RealVault(_vault_server(request))
+    yield real
+    if real.sealed:
+        real.sealed = False
+
+
+class FailingProxy:
+    """An HTTP server on 127.0.0.1 that answers every request with ``status`` and an HTML page,
+    as a proxy or load balancer in front of an unavailable Vault does."""
+
+    def __init__(self, status: int = 502) -> None:
+        self.status = status
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _page(self) -> None:
+                body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+                self.send_response(proxy.status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _page  # noqa: N815
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    @property
-    def token(self) -> str:
-        return next(iter(self.tokens))
-
-    def put(self, mount: str, path: str, data: dict) -> None:
-        with self._lock:
-            self.kv[(mount, path)] = dict(data)
-
-    def add_approle(self) -> tuple[str, str]:
-        role_id, secret_id = str(uuid.uuid4()), secrets.token_hex(16)
-        self.approles[(role_id, secret_id)] = None
-        return role_id, secret_id
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {"VAULT_ADDR": self.url, "VAULT_TOKEN": self.token}
-        if self.namespace:
-            env["VAULT_NAMESPACE"] = self.namespace
-        return {**env, **extra}
-
-    def start(self) -> VaultStandIn:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-    def _handler(self):
-        store = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # no request log
-                pass
-
-            def _answer(self, status: int, body: dict) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _refused(self) -> bool:
-                if store.sealed:
-                    self._answer(503, {"errors": ["Vault is sealed"]})
-                    return True
-                if store.namespace and self.headers.get("X-Vault-Namespace") != store.namespace:
-                    self._answer(403, {"errors": ["permission denied"]})
-                    return True
-                return False
-
-            def do_GET(self) -> None:  # noqa: N802
-                if self._refused():
-                    return
-                if self.headers.get("X-Vault-Token") not in store.tokens:
-                    self._answer(403, {"errors": ["permission denied"]})
-                    return
-                parts = self.path.split("?")[0].split("/")
-                # /v1/<mount>/data/<path...>
-                if len(parts) < 5 or parts[1] != "v1" or parts[3] != "data":
-                    self._answer(404, {"errors": []})
-                    return
-                with store._lock:
-                    data = store.kv.get((parts[2], "/".join(parts[4:])))
-                    if data is not None:
-                        store.reads += 1
-                if data is None:
-                    self._answer(404, {"errors": []})
-                    return
-                metadata = {"created_time": "2026-01-01T00:00:00Z", "deletion_time": "", "destroyed": False, "version": 1}
-                self._answer(
-                    200,
-                    {
-                        "request_id": str(uuid.uuid4()),
-                        "lease_id": "",
-                        "renewable": False,
-                        "lease_duration": 0,
-                        "data": {"data": data, "metadata": metadata},
-                        "wrap_info": None,
-                        "warnings": None,
-                        "auth": None,
-                    },
-                )
-
-            def do_POST(self) -> None:  # noqa: N802
-                if self._refused():
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path != "/v1/auth/approle/login":
-                    self._answer(404, {"errors": []})
-                    return
-                if (body.get("role_id"), body.get("secret_id")) not in store.approles:
-                    self._answer(400, {"errors": ["invalid role or secret ID"]})
-                    return
-                token = "s.approle-" + secrets.token_hex(8)
-                store.tokens.add(token)
-                self._answer(
-                    200,
-                    {"auth": {"client_token": token, "accessor": "x", "policies": ["default"], "lease_duration": 3600, "renewable": True}},
-                )
-
-        return Handler
-
-
-@pytest.fixture
-def vault():
-    stand_in = VaultStandIn().start()
-    yield stand_in
-    stand_in.stop()
 
 
 class AwsSecrets:

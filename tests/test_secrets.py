@@ -304,7 +304,7 @@ def test_a_replaced_file_is_read_again(tmp_path):
     assert source.resolve().reveal() == "rotated-value"
 
 
-# --- Vault (KV v2 stand-in, real hvac) ------------------------------------------------------
+# --- Vault (a real OpenBao server, real hvac) ------------------------------------------------------
 
 
 def test_vault_secret_with_a_token(vault):
@@ -325,20 +325,44 @@ def test_vault_secret_with_approle(vault):
     ).reveal() == VALUE
 
 
-def test_vault_namespace_is_sent():
-    """VAULT_NAMESPACE goes out as X-Vault-Namespace (Vault Enterprise / HCP)."""
-    from secret_stores import VaultStandIn
+def test_vault_namespace_is_sent(vault):
+    """VAULT_NAMESPACE goes out as X-Vault-Namespace (Vault Enterprise, HCP, OpenBao namespaces)."""
+    import hvac
 
-    stand_in = VaultStandIn(namespace="admin/hpc").start()
+    namespace = f"ns-{os.urandom(4).hex()}"
+    vault.server.client().adapter.post(f"/v1/sys/namespaces/{namespace}", json={})
+    inside = hvac.Client(url=vault.url, token=vault.token, namespace=namespace)
+    inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    inside.secrets.kv.v2.create_or_update_secret(path="in-namespace", secret={"client_secret": VALUE}, mount_point="secret")
+    reference = "vault://secret/in-namespace#client_secret"
+    found = _settings(QLAM_CLIENT_SECRET=reference, **vault.env(VAULT_NAMESPACE=namespace)).client_secret
+    assert found.resolve(fresh=True).reveal() == VALUE
+    with pytest.raises(ConfigurationError, match="Vault has no secret"):  # not in the root namespace
+        _settings(QLAM_CLIENT_SECRET=reference, **vault.env()).client_secret.resolve(fresh=True)
+
+
+def test_openbao_variables_name_the_server_and_login(vault):
+    """BAO_ADDR and BAO_TOKEN, OpenBao's names, work where VAULT_* are not set."""
+    vault.put("secret", "bao", {"client_secret": VALUE})
+    env = {"BAO_ADDR": vault.url, "BAO_TOKEN": vault.token}
+    assert _settings(QLAM_CLIENT_SECRET="vault://secret/bao#client_secret", **env).client_secret.resolve(
+        fresh=True
+    ).reveal() == VALUE
+
+
+def test_a_failing_proxy_in_front_of_vault_is_exit_15():
+    """A proxy's 502 page where Vault should answer: unavailable, exit 15. (A stand-in: a real
+    Vault never answers with a proxy's HTML page.)"""
+    from secret_stores import FailingProxy
+
+    proxy = FailingProxy(502)
     try:
-        stand_in.put("secret", "qlam", {"client_secret": VALUE})
         reference = "vault://secret/qlam#client_secret"
-        assert _settings(QLAM_CLIENT_SECRET=reference, **stand_in.env()).client_secret.resolve(fresh=True).reveal() == VALUE
-        wrong = stand_in.env(VAULT_NAMESPACE="admin/other")
-        with pytest.raises(ConfigurationError, match="permission denied"):
-            _settings(QLAM_CLIENT_SECRET=reference, **wrong).client_secret.resolve(fresh=True)
+        with pytest.raises(SecretStoreUnreachable, match="unavailable") as caught:
+            _settings(QLAM_CLIENT_SECRET=reference, VAULT_ADDR=proxy.url, VAULT_TOKEN="t").client_secret.resolve(fresh=True)
+        assert caught.value.exit_code == 15
     finally:
-        stand_in.stop()
+        proxy.stop()
 
 
 def test_vault_single_field_needs_no_name(vault):
@@ -463,6 +487,7 @@ def _cli_env(env: dict, secret_variable: str, reference: str, **extra: str) -> d
     return {**base, secret_variable: reference, **extra}
 
 
+@pytest.mark.leak_check_expect("secret")  # the 0600 secret file the test reads
 def test_every_source_gets_a_token_from_the_sandbox(env, sandbox, tmp_path, vault, aws):
     """The secret from a file, env:, Vault and AWS each gets a real token; nothing shows the secret."""
     secret = env["QLAM_CLIENT_SECRET"]
