@@ -401,3 +401,18 @@ def test_basic_authentication_through_the_cli_never_logs_the_header(env, sandbox
     header = base64.b64encode(f"{env['QLAM_CLIENT_ID']}:{env['QLAM_CLIENT_SECRET']}".encode()).decode()
     assert header not in result.err and env["QLAM_CLIENT_SECRET"] not in result.err
     assert "HTTP Request: POST" in result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["token", "--bogus"], "No such option '--bogus'. (see qlam-hpc token --help)"),
+        (["tasks", "get"], "Missing argument 'ID'. (see qlam-hpc tasks get --help)"),
+        (["bogus"], "No such command 'bogus'. (see qlam-hpc --help)"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(env, args, message):
+    """Usage errors read like every other error: one line on stderr, naming where help is."""
+    result = run_cli(*args, env=env)
+    assert result.code == 2 and result.out == ""
+    assert result.err == f"qlam-hpc: error: {message}\n"

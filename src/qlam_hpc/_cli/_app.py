@@ -301,9 +301,12 @@ def run(args: list[str]) -> int:
         return _fail("interrupted", 130)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except click.UsageError as error:
+        # One line, like every other error; the usage is one --help away.
+        command = error.ctx.command_path if error.ctx is not None else "qlam-hpc"
+        return _fail(f"{error.format_message()} (see {command} --help)", error.exit_code)
     except click.ClickException as error:
-        error.show()
-        return error.exit_code
+        return _fail(error.format_message(), error.exit_code)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): not our error. Point stdout at /dev/null so
         # the interpreter's final flush does not complain either.
