@@ -17,6 +17,7 @@ SCRIPTS = [
     "token_requests.py",
     "refresh_race.py",
     "tasks_throughput.py",
+    "peers.py",
     "slurm_array.py",
 ]
 
