@@ -59,7 +59,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     import importlib
 
     if name in _HOMES:
@@ -86,8 +86,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._api._settings import ApiSettings
     from ._auth import QlamAuth
     from ._errors import *  # noqa: F403
-    from ._stores._file import FileStore
     from ._provider import TokenProvider, TokenResult
     from ._settings import RetryPolicy, Secret, Settings
     from ._stores._base import TokenStore
+    from ._stores._file import FileStore
+    from ._stores._redis import RedisStore
     from ._tokens import Token
+    from ._walltime import job_time_left

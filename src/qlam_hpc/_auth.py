@@ -7,7 +7,8 @@ cause one new token request — and retries once. Never a loop.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator
+from typing import TYPE_CHECKING
 
 import httpx
 

@@ -24,6 +24,36 @@ from collections import namedtuple
 from ._errors import ConfigurationError
 from ._settings import ASSERTION_ALGORITHMS, CLIENT_AUTH_METHODS, Secret, Settings
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import NamedTuple
+
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+    SigningKey = RSAPrivateKey | EllipticCurvePrivateKey
+
+    # The fields as the type checker reads them; the namedtuples below are what runs.
+    class _ClientSecretPost(NamedTuple):
+        client_id: str
+        secret: Secret
+
+    class _ClientSecretBasic(NamedTuple):
+        client_id: str
+        secret: Secret
+
+    class _PrivateKeyJwt(NamedTuple):
+        client_id: str
+        key: SigningKey
+        alg: str
+        key_id: str | None
+
+else:
+    _ClientSecretPost = namedtuple("_ClientSecretPost", "client_id secret")
+    _ClientSecretBasic = namedtuple("_ClientSecretBasic", "client_id secret")
+    _PrivateKeyJwt = namedtuple("_PrivateKeyJwt", "client_id key alg key_id")
+
 __all__ = [
     "ClientSecretPost",
     "ClientSecretBasic",
@@ -92,7 +122,7 @@ def resolve_credentials(settings: Settings, *, fresh: bool = False) -> Settings:
     return settings._replace(**{name: source.resolve(fresh=fresh)})
 
 
-def client_authentication(settings: Settings, method: str):
+def client_authentication(settings: Settings, method: str) -> ClientSecretPost | ClientSecretBasic | PrivateKeyJwt:
     """The authentication object for ``method``, from resolved settings (``resolve_credentials``)."""
     if method not in CLIENT_AUTH_METHODS:  # pragma: no cover - Settings validates the names
         raise ConfigurationError(f"unknown client authentication method {method!r}")
@@ -111,25 +141,25 @@ def client_authentication(settings: Settings, method: str):
     return ClientSecretPost(settings.client_id, secret)
 
 
-class ClientSecretPost(namedtuple("_ClientSecretPost", "client_id secret")):
+class ClientSecretPost(_ClientSecretPost):
     """The client id and secret as form fields."""
 
     __slots__ = ()
     method = "client_secret_post"
 
-    def apply(self, form: dict, headers: dict, *, audience: str, now: float) -> None:
+    def apply(self, form: dict[str, str], headers: dict[str, str], *, audience: str, now: float) -> None:
         form["client_id"] = self.client_id
         form["client_secret"] = self.secret.reveal()
 
 
-class ClientSecretBasic(namedtuple("_ClientSecretBasic", "client_id secret")):
+class ClientSecretBasic(_ClientSecretBasic):
     """The client id and secret in an ``Authorization: Basic`` header, each form-urlencoded
     first as RFC 6749 section 2.3.1 asks (it matters only for ids or secrets with odd characters)."""
 
     __slots__ = ()
     method = "client_secret_basic"
 
-    def apply(self, form: dict, headers: dict, *, audience: str, now: float) -> None:
+    def apply(self, form: dict[str, str], headers: dict[str, str], *, audience: str, now: float) -> None:
         import base64
         from urllib.parse import quote_plus
 
@@ -137,7 +167,7 @@ class ClientSecretBasic(namedtuple("_ClientSecretBasic", "client_id secret")):
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
 
-class PrivateKeyJwt(namedtuple("_PrivateKeyJwt", "client_id key alg key_id")):
+class PrivateKeyJwt(_PrivateKeyJwt):
     """A client assertion signed with the private key: iss = sub = client id, aud = the token
     endpoint, a unique jti, and a lifetime of ``ASSERTION_LIFETIME`` seconds. A new one is
     made for every attempt, so a retried request never replays an assertion."""
@@ -145,7 +175,7 @@ class PrivateKeyJwt(namedtuple("_PrivateKeyJwt", "client_id key alg key_id")):
     __slots__ = ()
     method = "private_key_jwt"
 
-    def apply(self, form: dict, headers: dict, *, audience: str, now: float) -> None:
+    def apply(self, form: dict[str, str], headers: dict[str, str], *, audience: str, now: float) -> None:
         form["client_id"] = self.client_id
         form["client_assertion_type"] = ASSERTION_TYPE
         form["client_assertion"] = self.assertion(audience, now)
@@ -173,11 +203,11 @@ class PrivateKeyJwt(namedtuple("_PrivateKeyJwt", "client_id key alg key_id")):
 
 # --- loading keys ---------------------------------------------------------------------------
 
-_keys: dict[str, object] = {}
+_keys: dict[str, PrivateKeyTypes] = {}
 _keys_lock = threading.Lock()
 
 
-def load_private_key(pem: Secret, alg: str | None = None):
+def load_private_key(pem: Secret, alg: str | None = None) -> tuple[SigningKey, str]:
     """``(key, alg)`` for an unencrypted PEM private key: RSA (RS256, PS256; at least 2048
     bits) or EC P-256 (ES256). ``alg`` None picks RS256 or ES256 by key type. Parsed once
     per process; the cache key is a hash of the PEM, never the PEM."""
@@ -192,10 +222,10 @@ def load_private_key(pem: Secret, alg: str | None = None):
         key = _parse_key(data, where)
         with _keys_lock:
             _keys[digest] = key
-    return key, _algorithm_for(key, alg, where)
+    return _signing_key(key, alg, where)
 
 
-def _parse_key(data: bytes, where: str):
+def _parse_key(data: bytes, where: str) -> PrivateKeyTypes:
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
@@ -214,7 +244,8 @@ def _parse_key(data: bytes, where: str):
         raise ConfigurationError(f"{where} is not a usable PEM private key") from None
 
 
-def _algorithm_for(key, alg: str | None, where: str) -> str:
+def _signing_key(key: PrivateKeyTypes, alg: str | None, where: str) -> tuple[SigningKey, str]:
+    """The key, if it is one qlam-hpc signs with, and the algorithm it signs with."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     if isinstance(key, rsa.RSAPrivateKey):
@@ -223,13 +254,13 @@ def _algorithm_for(key, alg: str | None, where: str) -> str:
         alg = alg or "RS256"
         if alg not in ("RS256", "PS256"):
             raise ConfigurationError(f"QLAM_CLIENT_ASSERTION_ALG={alg} does not fit the RSA key of {where} (RS256 or PS256)")
-        return alg
+        return key, alg
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name != "secp256r1":
             raise ConfigurationError(f"{where} is an EC key on {key.curve.name}: ES256 needs P-256 (secp256r1)")
         alg = alg or "ES256"
         if alg != "ES256":
             raise ConfigurationError(f"QLAM_CLIENT_ASSERTION_ALG={alg} does not fit the EC P-256 key of {where} (ES256)")
-        return alg
+        return key, alg
     supported = ", ".join(ASSERTION_ALGORITHMS)
     raise ConfigurationError(f"{where} is a {type(key).__name__.lstrip('_')}: qlam-hpc signs with RSA or EC P-256 keys ({supported})")

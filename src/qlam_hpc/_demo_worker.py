@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 
-def definition(array_task: int) -> dict:
+def definition(array_task: int) -> dict[str, Any]:
     """A small task: one program, one subtask of 100 shots, an argument per array task."""
     return {
         "program_language": "squin",
@@ -28,7 +29,7 @@ def main() -> int:
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID", "0")
     array_task = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
     results_dir = os.environ.get("QLAM_DEMO_RESULTS", ".")
-    result: dict = {"ok": False}
+    result: dict[str, Any] = {"ok": False}
     try:
         provider = TokenProvider.from_env()
         result["source"] = provider.get().source
@@ -45,8 +46,9 @@ def main() -> int:
             result.update(ok=True, results=str(path))
     except QlamError as error:
         result.update(error=str(error), exit_code=error.exit_code)
-        if getattr(error, "status", None) and isinstance(error.status, str):
-            result["status"] = error.status
+        status = getattr(error, "status", None)  # TaskFailed and TaskCancelled have one
+        if status and isinstance(status, str):
+            result["status"] = status
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

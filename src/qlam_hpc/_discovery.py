@@ -19,19 +19,30 @@ from ._errors import ConfigurationError, InvalidTokenResponse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Callable, Mapping
+    from collections.abc import Callable, Mapping
+    from typing import NamedTuple
+
+    class _DiscoveredFields(NamedTuple):  # the fields as the type checker reads them
+        url: str
+        issuer: str | None
+        token_endpoint: str
+        auth_methods: tuple[str, ...]
+        signing_algs: tuple[str, ...] | None
+        device_authorization_endpoint: str | None = None
+        revocation_endpoint: str | None = None
+
+else:
+    _DiscoveredFields = namedtuple(
+        "_DiscoveredFields",
+        "url issuer token_endpoint auth_methods signing_algs device_authorization_endpoint revocation_endpoint",
+        defaults=(None, None),
+    )
 
 # OpenID Connect Discovery section 3: without the field, client_secret_basic is the default.
 DEFAULT_AUTH_METHODS = ("client_secret_basic",)
 
 
-class Discovered(
-    namedtuple(
-        "_DiscoveredFields",
-        "url issuer token_endpoint auth_methods signing_algs device_authorization_endpoint revocation_endpoint",
-        defaults=(None, None),
-    )
-):
+class Discovered(_DiscoveredFields):
     """What qlam-hpc uses of a discovery document (the last two for user context, where given)."""
 
     __slots__ = ()
@@ -64,11 +75,12 @@ def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: s
     algs = data.get("token_endpoint_auth_signing_alg_values_supported")
     algs = tuple(a for a in algs if isinstance(a, str)) if isinstance(algs, list) else None
     issuer = data.get("issuer") if isinstance(data.get("issuer"), str) else None
-    optional = {}
-    for name in ("device_authorization_endpoint", "revocation_endpoint"):
+
+    def optional(name: str) -> str | None:
         value = data.get(name)
-        if isinstance(value, str) and value:
-            optional[name] = checked_url(value, f"the {name} of {url}")
+        return checked_url(value, f"the {name} of {url}") if isinstance(value, str) and value else None
+
+    device, revocation = optional("device_authorization_endpoint"), optional("revocation_endpoint")
     return Discovered(
         url=url,
         issuer=issuer,
@@ -76,7 +88,8 @@ def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: s
         token_endpoint=checked_url(endpoint, f"the token_endpoint of {url}"),
         auth_methods=tuple(methods),
         signing_algs=algs,
-        **optional,
+        device_authorization_endpoint=device,
+        revocation_endpoint=revocation,
     )
 
 

@@ -19,16 +19,36 @@ at once, never retried as if the network were down.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import namedtuple
-from typing import Callable
+from collections.abc import Callable
 
 from ._errors import ConfigurationError, IdentityProviderUnreachable, InvalidTokenResponse, RateLimited
 from ._log import log
 from ._oauth import backoff_delay, parse_token_response, server_wait, token_request
 from ._settings import Settings
 from ._tokens import Token
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import socket
+    from collections.abc import Mapping
+    from typing import Any, NamedTuple
+
+    import httpx
+
+    from ._oauth import DeviceAuthorization, TokenRequest, UserTokens
+
+    class _AnswerFields(NamedTuple):  # the fields as the type checker reads them
+        status_code: int
+        reason_phrase: str
+        headers: httpx.Headers
+        content: bytes
+
+else:
+    _AnswerFields = namedtuple("_AnswerFields", "status_code reason_phrase headers content")
 
 
 def fetch_token(
@@ -38,7 +58,7 @@ def fetch_token(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
     rng: random.Random | None = None,
-    transport=None,
+    transport: httpx.BaseTransport | None = None,
 ) -> Token:
     """One token from the identity provider, with settings whose credential is resolved
     (``_client_auth.resolve_credentials``; a still-unresolved source is read here).
@@ -55,7 +75,7 @@ def fetch_token(
         if settings.discovery_url:
             from ._discovery import discover
 
-            def get(url: str) -> tuple:
+            def get(url: str) -> tuple[int, Mapping[str, str], bytes]:
                 response, _ = retry.send(client, url, lambda: client.build_request("GET", url, headers=_ACCEPT))
                 return response.status_code, response.headers, response.content
 
@@ -73,7 +93,7 @@ def fetch_token(
         # Built before the first attempt, so a bad key fails at once, not after retries.
         auth = client_authentication(settings, choose_method(settings, supported))
 
-        def post():
+        def post() -> httpx.Request:
             # A request per attempt: a private_key_jwt assertion must never be sent twice.
             request = token_request(
                 settings, endpoint=endpoint, auth=auth, now=clock(), assertion_audience=assertion_audience
@@ -89,7 +109,14 @@ def fetch_token(
 class _Retrying:
     """One retry budget (attempts per request, one deadline for everything) over several requests."""
 
-    def __init__(self, settings: Settings, *, sleep, clock, rng) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+        rng: random.Random | None,
+    ) -> None:
         self.policy = settings.retry
         self.http_timeout = settings.http_timeout
         self.trust = settings.tls_trust
@@ -98,7 +125,9 @@ class _Retrying:
         # The deadline of requests in flight is real time, whatever clock the caller gave.
         self.began = time.monotonic()
 
-    def send(self, client, url: str, build: Callable, *, spends: str | None = None):
+    def send(
+        self, client: httpx.Client, url: str, build: Callable[[], httpx.Request], *, spends: str | None = None
+    ) -> tuple[_Answer, float]:
         """``(answer, sent_at)`` for the first answer that is neither 5xx nor 429; ``build()``
         makes the ``httpx.Request`` of each attempt.
 
@@ -164,7 +193,7 @@ BODY_LIMIT = 64 * 1024
 _ACCEPT = {"Accept": "application/json", "Accept-Encoding": "identity"}
 
 
-class _Answer(namedtuple("_AnswerFields", "status_code reason_phrase headers content")):
+class _Answer(_AnswerFields):
     """An identity provider's answer, read in full (it fit under ``BODY_LIMIT``)."""
 
     __slots__ = ()
@@ -192,12 +221,12 @@ class _Watchdog:
 
         self.fired = False
         self.connected = False
-        self._sockets: list = []
+        self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
 
-    def trace(self, event: str, info: dict) -> None:
+    def trace(self, event: str, info: dict[str, Any]) -> None:
         if event != "connection.connect_tcp.complete":
             return
         stream = info.get("return_value")
@@ -222,7 +251,7 @@ class _Watchdog:
         self._timer.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._timer.cancel()
         with self._lock:
             for sock in self._sockets:
@@ -230,16 +259,16 @@ class _Watchdog:
             self._sockets.clear()
 
 
-def _shut(sock) -> None:
+def _shut(sock: socket.socket) -> None:
     import socket
 
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
-def _exchange(client, request, url: str, seconds: float, *, trust=None) -> _Answer:
+def _exchange(
+    client: httpx.Client, request: httpx.Request, url: str, seconds: float, *, trust: tuple[str, str] | None = None
+) -> _Answer:
     """Send ``request`` and read its answer within ``seconds`` and ``BODY_LIMIT``.
 
     ``_Overdue`` at the deadline; ``TlsError`` for a certificate failure or a plain-http
@@ -281,7 +310,7 @@ def _exchange(client, request, url: str, seconds: float, *, trust=None) -> _Answ
     return _Answer(response.status_code, response.reason_phrase, response.headers, content)
 
 
-def _read_capped(response, url: str) -> bytes:
+def _read_capped(response: httpx.Response, url: str) -> bytes:
     status = response.status_code
     disposable = status == 429 or status >= 500
     too_big = InvalidTokenResponse(
@@ -290,7 +319,8 @@ def _read_capped(response, url: str) -> bytes:
     declared = response.headers.get("content-length", "")
     if not disposable and declared.isdigit() and int(declared) > BODY_LIMIT:
         raise too_big
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > BODY_LIMIT:
@@ -316,7 +346,7 @@ def _describe(exc: Exception) -> str:
 # --- user context -------------------------------------------------------------------------
 
 
-def _client(settings: Settings, transport):
+def _client(settings: Settings, transport: httpx.BaseTransport | None) -> httpx.Client:
     """The httpx client of one exchange with the identity provider: the site's TLS trust
     (``_tls``), proxies from the environment, and no kept-alive connections, so that each
     request has its own socket for its deadline (see ``_Watchdog``)."""
@@ -334,7 +364,7 @@ def _client(settings: Settings, transport):
     )
 
 
-def _user_endpoint(settings: Settings, client, retry: _Retrying, name: str) -> str | None:
+def _user_endpoint(settings: Settings, client: httpx.Client, retry: _Retrying, name: str) -> str | None:
     """``token``, ``device_authorization`` or ``revocation`` endpoint: from the settings, else
     from the discovery document (read once per process). None: the server has none."""
     configured = {
@@ -346,20 +376,26 @@ def _user_endpoint(settings: Settings, client, retry: _Retrying, name: str) -> s
         return configured
     from ._discovery import discover
 
-    def get(url: str) -> tuple:
+    def get(url: str) -> tuple[int, Mapping[str, str], bytes]:
         response, _ = retry.send(client, url, lambda: client.build_request("GET", url, headers=_ACCEPT))
         return response.status_code, response.headers, response.content
 
     found = discover(settings.discovery_url, get)
-    return found.token_endpoint if name == "token" else getattr(found, f"{name}_endpoint")
+    return {
+        "token": found.token_endpoint,
+        "device_authorization": found.device_authorization_endpoint,
+        "revocation": found.revocation_endpoint,
+    }[name]
 
 
-def _post(client, url: str, request):
+def _post(client: httpx.Client, url: str, request: TokenRequest) -> httpx.Request:
     """The ``httpx.Request`` of a form POST (``_oauth``'s request objects)."""
     return client.build_request("POST", url, data=request.form, headers={**_ACCEPT, **request.headers})
 
 
-def start_device_login(settings: Settings, *, transport=None, clock: Callable[[], float] = time.time):
+def start_device_login(
+    settings: Settings, *, transport: httpx.BaseTransport | None = None, clock: Callable[[], float] = time.time
+) -> DeviceAuthorization:
     """Ask for a device code and a user code (RFC 8628 section 3.1)."""
     from ._oauth import device_authorization_request, parse_device_authorization
 
@@ -378,14 +414,14 @@ def start_device_login(settings: Settings, *, transport=None, clock: Callable[[]
 
 def poll_device_login(
     settings: Settings,
-    authorization,
+    authorization: DeviceAuthorization,
     *,
     obtained_by: str | None = None,
     timeout: float | None = None,
-    transport=None,
+    transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
-):
+) -> UserTokens:
     """Poll the token endpoint until the user approves (RFC 8628 section 3.4-3.5): every
     ``interval`` seconds, 5 more after each ``slow_down``; ``UserTokens`` when approved.
 
@@ -439,7 +475,7 @@ def poll_device_login(
             )
 
 
-def _not_approved(authorization, waited: float) -> str:
+def _not_approved(authorization: DeviceAuthorization, waited: float) -> str:
     from ._durations import format_duration
 
     return (
@@ -453,10 +489,10 @@ def refresh_tokens(
     refresh_token: str,
     *,
     obtained_by: str | None = None,
-    transport=None,
+    transport: httpx.BaseTransport | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
-):
+) -> UserTokens:
     """One refresh (RFC 6749 section 6): ``UserTokens`` with the next refresh token.
 
     Repeated only where the server cannot have spent the refresh token (see ``_Retrying``).
@@ -472,7 +508,9 @@ def refresh_tokens(
         return parse_user_tokens(response.status_code, response.headers, response.content, url, sent_at, obtained_by)
 
 
-def revoke_refresh_token(settings: Settings, refresh_token: str, *, transport=None) -> str | None:
+def revoke_refresh_token(
+    settings: Settings, refresh_token: str, *, transport: httpx.BaseTransport | None = None
+) -> str | None:
     """Revoke a refresh token (RFC 7009); the endpoint used, or None when the server has none."""
     from ._oauth import parse_token_response, revocation_request
 

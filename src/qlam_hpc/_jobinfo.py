@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def job_id(env: Mapping[str, str] | None = None) -> str | None:

@@ -16,14 +16,17 @@ process may need it. What is here runs on purpose, from a terminal or a login no
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ._cache import CacheEntry, Login
 from ._errors import AuthError, CacheError, ConfigurationError
 from ._log import log
 
 if TYPE_CHECKING:
+    import httpx
+
     from ._oauth import DeviceAuthorization
     from ._provider import TokenProvider, TokenResult
     from ._tokens import Token
@@ -73,7 +76,7 @@ def login(
     *,
     on_code: Callable[[DeviceAuthorization], None],
     timeout: float | None = None,
-    transport=None,
+    transport: httpx.BaseTransport | None = None,
 ) -> LoginResult:
     """Run the device flow; ``on_code`` shows the user where to approve it."""
     from ._http import poll_device_login, revoke_refresh_token, start_device_login
@@ -123,7 +126,7 @@ def _publish(provider: TokenProvider, new_login: Login | None, token: Token) -> 
     return held.login
 
 
-def logout(provider: TokenProvider, *, transport=None) -> LogoutResult:
+def logout(provider: TokenProvider, *, transport: httpx.BaseTransport | None = None) -> LogoutResult:
     """Delete the login (and its access token) from every store, then revoke it at the server."""
     from ._http import revoke_refresh_token
 

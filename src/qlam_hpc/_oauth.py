@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Mapping
 
 from ._cache import is_b64token, is_vschar
 from ._errors import AuthError, InvalidTokenResponse, oauth_error
 from ._settings import RetryPolicy, Settings
 from ._tokens import Token
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
+    from ._client_auth import ClientSecretBasic, ClientSecretPost, PrivateKeyJwt
 
 # A token that claims to live longer than a year, or less than a second, is a bug
 # somewhere: caching it would either pin a broken token or hammer the IdP.
@@ -88,7 +94,7 @@ def credentials_fingerprint(settings: Settings) -> str:
     raise AssertionError("unreachable: PBKDF2 is always available")
 
 
-def credentials_match(settings: Settings, recorded: str) -> bool:
+def credentials_match(settings: Settings, recorded: object) -> bool:
     """Was ``recorded`` (a ``credentials_fingerprint``) made for these credentials?
 
     False for anything else: an unsalted fingerprint of an older release (the record is
@@ -112,7 +118,7 @@ def token_request(
     settings: Settings,
     *,
     endpoint: str | None = None,
-    auth=None,
+    auth: ClientSecretPost | ClientSecretBasic | PrivateKeyJwt | None = None,
     now: float | None = None,
     assertion_audience: str | None = None,
 ) -> TokenRequest:
@@ -196,7 +202,7 @@ def _expiry(access_token: str, from_expires_in: float, obtained_at: float) -> fl
 
 
 def _refusal(
-    status: int, headers: Mapping[str, str], body: bytes, url: str, data: dict | None, hint: str
+    status: int, headers: Mapping[str, str], body: bytes, url: str, data: dict[str, Any] | None, hint: str
 ) -> AuthError:
     """The error for a 4xx answer: the RFC 6749 error it carries, else what it was, and ``hint``."""
     if data is not None and isinstance(data.get("error"), str):
@@ -206,7 +212,7 @@ def _refusal(
     return InvalidTokenResponse(f"identity provider {url} answered HTTP {status} {what}{hint}")
 
 
-def _json_object(body: bytes) -> dict | None:
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError):
@@ -315,7 +321,7 @@ class UserTokens:
 
     token: Token
     refresh_token: str | None
-    id_claims: dict
+    id_claims: dict[str, Any]
     refresh_expires_in: float | None
 
     def __repr__(self) -> str:

@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ContextManager
 
 from ._cache import (
     CacheEntry,
@@ -76,7 +76,18 @@ from ._settings import Settings
 from ._stores._base import NO_LOCK, TokenStore
 from ._tokens import Token
 
-Fetch = Callable[..., Token]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+    from contextlib import AbstractContextManager
+    from typing import Any, NoReturn, overload
+
+    from ._oauth import DeviceAuthorization, UserTokens
+
+    # What fetches a token for the flow in use (a seam for tests): M2M calls it as
+    # ``fetch(settings, *, obtained_by, clock) -> Token``, user context as
+    # ``fetch(settings, refresh_token, *, obtained_by, clock) -> UserTokens``.
+    Fetch = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,7 @@ class TokenProvider:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, environ=None, **overrides) -> TokenProvider:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> TokenProvider:
         """A provider configured from ``QLAM_*`` variables (see ``Settings.from_env``)."""
         return cls(Settings.from_env(environ, **overrides))
 
@@ -158,14 +169,14 @@ class TokenProvider:
         entry = self.login_store.load(self.identity)
         return entry.login if entry is not None else None
 
-    def principal(self) -> dict | None:
+    def principal(self) -> dict[str, str] | None:
         """User context: who the tokens act for, ``{"subject", "email"}`` (set keys only);
         None for M2M. From the login where this process can read it, else the token's claims."""
         if not self.settings.user_context:
             return None
         login = self.current_login()
         if login is not None:
-            found = {"subject": login.subject, "email": login.email}
+            found: dict[str, object] = {"subject": login.subject, "email": login.email}
         else:
             from ._tokens import unverified_claims
 
@@ -173,8 +184,8 @@ class TokenProvider:
             token = self._memory or (entry.token if entry is not None else None)
             claims = unverified_claims(token.access_token) or {} if token is not None else {}
             found = {"subject": claims.get("sub"), "email": claims.get("email")}
-        found = {k: v for k, v in found.items() if isinstance(v, str) and v}
-        return found or None
+        named = {k: v for k, v in found.items() if isinstance(v, str) and v}
+        return named or None
 
     def clear(self) -> int:
         """Forget the token, in memory and in the shared store; the number of entries changed.
@@ -193,7 +204,9 @@ class TokenProvider:
                 self.store.save(entry._replace(token=None, failure=None, intent=None))
                 return 1
 
-    def login(self, *, on_code=None, timeout: float | None = None) -> Login | None:  # type: ignore[no-untyped-def]
+    def login(
+        self, *, on_code: Callable[[DeviceAuthorization], None] | None = None, timeout: float | None = None
+    ) -> Login | None:
         """User context: log in with the device flow; ``on_code(authorization)`` shows the user
         where to approve (default: the URL and code on stderr). The login, or None when the
         server gave no refresh token. See ``qlam-hpc auth login``."""
@@ -245,9 +258,19 @@ class TokenProvider:
             return TokenResult(token, "cache")
         return self._replay_failure(entry, credentials, rejected)
 
+    if TYPE_CHECKING:  # without ``settle``, only the lock ends the wait
+
+        @overload
+        def _acquire(self, store: TokenStore, settle: None) -> AbstractContextManager[object]: ...
+
+        @overload
+        def _acquire(
+            self, store: TokenStore, settle: Callable[[], TokenResult | None]
+        ) -> AbstractContextManager[object] | TokenResult: ...
+
     def _acquire(
         self, store: TokenStore, settle: Callable[[], TokenResult | None] | None
-    ) -> ContextManager | TokenResult:
+    ) -> AbstractContextManager[object] | TokenResult:
         """``store``'s refresh lock, or the result another process published while we waited
         for it (``settle`` watches the entry; None waits for the lock alone)."""
         deadline = self._clock() + self.settings.lock_timeout
@@ -297,10 +320,10 @@ class TokenProvider:
             # A token that cannot be shared costs one request per task of the array: say so
             # before spending any (the warning above says why the store cannot be written).
             _refuse_unshared_in_batch_job(self.store, "it cannot be written")
-        token, error, credentials = self._fetch_rotating(credentials, by)
-        if error is not None:
-            self._publish_failure(base, error, credentials, by)
-            return self._fallback_or_raise(base, error, rejected)
+        token, credentials = self._fetch_rotating(credentials, by)
+        if isinstance(token, AuthError):
+            self._publish_failure(base, token, credentials, by)
+            return self._fallback_or_raise(base, token, rejected)
         self.store.save(base.with_token(token))
         if not token.usable(self._clock(), min_ttl):
             raise TokenLifetimeTooShort(min_ttl, token.lifetime)
@@ -325,24 +348,22 @@ class TokenProvider:
         with self._lock:
             base = self.store.load(self.identity) or CacheEntry(self.identity)
             by = process_label()
-            token, error, credentials = self._fetch_rotating(_Credentials(self.settings), by)
-            if error is not None:
-                self._publish_failure(base, error, credentials, by)
-                raise error
+            token, credentials = self._fetch_rotating(_Credentials(self.settings), by)
+            if isinstance(token, AuthError):
+                self._publish_failure(base, token, credentials, by)
+                raise token
             self.store.save(base.with_token(token))
             self._memory = token
             return TokenResult(token, "fetched")
 
-    def _fetch_rotating(
-        self, credentials: _Credentials, by: str
-    ) -> tuple[Token | None, AuthError | None, _Credentials]:
-        """``(token, None, credentials used)`` or ``(None, error, credentials used)``.
+    def _fetch_rotating(self, credentials: _Credentials, by: str) -> tuple[Token | AuthError, _Credentials]:
+        """``(token, credentials used)`` or ``(error, credentials used)``.
 
         After ``invalid_client`` the credentials are read from their source again: when that
         gives others (the secret was rotated), one more request is made with them.
         """
         try:
-            return self._fetch_once(credentials, by), None, credentials
+            return self._fetch_once(credentials, by), credentials
         except InvalidClient as error:
             try:
                 renewed = credentials.renewed()
@@ -350,7 +371,7 @@ class TokenProvider:
                 log("warning", f"could not read the client credentials again after their rejection: {reread}")
                 renewed = None
             if renewed is None:
-                return None, error, credentials
+                return error, credentials
             log(
                 "warning",
                 "the identity provider refused the client credentials, and their source now holds "
@@ -358,11 +379,11 @@ class TokenProvider:
             )
             credentials = renewed
         except AuthError as error:
-            return None, error, credentials
+            return error, credentials
         try:
-            return self._fetch_once(credentials, by), None, credentials
+            return self._fetch_once(credentials, by), credentials
         except AuthError as error:
-            return None, error, credentials
+            return error, credentials
 
     def _fetch_once(self, credentials: _Credentials, by: str) -> Token:
         """One fetch, recorded in the ledger whatever its outcome."""
@@ -370,11 +391,13 @@ class TokenProvider:
 
         fetch = self._fetch
         if fetch is None:
-            from ._http import fetch_token as fetch
+            from ._http import fetch_token
+
+            fetch = fetch_token
         settings = credentials.settings()
         started = self._clock()
         try:
-            token = fetch(settings, obtained_by=by, clock=self._clock)
+            token: Token = fetch(settings, obtained_by=by, clock=self._clock)
         except AuthError as error:
             self._record(started, job_id(), getattr(error, "error", None) or type(error).__name__)
             raise
@@ -515,6 +538,13 @@ class TokenProvider:
         renewed = renewed._replace(
             subject=tokens.id_claims.get("sub") or renewed.subject, email=tokens.id_claims.get("email") or renewed.email
         )
+        # Published before anything else: the old refresh token is spent from now on.
+        if not self.login_store.save(held.with_login(renewed, tokens.token)):
+            log(
+                "error",
+                f"the next refresh token could not be written to {self.login_store.location}: this token is "
+                "good, but the next refresh will be refused and you will have to log in again",
+            )
         if renewed.expires_at - now < LOGIN_WARNING:
             from ._durations import format_duration
 
@@ -522,13 +552,6 @@ class TokenProvider:
                 "warning",
                 f"the login of {renewed.who} ends in {format_duration(max(0.0, renewed.expires_at - now))}: "
                 "run qlam-hpc auth login before then",
-            )
-        # Published before anything else: the old refresh token is spent from now on.
-        if not self.login_store.save(held.with_login(renewed, tokens.token)):
-            log(
-                "error",
-                f"the next refresh token could not be written to {self.login_store.location}: this token is "
-                "good, but the next refresh will be refused and you will have to log in again",
             )
         if not shared:
             self.store.save(entry.with_token(tokens.token))
@@ -543,11 +566,14 @@ class TokenProvider:
             entry = self.login_store.load(self.identity)
         return entry or CacheEntry(self.identity)
 
-    def _send_refresh(self, login: Login, by: str):
+    def _send_refresh(self, login: Login, by: str) -> UserTokens:
         fetch = self._fetch
         if fetch is None:
-            from ._http import refresh_tokens as fetch
-        return fetch(self.settings, login.refresh_token, obtained_by=by, clock=self._clock)
+            from ._http import refresh_tokens
+
+            fetch = refresh_tokens
+        tokens: UserTokens = fetch(self.settings, login.refresh_token, obtained_by=by, clock=self._clock)
+        return tokens
 
     def _failure(self, error: QlamError, credentials: str, by: str) -> Failure:
         cooldown = cooldown_for(
@@ -555,7 +581,7 @@ class TokenProvider:
         )
         return Failure.from_error(error, at=self._clock(), cooldown=cooldown, credentials=credentials, by=by)
 
-    def _lose_login(self, entry: CacheEntry, held: CacheEntry, error: LoginRequired, by: str):
+    def _lose_login(self, entry: CacheEntry, held: CacheEntry, error: LoginRequired, by: str) -> NoReturn:
         """Forget a login the identity provider refused, tell every other process, and raise.
 
         The refusal is repeated for as long as a rejected M2M secret's (it will not fix
@@ -639,10 +665,12 @@ class _Credentials:
 def count_requests(store: TokenStore, settings: Settings, now: float) -> int:
     """Token requests made this UTC month for these settings' client and endpoint."""
     month = time.strftime("%Y-%m", time.gmtime(now))
-    return sum(
-        1
-        for record in store.requests(month)
-        if record.get("client_id") == settings.client_id and record.get("token_url") == settings.token_url
+    return len(
+        [
+            record
+            for record in store.requests(month)
+            if record.get("client_id") == settings.client_id and record.get("token_url") == settings.token_url
+        ]
     )
 
 

@@ -30,7 +30,7 @@ from ._errors import ConfigurationError, TlsError
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
-    from typing import Mapping
+    from collections.abc import Mapping
 
 #: The variables that name the CA certificates to trust, in the order they are looked at.
 CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
@@ -42,7 +42,7 @@ VAULT_CA_VARIABLES = ("VAULT_CACERT", "VAULT_CAPATH")
 _PLAIN_HTTP_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
 _plain_http_texts = tuple(reason.replace("_", " ").lower() for reason in _PLAIN_HTTP_REASONS)
 
-_contexts: dict = {}
+_contexts: dict[str, ssl.SSLContext] = {}
 
 
 def ca_bundle(env: Mapping[str, str] | None = None, variables: tuple[str, ...] = CA_VARIABLES) -> str | None:
@@ -51,7 +51,9 @@ def ca_bundle(env: Mapping[str, str] | None = None, variables: tuple[str, ...] =
     return found[1] if found else None
 
 
-def ca_setting(env: Mapping[str, str] | None = None, variables: tuple[str, ...] = CA_VARIABLES):
+def ca_setting(
+    env: Mapping[str, str] | None = None, variables: tuple[str, ...] = CA_VARIABLES
+) -> tuple[str, str] | None:
     """``(variable, path)`` of the first CA variable set in ``env``, or None. No I/O."""
     env = os.environ if env is None else env
     for variable in variables:
@@ -61,7 +63,7 @@ def ca_setting(env: Mapping[str, str] | None = None, variables: tuple[str, ...] 
     return None
 
 
-def verify(bundle: str | None, origin: str | None = None):
+def verify(bundle: str | None, origin: str | None = None) -> ssl.SSLContext | bool:
     """httpx's ``verify`` for a CA file or directory: an ``SSLContext`` trusting it, or ``True``
     (httpx's default trust) without one. One context per bundle per process: loading a
     bundle costs milliseconds. ``ConfigurationError`` when the bundle cannot be loaded."""
@@ -86,7 +88,7 @@ def verify(bundle: str | None, origin: str | None = None):
     return context
 
 
-def verify_from_env(env: Mapping[str, str] | None = None):
+def verify_from_env(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:
     """``verify`` for the bundle the environment names (see the module's docstring)."""
     found = ca_setting(env)
     return verify(found[1], found[0]) if found else True
@@ -123,8 +125,8 @@ def plain_http_advice(url: str) -> str:
     if is_loopback(_host_of(rest)):
         return f"spoke TLS to a server that answered in plain HTTP: write http://{authority}"
     return (
-        f"spoke TLS to a server that answered in plain HTTP (is the port right? plain http is "
-        f"allowed only on loopback)"
+        "spoke TLS to a server that answered in plain HTTP (is the port right? plain http is "
+        "allowed only on loopback)"
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections import namedtuple
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 _TIMEOUT = 10.0
 # Where Slurm and PBS install their commands when a job's PATH lacks them
@@ -28,14 +28,27 @@ _TIMEOUT = 10.0
 _FALLBACK_DIRS = ("/usr/bin", "/usr/local/bin", "/opt/slurm/bin", "/opt/pbs/bin", "/usr/local/pbs/bin")
 
 
-class TimeLeft(namedtuple("_TimeLeftFields", "seconds source reason")):
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import NamedTuple
+
+    class _TimeLeftFields(NamedTuple):  # the fields as the type checker reads them
+        seconds: float | None
+        source: str | None
+        reason: str | None
+
+else:
+    _TimeLeftFields = namedtuple("_TimeLeftFields", "seconds source reason")
+
+
+class TimeLeft(_TimeLeftFields):
     """``seconds`` left before the job's time limit (None when unknown), where that came from
     (``SLURM_JOB_END_TIME``, ``squeue``, ``scontrol``, ``qstat``), or why it is unknown."""
 
     __slots__ = ()
 
 
-Run = Callable[[list], str]
+Run = Callable[[list[str]], str]
 
 
 def job_time_left(env: Mapping[str, str] | None = None) -> float | None:
@@ -237,7 +250,7 @@ def _which(name: str, env: Mapping[str, str]) -> str | None:
 
 
 def _runner(env: Mapping[str, str]) -> Run:
-    def run(command: list) -> str:
+    def run(command: list[str]) -> str:
         import subprocess
 
         done = subprocess.run(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
@@ -154,11 +154,9 @@ def body_form(value: Any) -> str:
 BODY_FORMS = ("TaskDefinition", "DefinitionRef", "CompilationRef")
 
 TaskCreate = Annotated[
-    Union[
-        Annotated[TaskDefinitionCreate, Tag("TaskDefinition")],
-        Annotated[DefinitionRefCreate, Tag("DefinitionRef")],
-        Annotated[CompilationRefCreate, Tag("CompilationRef")],
-    ],
+    Annotated[TaskDefinitionCreate, Tag("TaskDefinition")]
+    | Annotated[DefinitionRefCreate, Tag("DefinitionRef")]
+    | Annotated[CompilationRefCreate, Tag("CompilationRef")],
     Discriminator(body_form),
 ]
 
