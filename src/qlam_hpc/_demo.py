@@ -24,6 +24,14 @@ from pathlib import Path
 
 import click
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
+    from rich.console import Console
+
+    from .sandbox import Sandbox
+
 ARRAY_JOB_ID = "4242"
 
 
@@ -88,10 +96,9 @@ def demo_command(
         saved.mkdir(parents=True, exist_ok=True)
         console.print(f"sandbox identity provider and tasks API on [bold]{sandbox.url}[/]")
         console.print(f"shared token cache: {cache_dir}")
-        flow = "device" if user_context else "m2m"
         env = {
             **os.environ,
-            **sandbox.env(flow=flow),
+            **sandbox.env(flow="device" if user_context else "m2m"),
             "QLAM_TOKEN_CACHE_DIR": str(cache_dir),
             "QLAM_DEMO_RESULTS": str(saved),
         }
@@ -110,7 +117,7 @@ def demo_command(
         raise SystemExit(1)
 
 
-def _log_in_and_let_expire(sandbox, env: dict, console) -> None:
+def _log_in_and_let_expire(sandbox: Sandbox, env: dict[str, str], console: Console) -> None:
     """One device login, as a person runs it on a login node; then the access token expires
     (the sandbox issues it for 2 s), so every task of the array finds it stale at once."""
     sandbox.set_faults(token_lifetime=2)
@@ -126,7 +133,7 @@ def _log_in_and_let_expire(sandbox, env: dict, console) -> None:
     console.print("the access token has expired: every task of the array needs a refresh")
 
 
-def _run_array(workers: int, env: dict, console) -> list[dict]:
+def _run_array(workers: int, env: dict[str, str], console: Console) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     processes = []
@@ -147,7 +154,7 @@ def _run_array(workers: int, env: dict, console) -> list[dict]:
                 text=True,
             )
         )
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     columns = (TextColumn("array tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         bar = progress.add_task("tasks", total=workers)
@@ -160,7 +167,8 @@ def _run_array(workers: int, env: dict, console) -> list[dict]:
     return results
 
 
-def _result(task: int, code: int, out: str, err: str) -> dict:
+def _result(task: int, code: int, out: str, err: str) -> dict[str, Any]:
+    result: dict[str, Any]
     try:
         result = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -170,10 +178,10 @@ def _result(task: int, code: int, out: str, err: str) -> dict:
 
 
 def _summary(
-    console,
+    console: Console,
     workers: int,
-    results: list[dict],
-    stats: dict,
+    results: list[dict[str, Any]],
+    stats: dict[str, Any],
     wall: float,
     files: int,
     kept: Path | None,

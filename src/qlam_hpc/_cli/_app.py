@@ -11,6 +11,13 @@ import click
 from .._errors import QlamError
 from .._version import __version__
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
+    from .._provider import TokenProvider, TokenResult
+    from .._settings import Settings
+
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
@@ -38,7 +45,7 @@ class _LazyGroup(click.Group):
     """A group whose subcommands are imported when used, so ``qlam-hpc token`` never loads
     the sandbox's web framework."""
 
-    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lazy = lazy or {}
 
@@ -48,22 +55,23 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self._lazy:
             module, _, attribute = self._lazy[name].partition(":")
-            return getattr(importlib.import_module(module, __package__), attribute)
+            command: click.Command = getattr(importlib.import_module(module, __package__), attribute)
+            return command
         return super().get_command(ctx, name)
 
 
 class _Config:
     """Settings overrides from the group's options; settings are built when a command needs them."""
 
-    def __init__(self, overrides: dict) -> None:
+    def __init__(self, overrides: dict[str, str | None]) -> None:
         self.overrides = overrides
 
-    def settings(self):
+    def settings(self) -> Settings:
         from .._settings import Settings
 
-        return Settings.from_env(**self.overrides)
+        return Settings.from_env(None, **self.overrides)
 
-    def provider(self):
+    def provider(self) -> TokenProvider:
         from .._provider import TokenProvider
 
         return TokenProvider(self.settings())
@@ -100,7 +108,7 @@ class _Config:
     help="QLAM Shell context in ~/.qsh/config.json to take the client from [env: QLAM_CONTEXT].",
 )
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, **overrides: str | None) -> None:
+def cli(ctx: click.Context, /, verbose: int, **overrides: str | None) -> None:
     """Shared OAuth2 M2M tokens and QLAM API access for batch jobs.
 
     One token serves every task of a job array: the first task to need one
@@ -146,7 +154,7 @@ def token(config: _Config, mode: str | None, min_ttl: str) -> None:
     print_token(result.token, result.source, mode or "plain", time.time())
 
 
-def _until_job_ends(provider):
+def _until_job_ends(provider: TokenProvider) -> TokenResult:
     """A token valid until the batch job's time limit, or the usual one, with a warning,
     where the job's end cannot be read."""
     from .._durations import format_duration
@@ -162,8 +170,9 @@ def _until_job_ends(provider):
     if login is not None and login.expires_at < time.time() + left.seconds:
         log(
             "warning",
-            f"this job ends after the login of {login.who} does ({format_duration(max(0.0, login.expires_at - time.time()))} "
-            "left): its last refreshes will fail; run qlam-hpc auth login again before then",
+            f"this job ends after the login of {login.who} does "
+            f"({format_duration(max(0.0, login.expires_at - time.time()))} left): its last refreshes will fail; "
+            "run qlam-hpc auth login again before then",
         )
     try:
         return provider.get(min_ttl=left.seconds)

@@ -12,9 +12,14 @@ from .._durations import format_duration
 from .._login import login, logout, show_on_stderr
 from ._output import utc
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .._oauth import DeviceAuthorization
+    from .._provider import TokenProvider
 
-def run_login(provider, as_json: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
-    def show(authorization) -> None:  # type: ignore[no-untyped-def]
+
+def run_login(provider: TokenProvider, as_json: bool, timeout: float | None) -> None:
+    def show(authorization: DeviceAuthorization) -> None:
         if as_json:
             document = {
                 "verification_uri": authorization.verification_uri,
@@ -55,7 +60,7 @@ def run_login(provider, as_json: bool, timeout: float | None) -> None:  # type: 
     )
 
 
-def run_logout(provider) -> None:  # type: ignore[no-untyped-def]
+def run_logout(provider: TokenProvider) -> None:
     result = logout(provider)
     if result.login is None:
         click.echo(f"not logged in (no login in {provider.login_store.location})", err=True)

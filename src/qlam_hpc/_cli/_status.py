@@ -18,12 +18,18 @@ from .._provider import TokenProvider, count_requests
 from .._tokens import unverified_claims
 from ._output import utc
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
-def auth_status(provider: TokenProvider, now: float) -> dict:
+    from .._settings import Settings
+
+
+def auth_status(provider: TokenProvider, now: float) -> dict[str, Any]:
     settings = provider.settings
     entry = provider.store.load(provider.identity)
     token = entry.token if entry else None
-    report: dict = {
+    report: dict[str, Any] = {
         "cache": provider.store.location,
         "cache_problem": _cache_problem(provider),
         "flow": settings.auth_flow,
@@ -82,7 +88,7 @@ def _cache_problem(provider: TokenProvider) -> str | None:
     return failed[0] if failed else None
 
 
-def requests_per_day(records: list[dict], settings, now: float) -> list[int]:  # type: ignore[no-untyped-def]
+def requests_per_day(records: list[dict[str, Any]], settings: Settings, now: float) -> list[int]:
     """This month's token requests of these settings' client, per UTC day, up to today."""
     year, month, today = time.gmtime(now)[:3]
     counts = [0] * today
@@ -97,7 +103,7 @@ def requests_per_day(records: list[dict], settings, now: float) -> list[int]:  #
     return counts
 
 
-def project(used: int, budget: int | None, now: float) -> dict:
+def project(used: int, budget: int | None, now: float) -> dict[str, Any]:
     """The month's total at this month's rate so far, and the day the budget runs out at it.
 
     The rate is taken over at least one day, so that three requests in the first hour of
@@ -108,7 +114,7 @@ def project(used: int, budget: int | None, now: float) -> dict:
     end = start + days * 86400
     rate = used / max((now - start) / 86400, 1.0)
     total = used + rate * max(end - now, 0.0) / 86400
-    projection: dict = {
+    projection: dict[str, Any] = {
         "end_of_month": f"{year:04d}-{month:02d}-{days:02d}",
         "count": round(total),
         "per_day": round(rate, 2),
@@ -124,11 +130,11 @@ def project(used: int, budget: int | None, now: float) -> dict:
     return projection
 
 
-def _login_report(provider: TokenProvider, now: float) -> dict:
+def _login_report(provider: TokenProvider, now: float) -> dict[str, Any]:
     from .._login import LOGIN_WARNING
 
     login = provider.current_login()
-    report: dict = {"store": provider.login_store.location, "logged_in": login is not None}
+    report: dict[str, Any] = {"store": provider.login_store.location, "logged_in": login is not None}
     if login is not None:
         left = login.expires_at - now
         report.update(
@@ -142,7 +148,7 @@ def _login_report(provider: TokenProvider, now: float) -> dict:
     return report
 
 
-def render_status(report: dict) -> str:
+def render_status(report: dict[str, Any]) -> str:
     lines = [f"cache       {report['cache']}"]
     problem = report.get("cache_problem")
     if problem == "QLAM_TOKEN_CACHE=off":
@@ -200,7 +206,7 @@ def render_status(report: dict) -> str:
 CHART_HEIGHT = 5
 
 
-def chart(requests: dict) -> list[str]:
+def chart(requests: dict[str, Any]) -> list[str]:
     """This month's requests per day as a column chart of plain characters.
 
     ``#`` is a day's requests, ``.`` the days left at this month's rate, and ``-`` the
@@ -240,9 +246,12 @@ def chart(requests: dict) -> list[str]:
     return lines
 
 
-def _projection_line(requests: dict) -> str:
+def _projection_line(requests: dict[str, Any]) -> str:
     projection = requests["projection"]
-    text = f"{projection['count']} requests by {projection['end_of_month']} at this month's rate ({projection['per_day']:g} a day)"
+    text = (
+        f"{projection['count']} requests by {projection['end_of_month']} "
+        f"at this month's rate ({projection['per_day']:g} a day)"
+    )
     if requests.get("budget"):
         text += f": {projection['percent_of_budget']}% of the budget"
         if projection.get("budget_runs_out"):

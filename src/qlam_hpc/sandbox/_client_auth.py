@@ -140,13 +140,16 @@ class ClientAuthenticator:
         self, params: dict[str, str], authorization: str | None, *, token_url: str, issuer: str
     ) -> SandboxClient:
         """The client the request authenticates as, or ``ClientAuthError``."""
-        basic = authorization is not None and authorization[:6].lower() == "basic "
+        basic_credentials = (
+            authorization[6:].strip() if authorization is not None and authorization[:6].lower() == "basic " else None
+        )
+        basic = basic_credentials is not None
         assertion = "client_assertion" in params or "client_assertion_type" in params
         posted = "client_secret" in params
         if basic + assertion + posted > 1:
             raise _invalid_request("The client used more than one authentication method")
-        if basic:
-            return self._basic(params, authorization[6:].strip())  # type: ignore[index]
+        if basic_credentials is not None:
+            return self._basic(params, basic_credentials)
         if assertion:
             return self._private_key_jwt(params, token_url=token_url, issuer=issuer)
         client_id = params.get("client_id")
@@ -222,7 +225,9 @@ class ClientAuthenticator:
         self._remember_jti(client_id, str(claims["jti"]), float(claims["exp"]), now)
         return client
 
-    def _verified(self, assertion: str, client_id: str, header: dict, alg: str, audiences: list[str]) -> dict:
+    def _verified(
+        self, assertion: str, client_id: str, header: dict[str, Any], alg: str, audiences: list[str]
+    ) -> dict[str, Any]:
         with self._lock:
             keys = list(self._keys.get(client_id, ()))
         kid = header.get("kid")

@@ -37,4 +37,5 @@ class SandboxContext:
 
 
 def context_of(request: Request) -> SandboxContext:
-    return request.app.state.sandbox
+    context: SandboxContext = request.app.state.sandbox
+    return context

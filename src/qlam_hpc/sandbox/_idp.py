@@ -90,7 +90,9 @@ async def token_endpoint(request: Request) -> Response:
     return JSONResponse(body, headers={**NO_STORE, **headers})
 
 
-def _dispatch(request: Request, ctx: SandboxContext, params: dict[str, str], faults: Faults) -> tuple[dict, dict]:
+def _dispatch(
+    request: Request, ctx: SandboxContext, params: dict[str, str], faults: Faults
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The grant type first (as Auth0 checks it), then the grant's own checks."""
     grant_type = params.get("grant_type")
     if not grant_type:
@@ -108,7 +110,7 @@ def _dispatch(request: Request, ctx: SandboxContext, params: dict[str, str], fau
 
 def _grant(
     ctx: SandboxContext, client: SandboxClient, params: dict[str, str], *, issuer: str, lifetime: int
-) -> tuple[dict, dict]:
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The client_credentials token response body and extra headers, or ``Refusal``."""
     audience = requested_audience(ctx.config, params)
     if not client.may_access(audience):

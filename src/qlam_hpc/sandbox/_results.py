@@ -84,7 +84,9 @@ class TaskResults:
 
         return bits
 
-    def subtask_element(self, order: int, *, shots_page: int | None = None, shots_size: int | None = None) -> dict:
+    def subtask_element(
+        self, order: int, *, shots_page: int | None = None, shots_size: int | None = None
+    ) -> dict[str, Any]:
         """One subtask's result: with ``shots_page``/``shots_size`` a page's element, else the download's."""
         subtask = self.task.subtasks[order]
         num_shots = subtask["num_shots"]
@@ -120,7 +122,7 @@ class TaskResults:
         ]
         return element
 
-    def page(self, *, page: int, size: int, descending: bool, shots_page: int, shots_size: int) -> dict:
+    def page(self, *, page: int, size: int, descending: bool, shots_page: int, shots_size: int) -> dict[str, Any]:
         """The ``page``-th page of ``size`` subtasks, sorted by ``subtask_order``."""
         orders = range(self.total - 1, -1, -1) if descending else range(self.total)
         chosen = orders[min(page * size, self.total) : min(page * size + size, self.total)]

@@ -266,11 +266,13 @@ _bearer_scheme = HTTPBearer(auto_error=False, description="An access token from 
 async def current_caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)]
 ) -> Caller:
-    return request.state.qlam_caller
+    caller: Caller = request.state.qlam_caller
+    return caller
 
 
 def _store(request: Request) -> TaskStore:
-    return request.app.state.tasks_store
+    store: TaskStore = request.app.state.tasks_store
+    return store
 
 
 def _state(request: Request) -> SandboxState:
@@ -353,7 +355,7 @@ def _definition_for(store: TaskStore, caller: Caller, qpu_mode: str, body: Any) 
     if isinstance(body, TaskDefinitionCreate):
         raw = body.model_dump(mode="json", include={"program_language", "programs", "subtasks"})
         raw["program_language"] = body.program_language or default_language(qpu_mode)
-        for dumped, given in zip(raw["subtasks"], body.subtasks):
+        for dumped, given in zip(raw["subtasks"], body.subtasks, strict=True):
             dumped["arguments"] = dict(given.arguments or {})
         return str(uuid.uuid4()), raw, True
     if isinstance(body, DefinitionRefCreate):

@@ -64,6 +64,7 @@ _COLUMNS = (
     "id, owner, qpu_mode, created_us, duration_us, outcome, error_reason, cancelled_us, cancelled_by, "
     "created_by, definition_id, compilation_id, group_id, profile_id, user_metadata, system_metadata, subtasks"
 )
+_NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ class StoredTask:
 
     @classmethod
     def _from_row(cls, row: tuple[Any, ...]) -> StoredTask:
-        *head, subtasks = row
-        return cls(*head, subtasks=json.loads(subtasks))
+        fields = dict(zip(_NAMES, row, strict=True))
+        return cls(**{**fields, "subtasks": json.loads(fields["subtasks"])})
 
 
 class TaskStore:
