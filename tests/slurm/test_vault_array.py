@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.vault, pytest.mar
 # The policy docs/hpc.md gives the jobs.
 JOB_POLICY = """
 path "secret/data/{path}/*" {{ capabilities = ["create", "read", "update"] }}
-path "secret/metadata/{path}/*" {{ capabilities = ["list", "read", "delete"] }}
+path "secret/metadata/{path}/*" {{ capabilities = ["delete"] }}
 path "secret/metadata/{path}" {{ capabilities = ["list"] }}
 """
 
