@@ -34,12 +34,16 @@ and their temporaries may hold tokens: its lock files and ledger are checked too
 
 What is not a leak:
 
-* the stdout of a ``qlam-hpc token`` process (any process whose argv has the word
-  ``token``: ``run_cli("token", ...)``, a ``Crowd`` of ``["token", "--json"]``) may
-  hold access tokens, and only those: printing the token is that command's job;
+* the stdout of a ``qlam-hpc token`` process may hold access tokens, and only those:
+  printing the token is that command's job.  A process is one when its argv has the
+  word ``token`` (``run_cli("token", ...)``, a ``Crowd`` of ``["token", "--json"]``),
+  or a script in its argv runs ``qlam-hpc token`` (``bash -c``) or calls
+  ``main(["token", ...])`` (``python -c``);
+* a sandbox's own signing key in its ``signing_key_file`` or ``state_dir``;
 * a file the test wrote on purpose with a secret in it (a 0600 secret file, a
   settings file): say so, sparingly, with ``leak_check.expect(path)`` (the fixture)
-  or ``@pytest.mark.leak_check_expect("glob", ...)`` (globs under ``tmp_path``).
+  or ``@pytest.mark.leak_check_expect("glob", ..., kinds=["access token"])`` (globs
+  under ``tmp_path``; ``kinds`` limits what the files may hold, any kind without it).
 
 A leak fails the test at teardown, naming the test, the place and the kind of
 secret, never the secret; the captured output and traceback of a failed report are
@@ -64,11 +68,13 @@ from typing import Any
 
 import pytest
 
+KINDS = ("client secret", "access token", "ID token", "refresh token", "device code", "signing key")
 MIN_LENGTH = 12  # shorter "secrets" would be found in ordinary words
 _ANCHOR = 12  # a secret made of base64url characters is indexed by its first 12
-_RUN = re.compile(r"[A-Za-z0-9_-]{%d,}" % MIN_LENGTH)
+_RUN = re.compile(rf"[A-Za-z0-9_-]{{{MIN_LENGTH},}}")
 _URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
-_SMALL_WORD = re.compile(r"-{0,2}[a-z][a-z-]{0,%d}" % (MIN_LENGTH - 2))  # argv words that cannot be secrets
+_JWT_HEAD = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.$")
+_SMALL_WORD = re.compile(rf"-{{0,2}}[a-z][a-z-]{{0,{MIN_LENGTH - 2}}}")  # argv words that cannot be secrets
 _MAX_FILE_BYTES = 4 << 20
 
 
@@ -82,6 +88,7 @@ class Secrets:
         self.irregular: dict[str, str] = {}  # secrets with other characters: plain search
         self.counts: Counter[str] = Counter()
         self.signing_keys: set[str] = set()
+        self.key_homes: set[Path] = set()  # a sandbox's signing_key_file and state_dir
 
     def learn(self, value: Any, kind: str) -> None:
         if not isinstance(value, str):
@@ -126,6 +133,9 @@ class Secrets:
 
     def redact(self, text: str) -> str:
         for start, end, kind in sorted(self.find(text), reverse=True):
+            if kind in ("access token", "ID token"):  # the whole JWT, not just its signature
+                jwt = _JWT_HEAD.search(text, 0, start)
+                start = jwt.start() if jwt is not None else start
             text = text[:start] + f"[{kind}]" + text[end:]
         return text
 
@@ -177,6 +187,10 @@ def _record() -> TestRecord | None:
 
 
 def _learn_config(config: Any) -> None:
+    for home in (getattr(config, "signing_key_file", None), getattr(config, "state_dir", None)):
+        if home is not None:
+            with SECRETS.lock:
+                SECRETS.key_homes.add(Path(home).absolute())
     for client in getattr(config, "clients", ()) or ():
         secret = getattr(client, "client_secret", None)
         if secret:
@@ -265,11 +279,20 @@ def _install() -> bool:
 # --- seeing the places ------------------------------------------------------------------
 
 
+# A shell script that runs `qlam-hpc token` (or the docs' `qlam token` function), or a
+# Python program that calls the CLI's main(["token", ...]).
+_TOKEN_IN_A_SCRIPT = re.compile(
+    r"""\bqlam(?:-hpc)?(?:\s+--?[\w-]+(?:[= ][^\s-]\S*)?)*\s+token\b|main\(\s*\[\s*['"]token['"]"""
+)
+
+
 def _is_token_command(args: Any) -> bool:
-    """Whether a process is ``qlam-hpc token``: its argv has the word ``token``."""
+    """Whether a process runs ``qlam-hpc token``: its argv has the word ``token``, or a
+    script in its argv runs the command."""
     if isinstance(args, (str, bytes, os.PathLike)):
-        return False
-    return any(arg == "token" for arg in args)
+        args = [args]
+    words = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
+    return any(word == "token" or _TOKEN_IN_A_SCRIPT.search(word) for word in words)
 
 
 def _describe(args: Any) -> str:
@@ -362,19 +385,27 @@ def _add_files(record: TestRecord, item: pytest.Item) -> None:
             except OSError:
                 continue
     stores = _store_directories(files)
-    globs = [g for mark in item.iter_markers("leak_check_expect") for g in mark.args]
+    marks = [(mark.args, mark.kwargs.get("kinds")) for mark in item.iter_markers("leak_check_expect")]
+    with SECRETS.lock:
+        key_homes = set(SECRETS.key_homes)
     for path in files:
         relative = path.relative_to(tmp_path)
         if path.parent in stores and _is_store_entry(path):
             continue
-        if path in record.expected_files or any(fnmatch.fnmatch(str(relative), g) for g in globs):
+        if path in record.expected_files:
             continue
+        allowed: set[str] = set()
+        if path.absolute() in key_homes or any(home in path.absolute().parents for home in key_homes):
+            allowed.add("signing key")  # the sandbox keeps its key there, by design
+        for globs, kinds in marks:
+            if any(fnmatch.fnmatch(str(relative), g) for g in globs):
+                allowed.update(kinds if kinds is not None else KINDS)
         try:
             with open(path, "rb") as file:
                 data = file.read(_MAX_FILE_BYTES)
         except OSError:
             continue
-        record.add(f"the file {relative} under tmp_path", data)
+        record.add(f"the file {relative} under tmp_path", data, frozenset(allowed))
 
 
 def _leaks(record: TestRecord) -> list[str]:
@@ -394,7 +425,8 @@ def _leaks(record: TestRecord) -> list[str]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "leak_check_expect(*globs): files under tmp_path that this test wrote holding a secret on purpose",
+        "leak_check_expect(*globs, kinds=None): files under tmp_path this test wrote holding secrets on purpose"
+        " (of these kinds; None: any)",
     )
     config.stash[_ACTIVE] = _install()
 
@@ -434,7 +466,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when == "teardown":
         for title, content in report.sections:
             if title.startswith("Captured "):
-                record.add(f"the {title[len('Captured '):]} section", content)
+                record.add(f"the {title[len('Captured ') :]} section", content)
         _add_files(record, item)
         leaks = _leaks(record)
         if leaks:

@@ -1,0 +1,128 @@
+"""The leak check itself (tests/leak_check.py): run on a small generated suite that plants
+leaks, it fails exactly the tests that leak, says where and what, and never shows the secret."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+PLANTING_SUITE = r'''
+import logging, os, subprocess, sys
+import pytest
+from qlam_hpc.sandbox import Sandbox, SandboxConfig
+
+QLAM_HPC = os.path.join(os.path.dirname(sys.executable), "qlam-hpc")
+
+
+@pytest.fixture(scope="module")
+def idp():
+    with Sandbox(SandboxConfig.default(client_id="planted-client")) as server:
+        yield server
+
+
+@pytest.fixture
+def env(idp, tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
+    return {**base, **idp.env(), "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def token(env):
+    done = subprocess.run([QLAM_HPC, "token"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    plant(done.stdout.strip())
+    return done.stdout.strip()
+
+
+def plant(secret):
+    """What was planted, for the test that runs this suite to look for in its output."""
+    with open(os.environ["PLANTED"], "a") as file:
+        file.write(secret + "\n")
+
+
+def test_prints_the_client_secret(idp):
+    plant(idp.client.client_secret)
+    print("the secret is", idp.client.client_secret)
+
+
+def test_logs_a_token(env):
+    logging.getLogger("planted").warning("got %s", token(env))
+
+
+def test_leaves_a_token_in_a_file(env, tmp_path):
+    (tmp_path / "notes.txt").write_text(token(env))
+
+
+def test_raises_with_a_token(env):
+    with pytest.raises(ValueError):
+        raise ValueError("refused " + token(env))
+
+
+def test_a_process_prints_the_secret(env):
+    plant(env["QLAM_CLIENT_SECRET"])
+    code = "import os; print(os.environ['QLAM_CLIENT_SECRET'])"
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+
+
+def test_token_command_output_a_cache_and_an_expected_file_are_fine(env, tmp_path, leak_check):
+    token(env)
+    secret = tmp_path / "secret"
+    secret.write_text(env["QLAM_CLIENT_SECRET"])
+    leak_check.expect(secret)
+
+
+@pytest.mark.leak_check_expect("settings.env")
+def test_a_settings_file_named_by_the_marker_is_fine(env, tmp_path):
+    (tmp_path / "settings.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+'''
+
+
+def test_planted_leaks_fail_their_tests_naming_place_and_kind_never_the_secret(pytester, tmp_path, monkeypatch):
+    """Five planted leaks: five teardown errors that say which kind of secret and where; the two
+    tests that hold secrets legitimately pass; the summary counts five leaks; no secret shown."""
+    planted = tmp_path / "planted.txt"
+    monkeypatch.setenv("PLANTED", str(planted))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    pytester.makepyfile(test_planted=PLANTING_SUITE)
+    result = pytester.runpytest_subprocess("-p", "leak_check", "-p", "no:cacheprovider", "-q", timeout=180)
+
+    output = result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=7, errors=5)
+    for test, leak in [
+        ("test_prints_the_client_secret", "a client secret in the stdout call section"),
+        ("test_logs_a_token", "an access token in the log call section"),
+        ("test_leaves_a_token_in_a_file", "an access token in the file notes.txt under tmp_path"),
+        ("test_raises_with_a_token", "an access token in the text of a ValueError caught by pytest.raises"),
+        ("test_a_process_prints_the_secret", "a client secret in the stdout of process #1 (python"),
+    ]:
+        assert f"secret leak in test_planted.py::{test}:\n  {leak}" in output
+    assert "ERROR test_planted.py::test_token_command_output" not in output
+    assert "ERROR test_planted.py::test_a_settings_file" not in output
+    assert "; 5 leaks found" in output and "leak check: " in output
+    assert "the secret is [client secret]" in output  # captured output is shown redacted
+    secrets = planted.read_text().split()
+    assert len(secrets) >= 5
+    assert not [s for s in secrets if s in output]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the summary line is checked on one platform")
+def test_the_summary_line_counts_secrets_places_and_leaks(pytester, monkeypatch):
+    """A suite without leaks ends with 'N secrets known (...); M places checked; 0 leaks found'."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    pytester.makepyfile(
+        test_quiet="""
+        from qlam_hpc.sandbox import Sandbox
+
+        def test_a_sandbox_starts():
+            with Sandbox() as server:
+                assert server.client.client_secret
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "leak_check", "-p", "no:cacheprovider", "-q", timeout=120)
+    result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines(
+        [r"leak check: \d+ secrets known \(client secret \d+, signing key 2\); \d+ places checked; 0 leaks found"]
+    )
