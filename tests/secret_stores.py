@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from qlam_hpc._secrets import _botocore_bodies_unlogged
 from vault_service import Bao, start_bao
 
 
@@ -186,12 +187,14 @@ class AwsSecrets:
         """A new secret holding ``value`` (a dict becomes a JSON SecretString); its name."""
         name = f"qlam/test-{uuid.uuid4().hex[:12]}"
         text = json.dumps(value) if isinstance(value, dict) else value
-        self.client.create_secret(Name=name, SecretString=text)
+        with _botocore_bodies_unlogged():  # botocore logs the request, the secret in it, at DEBUG
+            self.client.create_secret(Name=name, SecretString=text)
         return name
 
     def update(self, name: str, value: str | dict) -> None:
         text = json.dumps(value) if isinstance(value, dict) else value
-        self.client.put_secret_value(SecretId=name, SecretString=text)
+        with _botocore_bodies_unlogged():
+            self.client.put_secret_value(SecretId=name, SecretString=text)
 
 
 @pytest.fixture(scope="session")

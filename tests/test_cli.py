@@ -163,6 +163,7 @@ def test_a_corrupt_entry_is_replaced_with_a_warning(env, cache_dir, sandbox):
     assert f"access_token={result.out.strip()}" in _entry(cache_dir).read_text()
 
 
+@pytest.mark.leak_check_expect("elsewhere.json", kinds=["access token"])  # the entry, moved out of the cache on purpose
 def test_a_symlinked_entry_is_refused(env, cache_dir, tmp_path):
     """A cache entry that is a symlink is refused (exit 8); its target is left alone."""
     run_cli("token", env=env)
@@ -343,6 +344,7 @@ def test_help_lists_every_command_and_the_exit_codes(env):
 # --- credentials from their sources ---------------------------------------------------------------
 
 
+@pytest.mark.leak_check_expect("secret", kinds=["client secret"])  # the 0600 secret file the test reads
 def test_a_warm_token_with_a_secret_file_loads_no_secret_machinery(env, tmp_path):
     """With QLAM_CLIENT_SECRET_FILE set, a cache hit still loads no HTTP, key, JSON or secret-store module."""
     path = tmp_path / "secret"

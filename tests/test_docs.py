@@ -282,6 +282,7 @@ class _Summary:
             terminalreporter.write_line(f"doc-test: skipped {reason}")
 
 
+@pytest.mark.leak_check_expect("sandbox.env", ".doc-test*", kinds=["client secret", "access token"])  # docs' env, I/O
 @pytest.mark.parametrize("block", RUNNABLE, ids=lambda block: block.where)
 def test_block_runs(block: Block, idp, tmp_path):
     """What a reader copies works: the block (and those that continue it) exits 0."""
@@ -302,6 +303,7 @@ def test_block_runs(block: Block, idp, tmp_path):
     COUNTS["run"] += len(blocks)
 
 
+@pytest.mark.leak_check_expect("credentials", ".doc-test.log", kinds=["client secret", "access token"])  # docs' env, I/O
 @pytest.mark.parametrize("name", sorted(EXAMPLES), ids=lambda name: f"examples/{name}")
 def test_example_runs(name: str, idp, tmp_path):
     """The example scripts run outside a scheduler too (task 0 of a local 'array'): one task

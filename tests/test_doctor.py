@@ -54,6 +54,7 @@ def test_a_wrong_secret_passes_but_the_last_line_says_it_was_not_verified(good, 
     assert sandbox.stats()["token_requests"] == 0
 
 
+@pytest.mark.leak_check_expect("secret", kinds=["client secret"])  # the 0600 secret file doctor names
 def test_it_reports_a_cached_token_and_where_settings_came_from(good, sandbox, tmp_path):
     """After a fetch: the cached token's expiry; a secret file is named as the source, never read out."""
     secret = good["QLAM_CLIENT_SECRET"]
@@ -103,6 +104,7 @@ def test_a_broken_setup_fails_with_the_first_problems_code(good, changes, failed
     assert result.out.splitlines()[-1].startswith("doctor: ") and "problem" in result.out.splitlines()[-1]
 
 
+@pytest.mark.leak_check_expect("secret", kinds=["client secret"])  # the 0644 secret file doctor refuses
 def test_an_unsafe_secret_file_fails(good, tmp_path):
     """A 0644 secret file: FAIL with the mode and the fix, exit 3, the secret not shown."""
     path = tmp_path / "secret"

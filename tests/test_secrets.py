@@ -516,6 +516,7 @@ def test_a_warm_token_reads_no_secret_source(env, sandbox, tmp_path):
     assert sandbox.stats()["token_requests"] == 1
 
 
+@pytest.mark.leak_check_expect("secret", kinds=["client secret"])  # the 0644 secret file the CLI refuses
 def test_an_unsafe_secret_file_stops_the_cli_with_exit_3(env, sandbox, tmp_path):
     """qlam-hpc token with a 0644 secret file: one error line, exit 3, no request, no secret shown."""
     secret = env["QLAM_CLIENT_SECRET"]

@@ -100,6 +100,7 @@ def test_module_load_gives_the_command_and_the_sites_defaults(site, sandbox, tmp
     print(f"\nmodule load + qlam-hpc --version + doctor: {took:.1f} s")
 
 
+@pytest.mark.leak_check_expect("home/.config/qlam/secret", kinds=["client secret"])  # the user's 0600 secret file
 def test_with_a_secret_of_their_own_a_user_gets_a_token_in_their_shared_cache(site, sandbox, tmp_path):
     home = tmp_path / "home"
     (home / ".config" / "qlam").mkdir(parents=True)

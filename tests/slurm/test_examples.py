@@ -80,6 +80,7 @@ def test_a_credentials_file_others_can_read_is_refused(tmp_path):
     assert done.returncode == 3 and "chmod 600" in done.stderr
 
 
+@pytest.mark.leak_check_expect("credentials", kinds=["client secret"])  # the jobs' 0600 credentials file
 def test_the_pbs_array_runs_as_pbs_would_run_it(sandbox, tmp_path):
     """array-pbs.sh with PBS's variables: the task completes and names its PBS job and index."""
     sandbox.set_faults(task_duration=0.5)
