@@ -36,7 +36,7 @@ def _parse_units(raw: str, original: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """``5400`` -> ``1h30m``; sub-minute values keep seconds: ``42s``."""
-    remaining = int(round(seconds))
+    remaining = round(seconds)
     if remaining < 0:
         return "-" + format_duration(-seconds)
     if remaining < 60:
