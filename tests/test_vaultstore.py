@@ -21,9 +21,9 @@ from vault_service import bao, bao_path, clean_env, start_bao  # noqa: F401 - fi
 
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import CacheEntry, Failure, Identity, encode_entry
-from qlam_hpc._errors import ConfigurationError, InvalidClient, VaultStoreUnavailable
+from qlam_hpc._errors import ConfigurationError, InvalidClient
 from qlam_hpc._stores import open_store, store_from_url
-from qlam_hpc._stores._vault import VaultStore
+from qlam_hpc._stores._vault import VaultStore, VaultStoreUnavailable
 from qlam_hpc._tokens import Token
 
 T0 = time.time()

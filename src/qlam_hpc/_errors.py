@@ -30,9 +30,8 @@
     │   └── NotFound                   (404)
     ├── ApiUnreachable            14  connection failures, timeouts, 5xx from the API
     └── SecretStoreUnreachable    15  Vault or AWS Secrets Manager cannot be reached (a refusal is a
-        │                             ConfigurationError: no retry will fix it)
-        └── VaultStoreUnavailable 15  the token store in Vault cannot be used: down, sealed, the login
-                                      refused, or its policy lacks a capability (named)
+                                      ConfigurationError: no retry will fix it; the Vault token
+                                      store's subclass, in _stores/_vault.py, counts refusals too)
 
 Messages never contain a secret or a token: they are built from codes, URLs,
 client ids and paths only.  Every error pickles (multiprocessing sends them
@@ -71,7 +70,6 @@ __all__ = [
     "NotFound",
     "ApiUnreachable",
     "SecretStoreUnreachable",
-    "VaultStoreUnavailable",
     "oauth_error",
 ]
 
@@ -321,14 +319,3 @@ class SecretStoreUnreachable(QlamError):
     """
 
     exit_code = 15
-
-
-class VaultStoreUnavailable(SecretStoreUnreachable):
-    """The token store in Vault (``QLAM_TOKEN_STORE=vault://...``) cannot be used: Vault is
-    down or sealed, refused the login, or the login's policy lacks a capability the store
-    needs (the message names it and the path).
-
-    Exit code 15 for all of them, refusals included, unlike a secret reference: a batch
-    script sees one code for "the shared store in Vault failed", and no task of the array
-    fetches a token on its own, which is what the store exists to prevent.
-    """

@@ -66,7 +66,7 @@ class QshClient(namedtuple("_QshClientFields", _FIELDS, defaults=("client_creden
 
     def credentials(self, env: Mapping[str, str]):
         """``(secret, private_key)`` sources for this client, each possibly ``None``. No I/O."""
-        from ._settings import SECRET_REFERENCE_PREFIXES, secret_source
+        from ._secrets import SECRET_REFERENCE_PREFIXES, secret_source
 
         sources = []
         for name in ("client_secret", "private_key"):

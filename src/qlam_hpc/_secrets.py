@@ -39,13 +39,13 @@ import os
 import _thread
 
 from ._errors import ConfigurationError, SecretStoreUnreachable
-from ._settings import Secret
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Mapping
 
 __all__ = [
+    "Secret",
     "SecretSource",
     "EnvSecret",
     "FileSecret",
@@ -53,7 +53,59 @@ __all__ = [
     "AwsSecret",
     "SecretStoreUnreachable",
     "parse_reference",
+    "secret_source",
+    "SECRET_REFERENCE_PREFIXES",
 ]
+
+# A value with one of these prefixes names where a secret is kept (see _secrets.py), not the secret.
+SECRET_REFERENCE_PREFIXES = ("env:", "file:", "vault://", "aws-sm://")
+
+
+class Secret:
+    """A secret value that never shows itself in a repr, a log line or a traceback.
+
+    It is also the simplest secret source: ``resolve()`` gives the secret itself. The
+    others (a file, Vault, AWS Secrets Manager, see ``_secrets.py``) fetch theirs only
+    when a token must be fetched. ``origin`` says where the value came from, for messages.
+    """
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str | None = None) -> None:
+        self._value = value
+        self.origin = origin
+
+    def reveal(self) -> str:
+        return self._value
+
+    def resolve(self, *, fresh: bool = False) -> Secret:
+        return self
+
+    def describe(self) -> str:
+        return self.origin or "a literal value"
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):
+        # Secrets do not travel through pickles (multiprocessing, logging queues).
+        raise TypeError("a Secret cannot be pickled")
+
+
+def secret_source(value: str, origin: str, env: Mapping[str, str]):
+    """A ``Secret`` for a literal value; a ``SecretSource`` for ``env:``, ``file:``, ``vault://``
+    and ``aws-sm://`` references (``origin`` names where the value was found, for messages)."""
+    if value.startswith(SECRET_REFERENCE_PREFIXES):
+        return parse_reference(value, origin=origin, env=env)
+    return Secret(value, origin)
 
 
 # Values fetched from Vault or AWS in this process, by source: a job step that refreshes
@@ -307,7 +359,7 @@ class VaultServer:
     """
 
     def __init__(self, env: Mapping[str, str], what: str, origin: str) -> None:
-        from ._settings import base_url_for
+        from ._urls import base_url_for
         from ._tls import ca_setting
 
         address = vault_setting(env, "ADDR")

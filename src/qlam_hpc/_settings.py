@@ -3,7 +3,13 @@
 The warm ``qlam-hpc token`` path builds a Settings, so this module imports
 nothing beyond ``os`` and ``collections``: value objects are namedtuples (as the
 standard library's own ``urllib.parse.SplitResult`` and ``os.stat_result`` are),
-and URLs are split by hand rather than through ``urllib.parse``.
+and URLs are split by hand (``_urls``) rather than through ``urllib.parse``.
+
+Settings sit on top of the credential modules, never beside them: ``_urls`` (URL
+rules) and ``_secrets`` (``Secret`` and the secret sources) import nothing of this
+module, ``_qsh`` (QLAM Shell's config) only ``_secrets``; this module imports them
+(``_secrets`` and ``_qsh`` only when a setting needs them). ``Secret``,
+``secret_source`` and the URL helpers are still importable from here.
 """
 
 from __future__ import annotations
@@ -12,51 +18,30 @@ import os
 from collections import namedtuple
 
 from ._errors import ConfigurationError
+from ._urls import base_url_for, checked_url, host_of, is_loopback, token_url_for
+
+_host_of = host_of  # the name other modules import
+
+# Secrets and their sources live in _secrets.py, which imports nothing of this module;
+# the names are kept here for the modules and callers that import them from Settings'
+# module, loaded only when asked for (the warm token path never needs them).
+_FROM_SECRETS = ("Secret", "secret_source", "SECRET_REFERENCE_PREFIXES")
+
+
+def __getattr__(name: str):
+    if name in _FROM_SECRETS:
+        from . import _secrets
+
+        return getattr(_secrets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Mapping
 
+    from ._secrets import Secret
+
 DEFAULT_AUDIENCE = "https://api.quera.com"
-
-
-class Secret:
-    """A secret value that never shows itself in a repr, a log line or a traceback.
-
-    It is also the simplest secret source: ``resolve()`` gives the secret itself. The
-    others (a file, Vault, AWS Secrets Manager, see ``_secrets.py``) fetch theirs only
-    when a token must be fetched. ``origin`` says where the value came from, for messages.
-    """
-
-    __slots__ = ("_value", "origin")
-
-    def __init__(self, value: str, origin: str | None = None) -> None:
-        self._value = value
-        self.origin = origin
-
-    def reveal(self) -> str:
-        return self._value
-
-    def resolve(self, *, fresh: bool = False) -> Secret:
-        return self
-
-    def describe(self) -> str:
-        return self.origin or "a literal value"
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __reduce__(self):
-        # Secrets do not travel through pickles (multiprocessing, logging queues).
-        raise TypeError("a Secret cannot be pickled")
 
 
 class RetryPolicy(
@@ -119,8 +104,6 @@ DEFAULT_REFRESH_TOKEN_LIFETIME = 15 * 86400.0
 
 CLIENT_AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
 ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")
-# A value with one of these prefixes names where a secret is kept (see _secrets.py), not the secret.
-SECRET_REFERENCE_PREFIXES = ("env:", "file:", "vault://", "aws-sm://")
 # Flags of the CLI that override settings, to say where a value came from.
 _FLAGS = {
     "client_id": "--client-id",
@@ -221,6 +204,8 @@ def build_settings(
     for name in ("client_secret", "private_key"):
         if isinstance(given.get(name), str):  # a Python caller's value or reference, in the same notation
             note(name, "keyword argument")
+            from ._secrets import secret_source
+
             given[name] = secret_source(given[name], f"the {name} argument", env)
     qsh = None
     # QLAM Shell's config is read only when asked for by name, or when the environment does
@@ -417,6 +402,8 @@ def redact_url(url: str | None) -> str | None:
 
 
 def _redis_password(env: Mapping[str, str]) -> Secret | None:
+    from ._secrets import Secret
+
     for variable in ("QLAM_REDIS_PASSWORD", "REDIS_PASSWORD"):
         if env.get(variable):
             return Secret(env[variable], variable)
@@ -435,19 +422,11 @@ def _credential(env: Mapping[str, str], variable: str, note, name: str):
         note(name, f"environment {variable}_FILE")
         return FileSecret(os.path.expanduser(path), origin=f"{variable}_FILE")
     if value:
+        from ._secrets import secret_source
+
         note(name, f"environment {variable}")
         return secret_source(value, variable, env)
     return None
-
-
-def secret_source(value: str, origin: str, env: Mapping[str, str]):
-    """A ``Secret`` for a literal value; a ``SecretSource`` for ``env:``, ``file:``, ``vault://``
-    and ``aws-sm://`` references (``origin`` names where the value was found, for messages)."""
-    if value.startswith(SECRET_REFERENCE_PREFIXES):
-        from ._secrets import parse_reference
-
-        return parse_reference(value, origin=origin, env=env)
-    return Secret(value, origin)
 
 
 def default_cache_dir(env: Mapping[str, str]) -> str:
@@ -458,37 +437,6 @@ def default_cache_dir(env: Mapping[str, str]) -> str:
         return os.path.join(base, "qlam-hpc")
     home = env.get("HOME") or os.path.expanduser("~")
     return os.path.join(home, ".cache", "qlam-hpc")
-
-
-def token_url_for(auth_base_url: str) -> str:
-    """``{AUTH_BASE_URL}/oauth/token``; a bare host means https; plain http only on loopback."""
-    return base_url_for(auth_base_url) + "/oauth/token"
-
-
-def base_url_for(auth_base_url: str, name: str = "AUTH_BASE_URL") -> str:
-    """``scheme://host[:port][/path]`` without a trailing slash; a bare host means https."""
-    text = auth_base_url.strip()
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        scheme, rest = "https", text
-    scheme = scheme.lower()
-    host = _host_of(rest)
-    if scheme not in ("https", "http") or not host or any(c in rest for c in "?#"):
-        raise ConfigurationError(f"{name} {auth_base_url!r} is not a host name or an http(s) URL")
-    problem = _authority_problem(rest, host)
-    if problem:
-        # Refused here, as a setting, rather than by httpx at the first request, as a crash.
-        raise ConfigurationError(f"{name} {auth_base_url!r} is not a usable URL: {problem}")
-    if scheme == "http" and not is_loopback(host):
-        raise ConfigurationError(
-            f"{name} {auth_base_url!r} uses plain http: https is required except on a loopback address"
-        )
-    return f"{scheme}://{rest.rstrip('/')}"
-
-
-def checked_url(url: str, name: str) -> str:
-    """A full endpoint URL (QLAM_TOKEN_URL, a discovered endpoint), under AUTH_BASE_URL's rules."""
-    return base_url_for(url, name)
 
 
 def _discovery_url(value: str | None, base_url: str | None) -> str | None:
@@ -536,52 +484,6 @@ def _choice(value: str | None, name: str, allowed: tuple[str, ...]) -> str | Non
         if text.lower() == option.lower():
             return option
     raise ConfigurationError(f"{name}={value!r}: use one of {', '.join(allowed)}")
-
-
-def _host_of(rest: str) -> str:
-    """The host of ``authority/path``: the authority ends at the first '/', '?' or '#' (RFC 3986)."""
-    authority = rest
-    for end in "/?#":
-        authority = authority.split(end, 1)[0]
-    authority = authority.rsplit("@", 1)[-1]
-    if authority.startswith("["):
-        return authority[1:].split("]", 1)[0]
-    return authority.split(":", 1)[0]
-
-
-_HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
-def _authority_problem(rest: str, host: str) -> str | None:
-    """Why ``authority/path`` cannot be sent a request, or None: what httpx would refuse."""
-    if any(c.isspace() or not c.isprintable() for c in rest):
-        return "it holds a space or a control character"
-    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    port = authority.rsplit("]", 1)[-1].partition(":")[2] if ":" in authority.rsplit("]", 1)[-1] else None
-    if port is not None and not (port.isdigit() and port.isascii() and 0 < int(port) <= 65535):
-        return f"the port {port!r} is not a number from 1 to 65535"
-    if authority.startswith("["):
-        return None if all(c in "0123456789abcdefABCDEF:." for c in host) and ":" in host else "a malformed IPv6 address"
-    if not host.isascii():
-        return "the host name is not ASCII: write it in punycode (xn--...)"
-    if not set(host) <= _HOST_CHARACTERS:
-        return "the host name holds characters a host name cannot have"
-    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    if len(host) > 253 or any(not label or len(label) > 63 for label in labels):
-        return "the host name has an empty or over-long part (at most 63 characters between dots)"
-    return None
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost``, ``::1`` or a dotted-quad 127.x.y.z address (not a name like 127.evil.example)."""
-    if host.lower() in ("localhost", "::1"):
-        return True
-    parts = host.split(".")
-    return (
-        len(parts) == 4
-        and parts[0] == "127"
-        and all(part.isdigit() and part.isascii() and int(part) <= 255 for part in parts)
-    )
 
 
 def _flag(value: str, name: str) -> bool:

@@ -53,7 +53,7 @@ import time
 from typing import Mapping
 
 from .._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
-from .._errors import ConfigurationError, VaultStoreUnavailable
+from .._errors import ConfigurationError, SecretStoreUnreachable
 from .._log import log
 
 DEFAULT_LEASE = 15.0
@@ -62,6 +62,15 @@ _LEDGER_ATTEMPTS = 20  # appends that lose a cas race try again; 20 covers a cro
 _CAS_MISMATCH = "check-and-set parameter did not match"
 # What each operation needs, for the message when the policy does not give it.
 _NEEDS = {"read": ("read",), "write": ("create", "update"), "delete": ("delete",), "list": ("list",)}
+
+
+class VaultStoreUnavailable(SecretStoreUnreachable):
+    """The token store in Vault cannot be used: Vault is down or sealed, refused the login,
+    or the login's policy lacks a capability the store needs (the message names it and the
+    path). Exit code 15 for all of them, refusals included, unlike a ``vault://`` secret
+    reference: a batch script sees one code for "the shared store in Vault failed", and no
+    task of the array fetches a token on its own, which is what the store exists to prevent.
+    """
 
 
 class VaultStore:
