@@ -416,6 +416,17 @@ def test_an_approle_login_works_for_the_store(bao, bao_path, url, env, sandbox):
     assert secret_id not in done.err and role_id not in done.err
 
 
+def test_an_approle_token_that_ended_is_replaced_by_a_new_login(bao, bao_path, url):
+    """A long job outlives its AppRole token (2 s here): the store logs in again, once, and goes on."""
+    role_id, secret_id = bao.approle(bao.policy(JOB_POLICY.format(path=bao_path)), ttl="2s")
+    store = store_from_url(url, {**clean_env(), "VAULT_ADDR": bao.url, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id})
+    store.save(CacheEntry(IDENTITY, _token()))
+    first = store._client.token
+    time.sleep(3)
+    assert store.load(IDENTITY).token is not None
+    assert store._client.token != first
+
+
 @pytest.mark.parametrize("login", ["token", "approle"])
 def test_a_refused_login_is_one_line_and_exit_15(bao, url, env, sandbox, login):
     if login == "token":

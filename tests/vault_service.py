@@ -90,13 +90,13 @@ class Bao:
         answer = self.client().auth.token.create(policies=list(policies), ttl=ttl)
         return answer["auth"]["client_token"]
 
-    def approle(self, *policies: str) -> tuple[str, str]:
-        """An AppRole with these policies: ``(role_id, secret_id)``."""
+    def approle(self, *policies: str, ttl: str = "1h") -> tuple[str, str]:
+        """An AppRole with these policies, whose tokens live ``ttl``: ``(role_id, secret_id)``."""
         client = self.client()
         if "approle/" not in client.sys.list_auth_methods():
             client.sys.enable_auth_method("approle")
         role = f"r-{uuid.uuid4().hex[:8]}"
-        client.auth.approle.create_or_update_approle(role, token_policies=list(policies), token_ttl="1h")
+        client.auth.approle.create_or_update_approle(role, token_policies=list(policies), token_ttl=ttl, token_max_ttl=ttl)
         role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
         secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
         return role_id, secret_id

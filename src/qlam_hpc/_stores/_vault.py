@@ -340,16 +340,29 @@ class VaultStore:
                 self._client, self._client_pid = client, os.getpid()
         return self._client
 
+    def _kv(self, method: str, **arguments):
+        """One KV version 2 call with this process's client. An AppRole login's token ends
+        (its TTL, an hour by default) while a long job runs: refused, and the token no longer
+        valid, the process logs in again and retries, once. hvac's exceptions pass through."""
+        hvac = self.server.hvac()
+        for attempt in (1, 2):
+            client = self._connect()
+            try:
+                with self._guard:
+                    return getattr(client.secrets.kv.v2, method)(mount_point=self.mount, **arguments)
+            except hvac.exceptions.Forbidden:
+                if attempt == 2 or not self.server.login_kind.startswith("AppRole") or self._login_works():
+                    raise
+                with self._guard:
+                    self._client = None  # the next _connect logs in again
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _read(self, path: str, doing: str) -> tuple[int, dict | None]:
         """``(version, data)``: ``(0, None)`` when there is no such record, ``(N, None)``
         when its current version N was deleted."""
-        client = self._connect()
         hvac = self.server.hvac()
         try:
-            with self._guard:
-                answer = client.secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=self.mount, raise_on_deleted_version=False
-                )
+            answer = self._kv("read_secret_version", path=path, raise_on_deleted_version=False)
         except hvac.exceptions.InvalidPath:
             return 0, None
         except Exception as exc:
@@ -362,13 +375,9 @@ class VaultStore:
     def _write(self, path: str, data: dict, cas: int | None, doing: str) -> int | None:
         """Write ``data`` (only at version ``cas`` when given); the new version, or None when
         check-and-set found another version there."""
-        client = self._connect()
         hvac = self.server.hvac()
         try:
-            with self._guard:
-                answer = client.secrets.kv.v2.create_or_update_secret(
-                    path=path, secret=data, cas=cas, mount_point=self.mount
-                )
+            answer = self._kv("create_or_update_secret", path=path, secret=data, cas=cas)
         except hvac.exceptions.InvalidRequest as exc:
             if cas is not None and _CAS_MISMATCH in str(exc):
                 return None
@@ -378,19 +387,15 @@ class VaultStore:
         return int(_number(((answer or {}).get("data") or {}).get("version")))
 
     def _destroy(self, path: str, doing: str) -> None:
-        client = self._connect()
         try:
-            with self._guard:
-                client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=self.mount)
+            self._kv("delete_metadata_and_all_versions", path=path)
         except Exception as exc:
             raise self._failure(exc, doing, path, "delete", kind="metadata") from None
 
     def _list(self, path: str, doing: str) -> list[str]:
-        client = self._connect()
         hvac = self.server.hvac()
         try:
-            with self._guard:
-                answer = client.secrets.kv.v2.list_secrets(path=path, mount_point=self.mount)
+            answer = self._kv("list_secrets", path=path)
         except hvac.exceptions.InvalidPath:
             return []
         except Exception as exc:
