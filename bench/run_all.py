@@ -15,6 +15,7 @@ SCRIPTS = [
     "get_token.py",
     "cli_startup.py",
     "token_requests.py",
+    "stores.py",
     "refresh_race.py",
     "tasks_throughput.py",
     "peers.py",
