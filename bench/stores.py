@@ -27,7 +27,6 @@ import timeit
 from pathlib import Path
 
 from _common import QLAM_HPC, clean_env, median, table
-
 from crowd import Crowd
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import Identity
@@ -66,7 +65,9 @@ def measure(sandbox, name: str, env: dict[str, str], count: int, scratch: Path) 
     failed = sum(r.code != 0 for r in results)
     requests = sandbox.stats()["token_requests"]
     if failed:
-        print(f"  {name}: {failed} processes failed, e.g. {next(r.err for r in results if r.code)[:200]}", file=sys.stderr)
+        print(
+            f"  {name}: {failed} processes failed, e.g. {next(r.err for r in results if r.code)[:200]}", file=sys.stderr
+        )
     sandbox.set_faults(latency=0.0)
 
     # Warm reads in this process.
@@ -103,7 +104,9 @@ def main(count: int) -> None:
         root = Path(tmp)
         base = {k: v for k, v in clean_env(sandbox, root / "cache").items() if not k.startswith(VAULT_VARIABLES)}
 
-        rows.append(measure(sandbox, "file", {**base, "QLAM_TOKEN_CACHE_DIR": str(root / "file-cache")}, count, root / "file"))
+        rows.append(
+            measure(sandbox, "file", {**base, "QLAM_TOKEN_CACHE_DIR": str(root / "file-cache")}, count, root / "file")
+        )
         print("  file done", file=sys.stderr)
 
         redis = None
@@ -113,8 +116,12 @@ def main(count: int) -> None:
             redis = RedisServer(free_port(), root / "redis", False)
             redis.directory.mkdir()
             redis.start()
-            env = {**base, "QLAM_TOKEN_STORE": redis.url, "REDIS_PASSWORD": redis.password,
-                   "QLAM_TOKEN_CACHE_DIR": str(root / "redis-cache")}
+            env = {
+                **base,
+                "QLAM_TOKEN_STORE": redis.url,
+                "REDIS_PASSWORD": redis.password,
+                "QLAM_TOKEN_CACHE_DIR": str(root / "redis-cache"),
+            }
             rows.append(measure(sandbox, "Redis", env, count, root / "redis-run"))
             print("  Redis done", file=sys.stderr)
         except BaseException as error:  # pytest.skip inside the service helper, or a failure
@@ -128,8 +135,12 @@ def main(count: int) -> None:
             from vault_service import start_bao
 
             bao = start_bao(root / "openbao")
-            env = {**base, **bao.env(), "QLAM_TOKEN_STORE": "vault://secret/qlam-hpc/bench",
-                   "QLAM_TOKEN_CACHE_DIR": str(root / "vault-cache")}
+            env = {
+                **base,
+                **bao.env(),
+                "QLAM_TOKEN_STORE": "vault://secret/qlam-hpc/bench",
+                "QLAM_TOKEN_CACHE_DIR": str(root / "vault-cache"),
+            }
             rows.append(measure(sandbox, "Vault (OpenBao)", env, count, root / "vault-run"))
             print("  Vault done", file=sys.stderr)
         except BaseException as error:
@@ -138,10 +149,20 @@ def main(count: int) -> None:
             if bao is not None:
                 bao.stop()
 
-    print(f"the token stores side by side (loopback servers; cold: {count} `qlam-hpc token` processes, IdP latency 0.2 s)")
+    print(
+        f"the token stores side by side (loopback servers; cold: {count} `qlam-hpc token` processes, IdP latency 0.2 s)"
+    )
     print(
         table(
-            ["store", "read per call", "warm get_token()", "warm qlam-hpc token", f"cold, {count} processes", "token requests", "failed"],
+            [
+                "store",
+                "read per call",
+                "warm get_token()",
+                "warm qlam-hpc token",
+                f"cold, {count} processes",
+                "token requests",
+                "failed",
+            ],
             rows,
         )
     )

@@ -17,14 +17,13 @@ import pytest
 
 from conftest import run_cli
 from crowd import Crowd, json_lines
-from vault_service import bao, bao_path, clean_env, start_bao  # noqa: F401 - fixtures
-
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import CacheEntry, Failure, Identity, encode_entry
 from qlam_hpc._errors import ConfigurationError, InvalidClient
 from qlam_hpc._stores import open_store, store_from_url
 from qlam_hpc._stores._vault import VaultStore, VaultStoreUnavailable
 from qlam_hpc._tokens import Token
+from vault_service import bao, bao_path, clean_env, start_bao
 
 T0 = time.time()
 IDENTITY = Identity("https://idp.example/oauth/token", "client-1", "https://api.quera.com")
@@ -65,7 +64,8 @@ barrier = pathlib.Path(sys.argv[1])
 os.environ["QLAM_TOKEN_CACHE_DIR"] = os.path.join(sys.argv[2], str(os.getpid()))
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._stores import store_from_url
-provider = TokenProvider(Settings.from_env(), store=store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3])))
+store = store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3]))
+provider = TokenProvider(Settings.from_env(), store=store)
 (barrier / f"ready-{os.getpid()}").touch()
 os.close(os.open(barrier / "go", os.O_RDONLY))
 result = provider.get()
@@ -227,7 +227,9 @@ def test_a_planted_token_is_not_handed_out(store, bao, bao_path, claims, warning
         seconds = claims.pop("seconds", 3600)
         planted = _token(seconds, **claims)
         planted = planted._replace(expires_at=time.time() + 3600)
-    bao.put("secret", f"{bao_path}/{IDENTITY.key()}/entry", {"entry": encode_entry(CacheEntry(IDENTITY, planted)).decode()})
+    bao.put(
+        "secret", f"{bao_path}/{IDENTITY.key()}/entry", {"entry": encode_entry(CacheEntry(IDENTITY, planted)).decode()}
+    )
     entry = store.load(IDENTITY)
     assert entry is None or entry.token is None
     assert "not issued for" in warnings_log.text
@@ -243,7 +245,9 @@ def test_clear_destroys_every_version_and_keeps_others_and_the_ledger(bao, bao_p
         store.save(CacheEntry(identity, _token(identity=identity)))
     store.record_request({"time": T0, "client_id": "client-1", "outcome": "ok"})
     assert store.clear(IDENTITY) == 1
-    with pytest.raises(Exception):  # no metadata, no old version left to read
+    import hvac.exceptions
+
+    with pytest.raises(hvac.exceptions.InvalidPath):  # no metadata, no old version left to read
         bao.client().secrets.kv.v2.read_secret_metadata(path=f"{bao_path}/{IDENTITY.key()}/entry", mount_point="secret")
     assert store.load(other_scope) is not None
     assert store.clear() == 1
@@ -409,8 +413,13 @@ def test_the_job_policy_of_the_docs_is_enough_for_everything(bao, bao_path, url,
 
 def test_an_approle_login_works_for_the_store(bao, bao_path, url, env, sandbox):
     role_id, secret_id = bao.approle(bao.policy(JOB_POLICY.format(path=bao_path)))
-    job_env = {**clean_env(env), "VAULT_ADDR": bao.url, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id,
-               "QLAM_TOKEN_STORE": url}
+    job_env = {
+        **clean_env(env),
+        "VAULT_ADDR": bao.url,
+        "VAULT_ROLE_ID": role_id,
+        "VAULT_SECRET_ID": secret_id,
+        "QLAM_TOKEN_STORE": url,
+    }
     done = run_cli("token", env=job_env)
     assert done.code == 0, done.err
     assert secret_id not in done.err and role_id not in done.err
@@ -419,7 +428,9 @@ def test_an_approle_login_works_for_the_store(bao, bao_path, url, env, sandbox):
 def test_an_approle_token_that_ended_is_replaced_by_a_new_login(bao, bao_path, url):
     """A long job outlives its AppRole token (2 s here): the store logs in again, once, and goes on."""
     role_id, secret_id = bao.approle(bao.policy(JOB_POLICY.format(path=bao_path)), ttl="2s")
-    store = store_from_url(url, {**clean_env(), "VAULT_ADDR": bao.url, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id})
+    store = store_from_url(
+        url, {**clean_env(), "VAULT_ADDR": bao.url, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id}
+    )
     store.save(CacheEntry(IDENTITY, _token()))
     first = store._client.token
     time.sleep(3)
@@ -556,8 +567,14 @@ def test_user_context_on_vault_needs_an_explicit_yes(user_env, bao, url):
 
 def test_doctor_checks_the_vault_store(bao, bao_path, url, env, sandbox):
     """doctor: reachable, the login, the policy's capabilities on the path, and the cost of a read."""
-    good = run_cli("doctor", env={**clean_env(env), **bao.env(bao.token(bao.policy(JOB_POLICY.format(path=bao_path)))),
-                                  "QLAM_TOKEN_STORE": url})
+    good = run_cli(
+        "doctor",
+        env={
+            **clean_env(env),
+            **bao.env(bao.token(bao.policy(JOB_POLICY.format(path=bao_path)))),
+            "QLAM_TOKEN_STORE": url,
+        },
+    )
     assert good.code == 0, good.out + good.err
     assert "answers, unsealed" in good.out and "login by VAULT_TOKEN accepted" in good.out
     assert "a read of the store costs" in good.out
@@ -572,8 +589,13 @@ def test_doctor_checks_the_vault_store(bao, bao_path, url, env, sandbox):
 
 
 def _race(tmp_path, env, url, count, lease=15.0):
-    crowd = Crowd(tmp_path / "crowd", count, [str(tmp_path / "nodes"), str(lease)], {**env, "QLAM_TOKEN_STORE": url},
-                  script=PROVIDER)
+    crowd = Crowd(
+        tmp_path / "crowd",
+        count,
+        [str(tmp_path / "nodes"), str(lease)],
+        {**env, "QLAM_TOKEN_STORE": url},
+        script=PROVIDER,
+    )
     crowd.wait_ready(timeout=300)
     crowd.release()
     return crowd
@@ -614,7 +636,10 @@ def test_killing_the_fetching_process_costs_at_most_one_more_request(sandbox, en
     assert len({o["access_token"] for o in json_lines(survivors)}) == 1
     assert sandbox.stats()["token_requests"] <= 2
     assert time.monotonic() - killed_at < 1.0 + 2.0 + 10  # one lease, the second fetch's 2 s, slack
-    print(f"\nholder SIGKILLed mid-fetch: {sandbox.stats()['token_requests']} token requests in all, 19 of 19 others succeeded")
+    print(
+        f"\nholder SIGKILLed mid-fetch: {sandbox.stats()['token_requests']} token requests in all, "
+        "19 of 19 others succeeded"
+    )
 
 
 @pytest.mark.slow

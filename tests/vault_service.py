@@ -31,7 +31,17 @@ SCRIPT = ROOT / "scripts" / "openbao-server.sh"
 VAULT_VARIABLES = tuple(
     f"{prefix}_{name}"
     for prefix in ("VAULT", "BAO")
-    for name in ("ADDR", "TOKEN", "NAMESPACE", "CACERT", "CAPATH", "ROLE_ID", "SECRET_ID", "SECRET_ID_FILE", "APPROLE_MOUNT")
+    for name in (
+        "ADDR",
+        "TOKEN",
+        "NAMESPACE",
+        "CACERT",
+        "CAPATH",
+        "ROLE_ID",
+        "SECRET_ID",
+        "SECRET_ID_FILE",
+        "APPROLE_MOUNT",
+    )
 )
 
 
@@ -96,7 +106,9 @@ class Bao:
         if "approle/" not in client.sys.list_auth_methods():
             client.sys.enable_auth_method("approle")
         role = f"r-{uuid.uuid4().hex[:8]}"
-        client.auth.approle.create_or_update_approle(role, token_policies=list(policies), token_ttl=ttl, token_max_ttl=ttl)
+        client.auth.approle.create_or_update_approle(
+            role, token_policies=list(policies), token_ttl=ttl, token_max_ttl=ttl
+        )
         role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
         secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
         return role_id, secret_id

@@ -42,7 +42,7 @@ from ._errors import ConfigurationError, SecretStoreUnreachable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Mapping
+    from typing import Any, Mapping
 
 __all__ = [
     "Secret",
@@ -386,7 +386,7 @@ class VaultServer:
             return "AppRole (VAULT_ROLE_ID)"
         return "~/.vault-token"
 
-    def hvac(self):
+    def hvac(self) -> Any:
         """The hvac module (the ``vault`` extra), or a ``ConfigurationError`` saying to install it."""
         try:
             import hvac
@@ -397,7 +397,7 @@ class VaultServer:
             ) from None
         return hvac
 
-    def client(self, timeout: float = 10.0):
+    def client(self, timeout: float = 10.0) -> Any:
         """An hvac client, logged in; hvac's and requests' exceptions pass through (each caller
         says what they mean to it, ``failure`` the common ones). Needs the ``vault`` extra."""
         hvac = self.hvac()
@@ -410,7 +410,7 @@ class VaultServer:
         client.token = self._login(client)
         return client
 
-    def _login(self, client) -> str:
+    def _login(self, client: Any) -> str:
         env = self.env
         token = vault_setting(env, "TOKEN")
         if token:
@@ -418,12 +418,15 @@ class VaultServer:
         role_id = vault_setting(env, "ROLE_ID")
         if role_id:
             secret_id = vault_setting(env, "SECRET_ID")
-            if not secret_id and vault_setting(env, "SECRET_ID_FILE"):
-                secret_id = FileSecret(vault_setting(env, "SECRET_ID_FILE"), origin="VAULT_SECRET_ID_FILE")._read()
+            secret_id_file = vault_setting(env, "SECRET_ID_FILE")
+            if not secret_id and secret_id_file:
+                secret_id = FileSecret(secret_id_file, origin="VAULT_SECRET_ID_FILE")._read()
             answer = client.auth.approle.login(
-                role_id=role_id, secret_id=secret_id or None, mount_point=vault_setting(env, "APPROLE_MOUNT") or "approle"
+                role_id=role_id,
+                secret_id=secret_id or None,
+                mount_point=vault_setting(env, "APPROLE_MOUNT") or "approle",
             )
-            return answer["auth"]["client_token"]
+            return str(answer["auth"]["client_token"])
         home = env.get("HOME") or os.path.expanduser("~")
         try:
             with open(os.path.join(home, ".vault-token"), encoding="utf-8") as file:
@@ -433,10 +436,13 @@ class VaultServer:
         if token:
             return token
         raise ConfigurationError(
-            f"no Vault login for {self.what} at {self.address}: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole)"
+            f"no Vault login for {self.what} at {self.address}: "
+            "set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole)"
         )
 
-    def failure(self, exc: BaseException, unreachable: type = SecretStoreUnreachable) -> Exception | None:
+    def failure(
+        self, exc: BaseException, unreachable: type[SecretStoreUnreachable] = SecretStoreUnreachable
+    ) -> Exception | None:
         """What a transport failure means, or None for other exceptions: a ``TlsError`` (a
         certificate or a plain-http server: a setting, never retried), ``unreachable`` for an
         outage (down, sealed, timing out), ``ConfigurationError`` for an unusable CA bundle."""
@@ -444,7 +450,8 @@ class VaultServer:
         import requests
 
         address = self.address
-        if isinstance(exc, (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway)):
+        outage = (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway)
+        if isinstance(exc, outage):
             return unreachable(f"Vault at {address} is unavailable (sealed or failing)")
         if isinstance(exc, requests.exceptions.RequestException):
             from ._tls import failure

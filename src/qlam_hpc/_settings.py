@@ -18,7 +18,7 @@ import os
 from collections import namedtuple
 
 from ._errors import ConfigurationError
-from ._urls import base_url_for, checked_url, host_of, is_loopback, token_url_for
+from ._urls import base_url_for, checked_url, host_of, is_loopback, token_url_for  # noqa: F401 - re-exported
 
 _host_of = host_of  # the name other modules import
 

@@ -65,7 +65,9 @@ def _authority_problem(rest: str, host: str) -> str | None:
     if port is not None and not (port.isdigit() and port.isascii() and 0 < int(port) <= 65535):
         return f"the port {port!r} is not a number from 1 to 65535"
     if authority.startswith("["):
-        return None if all(c in "0123456789abcdefABCDEF:." for c in host) and ":" in host else "a malformed IPv6 address"
+        return (
+            None if all(c in "0123456789abcdefABCDEF:." for c in host) and ":" in host else "a malformed IPv6 address"
+        )
     if not host.isascii():
         return "the host name is not ASCII: write it in punycode (xn--...)"
     if not set(host) <= _HOST_CHARACTERS:

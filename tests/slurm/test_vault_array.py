@@ -55,7 +55,7 @@ def test_a_50_task_array_sharing_only_a_vault_path_makes_one_token_request(slurm
         assert sorted(nodes) == ["node1", "node2", "node3"], nodes
         assert list(node_caches.rglob("*.entry")) == []  # nothing went through a file store
         entry = bao.read("secret", f"{path}/{area.identity().key()}/entry")["entry"]
-        access_token = next(l for l in entry.splitlines() if l.startswith("access_token=")).partition("=")[2]
+        access_token = next(line for line in entry.splitlines() if line.startswith("access_token=")).partition("=")[2]
         ledger = bao.read("secret", f"{path}/ledger/{time.strftime('%Y-%m', time.gmtime())}")["requests"]
         assert len(ledger) == 1 and ledger[0]["outcome"] == "ok"
         _assert_no_secrets(

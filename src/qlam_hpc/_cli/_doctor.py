@@ -437,8 +437,11 @@ def _vault_store(settings) -> list[Check]:  # type: ignore[no-untyped-def]
     from .._cache import Identity
     from .._stores import open_store
 
+    from .._stores._vault import VaultStore
+
     try:
         store = open_store(settings)
+        assert isinstance(store, VaultStore)  # a vault:// store is always one
         found = store.check(Identity.of(settings))
     except QlamError as error:
         return [Check("FAIL", "token store", str(error), error.exit_code)]

@@ -50,11 +50,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
 from .._errors import ConfigurationError, SecretStoreUnreachable
 from .._log import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .._secrets import VaultServer
 
 DEFAULT_LEASE = 15.0
 DEFAULT_TIMEOUT = 5.0
@@ -84,7 +89,7 @@ class VaultStore:
 
     def __init__(
         self,
-        server,
+        server: VaultServer,
         mount: str,
         path: str,
         *,
@@ -134,12 +139,12 @@ class VaultStore:
             self._destroy(path, "discard a corrupt entry")
             return None
         if entry.token is not None:
-            reason = foreign_token(entry.token, identity, time.time())
-            if reason is not None:
+            foreign = foreign_token(entry.token, identity, time.time())
+            if foreign is not None:
                 log(
                     "warning",
                     f"token store entry {path} in {self.location} holds a token not issued for client "
-                    f"{identity.client_id} and audience {identity.audience} ({reason}); not using it",
+                    f"{identity.client_id} and audience {identity.audience} ({foreign}); not using it",
                 )
                 entry = entry._replace(token=None)
         return entry
@@ -155,7 +160,9 @@ class VaultStore:
                 "use the file store with this identity provider",
             )
         try:
-            self._write(self._key(entry.identity, "entry"), {"entry": encode_entry(entry).decode()}, None, "write the token")
+            self._write(
+                self._key(entry.identity, "entry"), {"entry": encode_entry(entry).decode()}, None, "write the token"
+            )
         except VaultStoreUnavailable as error:
             log("warning", f"{error}; the token is used, but not shared with other processes")
             return False
@@ -212,7 +219,10 @@ class VaultStore:
         if written is None:
             return None  # another process wrote first: it holds the lock
         if current and current.get("state") == "held":
-            log("info", f"took over the refresh lock in {self.location} from {current.get('holder')}, whose lease ran out")
+            log(
+                "info",
+                f"took over the refresh lock in {self.location} from {current.get('holder')}, whose lease ran out",
+            )
         return _Lease(self, path, written, record)
 
     def lock_holder(self, identity: Identity) -> str | None:
@@ -226,7 +236,7 @@ class VaultStore:
 
     # --- the ledger ---------------------------------------------------------------------
 
-    def record_request(self, record: dict) -> None:
+    def record_request(self, record: dict[str, Any]) -> None:
         import random
 
         path = self._ledger_key(time.strftime("%Y-%m", time.gmtime(record["time"])))
@@ -238,11 +248,14 @@ class VaultStore:
                 if self._write(path, {"requests": [*records, record]}, version, "record the token request") is not None:
                     return
                 time.sleep(random.uniform(0.01, 0.1))  # another process appended first: read its record, retry
-            log("warning", f"could not record the token request in the ledger of {self.location}: too many concurrent writers")
+            log(
+                "warning",
+                f"could not record the token request in the ledger of {self.location}: too many concurrent writers",
+            )
         except VaultStoreUnavailable as error:
             log("warning", f"could not record the token request in the ledger: {error}")
 
-    def requests(self, month: str) -> list[dict]:
+    def requests(self, month: str) -> list[dict[str, Any]]:
         _, data = self._read(self._ledger_key(month), "read the ledger")
         records = (data or {}).get("requests")
         return [record for record in records if isinstance(record, dict)] if isinstance(records, list) else []
@@ -283,8 +296,13 @@ class VaultStore:
                 mount = client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
             data = mount.get("data", {}) if isinstance(mount, dict) else {}
             if data.get("type") not in (None, "kv") or (data.get("options") or {}).get("version") != "2":
-                found.append((False, f"{self.mount}/ is not a KV version 2 engine (type {data.get('type')}, "
-                                     f"version {(data.get('options') or {}).get('version')})"))
+                found.append(
+                    (
+                        False,
+                        f"{self.mount}/ is not a KV version 2 engine (type {data.get('type')}, "
+                        f"version {(data.get('options') or {}).get('version')})",
+                    )
+                )
         except Exception:
             pass  # a policy may hide the mount's description; the capabilities below still tell
         probe = self._key(identity, "entry")
@@ -309,7 +327,13 @@ class VaultStore:
                 if missing:
                     found.append((False, f"the policy does not allow {', '.join(missing)} on {path} (needed by {use})"))
             if not any(not ok for ok, line in found if "policy" in line):
-                found.append((True, f"the policy allows read, create, update on {self.api_path(self.path)}/* and delete on its metadata"))
+                found.append(
+                    (
+                        True,
+                        f"the policy allows read, create, update on {self.api_path(self.path)}/* "
+                        "and delete on its metadata",
+                    )
+                )
         costs = []
         for _ in range(5):
             started = time.perf_counter()
@@ -320,13 +344,18 @@ class VaultStore:
                 return found
             costs.append(time.perf_counter() - started)
         cost = sorted(costs)[len(costs) // 2] * 1000
-        found.append((True, f"a read of the store costs {cost:.1f} ms; a process reads it once, then keeps "
-                            "the token in memory (waiters read it about 4 times a second)"))
+        found.append(
+            (
+                True,
+                f"a read of the store costs {cost:.1f} ms; a process reads it once, then keeps "
+                "the token in memory (waiters read it about 4 times a second)",
+            )
+        )
         return found
 
     # --- Vault calls --------------------------------------------------------------------
 
-    def _connect(self):
+    def _connect(self) -> Any:
         """The logged-in client of this process: made (and logged in) at first use, again
         after a fork (a child must not share its parent's connections)."""
         if self._client is not None and self._client_pid == os.getpid():
@@ -340,7 +369,7 @@ class VaultStore:
                 self._client, self._client_pid = client, os.getpid()
         return self._client
 
-    def _kv(self, method: str, **arguments):
+    def _kv(self, method: str, **arguments: Any) -> Any:
         """One KV version 2 call with this process's client. An AppRole login's token ends
         (its TTL, an hour by default) while a long job runs: refused, and the token no longer
         valid, the process logs in again and retries, once. hvac's exceptions pass through."""
@@ -357,7 +386,7 @@ class VaultStore:
                     self._client = None  # the next _connect logs in again
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _read(self, path: str, doing: str) -> tuple[int, dict | None]:
+    def _read(self, path: str, doing: str) -> tuple[int, dict[str, Any] | None]:
         """``(version, data)``: ``(0, None)`` when there is no such record, ``(N, None)``
         when its current version N was deleted."""
         hvac = self.server.hvac()
@@ -372,7 +401,7 @@ class VaultStore:
         data = body.get("data")
         return int(version), data if isinstance(data, dict) else None
 
-    def _write(self, path: str, data: dict, cas: int | None, doing: str) -> int | None:
+    def _write(self, path: str, data: dict[str, Any], cas: int | None, doing: str) -> int | None:
         """Write ``data`` (only at version ``cas`` when given); the new version, or None when
         check-and-set found another version there."""
         hvac = self.server.hvac()
@@ -408,7 +437,7 @@ class VaultStore:
         """One line for what went wrong, naming the store, never a token: the outage, the
         refused login, or the capability the policy lacks (asked of Vault, which knows)."""
         hvac = self.server.hvac()
-        known = self.server.failure(exc, VaultStoreUnavailable)
+        known: Exception | None = self.server.failure(exc, VaultStoreUnavailable)
         if known is not None:
             if isinstance(known, VaultStoreUnavailable):
                 return VaultStoreUnavailable(f"token store {self.location}: cannot {doing}: {known}")
@@ -439,12 +468,13 @@ class VaultStore:
             )
         if isinstance(exc, hvac.exceptions.VaultError):
             return VaultStoreUnavailable(f"token store {self.location}: cannot {doing} ({type(exc).__name__})")
+        assert isinstance(exc, Exception)
         return exc  # ours (a ConfigurationError: no login, no hvac) or a bug: raised as it is
 
     def _login_works(self) -> bool:
         try:
             with self._guard:
-                self._client.auth.token.lookup_self()
+                self._connect().auth.token.lookup_self()
             return True
         except Exception:
             return False
@@ -452,7 +482,7 @@ class VaultStore:
     def _capabilities(self, api_path: str) -> set[str]:
         try:
             with self._guard:
-                answer = self._client.adapter.post("/v1/sys/capabilities-self", json={"paths": [api_path]})
+                answer = self._connect().adapter.post("/v1/sys/capabilities-self", json={"paths": [api_path]})
             data = answer.get("data", answer) if isinstance(answer, dict) else {}
             return set(data.get(api_path) or data.get("capabilities") or [])
         except Exception:
@@ -462,7 +492,7 @@ class VaultStore:
 class _Lease:
     """A held lock record, renewed with check-and-set by a daemon thread until released."""
 
-    def __init__(self, store: VaultStore, path: str, version: int, record: dict) -> None:
+    def __init__(self, store: VaultStore, path: str, version: int, record: dict[str, Any]) -> None:
         import threading
 
         self._store = store
@@ -550,7 +580,7 @@ def vault_store_from_url(
     *,
     lease: float = DEFAULT_LEASE,
     owner: Identity | None = None,
-    **_ignored,
+    **_ignored: object,
 ) -> VaultStore:
     """The Vault store a ``vault://MOUNT/PATH`` URL names; the server and login from ``environ``
     (default ``os.environ``): ``VAULT_ADDR``, ``VAULT_TOKEN``/AppRole/``~/.vault-token``,
