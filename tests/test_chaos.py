@@ -146,16 +146,17 @@ class Chaos:
         self.read_entries()
 
     def _faults(self, rng: random.Random) -> None:
-        """Every second: another latency (slow answers), and now and then a scripted 5xx or 429
-        in front of the error_rate's 500s."""
+        """Every second: another latency (slow answers), and now and then (when none is waiting)
+        a scripted 5xx or 429 for the next token request, besides the error_rate's 500s."""
         answers = [
             {"status": 502, "body": "<html>bad gateway</html>", "content_type": "text/html"},
             {"status": 503, "body": '{"error": "temporarily_unavailable"}'},
             {"status": 429, "body": '{"error": "too_many_requests"}', "headers": {"Retry-After": str(RETRY_AFTER)}},
         ]
+        pending = 0
         while not self.stop.wait(1.0):
-            script = [rng.choice(answers)] if rng.random() < 0.3 else []
-            self.idp.set_faults(latency=rng.choice([0.0, 0.2, 0.5, 1.0]), script=script)
+            script = [rng.choice(answers)] if not pending and rng.random() < 0.3 else None
+            pending = self.idp.set_faults(latency=rng.choice([0.0, 0.2, 0.5, 1.0]), script=script)["script_pending"]
 
     def _killer(self, rng: random.Random) -> None:
         """KILLS times: after a random pause, wait for a process of ours to hold the refresh
