@@ -364,6 +364,8 @@ def _environment(block: Block, idp: Sandbox, tmp_path: Path) -> tuple[dict[str, 
         del env["QLAM_TOKEN_CACHE_DIR"]  # as written: where it says, or the default in this HOME
         return env, {}
     settings = idp.env(flow="device") if block.setup == "device" else idp.env()
+    # As `qlam-hpc sandbox` exports it: the owner's token for the control routes.
+    settings = {**settings, "QLAM_SANDBOX_CONTROL_TOKEN": idp.control_token}
     env |= settings
     (tmp_path / "sandbox.env").write_text("".join(f"export {k}={v}\n" for k, v in settings.items()))
     variables: dict = {}

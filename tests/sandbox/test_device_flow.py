@@ -353,14 +353,17 @@ def test_activate_page_escapes_what_it_echoes(user_idp: Sandbox, http: httpx.Cli
 def test_control_endpoints_list_and_approve_pending_logins(user_idp: Sandbox, http: httpx.Client) -> None:
     """GET /_sandbox/device/pending lists the code; POST /_sandbox/device/approve approves it as a user by e-mail."""
     started = start_login(http, user_idp)
-    pending = http.get(user_idp.url + "/_sandbox/device/pending").json()
+    pending = http.get(user_idp.url + "/_sandbox/device/pending", headers=user_idp.control_headers()).json()
     assert started["user_code"] in pending["user_codes"]
     answer = http.post(
-        user_idp.url + "/_sandbox/device/approve", json={"user_code": started["user_code"], "user": GRACE.email}
+        user_idp.url + "/_sandbox/device/approve",
+        json={"user_code": started["user_code"], "user": GRACE.email},
+        headers=user_idp.control_headers(),
     )
     assert answer.status_code == 200
     assert answer.json() == {"user_code": started["user_code"], "status": "approved"}
-    assert started["user_code"] not in http.get(user_idp.url + "/_sandbox/device/pending").json()["user_codes"]
+    pending = http.get(user_idp.url + "/_sandbox/device/pending", headers=user_idp.control_headers()).json()
+    assert started["user_code"] not in pending["user_codes"]
     tokens = poll(http, user_idp, started["device_code"]).json()
     assert claims_of(tokens["access_token"])["sub"] == GRACE.subject
 
@@ -369,11 +372,11 @@ def test_control_endpoint_denies_and_refuses_what_it_cannot_do(user_idp: Sandbox
     """deny: true denies; an unknown code is 404, an unknown user or a bad body 400."""
     started = start_login(http, user_idp)
     url = user_idp.url + "/_sandbox/device/approve"
-    assert http.post(url, json={"user_code": "BCDF-GHJK"}).status_code == 404
-    assert http.post(url, json={"user_code": started["user_code"], "user": "nobody"}).status_code == 400
-    assert http.post(url, json={"user_code": started["user_code"], "colour": "red"}).status_code == 400
-    assert http.post(url, json={"user_code": started["user_code"], "deny": "yes"}).status_code == 400
-    denied = http.post(url, json={"user_code": started["user_code"], "deny": True})
+    assert http.post(url, headers=user_idp.control_headers(), json={"user_code": "BCDF-GHJK"}).status_code == 404
+    assert http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "user": "nobody"}).status_code == 400
+    assert http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "colour": "red"}).status_code == 400
+    assert http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "deny": "yes"}).status_code == 400
+    denied = http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "deny": True})
     assert denied.json() == {"user_code": started["user_code"], "status": "denied"}
     assert poll(http, user_idp, started["device_code"]).json()["error"] == "access_denied"
 
@@ -459,3 +462,24 @@ def test_user_token_is_accepted_by_the_tasks_api(user_idp: Sandbox, http: httpx.
     assert created.status_code == 201, created.text
     mine = http.get(tasks, headers={"Authorization": f"Bearer {token}"}).json()
     assert created.json()["id"] in [task["id"] for task in mine["elements"]]
+
+
+def test_control_routes_need_the_owners_token(user_idp: Sandbox, http: httpx.Client) -> None:
+    """Another user of the node reaches loopback too: without the owner's control token, the
+    routes that change the sandbox or list pending codes answer 401; the counters stay readable."""
+    started = start_login(http, user_idp)
+    base = user_idp.url + "/_sandbox"
+    forged = {"Authorization": "Bearer not-the-token"}
+    for method, path, body in [
+        ("POST", "/faults", {"error_rate": 1.0}),
+        ("POST", "/reset", None),
+        ("POST", "/clients", {"client_id": "x", "client_secret": "y"}),
+        ("GET", "/device/pending", None),
+        ("POST", "/device/approve", {"user_code": started["user_code"]}),
+        ("POST", "/refresh-tokens/revoke", None),
+    ]:
+        for headers in ({}, forged):
+            assert http.request(method, base + path, json=body, headers=headers).status_code == 401, path
+    assert started["user_code"] in user_idp.pending_user_codes()  # nothing was approved
+    assert http.get(base + "/faults").json()["error_rate"] == 0.0
+    assert http.get(base + "/stats").status_code == 200

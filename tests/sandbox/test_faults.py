@@ -41,7 +41,7 @@ def test_script_is_served_in_order_then_normal(idp: Sandbox, http: httpx.Client)
 
 def test_script_over_http(idp: Sandbox, http: httpx.Client) -> None:
     """POST /_sandbox/faults sets a script that the next token request gets."""
-    response = http.post(idp.url + "/_sandbox/faults", json={"script": [{"status": 503, "body": "busy", "content_type": "text/plain"}]})
+    response = http.post(idp.url + "/_sandbox/faults", headers=idp.control_headers(), json={"script": [{"status": 503, "body": "busy", "content_type": "text/plain"}]})
     assert response.json()["script_pending"] == 1
     answer = http.post(idp.token_url, data=token_form())
     assert (answer.status_code, answer.text) == (503, "busy")
@@ -89,7 +89,7 @@ def test_request_counted_on_arrival(http: httpx.Client) -> None:
 
 def test_token_lifetime_changes_at_runtime(idp: Sandbox, http: httpx.Client) -> None:
     """A runtime token_lifetime sets expires_in and the exp claim of new tokens."""
-    http.post(idp.url + "/_sandbox/faults", json={"token_lifetime": 90}).raise_for_status()
+    http.post(idp.url + "/_sandbox/faults", headers=idp.control_headers(), json={"token_lifetime": 90}).raise_for_status()
     body = http.post(idp.token_url, data=token_form()).json()
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert body["expires_in"] == 90
@@ -125,7 +125,7 @@ def test_reset_clears_stats_and_faults(idp: Sandbox, http: httpx.Client) -> None
     """POST /_sandbox/reset zeroes the stats and restores the configured faults."""
     idp.set_faults(latency=0.05, error_rate=1.0, token_lifetime=5, script=[{"status": 500}])
     http.post(idp.token_url, data=token_form())
-    reply = http.post(idp.url + "/_sandbox/reset").json()
+    reply = http.post(idp.url + "/_sandbox/reset", headers=idp.control_headers()).json()
     assert reply["faults"] == {
         "latency": 0.0,
         "error_rate": 0.0,
@@ -149,7 +149,7 @@ def test_reset_clears_stats_and_faults(idp: Sandbox, http: httpx.Client) -> None
 )
 def test_invalid_faults_are_refused(idp: Sandbox, http: httpx.Client, body: object) -> None:
     """Invalid fault settings get 400 and change nothing."""
-    response = http.post(idp.url + "/_sandbox/faults", json=body)
+    response = http.post(idp.url + "/_sandbox/faults", headers=idp.control_headers(), json=body)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
     assert http.get(idp.url + "/_sandbox/faults").json()["latency"] == 0.0

@@ -220,7 +220,7 @@ def test_rotating_a_secret(idp, http):
     """POST /_sandbox/clients changes a secret at once; the answer never repeats it."""
     form = {"grant_type": "client_credentials", "client_id": "rotating", "audience": API}
     assert http.post(idp.token_url, data={**form, "client_secret": "first-secret-value"}).status_code == 200
-    answer = http.post(idp.url + "/_sandbox/clients", json={"client_id": "rotating", "client_secret": "second-secret-value"})
+    answer = http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json={"client_id": "rotating", "client_secret": "second-secret-value"})
     assert answer.json() == {"client_id": "rotating", "updated": ["client_secret"]}
     assert "second-secret-value" not in answer.text
     _refused(http.post(idp.token_url, data={**form, "client_secret": "first-secret-value"}))
@@ -231,12 +231,12 @@ def test_rotating_keys(idp, http):
     """POST /_sandbox/clients with a JWKS replaces a client's keys: the old key stops working."""
     new_key = ec.generate_private_key(ec.SECP256R1())
     update = {"client_id": "ec-client", "jwks": {"keys": [_jwk(new_key, "ec-2")]}}
-    assert http.post(idp.url + "/_sandbox/clients", json=update).json()["updated"] == ["jwks"]
+    assert http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json=update).json()["updated"] == ["jwks"]
     try:
         _refused(_post(http, idp, _assertion(idp, "ec-client", EC_KEY, "ES256")))
         assert _post(http, idp, _assertion(idp, "ec-client", new_key, "ES256")).status_code == 200
     finally:
-        http.post(idp.url + "/_sandbox/clients", json={"client_id": "ec-client", "jwks": {"keys": [_jwk(EC_KEY, "ec-1")]}})
+        http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json={"client_id": "ec-client", "jwks": {"keys": [_jwk(EC_KEY, "ec-1")]}})
 
 
 @pytest.mark.parametrize(
@@ -245,7 +245,7 @@ def test_rotating_keys(idp, http):
 )
 def test_bad_client_updates(idp, http, body, status):
     """Unknown clients are 404; malformed bodies and unusable values are 400, and nothing changes."""
-    assert http.post(idp.url + "/_sandbox/clients", json=body).status_code == status
+    assert http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json=body).status_code == status
 
 
 def test_discovery_lists_every_method(idp, http):

@@ -149,9 +149,9 @@ def test_stats_have_the_user_context_counters_and_reset_zeroes_them(idp: Sandbox
 def test_user_settings_change_at_run_time_and_reset_restores_them(idp: Sandbox, http: httpx.Client) -> None:
     """POST /_sandbox/faults sets the overlap, poll interval, auto-approval and response delay; reset restores them."""
     changes = {"refresh_token_overlap": 1.5, "device_poll_interval": 2, "auto_approve": True, "response_delay": 0.25}
-    answer = http.post(idp.url + "/_sandbox/faults", json=changes).json()
+    answer = http.post(idp.url + "/_sandbox/faults", headers=idp.control_headers(), json=changes).json()
     assert {name: answer[name] for name in changes} == changes
-    reset = http.post(idp.url + "/_sandbox/reset").json()["faults"]
+    reset = http.post(idp.url + "/_sandbox/reset", headers=idp.control_headers()).json()["faults"]
     assert {name: reset[name] for name in changes} == {
         "refresh_token_overlap": 0.0,
         "device_poll_interval": 5,
@@ -172,7 +172,7 @@ def test_user_settings_change_at_run_time_and_reset_restores_them(idp: Sandbox, 
 )
 def test_invalid_user_settings_are_refused(idp: Sandbox, http: httpx.Client, body: dict) -> None:
     """Invalid values get 400 over HTTP and ValueError from set_faults, and change nothing."""
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **idp.control_headers()}
     response = http.post(idp.url + "/_sandbox/faults", content=json.dumps(body), headers=headers)
     assert response.status_code == 400
     with pytest.raises(ValueError):

@@ -31,12 +31,13 @@ from urllib.parse import unquote_plus
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .._errors import ConfigurationError
 from ._config import CLIENT_AUTH_METHODS, SandboxClient, SandboxConfig
+from ._context import require_owner
 
 __all__ = ["ClientAuthenticator", "ClientAuthError", "authenticator_of", "router", "ASSERTION_TYPE"]
 
@@ -283,7 +284,7 @@ def authenticator_of(request: Request) -> ClientAuthenticator:
 router = APIRouter(prefix="/_sandbox")
 
 
-@router.post("/clients")
+@router.post("/clients", dependencies=[Depends(require_owner)])
 async def update_client(request: Request) -> JSONResponse:
     """Change a client's secret and/or keys at run time: ``{"client_id", "client_secret"?, "jwks"?}``.
 

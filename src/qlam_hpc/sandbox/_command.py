@@ -288,7 +288,8 @@ def _serve(sandbox, env_file: Path | None, flow: str) -> None:  # type: ignore[n
         except OSError as exc:  # e.g. the --port is taken
             raise click.ClickException(f"cannot start the sandbox: {exc}") from None
         # A client with public keys only has no secret to export (it signs with its private key).
-        env = sandbox.env(flow=flow)
+        # The control token (for POST /_sandbox/...) goes to the owner only, with the rest.
+        env = {**sandbox.env(flow=flow), "QLAM_SANDBOX_CONTROL_TOKEN": sandbox.control_token}
         lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items() if value is not None]
         if env_file is None:
             click.echo("\n".join(lines))

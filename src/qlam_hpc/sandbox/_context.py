@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -10,7 +11,7 @@ from ._config import SandboxConfig
 from ._keys import SigningKey
 from ._state import SandboxState
 
-__all__ = ["SandboxContext", "context_of"]
+__all__ = ["SandboxContext", "context_of", "require_owner"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class SandboxContext:
     key: SigningKey
     state: SandboxState
     base_url: str | None = None
+    # Who may change the sandbox through /_sandbox/ (faults, clients, approvals): its owner.
+    # On a shared login node every local user reaches loopback, so the control routes want it.
+    control_token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     def base(self, request: Request) -> str:
         """The sandbox's URL without a trailing slash.
@@ -34,6 +38,20 @@ class SandboxContext:
     def issuer(self, request: Request) -> str:
         """Auth0 style: the tenant URL with a trailing slash."""
         return self.base(request) + "/"
+
+
+def require_owner(request: Request) -> None:
+    """A FastAPI dependency of the control routes: ``Authorization: Bearer <control token>``."""
+    from fastapi import HTTPException
+
+    expected = f"Bearer {context_of(request).control_token}"
+    given = request.headers.get("authorization", "")
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="the control routes need Authorization: Bearer $QLAM_SANDBOX_CONTROL_TOKEN (the sandbox owner's)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def context_of(request: Request) -> SandboxContext:

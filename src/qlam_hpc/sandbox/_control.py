@@ -1,7 +1,10 @@
 """Control endpoints under ``/_sandbox/`` for tests and demos: stats, faults, reset,
 and the user context (approve device logins, revoke logins) without a browser.
 
-They need no authentication: the sandbox only ever listens on loopback.
+The sandbox listens on loopback only, but on a shared login node every local user
+reaches loopback: whatever changes the sandbox (faults, reset, approvals, the list of
+pending user codes) needs its owner's control token (``require_owner``); the
+counters and the current faults stay readable by anyone, as harmless.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ import json
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ._context import context_of
+from ._context import context_of, require_owner
 
 __all__ = ["router"]
 
@@ -32,7 +35,7 @@ async def get_faults(request: Request) -> dict[str, Any]:
     return context_of(request).state.public_faults()
 
 
-@router.post("/faults")
+@router.post("/faults", dependencies=[Depends(require_owner)])
 async def set_faults(request: Request) -> JSONResponse:
     """Change ``latency``, ``error_rate``, ``token_lifetime``, ``task_duration``, ``revoke_tokens_before``,
     ``refresh_token_overlap``, ``device_poll_interval``, ``auto_approve``, ``response_delay``
@@ -48,7 +51,7 @@ async def set_faults(request: Request) -> JSONResponse:
     return JSONResponse(state.public_faults())
 
 
-@router.post("/reset")
+@router.post("/reset", dependencies=[Depends(require_owner)])
 async def reset(request: Request) -> dict[str, Any]:
     """Zero the stats and quota usage, clear the scripts, restore the configured faults
     (tasks, device codes and logins stay)."""
@@ -57,13 +60,13 @@ async def reset(request: Request) -> dict[str, Any]:
     return {"stats": state.stats(), "faults": state.public_faults()}
 
 
-@router.get("/device/pending")
+@router.get("/device/pending", dependencies=[Depends(require_owner)])
 async def pending_device_logins(request: Request) -> dict[str, Any]:
     """The user codes of device logins waiting for a decision."""
     return {"user_codes": context_of(request).state.logins.pending_user_codes(now=time.time())}
 
 
-@router.post("/device/approve")
+@router.post("/device/approve", dependencies=[Depends(require_owner)])
 async def approve_device_login(request: Request) -> JSONResponse:
     """``{"user_code", "user"?: e-mail or subject (default: the first user), "deny"?: bool}``."""
     try:
@@ -80,7 +83,7 @@ async def approve_device_login(request: Request) -> JSONResponse:
     return JSONResponse({"user_code": user_code, "status": "denied" if deny else "approved"})
 
 
-@router.post("/refresh-tokens/revoke")
+@router.post("/refresh-tokens/revoke", dependencies=[Depends(require_owner)])
 async def revoke_logins(request: Request) -> JSONResponse:
     """Revoke every login, or every login of ``{"user": e-mail or subject}``: their refresh tokens stop working."""
     try:

@@ -250,6 +250,17 @@ class Sandbox:
         """The first configured user: who ``approve()`` and ``auto_approve`` log in by default."""
         return self._config.users[0]
 
+    @property
+    def control_token(self) -> str:
+        """The bearer token the ``/_sandbox/`` control routes ask for: only this sandbox's owner has it."""
+        if self._context is None:
+            raise RuntimeError("the Sandbox is not started; call start() or use it in a with block")
+        return self._context.control_token
+
+    def control_headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <control token>"}``, for HTTP calls to the control routes."""
+        return {"Authorization": f"Bearer {self.control_token}"}
+
     def env(
         self, client: SandboxClient | str | None = None, *, flow: Literal["m2m", "device"] = "m2m"
     ) -> dict[str, str]:
