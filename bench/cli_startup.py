@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from _common import QLAM_HPC, clean_env, median, table
-
 from qlam_hpc.sandbox import Sandbox
 
 DEFINITION = {"program_language": "squin", "programs": [{"content": "bench"}], "subtasks": [{"program_index": 0, "num_shots": 10}]}

@@ -14,8 +14,7 @@ import timeit
 from pathlib import Path
 
 from _common import median, table
-
-from qlam_hpc._oauth import _SCRYPT, _PBKDF2_ROUNDS, credentials_fingerprint, credentials_match
+from qlam_hpc._oauth import _PBKDF2_ROUNDS, _SCRYPT, credentials_fingerprint, credentials_match
 from qlam_hpc._settings import Secret, Settings
 
 

@@ -11,7 +11,6 @@ import timeit
 from pathlib import Path
 
 from _common import median, table
-
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc.sandbox import Sandbox
 
@@ -27,7 +26,7 @@ def main() -> None:
         provider.get_token()
 
         def from_store() -> None:
-            provider._memory = None  # noqa: SLF001 - measure the shared-store path
+            provider._memory = None  # measure the shared-store path
             provider.get_token()
 
         warm = per_call(provider.get_token, 200_000)

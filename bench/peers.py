@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 
 from _common import table
-
-from qlam_hpc.sandbox import Sandbox
-from qlam_hpc.sandbox import _server
+from qlam_hpc.sandbox import Sandbox, _server
 from qlam_hpc.sandbox._config import SandboxConfig
 
 HERE = Path(__file__).resolve().parent

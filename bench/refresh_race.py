@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import table
 
+from _common import table
 from crowd import Crowd
 from qlam_hpc import QlamError, Settings, TokenProvider
 from qlam_hpc._http import poll_device_login, start_device_login

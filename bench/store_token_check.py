@@ -21,7 +21,6 @@ import timeit
 from pathlib import Path
 
 from _common import median, table
-
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import Identity, foreign_token, is_b64token
 from qlam_hpc.sandbox import Sandbox

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from _common import QLAM_HPC, table
-
 from qlam_hpc import ApiSettings, AsyncQlamClient, QlamClient, Settings, TokenProvider
 
 DEFINITION = {

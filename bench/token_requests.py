@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from _common import clean_env, table
-
 from crowd import Crowd
 from qlam_hpc.sandbox import Sandbox, SandboxConfig
 

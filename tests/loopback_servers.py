@@ -93,12 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.server.requests.append(self.path)  # type: ignore[attr-defined]
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._send(200, json.dumps(TOKEN_ANSWER).encode())
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)  # type: ignore[attr-defined]
         self._send(404, b'{"error": "not_found"}')
 

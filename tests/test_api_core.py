@@ -436,8 +436,7 @@ def test_a_failed_atomic_file_leaves_the_old_content_and_no_temporary(tmp_path):
     """An error inside the block removes the partial file; the target keeps its old bytes."""
     target = tmp_path / "r.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with AtomicFile(target) as out:
-            out.write(b"half")
-            raise RuntimeError("connection lost")
+    with pytest.raises(RuntimeError), AtomicFile(target) as out:
+        out.write(b"half")
+        raise RuntimeError("connection lost")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 
 pytest.importorskip("qlam_core")
 
-from qlam_core.plugins.tasks.api import tasks_models as real  # noqa: E402
+from qlam_core.plugins.tasks.api import tasks_models as real
 
-from qlam_hpc._api import _models as ours  # noqa: E402
-from qlam_hpc._api._requests import task_body  # noqa: E402
+from qlam_hpc._api import _models as ours
+from qlam_hpc._api._requests import task_body
 
 # (our model, the generated one it reads)
 ANSWERS: list[tuple[type[BaseModel], type[BaseModel]]] = [

@@ -82,7 +82,7 @@ class _Recorder:
         seen = self.seen = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+            def do_GET(self) -> None:  # http.server's spelling
                 seen.append((self.path, self.headers.get("Authorization")))
                 status, headers = answer(self.path, self.headers)
                 self.send_response(status)

@@ -12,8 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from qlam_hpc import ConfigurationError
-from qlam_hpc import _client_auth
+from qlam_hpc import ConfigurationError, _client_auth
 from qlam_hpc._client_auth import (
     ASSERTION_LIFETIME,
     ASSERTION_TYPE,

@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import pytest
-from conftest import FAST_RETRY, run_cli
 
+from conftest import FAST_RETRY, run_cli
 from qlam_hpc import ConfigurationError, InvalidTokenResponse, Settings, TokenProvider
 from qlam_hpc._discovery import DEFAULT_AUTH_METHODS, parse_discovery
 
@@ -66,7 +66,7 @@ class StandardServer:
                 self.end_headers()
                 self.wfile.write(b"Not Found")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path != PREFIX + "/.well-known/openid-configuration":
                     self._not_found()
                     return
@@ -76,7 +76,7 @@ class StandardServer:
                     doc["token_endpoint_auth_methods_supported"] = list(server.methods)
                 self._json(200, doc)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 form = dict(parse_qsl(self.rfile.read(length).decode()))
                 server.forms.append(form)

@@ -268,7 +268,7 @@ def _summary(request):
 
 
 class _Summary:
-    def pytest_terminal_summary(self, terminalreporter):  # noqa: D401 (a pytest hook)
+    def pytest_terminal_summary(self, terminalreporter):  # a pytest hook
         if not COUNTS and not SKIPS:
             return
         not_code = ", ".join(f"{n} {lang}" for lang, n in sorted(NOT_CODE.items()))

@@ -7,12 +7,12 @@ import time
 from email.utils import formatdate
 
 import pytest
-from conftest import run_cli
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from secret_stores import vault  # noqa: F401 - fixture
 
+from conftest import run_cli
 from qlam_hpc._cli._doctor import _clock, _filesystem
+from secret_stores import vault
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def _as_victim(action):
             os.setuid(VICTIM)
             try:
                 answer = action()
-            except Exception as error:  # noqa: BLE001 - reported to the parent
+            except Exception as error:  # reported to the parent
                 answer = f"{type(error).__name__} exit {getattr(error, 'exit_code', '?')}: {error}"
             os.write(writer, answer.encode())
         finally:

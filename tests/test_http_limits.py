@@ -13,8 +13,8 @@ import threading
 import time
 
 import pytest
-from loopback_servers import RawServer, drip, flood, token_answer_bytes
 
+from loopback_servers import RawServer, drip, flood, token_answer_bytes
 from qlam_hpc import RetryPolicy, Settings, TokenProvider
 from qlam_hpc._errors import IdentityProviderUnreachable, InvalidTokenResponse, LockTimeout
 from qlam_hpc._http import fetch_token, refresh_tokens, revoke_refresh_token, start_device_login
@@ -109,7 +109,7 @@ def test_a_dripping_holder_releases_the_lock_before_the_waiters_give_up(tmp_path
         def task(name: str) -> None:
             try:
                 TokenProvider(settings).get_token()
-            except BaseException as error:  # noqa: BLE001 - recorded for the assertions
+            except BaseException as error:  # recorded for the assertions
                 results[name] = error
 
         holder = threading.Thread(target=task, args=("holder",))

@@ -44,7 +44,7 @@ def test_a_sigkilled_holder_is_taken_over_within_the_default_timeout(sandbox, en
             started = time.monotonic()
             try:
                 result["token"] = TokenProvider(settings).get()
-            except BaseException as error:  # noqa: BLE001 - shown by the assertion
+            except BaseException as error:  # shown by the assertion
                 result["error"] = error
             result["took"] = time.monotonic() - started
 

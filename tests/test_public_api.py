@@ -155,8 +155,8 @@ def test_version_is_a_string():
 
 def test_public_names_are_the_implementation_objects():
     """The public names are the same objects the private modules define (no copies)."""
-    from qlam_hpc._stores._file import FileStore
     from qlam_hpc._settings import Settings
+    from qlam_hpc._stores._file import FileStore
     from qlam_hpc._tokens import Token
 
     assert (qlam_hpc.FileStore, qlam_hpc.Settings, qlam_hpc.Token) == (FileStore, Settings, Token)

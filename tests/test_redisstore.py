@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 
 from crowd import Crowd, json_lines
-from redis_service import RedisServer, free_port, start_redis
-
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import CacheEntry, Failure, Identity, encode_entry
 from qlam_hpc._errors import CacheError, ConfigurationError, InvalidClient
+from qlam_hpc._stores import store_from_url
 from qlam_hpc._stores._file import FileStore
 from qlam_hpc._stores._redis import RedisStore, RedisUnavailable
-from qlam_hpc._stores import store_from_url
 from qlam_hpc._tokens import Token
+from redis_service import RedisServer, free_port, start_redis
 
 T0 = time.time()
 IDENTITY = Identity("https://idp.example/oauth/token", "client-1", "https://api.quera.com")

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import FAST_RETRY, run_cli
-from secret_stores import aws, vault  # noqa: F401 - fixtures
 
+from conftest import FAST_RETRY, run_cli
 from qlam_hpc import InvalidClient, Settings, TokenProvider
 from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
+from secret_stores import aws, vault
 
 CLIENT = "rotating-client"
 

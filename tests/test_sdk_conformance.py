@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("qlam_core")
 
-from sdk_conformance import Record, SdkConformance, check, operation  # noqa: E402
+from sdk_conformance import Record, SdkConformance, check, operation
 
 TASK = {
     "id": "9a1c512f-59db-417e-9118-13998a17be61", "task_status": "Created",

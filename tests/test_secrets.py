@@ -14,12 +14,12 @@ import re
 import traceback
 
 import pytest
-from conftest import run_cli
-from secret_stores import aws, vault  # noqa: F401 - fixtures
 
+from conftest import run_cli
 from qlam_hpc import ConfigurationError, Settings, TokenProvider
 from qlam_hpc._secrets import AwsSecret, EnvSecret, FileSecret, SecretStoreUnreachable, VaultSecret, parse_reference
 from qlam_hpc._settings import Secret
+from secret_stores import aws, vault
 
 VALUE = "s3cr3t-Value-From-A-Store"
 BASE = {"QLAM_CLIENT_ID": "client-1", "AUTH_BASE_URL": "idp.example", "HOME": "/home/alice"}

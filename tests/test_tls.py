@@ -14,9 +14,9 @@ import subprocess
 import time
 
 import pytest
+
 from conftest import FAST_RETRY, run_cli
 from loopback_servers import HttpsServer, make_authority
-
 from qlam_hpc import RetryPolicy, Settings
 from qlam_hpc._errors import ConfigurationError, TlsError
 from qlam_hpc._http import fetch_token, start_device_login

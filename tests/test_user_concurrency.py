@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST_RETRY, run_cli
 
+from conftest import FAST_RETRY, run_cli
 from crowd import LOOPER, Crowd, json_lines
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._login import login

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST_RETRY, QLAM_HPC, run_cli
 
+from conftest import FAST_RETRY, QLAM_HPC, run_cli
 from qlam_hpc import CacheError, ConfigurationError, LoginRequired, Settings, TokenProvider
-from qlam_hpc._stores._file import FileStore
 from qlam_hpc._login import login, logout
+from qlam_hpc._stores._file import FileStore
 from qlam_hpc.sandbox import Sandbox
 
 pytestmark = pytest.mark.timeout(120)

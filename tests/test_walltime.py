@@ -238,7 +238,7 @@ def test_inside_a_slurm_job_the_time_left_is_its_time_limit(tmp_path):
         slurm.wait(job, timeout=120)
         lines = out.read_text().splitlines()
         for line in lines:
-            seconds, source, reason = eval(line)  # noqa: S307 - our own repr of a tuple
+            seconds, source, reason = eval(line)  # our own repr of a tuple
             assert reason is None and source in ("SLURM_JOB_END_TIME", "squeue")
             assert 7 * 60 - 60 < seconds <= 7 * 60
         assert len(lines) == 2, lines

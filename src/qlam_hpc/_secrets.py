@@ -32,17 +32,17 @@ URLs and field names only, and backend errors are re-raised ``from None``.
 
 from __future__ import annotations
 
-import os
-
 # _thread, not threading: this module is imported on the warm token path when a *_FILE
 # variable or a reference is set, and threading's import costs that path milliseconds.
 import _thread
+import os
 
 from ._errors import ConfigurationError, SecretStoreUnreachable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
 __all__ = [
     "Secret",
@@ -359,8 +359,8 @@ class VaultServer:
     """
 
     def __init__(self, env: Mapping[str, str], what: str, origin: str) -> None:
-        from ._urls import base_url_for
         from ._tls import ca_setting
+        from ._urls import base_url_for
 
         address = vault_setting(env, "ADDR")
         if not address:

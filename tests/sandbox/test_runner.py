@@ -66,9 +66,8 @@ def test_not_started_and_started_twice() -> None:
     idp = Sandbox()
     with pytest.raises(RuntimeError, match="not started"):
         idp.url
-    with idp:
-        with pytest.raises(RuntimeError, match="already started"):
-            idp.start()
+    with idp, pytest.raises(RuntimeError, match="already started"):
+        idp.start()
 
 
 def test_fixed_port_is_used(http: httpx.Client) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from qlam_hpc.sandbox._tasks_lifecycle import CANCELLABLE, FAIL, INVALID, OK, TERMINAL, Timeline, outcome_of
 
-from .test_tasks_api import (  # noqa: F401  (fixtures)
+from .test_tasks_api import (
     TasksApi,
     alice,
     body,
@@ -108,7 +108,7 @@ def test_status_at_each_step(outcome: str, expected: list[str]) -> None:
 
 def test_only_unfinished_executions_are_cancellable() -> None:
     """Tasks can be cancelled up to ExecutionStarted, not from ExecutionCompleted on; Cancelled is final."""
-    assert CANCELLABLE == {"Created", "PayloadProcessing", "Scheduled", "ExecutionStarted"}
+    assert {"Created", "PayloadProcessing", "Scheduled", "ExecutionStarted"} == CANCELLABLE
     timeline = Timeline(created_us=0, duration_us=500_000, outcome=OK, cancelled_us=350_000)
     for later in (350_000, 900_000, 10**12):
         cancelled = timeline.at(later)

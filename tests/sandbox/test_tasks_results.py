@@ -12,7 +12,7 @@ import pytest
 from qlam_hpc.sandbox._tasks_api import _wants_download
 from qlam_hpc.sandbox._tasks_models import ResultsDownload, ResultsPage
 
-from .test_tasks_api import (  # noqa: F401  (fixtures)
+from .test_tasks_api import (
     TasksApi,
     alice,
     body,

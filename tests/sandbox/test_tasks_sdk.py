@@ -25,14 +25,14 @@ import pytest
 
 pytest.importorskip("qlam_core")
 
-from qlam_core.auth.base import BaseAuthProvider, LoginLogoutMixin  # noqa: E402
-from qlam_core.auth.credentials.models import CredentialBase  # noqa: E402
-from qlam_core.common.context import AppContext  # noqa: E402
-from qlam_core.config.config import Config  # noqa: E402
-from qlam_core.config.config_models import Context, Defaults, QshClientConfig  # noqa: E402
-from qlam_core.errors import APIError  # noqa: E402
-from qlam_core.plugins.tasks import TasksClient  # noqa: E402
-from qlam_core.plugins.tasks.api.tasks_models import (  # noqa: E402
+from qlam_core.auth.base import BaseAuthProvider, LoginLogoutMixin
+from qlam_core.auth.credentials.models import CredentialBase
+from qlam_core.common.context import AppContext
+from qlam_core.config.config import Config
+from qlam_core.config.config_models import Context, Defaults, QshClientConfig
+from qlam_core.errors import APIError
+from qlam_core.plugins.tasks import TasksClient
+from qlam_core.plugins.tasks.api.tasks_models import (
     CompilationReference,
     ErrorResponse,
     Program,
@@ -44,12 +44,12 @@ from qlam_core.plugins.tasks.api.tasks_models import (  # noqa: E402
     TaskMetadata,
     TaskStatus,
 )
-from qlam_core.plugins.tasks.api.tasks_spec import TASKS_SPEC  # noqa: E402
-from qlam_core.sdk import http_executor  # noqa: E402
+from qlam_core.plugins.tasks.api.tasks_spec import TASKS_SPEC
+from qlam_core.sdk import http_executor
 
-from conftest import run_cli  # noqa: E402
-from qlam_hpc import TokenProvider  # noqa: E402
-from qlam_hpc.sandbox import Sandbox  # noqa: E402
+from conftest import run_cli
+from qlam_hpc import TokenProvider
+from qlam_hpc.sandbox import Sandbox
 
 QPU = "squin-256q"
 

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_service import Slurm, local_slurm, stop_local_slurm
-
 from qlam_hpc import Settings
 from qlam_hpc._cache import Identity
+from slurm_service import Slurm, local_slurm, stop_local_slurm
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_service import Slurm
-
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._stores._file import FileStore
+from slurm_service import Slurm
 
 from .conftest import EXAMPLES, JobArea
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_service import Slurm
-
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._login import login
+from slurm_service import Slurm
 
 from .conftest import EXAMPLES, JobArea
 from .test_job_arrays import QLAM_HPC, _assert_no_secrets, _failures, _finished, _nodes, _results, _submit

@@ -12,7 +12,11 @@ so the block stays small.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+
+TYPE_CHECKING = False  # typing costs the CLI's light tasks submit path its import time
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+    from typing import Any
 
 _SLURM = (
     ("job_id", "SLURM_JOB_ID"),

@@ -29,7 +29,7 @@ from ._settings import ApiSettings
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
-    from typing import Any, Callable, Mapping
+    from collections.abc import Callable, Mapping
 
 #: Variables that route a request through a proxy (httpx, curl and requests read them).
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")

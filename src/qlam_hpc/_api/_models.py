@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any, Generic, List, Optional, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
@@ -60,13 +60,13 @@ class TaskStatus(str, Enum):
 
 # The statuses a task never leaves, and the failures among them: a protocol rule, kept with
 # the others in ``_requests`` (which the CLI's light path imports without pydantic).
-from ._requests import FAILURES, TERMINAL  # noqa: E402
+from ._requests import TERMINAL  # noqa: E402
 
 
 class Group(_Model):
-    id: Optional[str] = None
-    name: Optional[str] = None
-    deactivated: Optional[bool] = None
+    id: str | None = None
+    name: str | None = None
+    deactivated: bool | None = None
 
 
 class Task(_Model):
@@ -75,18 +75,18 @@ class Task(_Model):
     ``task_status``, ``created_by``, ``created_date``, ``group`` and ``error_reasons``;
     every task it returns has an ``id``, but an answer without one is still read."""
 
-    id: Optional[str] = None
-    task_status: Union[TaskStatus, str] = Field(union_mode="left_to_right")
-    definition_id: Optional[str] = None
-    compilation_id: Optional[str] = None
-    created_by: Optional[str] = None
-    created_date: Optional[datetime] = None
-    modified_date: Optional[datetime] = None
-    modified_by: Optional[str] = None
-    scheduled_date: Optional[datetime] = None
-    group: Optional[Group] = None
-    profile_id: Optional[str] = None
-    error_reasons: List[str] = Field(default_factory=list)
+    id: str | None = None
+    task_status: TaskStatus | str = Field(union_mode="left_to_right")
+    definition_id: str | None = None
+    compilation_id: str | None = None
+    created_by: str | None = None
+    created_date: datetime | None = None
+    modified_date: datetime | None = None
+    modified_by: str | None = None
+    scheduled_date: datetime | None = None
+    group: Group | None = None
+    profile_id: str | None = None
+    error_reasons: list[str] = Field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -106,13 +106,13 @@ class Task(_Model):
 class Metadata(_Model):
     """``user_metadata`` is free text passed through; ``system_metadata`` a JSON string for tools."""
 
-    user_metadata: Optional[str] = None
-    system_metadata: Optional[str] = None
+    user_metadata: str | None = None
+    system_metadata: str | None = None
 
 
 class Program(_Model):
     content: str
-    program_metadata: Optional[Metadata] = None
+    program_metadata: Metadata | None = None
 
 
 class SubtaskDefinition(_Model):
@@ -120,8 +120,8 @@ class SubtaskDefinition(_Model):
 
     program_index: int = 0
     num_shots: int
-    arguments: dict[str, Union[StrictInt, StrictFloat]] = Field(default_factory=dict)
-    subtask_metadata: Optional[Metadata] = None
+    arguments: dict[str, StrictInt | StrictFloat] = Field(default_factory=dict)
+    subtask_metadata: Metadata | None = None
 
 
 class TaskDefinition(_Model):
@@ -133,21 +133,21 @@ class TaskDefinition(_Model):
     ...                subtasks=[SubtaskDefinition(num_shots=100)])
     """
 
-    program_language: Optional[str] = None
-    programs: Optional[List[Program]] = None
-    subtasks: Optional[List[SubtaskDefinition]] = None
-    definition_id: Optional[str] = None
-    compilation_id: Optional[str] = None
-    group_id: Optional[str] = None
-    profile_id: Optional[str] = None
-    user_metadata: Optional[str] = None
-    system_metadata: Optional[str] = None
+    program_language: str | None = None
+    programs: list[Program] | None = None
+    subtasks: list[SubtaskDefinition] | None = None
+    definition_id: str | None = None
+    compilation_id: str | None = None
+    group_id: str | None = None
+    profile_id: str | None = None
+    user_metadata: str | None = None
+    system_metadata: str | None = None
 
 
 class Page(_Model, Generic[T]):
     """One page of a listing: ``elements``, the 0-based ``page``, its ``size`` and the ``total``."""
 
-    elements: List[T]
+    elements: list[T]
     page: int = 0
     size: int = 0
     total: int = 0
@@ -160,13 +160,13 @@ class Page(_Model, Generic[T]):
 
 class Measurement(_Model):
     bitstring: str
-    measurement_time: Optional[datetime] = None
+    measurement_time: datetime | None = None
 
 
 class Shot(_Model):
     shot_index: int
-    shot_start_time: Optional[datetime] = None
-    measurements: List[Measurement] = Field(default_factory=list)
+    shot_start_time: datetime | None = None
+    measurements: list[Measurement] = Field(default_factory=list)
 
 
 class SubtaskResult(_Model):
@@ -175,24 +175,24 @@ class SubtaskResult(_Model):
     ``iter_results`` it holds every shot and the two paging fields are ``None``."""
 
     subtask_order: int
-    program_index: Optional[int] = None
-    num_shots: Optional[int] = None
+    program_index: int | None = None
+    num_shots: int | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
-    completed_date: Optional[datetime] = None
-    shots_page: Optional[int] = None
-    shots_size: Optional[int] = None
-    shots_total: Optional[int] = None
-    shots: List[Shot] = Field(default_factory=list)
+    completed_date: datetime | None = None
+    shots_page: int | None = None
+    shots_size: int | None = None
+    shots_total: int | None = None
+    shots: list[Shot] = Field(default_factory=list)
 
 
 class ResultsPage(Page[SubtaskResult]):
     """One page of subtask results, each with one page of its shots."""
 
-    task_id: Optional[str] = None
+    task_id: str | None = None
 
 
 class Results(_Model):
     """A task's whole result set: what ``download_results`` writes to its file."""
 
     task_id: str
-    subtasks: List[SubtaskResult] = Field(default_factory=list)
+    subtasks: list[SubtaskResult] = Field(default_factory=list)

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from .._errors import (
     ApiError,
+    ConfigurationError,
     ApiUnreachable,
     InvalidTaskDefinition,
     NotFound,
@@ -34,7 +35,8 @@ from ._settings import ApiSettings
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import random
-    from typing import Any, Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
 
     from ._models import Task
 
@@ -194,10 +196,20 @@ def task_body(definition: Any) -> dict[str, Any]:
     raise TypeError(f"a task definition must be a TaskDefinition or a mapping, not {type(definition).__name__}")
 
 
-def creation_body(definition: Any, idempotency_key: str | None, attribution: Mapping[str, Any] | None) -> dict[str, Any]:
+def creation_body(
+    definition: Any, idempotency_key: str | None, attribution: Mapping[str, Any] | None, group: str | None = None
+) -> dict[str, Any]:
     """The body of a task creation: the definition as given, the idempotency key in its
-    ``user_metadata``, and ``attribution`` (None: off) merged into its ``system_metadata``."""
+    ``user_metadata``, ``attribution`` (None: off) merged into its ``system_metadata``, and
+    the default ``group`` (a UUID) as its ``group_id`` when it names none."""
     body = task_body(definition)
+    if group is not None and not body.get("group_id"):
+        if not _is_uuid(group):
+            raise ConfigurationError(
+                f"the default group {group!r} (QLAM_GROUP, or group in the QLAM Shell context) is not a UUID: "
+                "qlam-hpc cannot look a group up by name; give the group's id"
+            )
+        body = {**body, "group_id": group}
     if idempotency_key is not None:
         body = with_idempotency_key(body, idempotency_key)
     if attribution is not None:
@@ -503,3 +515,13 @@ def page_is_last(page: Mapping[str, Any]) -> bool:
     """True when no page follows this one (``{"elements", "page", "size", "total"}``)."""
     elements, number, size, total = page.get("elements") or [], page.get("page", 0), page.get("size", 0), page.get("total", 0)
     return not elements or not size or (number + 1) * size >= total
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -27,7 +27,7 @@ import os
 import stat
 import time
 from collections import namedtuple
-from typing import Mapping
+from collections.abc import Mapping
 
 import click
 
@@ -436,7 +436,6 @@ def _vault_store(settings) -> list[Check]:  # type: ignore[no-untyped-def]
     capabilities on the store's paths (asked of Vault, nothing written), and what a read costs."""
     from .._cache import Identity
     from .._stores import open_store
-
     from .._stores._vault import VaultStore
 
     try:

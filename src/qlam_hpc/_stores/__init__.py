@@ -17,7 +17,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Mapping
+    from collections.abc import Mapping
 
     from .._cache import Identity
     from .._settings import Settings

@@ -32,13 +32,12 @@ Why these choices (see docs/hpc.md for the filesystem facts):
 
 from __future__ import annotations
 
+# _thread, not threading: the warm token path cannot spare threading's import time.
+import _thread
 import errno
 import os
 import stat
 import time
-
-# _thread, not threading: the warm token path cannot spare threading's import time.
-import _thread
 
 from .._cache import CacheEntry, Identity, decode_entry, encode_entry
 from .._errors import UnsafeCache

@@ -45,7 +45,7 @@ import json
 import math
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from .._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
 from .._errors import CacheError, ConfigurationError
