@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from qlam_hpc._secrets import _botocore_bodies_unlogged
+from qlam_hpc._secrets import _BotocoreBodiesUnlogged
 from vault_service import Bao, start_bao
 
 
@@ -187,13 +187,13 @@ class AwsSecrets:
         """A new secret holding ``value`` (a dict becomes a JSON SecretString); its name."""
         name = f"qlam/test-{uuid.uuid4().hex[:12]}"
         text = json.dumps(value) if isinstance(value, dict) else value
-        with _botocore_bodies_unlogged():  # botocore logs the request, the secret in it, at DEBUG
+        with _BotocoreBodiesUnlogged():  # botocore logs the request, the secret in it, at DEBUG
             self.client.create_secret(Name=name, SecretString=text)
         return name
 
     def update(self, name: str, value: str | dict) -> None:
         text = json.dumps(value) if isinstance(value, dict) else value
-        with _botocore_bodies_unlogged():
+        with _BotocoreBodiesUnlogged():
             self.client.put_secret_value(SecretId=name, SecretString=text)
 
 

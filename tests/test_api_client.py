@@ -175,7 +175,7 @@ def test_wait_gives_up_at_its_timeout(client, sandbox):
     sandbox.set_faults(task_duration=30)
     task = client.create_task(DEFINITION)
     started = time.monotonic()
-    with pytest.raises(WaitTimeout, match="1 of 1 task still running after 0.3s"):
+    with pytest.raises(WaitTimeout, match=r"1 of 1 task still running after 0.3s"):
         client.wait(task, timeout=0.3, **FAST)
     assert 0.3 <= time.monotonic() - started < 2
 
@@ -246,7 +246,7 @@ def test_delete_removes_the_task(client, sandbox):
 
 
 def test_results_pages_reassemble_into_the_download(client, quick, tmp_path):
-    """Subtask pages × shot pages, merged, equal the streamed download; a page has the documented shape."""
+    """Subtask pages times shot pages, merged, equal the streamed download; a page has the documented shape."""
     task = client.wait(client.create_task(definition(shots=(250, 3, 101))), **FAST)
     page = client.results(task, size=2, shots_size=100)
     assert (page.total, len(page.elements), page.elements[0].shots_total, len(page.elements[0].shots)) == (3, 2, 250, 100)

@@ -102,7 +102,7 @@ def test_ca_bundle_prefers_ssl_cert_file_then_requests_ca_bundle():
 def test_a_missing_ca_bundle_is_a_clear_configuration_error(tmp_path):
     """A CA bundle that does not exist names the file and both variables."""
     settings = SETTINGS.with_(ca_bundle=str(tmp_path / "missing.pem"))
-    with pytest.raises(ConfigurationError, match="missing.pem .from SSL_CERT_FILE or REQUESTS_CA_BUNDLE"):
+    with pytest.raises(ConfigurationError, match=r"missing.pem .from SSL_CERT_FILE or REQUESTS_CA_BUNDLE"):
         ssl_context(settings)
 
 

@@ -106,6 +106,7 @@ def test_what_the_real_schema_makes_optional_we_may_leave_out() -> None:
 
 
 PROGRAM = ours.Program(content="kernel main() {}")
+# fmt: off
 BODIES = {
     "minimal definition": ours.TaskDefinition(programs=[PROGRAM], subtasks=[ours.SubtaskDefinition(num_shots=10)]),
     "full definition": ours.TaskDefinition(
@@ -118,10 +119,11 @@ BODIES = {
             )
         ],
         group_id=str(uuid.uuid4()), profile_id=str(uuid.uuid4()), user_metadata="run 7", system_metadata="{}",
-    ),  # fmt: skip
+    ),
     "definition reference": ours.TaskDefinition(definition_id=str(uuid.uuid4()), group_id=str(uuid.uuid4())),
     "compilation reference": ours.TaskDefinition(compilation_id=str(uuid.uuid4()), profile_id=str(uuid.uuid4())),
 }
+# fmt: on
 FORMS = {
     "minimal definition": real.TaskDefinition,
     "full definition": real.TaskDefinition,

@@ -99,7 +99,7 @@ def test_a_refused_token_is_replaced_once_through_the_cache(warm, sandbox):
     time.sleep(0.01)
     sandbox.set_faults(revoke_tokens_before=time.time())
     before = sandbox.stats()
-    code, out, heavy = loaded(["tasks", "list", "--json"], warm)
+    code, out, _heavy = loaded(["tasks", "list", "--json"], warm)
     after = sandbox.stats()
     assert code == 0 and "elements" in json.loads(out)
     assert after["token_requests"] - before["token_requests"] == 1

@@ -49,7 +49,7 @@ def ec_key():
 
 
 def _settings(**fields) -> Settings:
-    base = dict(client_id="client-1", audience="https://api.quera.com", token_url=URL, client_secret=Secret(SECRET))
+    base = {"client_id": "client-1", "audience": "https://api.quera.com", "token_url": URL, "client_secret": Secret(SECRET)}
     return Settings(**{**base, **fields})
 
 

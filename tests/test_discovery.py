@@ -170,7 +170,7 @@ def test_token_url_alone_needs_no_base_url():
 
 def test_token_url_follows_the_http_rules():
     """QLAM_TOKEN_URL over plain http to a remote host is refused, naming the variable."""
-    with pytest.raises(ConfigurationError, match="QLAM_TOKEN_URL 'http://idp.example/token' uses plain http"):
+    with pytest.raises(ConfigurationError, match=r"QLAM_TOKEN_URL 'http://idp.example/token' uses plain http"):
         Settings.from_env({**BASE, "QLAM_TOKEN_URL": "http://idp.example/token"})
 
 

@@ -118,7 +118,7 @@ def read_blocks(path: Path) -> tuple[list[Block], Counter]:
             continue
         indent, fence, lang = match["indent"], match["fence"], match["lang"].lower()
         j, body = i + 1, []
-        while j < len(lines) and not re.fullmatch(re.escape(fence[0]) + "{%d,}[ \t]*" % len(fence), lines[j].strip()):
+        while j < len(lines) and not re.fullmatch(re.escape(fence[0]) + f"{{{len(fence)},}}[ \t]*", lines[j].strip()):
             body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
             j += 1
         k = i - 1

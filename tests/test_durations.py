@@ -68,7 +68,7 @@ def test_case_and_surrounding_whitespace_are_ignored():
 )
 def test_garbage_is_rejected(text):
     """Text that is not a duration raises ValueError naming what was wrong."""
-    with pytest.raises(ValueError, match="(invalid|empty) duration"):
+    with pytest.raises(ValueError, match=r"(invalid|empty) duration"):
         parse_duration(text)
 
 

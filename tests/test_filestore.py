@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -307,10 +308,8 @@ def test_directory_of_another_user_is_refused(store, cache_dir):
     with pytest.raises(UnsafeCache):
         store.try_lock(IDENTITY)
     _entry(store).unlink()
-    try:
+    with contextlib.suppress(UnsafeCache):
         assert store.save(ENTRY) is False
-    except UnsafeCache:
-        pass
     assert list(cache_dir.iterdir()) == []
 
 

@@ -164,7 +164,7 @@ def _take_the_lock(cache):
 
 def test_a_squatted_node_lock_directory_does_not_stop_its_user(victim):
     """Another user who creates /dev/shm/qlam-hpc-locks-<uid> first gets no exit 8 out of its owner."""
-    base, cache = victim
+    _base, cache = victim
     squat = f"/dev/shm/qlam-hpc-locks-{VICTIM}"
     os.mkdir(squat, 0o777)
     os.chown(squat, ATTACKER, ATTACKER)
@@ -191,7 +191,7 @@ def test_a_planted_link_is_never_followed_nor_its_target_chmodded(victim):
 
 def test_all_processes_of_a_user_meet_in_the_same_fallback_directory(victim):
     """With the usual name squatted, the user's processes still agree on one directory: one holder at a time."""
-    base, cache = victim
+    _base, cache = victim
     squat = f"/dev/shm/qlam-hpc-locks-{VICTIM}"
     os.mkdir(squat, 0o700)
     os.chown(squat, ATTACKER, ATTACKER)

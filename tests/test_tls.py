@@ -103,7 +103,7 @@ def test_a_bundle_that_does_not_vouch_for_the_server_is_named(idp, tmp_path, aut
 
 def test_an_unusable_bundle_is_a_configuration_error(idp, tmp_path):
     settings = Settings.from_env(_env(idp.url, tmp_path, SSL_CERT_FILE=str(tmp_path / "missing.pem")))
-    with pytest.raises(ConfigurationError, match="missing.pem .from SSL_CERT_FILE. cannot be used"):
+    with pytest.raises(ConfigurationError, match=r"missing.pem .from SSL_CERT_FILE. cannot be used"):
         fetch_token(settings)
 
 

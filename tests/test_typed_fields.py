@@ -43,9 +43,13 @@ TYPED = _typed_namedtuples()
 
 
 def test_the_warm_path_namedtuples_are_typed() -> None:
-    """The token, the cache entry and its parts have typed fields."""
+    """The token, the cache entry and its parts, and the light path's answer have typed fields."""
     typed = {(module, name) for module, name, _, _ in TYPED}
-    assert {("qlam_hpc._tokens", "_TokenFields"), ("qlam_hpc._cache", "_CacheEntryFields")} <= typed
+    assert {
+        ("qlam_hpc._tokens", "_TokenFields"),
+        ("qlam_hpc._cache", "_CacheEntryFields"),
+        ("qlam_hpc._api._light", "_AnswerFields"),
+    } <= typed
 
 
 @pytest.mark.parametrize(("module", "name", "fields", "defaults"), TYPED, ids=[f"{m}.{n}" for m, n, _, _ in TYPED])

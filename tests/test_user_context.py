@@ -132,7 +132,7 @@ def test_a_denied_login_exits_4_with_one_line(env, sandbox):
     )
     code = json.loads(process.stdout.readline())["user_code"]
     sandbox.deny(code)
-    out, err = process.communicate(timeout=30)
+    _out, err = process.communicate(timeout=30)
     assert process.returncode == 4
     assert err.strip().count("\n") == 0 and "access_denied" in err
 

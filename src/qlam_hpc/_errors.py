@@ -259,7 +259,8 @@ class TaskFailed(QlamError):
 
     exit_code = 10
 
-    def __init__(self, task_id: str, status: str, reasons: list[str] | tuple[str, ...] = ()) -> None:
+    # task_id None: the server's answer named no id (its schema makes the id optional).
+    def __init__(self, task_id: str | None, status: str, reasons: list[str] | tuple[str, ...] = ()) -> None:
         detail = f": {'; '.join(reasons)}" if reasons else ""
         super().__init__(f"task {task_id} ended {status}{detail}")
         self.task_id = task_id

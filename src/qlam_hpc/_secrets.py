@@ -303,7 +303,7 @@ def _check_the_way_to(file: str, origin: str, opened: os.stat_result) -> None:
                     f"{info.st_uid}, who could re-point it; refusing to use it: name the file by its own path"
                 )
             continue
-        if name == path or name == real:
+        if name in (path, real):
             continue  # the file itself: checked on its descriptor
         if info.st_uid not in trusted:
             raise ConfigurationError(
@@ -600,7 +600,7 @@ class AwsSecret(SecretSource):
                 endpoint_url=self._endpoint(),
                 config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3}),
             )
-            with _botocore_bodies_unlogged():
+            with _BotocoreBodiesUnlogged():
                 answer = client.get_secret_value(SecretId=self.secret_id)
         except aws.NoRegionError:
             raise ConfigurationError(f"no AWS region for {what}: set AWS_REGION or use the secret's ARN") from None
@@ -639,7 +639,7 @@ class AwsSecret(SecretSource):
         return _field(data, self.field, what)
 
 
-class _botocore_bodies_unlogged:
+class _BotocoreBodiesUnlogged:
     """botocore logs whole response bodies at DEBUG, and a secret's body is the secret:
     drop those records while the secret is read, whatever logging the host program set up."""
 

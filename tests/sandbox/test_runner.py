@@ -65,7 +65,7 @@ def test_not_started_and_started_twice() -> None:
     """URLs need a started sandbox, and a sandbox starts only once."""
     idp = Sandbox()
     with pytest.raises(RuntimeError, match="not started"):
-        idp.url
+        _ = idp.url
     with idp, pytest.raises(RuntimeError, match="already started"):
         idp.start()
 

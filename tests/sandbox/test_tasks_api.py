@@ -487,7 +487,7 @@ def _forge(http: httpx.Client, sandbox: Sandbox, key: rsa.RSAPrivateKey, **chang
 
 
 def _tampered(token: str) -> str:
-    header, payload, signature = token.split(".")
+    header, _payload, signature = token.split(".")
     claims = jwt.decode(token, options={"verify_signature": False})
     forged = jwt.utils.base64url_encode(jwt.api_jws.json.dumps({**claims, "sub": "bob@clients"}).encode()).decode()
     return f"{header}.{forged}.{signature}"

@@ -216,7 +216,7 @@ def test_delete(sandbox: Sandbox, ctx: AppContext, tasks: TasksClient) -> None:
     finished = tasks.create(body=definition()).id
     for task_id in (running, finished):
         assert delete(ctx, task_id) == {"status_code": 204}
-        status, error = api_error(lambda: tasks.get(id=task_id))
+        status, error = api_error(lambda task_id=task_id: tasks.get(id=task_id))
         assert (status, error.code) == (404, 1404)
 
 

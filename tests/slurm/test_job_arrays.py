@@ -285,7 +285,7 @@ def test_a_50_task_array_with_redis_and_node_local_caches_makes_one_token_reques
         assert len(_nodes(outputs)) == 3
         assert list(node_caches.rglob("*.entry")) == []  # nothing went through the file store
         token = server.client().get(f"qlam-hpc:{area.identity().key()}:entry").decode()
-        access_token = next(l for l in token.splitlines() if l.startswith("access_token=")).partition("=")[2]
+        access_token = next(line for line in token.splitlines() if line.startswith("access_token=")).partition("=")[2]
         _assert_no_secrets(
             {"the job output files": "\n".join(outputs), "slurmctld's job files": scheduler_view},
             [sandbox.client.client_secret, server.password, access_token],

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from types import TracebackType
+    from typing import BinaryIO
 
 
 class AtomicFile:
@@ -19,7 +25,7 @@ class AtomicFile:
     def __init__(self, target: str | os.PathLike[str]) -> None:
         self.target = Path(target)
         self.bytes = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._name: str | None = None
 
     def __enter__(self) -> AtomicFile:
@@ -43,7 +49,9 @@ class AtomicFile:
         self._file.write(data)
         self.bytes += len(data)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self._file is not None and self._name is not None
         try:
             if exc_type is None:
@@ -55,7 +63,5 @@ class AtomicFile:
                 self._name = None
         finally:
             if self._name is not None:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._name)
-                except FileNotFoundError:
-                    pass

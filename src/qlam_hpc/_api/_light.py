@@ -30,12 +30,28 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
     from collections.abc import Callable, Mapping
+    from typing import NamedTuple
 
 #: Variables that route a request through a proxy (httpx, curl and requests read them).
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
 
 
-class Answer(namedtuple("_AnswerFields", ("status", "reason", "headers", "body", "url"))):
+# The type checker reads the fields, typed, from a NamedTuple that never runs (typing
+# costs the light path its import time).
+if TYPE_CHECKING:  # pragma: no cover
+
+    class _AnswerFields(NamedTuple):
+        status: int
+        reason: str
+        headers: list[tuple[str, str]]
+        body: bytes
+        url: str
+
+else:
+    _AnswerFields = namedtuple("_AnswerFields", ("status", "reason", "headers", "body", "url"))
+
+
+class Answer(_AnswerFields):
     """An answer: ``headers`` are (name, value) pairs with lower-case names, as httpx gives them."""
 
     __slots__ = ()
@@ -91,7 +107,15 @@ def _body(request: rq.ApiRequest) -> tuple[bytes | None, dict[str, str]]:
     return body, headers
 
 
-def _with_retries(settings, request, url, body, headers, token, sleep) -> Answer:
+def _with_retries(
+    settings: ApiSettings,
+    request: rq.ApiRequest,
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    token: str,
+    sleep: Callable[[float], None],
+) -> Answer:
     retry = rq.Retry(settings.retry, idempotent=request.idempotent)
     headers = {**headers, "Authorization": f"Bearer {token}"}
     while True:
@@ -101,7 +125,11 @@ def _with_retries(settings, request, url, body, headers, token, sleep) -> Answer
             from .._tls import failure
 
             tls = failure(failed.error, "") is not None  # a certificate stays untrusted: never retried
-            delay = retry.give_up() if tls else retry.delay(sent=failed.sent)
+            if tls:
+                retry.give_up()
+                delay = None
+            else:
+                delay = retry.delay(sent=failed.sent)
             if delay is None:
                 raise rq.unreachable(url, failed.error, retry.attempt) from None
             log("warning", f"QLAM API {url}: {rq.describe(failed.error)}; {rq.retrying(delay, retry)}")
@@ -128,6 +156,8 @@ def _exchange(settings: ApiSettings, method: str, url: str, body: bytes | None, 
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    assert parts.hostname is not None  # the API's base URL is checked when the settings are read
+    connection: http.client.HTTPConnection
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if parts.scheme == "https":
         connection = http.client.HTTPSConnection(
@@ -161,7 +191,7 @@ def _context(settings: ApiSettings) -> ssl.SSLContext:
     from .._tls import verify
 
     context = verify(settings.ca_bundle)
-    if context is True:
+    if isinstance(context, bool):  # True: httpx's default trust
         import ssl
 
         import certifi

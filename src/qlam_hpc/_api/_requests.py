@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 from .._errors import (
     ApiError,
-    ConfigurationError,
     ApiUnreachable,
+    ConfigurationError,
     InvalidTaskDefinition,
     NotFound,
     QlamError,
@@ -190,7 +190,8 @@ def userinfo() -> ApiRequest:
 def task_body(definition: Any) -> dict[str, Any]:
     """A creation body from a ``TaskDefinition`` (or any pydantic model) or a mapping."""
     if hasattr(definition, "model_dump"):
-        return definition.model_dump(mode="json", exclude_none=True)
+        body: dict[str, Any] = definition.model_dump(mode="json", exclude_none=True)
+        return body
     if isinstance(definition, Mapping):
         return dict(definition)
     raise TypeError(f"a task definition must be a TaskDefinition or a mapping, not {type(definition).__name__}")
@@ -427,10 +428,10 @@ class Waiter:
 
     def update(self, task: Task) -> bool:
         """Record a polled task; True when its status differs from the last one seen."""
-        previous = self.tasks.get(task.id)
         key = task.id if task.id in self.order else None
         if key is None:
             raise ValueError(f"task {task.id} is not one of the tasks waited for")
+        previous = self.tasks.get(key)
         self.tasks[key] = task
         changed = previous is None or previous.status != task.status
         self._changed = self._changed or changed

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
+
 
 class Refused(ValueError):
     """A value the command does not take; ``hint`` names the parameter, as click shows it."""
@@ -39,7 +43,7 @@ def relative_path(path: str, base_url: str) -> str:
     goes nowhere else."""
     if "://" not in path:
         return path if path.startswith("/") else "/" + path
-    if path == base_url or path.startswith(base_url + "/") or path.startswith(base_url + "?"):
+    if path == base_url or path.startswith((base_url + "/", base_url + "?")):
         return path[len(base_url) :] or "/"
     raise Refused(f"{path} is not on the QLAM API ({base_url}); the token is sent to that API only", "PATH")
 
@@ -90,7 +94,7 @@ def write_body(body: bytes) -> None:
     out.flush()
 
 
-def write_status(status: int, reason: str, headers) -> None:
+def write_status(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> None:
     """``-i``: the status line and the headers, on stderr."""
     lines = [f"HTTP/1.1 {status} {reason}", *(f"{name}: {value}" for name, value in headers)]
     sys.stderr.write("\n".join(lines) + "\n")

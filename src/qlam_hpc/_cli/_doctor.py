@@ -22,6 +22,7 @@ verifies it at the cost of one token request.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -392,10 +393,8 @@ def _locking(directory: str, fs: str) -> Check:
         return Check("FAIL", "cache locking", f"lockf failed in {directory} ({exc.strerror})", 8)
     finally:
         os.close(fd)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
     if "node-local locks" in fs:
         return Check("warn", "cache locking", "lockf works, but the mount keeps locks on this node: about one fetch per node")
     return Check("ok", "cache locking", "lockf works here")

@@ -20,6 +20,13 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from typing import Any
+
+    from .._api._light import Answer
+    from .._api._requests import ApiRequest
+    from .._api._settings import ApiSettings
+    from .._settings import Settings
     from .._tokens import Token
 
 
@@ -37,7 +44,7 @@ def warm_token(args: list[str]) -> int | None:
     return 0
 
 
-def _cached(min_ttl: float = 0.0) -> tuple | None:
+def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token] | None:
     """``(settings, token)`` when the file cache holds a token usable for ``min_ttl``, else None."""
     try:
         from .._cache import Identity, cached_token
@@ -222,7 +229,7 @@ def warm_tasks(args: list[str]) -> int | None:
     return _exit_point(call)
 
 
-def _start(api_url: str | None, qpu_mode: str | None) -> tuple | None:
+def _start(api_url: str | None, qpu_mode: str | None) -> tuple[Settings, ApiSettings, Token] | None:
     """``(settings, api settings, token)``, or None when the light path cannot serve: a cold
     cache, a proxy, settings the full CLI must report on."""
     found = _cached()
@@ -243,7 +250,7 @@ def _start(api_url: str | None, qpu_mode: str | None) -> tuple | None:
     return settings, api, token
 
 
-def _send(settings, api, request, token: Token):
+def _send(settings: Settings, api: ApiSettings, request: ApiRequest, token: Token) -> Answer:
     from .._api._light import send
 
     def refresh(rejected: str) -> str:
@@ -267,7 +274,7 @@ def _readable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.R_OK)
 
 
-def _definition(path: str) -> dict | None:
+def _definition(path: str) -> dict[str, Any] | None:
     """The task definition in FILE, or None for stdin and for anything the full CLI must report."""
     if path == "-":
         return None
@@ -281,7 +288,7 @@ def _definition(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _exit_point(call) -> int:
+def _exit_point(call: Callable[[], int]) -> int:
     """``_app.run``'s handling, for a call the light path has started: an error is one line
     on stderr and its exit code."""
     from .._errors import QlamError

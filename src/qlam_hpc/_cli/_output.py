@@ -7,6 +7,13 @@ import time
 
 from .._tokens import Token
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from logging import Formatter as _FormatterBase
+    from logging import LogRecord
+else:
+    _FormatterBase = object  # logging is imported only when the CLI configures it
+
 
 def configure_logging(verbosity: int = 0) -> None:
     """``qlam-hpc: warning: ...`` lines on stderr; -v adds info, -vv debug."""
@@ -27,8 +34,8 @@ def configure_logging(verbosity: int = 0) -> None:
         logging.getLogger("httpx").setLevel(logging.DEBUG)
 
 
-class _CliFormatter:
-    def format(self, record) -> str:  # logging.Formatter's duck type, to keep imports light
+class _CliFormatter(_FormatterBase):
+    def format(self, record: LogRecord) -> str:  # logging.Formatter's duck type, to keep imports light
         line = f"qlam-hpc: {record.levelname.lower()}: {record.getMessage()}"
         if record.exc_info:
             import traceback

@@ -16,13 +16,15 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
 if TYPE_CHECKING:
     from .._api._client import QlamClient
     from .._api._models import Task
+    from rich.console import Console
+    from rich.text import Text
 
 TASK_COMMANDS_EPILOG = """\b
 Exit codes: 0 success, 13 the API refused the request, 14 the API is unreachable
@@ -52,7 +54,7 @@ class _Api:
         return QlamClient(settings, provider=self.config.provider())
 
 
-def api_options(function: Callable) -> Callable:
+def api_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option(
         "--qpu-mode", metavar="MODE", help="QPU mode in the API path [env: QLAM_QPU_MODE; default squin-256q]."
     )(function)
@@ -107,7 +109,7 @@ def tasks(ctx: click.Context, api_url: str | None, qpu_mode: str | None) -> None
 @json_option
 @click.pass_obj
 def submit(
-    api: _Api, definition, wait_: bool, timeout: str | None, poll: str, idempotency_key: str | None, quiet: bool, as_json: bool
+    api: _Api, definition: BinaryIO, wait_: bool, timeout: str | None, poll: str, idempotency_key: str | None, quiet: bool, as_json: bool
 ) -> None:
     """Submit the task definition in FILE (JSON; - reads stdin).
 
@@ -130,13 +132,17 @@ def submit(
             return
         task = _task(created)
         if not as_json and not quiet:
+        if task.id is None:  # the schema makes the id optional; without one there is nothing to wait for
+            from .._errors import QlamError
+
+            raise QlamError("the QLAM API's answer to the submission names no task id: cannot wait for the task")
             _status_line(task, "submitted")
         final = _wait(client, [task.id], timeout_s, poll_s, as_json, quiet, known=[task])
     _print_one(final[0], as_json, quiet)
     _raise_for_outcome(final)
 
 
-def _definition(stream) -> dict[str, Any]:
+def _definition(stream: Any) -> dict[str, Any]:
     name = getattr(stream, "name", "-")
     raw = stream.read()
     try:
@@ -307,7 +313,7 @@ class _Live:
         self.progress.stop()
 
     def update(self, task: Task) -> None:
-        row = self.rows.get(task.id)
+        row = self.rows.get(task.id) if task.id is not None else None
         if row is not None:
             self.progress.update(row, status=task.status, completed=1 if task.terminal else 0)
 
@@ -452,7 +458,7 @@ def _print_one(task: Task, as_json: bool, quiet: bool) -> None:
         _task_details(task)
 
 
-def _console():
+def _console() -> Console:
     from rich.console import Console
 
     # A pipe or a batch log has no width: be wide rather than cut task ids short.
@@ -478,7 +484,7 @@ def _task_table(found: list[Task], caption: str | None) -> None:
     for task in found:
         group = task.group.name if task.group is not None and task.group.name else ""
         # Text, not markup: values from the server are shown as they are, "[red]" included.
-        cells = (Text(task.id), _styled(task.status), _when(_utc(task.created_date)), Text(group))
+        cells = (Text(task.id or ""), _styled(task.status), _when(_utc(task.created_date)), Text(group))
         table.add_row(*cells, Text("; ".join(task.error_reasons)))
     _console().print(table)
 
@@ -492,7 +498,7 @@ def _task_details(task: Task) -> None:
     from rich.text import Text
 
     data = task.to_json()
-    rows = [(Text("id"), Text(task.id)), (Text("status"), _styled(task.status))]
+    rows = [(Text("id"), Text(task.id or "")), (Text("status"), _styled(task.status))]
     rows += [
         (Text(k), Text(_cell(v))) for k, v in data.items() if k not in ("id", "task_status") and v not in (None, [], "")
     ]
@@ -513,7 +519,7 @@ def _utc(value: Any) -> Any:
     return value.astimezone(timezone.utc) if value is not None and value.tzinfo is not None else value
 
 
-def _styled(status: str):
+def _styled(status: str) -> Text:
     from rich.text import Text
 
     style = {"Completed": "green", "Failed": "red", "PayloadProcessingError": "red", "Cancelled": "yellow"}.get(status)

@@ -14,9 +14,14 @@ The file store (``_file.py``) is the default; ``_redis.py`` is the other; ``open
 
 from __future__ import annotations
 
-from typing import ContextManager, Protocol
+from typing import Protocol
 
 from .._cache import CacheEntry, Identity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from contextlib import AbstractContextManager
+    from typing import Any
 
 
 class TokenStore(Protocol):
@@ -28,7 +33,7 @@ class TokenStore(Protocol):
     def save(self, entry: CacheEntry) -> bool:
         """Publish atomically; False (after a warning) when the store cannot be written."""
 
-    def try_lock(self, identity: Identity) -> ContextManager | None:
+    def try_lock(self, identity: Identity) -> AbstractContextManager[object] | None:
         """The refresh lock, or None when another process holds it. ``OSError`` when
         this store cannot lock at all (read-only, locks unsupported)."""
 
@@ -38,10 +43,10 @@ class TokenStore(Protocol):
     def clear(self, identity: Identity | None = None) -> int:
         """Remove one entry, or all of them; the number removed."""
 
-    def record_request(self, record: dict) -> None:
+    def record_request(self, record: dict[str, Any]) -> None:
         """Append one token request to the ledger."""
 
-    def requests(self, month: str) -> list[dict]:
+    def requests(self, month: str) -> list[dict[str, Any]]:
         """Ledger records of ``month`` (``YYYY-MM``, UTC)."""
 
 
@@ -64,7 +69,7 @@ class NullStore:
     def save(self, entry: CacheEntry) -> bool:
         return True
 
-    def try_lock(self, identity: Identity) -> ContextManager | None:
+    def try_lock(self, identity: Identity) -> AbstractContextManager[object] | None:
         return _NoLock()
 
     def lock_holder(self, identity: Identity) -> str | None:
@@ -73,10 +78,10 @@ class NullStore:
     def clear(self, identity: Identity | None = None) -> int:
         return 0
 
-    def record_request(self, record: dict) -> None:
+    def record_request(self, record: dict[str, Any]) -> None:
         return None
 
-    def requests(self, month: str) -> list[dict]:
+    def requests(self, month: str) -> list[dict[str, Any]]:
         return []
 
 

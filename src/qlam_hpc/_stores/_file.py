@@ -431,7 +431,8 @@ def _discard(path: str, why: str) -> None:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    # Not contextlib.suppress: the warm token path does not import contextlib.
+    try:  # noqa: SIM105
         os.unlink(path)
     except OSError:
         pass

@@ -6,6 +6,7 @@ FastAPI and uvicorn are imported inside the command, so loading the CLI (and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -238,21 +239,21 @@ def sandbox_command(
         raise click.UsageError("--client-public-key is for the single client: put keys in the --clients-file instead")
     if clients_file and client_id:
         raise click.UsageError("use either --clients-file or --client-id, not both")
-    settings: dict = dict(
-        token_lifetime=token_lifetime,
-        monthly_quota=monthly_quota,
-        latency=latency,
-        error_rate=error_rate,
-        seed=seed,
-        host=host,
-        port=port,
-        signing_key_file=signing_key_file,
-        state_dir=state_dir,
-        task_duration=task_duration,
-        auto_approve=auto_approve,
-        refresh_token_overlap=refresh_token_overlap,
-        refresh_token_lifetime=refresh_token_lifetime,
-    )
+    settings: dict = {
+        "token_lifetime": token_lifetime,
+        "monthly_quota": monthly_quota,
+        "latency": latency,
+        "error_rate": error_rate,
+        "seed": seed,
+        "host": host,
+        "port": port,
+        "signing_key_file": signing_key_file,
+        "state_dir": state_dir,
+        "task_duration": task_duration,
+        "auto_approve": auto_approve,
+        "refresh_token_overlap": refresh_token_overlap,
+        "refresh_token_lifetime": refresh_token_lifetime,
+    }
     if qpu_modes:
         settings["qpu_modes"] = qpu_modes
     if audiences:
@@ -322,10 +323,9 @@ def _on_signals(handlers: dict) -> dict:  # type: ignore[type-arg]
     """Install a handler per signal; return the handlers they replace."""
     previous = {}
     for sig, handler in handlers.items():
-        try:
+        # ValueError: not the main thread (an embedding program), which handles signals itself
+        with contextlib.suppress(ValueError):
             previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread (an embedding program): it handles signals itself
-            pass
     return previous
 
 
