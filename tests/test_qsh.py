@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
 from conftest import run_cli
 
-from qlam_hpc import ConfigurationError, Settings
+from qlam_hpc import ConfigurationError, Settings, TokenProvider
 from qlam_hpc._qsh import config_path, select_client
 from qlam_hpc._secrets import EnvSecret
 from qlam_hpc._settings import Secret, build_settings
@@ -294,3 +295,106 @@ def test_a_config_in_a_directory_others_can_write_is_refused(home):
             Settings.from_env(_env(home))
     finally:
         (home / ".qsh").chmod(0o700)
+
+
+# --- what a context says for the tasks plugin, as QuEra's tools read it ---------------------------
+
+GROUP = "5b0e1c3a-8a47-4f33-9d55-2a7c1f0e9b61"
+
+
+def _validated(config: dict) -> dict:
+    """The config, checked first by QuEra's own config model: what we read is what their tools accept."""
+    from qlam_core.config.config_models import QshClientConfig
+
+    QshClientConfig.model_validate(config)
+    return config
+
+
+def _write(home, config: dict) -> None:
+    (home / ".qsh" / "config.json").write_text(json.dumps(_validated(config)))
+
+
+def _tasks_context(**plugin: object) -> dict:
+    config = _config(production=[_provider("device", grant_type="device_code", client_secret=None), _provider("m2m")])
+    context = config["contexts"][0]
+    context["defaults"] = {
+        "api_base_url": "https://defaults.api.example",
+        "auth_provider": "device",
+        "qpu_mode": "squin-64q",
+        "http_client": {"request_timeout_seconds": 42.5, "verify_ssl": "~/site-ca.pem"},
+    }
+    context["plugins"] = {"tasks": {"api_base_url": "https://tasks.api.example", "auth_provider": "m2m", **plugin}}
+    return config
+
+
+def test_plugins_tasks_overrides_the_defaults(home):
+    """plugins.tasks wins over defaults (auth provider, API, qpu_mode, group); http_client gives
+    the timeout and the CA bundle, for the token fetch and the API alike."""
+    from qlam_hpc import ApiSettings
+
+    _write(home, _tasks_context(qpu_mode="squin-256q", group=GROUP))
+    settings = Settings.from_env(_env(home))
+    assert settings.client_id == "m2m-client" and not settings.user_context  # the tasks plugin's provider
+    assert settings.http_timeout == 42.5
+    assert settings.tls_trust == (
+        f"http_client.verify_ssl of QLAM Shell context 'production' in {home / '.qsh' / 'config.json'}",
+        os.path.expanduser("~/site-ca.pem"),
+    )
+    api = ApiSettings.from_env(_env(home))
+    assert (api.base_url, api.qpu_mode, api.group, api.timeout) == ("https://tasks.api.example", "squin-256q", GROUP, 42.5)
+
+
+def test_the_environment_wins_over_the_context(home):
+    from qlam_hpc import ApiSettings
+
+    _write(home, _tasks_context(group=GROUP))
+    env = _env(home, QLAM_API_URL="https://env.api.example", QLAM_QPU_MODE="squin-8q", QLAM_CONTEXT="production")
+    api = ApiSettings.from_env({**env, "QLAM_GROUP": "11111111-2222-3333-4444-555555555555", "QLAM_API_TIMEOUT": "7"})
+    assert (api.base_url, api.qpu_mode, api.group, api.timeout) == (
+        "https://env.api.example", "squin-8q", "11111111-2222-3333-4444-555555555555", 7.0
+    )
+
+
+def test_verify_ssl_false_is_refused(home):
+    """Certificate checks are never turned off: the message says to give the CA bundle instead."""
+    config = _tasks_context()
+    config["contexts"][0]["defaults"]["http_client"]["verify_ssl"] = False
+    _write(home, config)
+    with pytest.raises(ConfigurationError, match="turns certificate checks off"):
+        Settings.from_env(_env(home))
+
+
+@pytest.mark.parametrize(
+    ("provider", "kind"),
+    [
+        ({"name": "legacy", "provider": "token", "token": "env:OLD_TOKEN"}, "a static-token provider"),
+        ({"name": "legacy", "provider": "basic", "username": "ada", "password": "env:PW"}, "a username/password provider"),
+    ],
+)
+def test_a_context_whose_provider_is_token_or_basic_says_what_it_needs(home, provider, kind):
+    config = _config(production=[provider])
+    _write(home, config)
+    result = run_cli("token", env={**_env(home), "PATH": os.environ["PATH"]})
+    assert result.code == 3
+    assert f"the auth provider 'legacy' that context 'production'" in result.err and kind in result.err
+    assert "client_credentials (M2M) or device_code" in result.err
+
+
+def test_the_default_group_goes_into_created_tasks(home, sandbox, tmp_path):
+    """A context's group (a UUID) is the group_id of tasks that name none; a group name is refused."""
+    from qlam_hpc import ApiSettings, QlamClient
+
+    config = _config(production=[_provider("m2m")])
+    config["contexts"][0]["plugins"] = {"tasks": {"api_base_url": sandbox.url, "group": GROUP}}
+    _write(home, config)
+    env = {**_env(home), **sandbox.env(), "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "cache")}
+    del env["QLAM_API_URL"]
+    api = ApiSettings.from_env(env)
+    definition = {"programs": [{"content": "x"}], "subtasks": [{"program_index": 0, "num_shots": 1}]}
+    with QlamClient(api, provider=TokenProvider(Settings.from_env(env))) as client:
+        assert client.create_task(definition).group.id == GROUP
+    config["contexts"][0]["plugins"]["tasks"]["group"] = "physics"
+    _write(home, config)
+    (tmp_path / "job.json").write_text(json.dumps(definition))
+    result = run_cli("tasks", "submit", str(tmp_path / "job.json"), env={**env, "PATH": os.environ["PATH"]})
+    assert result.code == 3 and "is not a UUID" in result.err

@@ -44,13 +44,29 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _FIELDS = (
     "path context provider auth_base_url client_id client_secret private_key key_id audience scope api_base_url mode "
-    "grant_type tenant"
+    "grant_type tenant timeout verify_ssl"
 )
+# What a context says for the tasks plugin (qlam-hpc's part of QLAM Shell): ``defaults``,
+# overridden by ``plugins.tasks``, as QuEra's tools read them.
+_CONTEXT_FIELDS = "path context auth_provider api_base_url qpu_mode group timeout verify_ssl"
 # The grant types qlam-hpc can serve, and the flow (Settings.auth_flow) each stands for.
 _FLOWS = {"client_credentials": "client_credentials", "device_code": "device"}
 
 
-class QshClient(namedtuple("_QshClientFields", _FIELDS, defaults=("client_credentials", None))):
+class QshContext(namedtuple("_QshContextFields", _CONTEXT_FIELDS)):
+    """A context's settings for the tasks plugin (``None`` when absent): its auth provider's
+    name, the API's base URL, the ``qpu_mode``, the default ``group``, the HTTP timeout
+    (``http_client.request_timeout_seconds``) and ``http_client.verify_ssl`` (a CA bundle's
+    path, or True)."""
+
+    __slots__ = ()
+
+    @property
+    def origin(self) -> str:
+        return f"QLAM Shell context {self.context!r} in {self.path}"
+
+
+class QshClient(namedtuple("_QshClientFields", _FIELDS, defaults=("client_credentials", None, None, None))):
     """The pieces of one context's auth provider (``None`` when absent); ``mode`` is the
     config file's permission bits; ``tenant`` is the device login's organization."""
 
@@ -96,6 +112,20 @@ def load_client(env: Mapping[str, str], context: str | None = None, flow: str | 
     """The client of ``context`` (else the current one) for ``flow`` (else the context's
     default provider's); ``None`` when there is no config file and no context was asked
     for. ``ConfigurationError`` names whatever is missing."""
+    found = _read(env, context)
+    return select_client(found[0], found[1], context, found[2], flow) if found is not None else None
+
+
+def load_context(env: Mapping[str, str], context: str | None = None) -> QshContext | None:
+    """What ``context`` (else the current one) says for the tasks plugin; ``None`` when there
+    is no config file and no context was asked for."""
+    found = _read(env, context)
+    return select_context(found[0], found[1], context, found[2]) if found is not None else None
+
+
+def _read(env: Mapping[str, str], context: str | None) -> tuple[Any, str, int] | None:
+    """``(parsed JSON, path, mode)`` of the config file, or None when there is none (and no
+    context was asked for)."""
     path = config_path(env)
     try:
         with open(path, "rb") as file:
@@ -124,7 +154,60 @@ def load_client(env: Mapping[str, str], context: str | None = None, flow: str | 
         # JSONDecodeError's msg and position, never its document: the file may hold a secret.
         where = f" ({exc.msg}, line {exc.lineno})" if hasattr(exc, "msg") else ""
         raise ConfigurationError(f"the QLAM Shell config {path} is not valid JSON{where}") from None
-    return select_client(data, path, context, mode, flow)
+    return data, path, mode
+
+
+def select_context(data: Any, path: str, context: str | None, mode: int = 0o600) -> QshContext:
+    """The context asked for (else the current one) and what it says for the tasks plugin. Pure."""
+    return _tasks_settings(path, *_chosen(data, path, context))
+
+
+def _tasks_settings(path: str, chosen: dict, context: str, where: str) -> QshContext:
+    defaults = _object(chosen, "defaults", where)
+    plugins = _object(chosen, "plugins", where)
+    tasks = _object(plugins, "tasks", f"the plugins of {where}")
+
+    def pick(key: str, *sources: tuple[dict, str]) -> str | None:
+        for source, name in sources:
+            value = _string(source, key, name)
+            if value:
+                return value
+        return None
+
+    overrides = ((tasks, f"plugins.tasks of {where}"), (defaults, f"the defaults of {where}"))
+    http_client = _object(defaults, "http_client", f"the defaults of {where}")
+    timeouts = _object(defaults, "timeouts", f"the defaults of {where}")
+    timeout = http_client.get("request_timeout_seconds", timeouts.get("request_seconds"))
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 300
+    ):
+        raise ConfigurationError(f"request_timeout_seconds of {where} must be a number of seconds from 0.1 to 300")
+    verify = http_client.get("verify_ssl")
+    if verify is False or (isinstance(verify, str) and verify.strip().lower() in ("false", "0", "no")):
+        # Turning verification off would send the secret and the tokens to whoever answers.
+        raise ConfigurationError(
+            f"http_client.verify_ssl of {where} turns certificate checks off, which qlam-hpc does not do: "
+            "give it the path of your site's CA bundle instead (or set SSL_CERT_FILE)"
+        )
+    if verify is not None and not isinstance(verify, (bool, str)):
+        raise ConfigurationError(f"http_client.verify_ssl of {where} must be true, false or a CA bundle's path")
+    return QshContext(
+        path=path,
+        context=context,
+        auth_provider=pick("auth_provider", *overrides),
+        api_base_url=pick("api_base_url", *overrides),
+        qpu_mode=pick("qpu_mode", *overrides),
+        group=pick("group", *overrides),
+        timeout=float(timeout) if timeout is not None else None,
+        verify_ssl=os.path.expanduser(verify) if isinstance(verify, str) and verify.strip().lower() != "true" else None,
+    )
+
+
+# Auth providers QuEra's tools accept in a context that give qlam-hpc no OAuth token.
+_NOT_OAUTH = {
+    "token": "a static-token provider (QuEra's tools no longer use it)",
+    "basic": "a username/password provider",
+}
 
 
 def select_client(
@@ -133,36 +216,17 @@ def select_client(
     """Pick the context and its provider out of a parsed config. Pure.
 
     With ``flow``, the provider must serve it (``client_credentials`` or ``device``).
-    Without, M2M stays the default: the context's default provider if it uses
+    Without, M2M stays the default: the provider the context selects for tasks
+    (``plugins.tasks.auth_provider``, else ``defaults.auth_provider``) if it uses
     client_credentials, else its first client_credentials provider; only a context
-    without one selects user context (its default device_code provider, else the first).
+    without one selects user context (its selected device_code provider, else the first).
     """
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"the QLAM Shell config {path} is not a JSON object")
-    contexts = _objects(data.get("contexts"), "contexts", f"the QLAM Shell config {path}")
-    for c in contexts:
-        _string(c, "name", f"a context in the QLAM Shell config {path}")
-    names = ", ".join(str(c.get("name")) for c in contexts) or "none"
-    if not context:
-        context = data.get("current_context")
-        if not isinstance(context, str) or not context:
-            raise ConfigurationError(
-                f"the QLAM Shell config {path} has no current_context: name one with --context or QLAM_CONTEXT "
-                f"(contexts: {names})"
-            )
-    chosen = next((c for c in contexts if c.get("name") == context), None)
-    if chosen is None:
-        raise ConfigurationError(f"there is no context {context!r} in the QLAM Shell config {path} (contexts: {names})")
-    where = f"context {context!r} of {path}"
+    chosen, context, where = _chosen(data, path, context)
+    settings = _tasks_settings(path, chosen, context, where)
     providers = _objects(chosen.get("auth_providers"), "auth_providers", where)
     for p in providers:
         _string(p, "name", f"an auth provider of {where}")
-    defaults = chosen.get("defaults")
-    if defaults is None:
-        defaults = {}
-    elif not isinstance(defaults, dict):
-        raise ConfigurationError(f"defaults of {where} must be a JSON object, not {_kind(defaults)}")
-    preferred = _string(defaults, "auth_provider", f"the defaults of {where}")
+    preferred = settings.auth_provider
     wanted = [g for g, f in _FLOWS.items() if flow is None or f == flow]
     usable = [p for p in providers if p.get("grant_type") in wanted]
     provider = None
@@ -172,7 +236,14 @@ def select_client(
         if provider is not None:
             break
     if provider is None:
-        found = ", ".join(f"{p.get('name')} ({p.get('grant_type')})" for p in providers) or "none"
+        selected = next((p for p in providers if p.get("name") == preferred), None)
+        kind = _NOT_OAUTH.get(str(selected.get("provider"))) if selected is not None else None
+        if kind is not None:
+            raise ConfigurationError(
+                f"the auth provider {preferred!r} that {where} selects is {kind}, which gives no OAuth token: "
+                "add an oauth provider with grant_type client_credentials (M2M) or device_code (a user login)"
+            )
+        found = ", ".join(f"{p.get('name')} ({p.get('grant_type') or p.get('provider')})" for p in providers) or "none"
         grants = " or ".join(wanted)
         raise ConfigurationError(
             f"{where} has no auth provider with grant_type {grants} (it has: {found}); qlam-hpc needs a "
@@ -204,11 +275,44 @@ def select_client(
         key_id=text("key_id"),
         audience=text("audience"),
         scope=scope or None,
-        api_base_url=text("api_base_url", defaults),
+        api_base_url=settings.api_base_url,
         mode=mode,
         grant_type=provider["grant_type"],
         tenant=text("tenant"),
+        timeout=settings.timeout,
+        verify_ssl=settings.verify_ssl,
     )
+
+
+def _chosen(data: Any, path: str, context: str | None) -> tuple[dict, str, str]:
+    """``(the context's object, its name, "context 'x' of <path>")``: the one asked for, else the current one."""
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"the QLAM Shell config {path} is not a JSON object")
+    contexts = _objects(data.get("contexts"), "contexts", f"the QLAM Shell config {path}")
+    for c in contexts:
+        _string(c, "name", f"a context in the QLAM Shell config {path}")
+    names = ", ".join(str(c.get("name")) for c in contexts) or "none"
+    if not context:
+        context = data.get("current_context")
+        if not isinstance(context, str) or not context:
+            raise ConfigurationError(
+                f"the QLAM Shell config {path} has no current_context: name one with --context or QLAM_CONTEXT "
+                f"(contexts: {names})"
+            )
+    chosen = next((c for c in contexts if c.get("name") == context), None)
+    if chosen is None:
+        raise ConfigurationError(f"there is no context {context!r} in the QLAM Shell config {path} (contexts: {names})")
+    return chosen, context, f"context {context!r} of {path}"
+
+
+def _object(source: dict, key: str, where: str) -> dict:
+    """The JSON object under ``key`` (absent or null: an empty one)."""
+    value = source.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{key} of {where} must be a JSON object, not {_kind(value)}")
+    return value
 
 
 def _objects(value: Any, key: str, where: str) -> list[dict]:

@@ -276,7 +276,9 @@ def build_settings(
         cache_enabled=_flag(env.get("QLAM_TOKEN_CACHE") or "on", "QLAM_TOKEN_CACHE"),
         token_budget=_positive_int(env.get("QLAM_TOKEN_BUDGET"), "QLAM_TOKEN_BUDGET"),
         lock_timeout=_seconds(env.get("QLAM_LOCK_TIMEOUT"), "QLAM_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
-        http_timeout=_seconds(env.get("QLAM_HTTP_TIMEOUT"), "QLAM_HTTP_TIMEOUT", 10.0),
+        http_timeout=_seconds(
+            env.get("QLAM_HTTP_TIMEOUT"), "QLAM_HTTP_TIMEOUT", qsh.timeout if qsh is not None and qsh.timeout else 10.0
+        ),
         retry=RetryPolicy(
             attempts=_positive_int(env.get("QLAM_RETRY_ATTEMPTS"), "QLAM_RETRY_ATTEMPTS") or 5,
             deadline=_seconds(env.get("QLAM_RETRY_DEADLINE"), "QLAM_RETRY_DEADLINE", 60.0),
@@ -298,7 +300,9 @@ def build_settings(
             env.get("QLAM_REFRESH_TOKEN_LIFETIME"), "QLAM_REFRESH_TOKEN_LIFETIME", DEFAULT_REFRESH_TOKEN_LIFETIME
         ),
         refresh_token_dir=os.path.expanduser(env["QLAM_REFRESH_TOKEN_DIR"]) if env.get("QLAM_REFRESH_TOKEN_DIR") else None,
-        tls_trust=ca_setting(env),
+        tls_trust=ca_setting(env) or (
+            (f"http_client.verify_ssl of {qsh.origin}", qsh.verify_ssl) if qsh is not None and qsh.verify_ssl else None
+        ),
     )
     if settings.refresh_token_dir:
         note("refresh_token_dir", "environment QLAM_REFRESH_TOKEN_DIR")

@@ -49,7 +49,8 @@ class _Common:
 
             provider = self._principal_of
             self._attribution = this_process(provider.principal() if provider is not None else None)
-        return rq.creation_body(definition, idempotency_key, self._attribution if self.settings.attribution else None)
+        attribution = self._attribution if self.settings.attribution else None
+        return rq.creation_body(definition, idempotency_key, attribution, self.settings.group)
 
     def _url(self, request: rq.ApiRequest) -> str:
         return self.settings.base_url + request.path

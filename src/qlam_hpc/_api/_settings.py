@@ -26,6 +26,7 @@ _FIELDS = (
     "retry",  # RetryPolicy for idempotent requests
     "ca_bundle",  # str | None: a PEM file or directory of CA certificates; None: the system default
     "trust_env",  # read HTTP(S)_PROXY, NO_PROXY and SSL_CERT_* from the environment, as httpx does
+    "group",  # str | None: the group_id (a UUID) of created tasks that name none (QLAM_GROUP)
 )
 
 
@@ -33,7 +34,7 @@ class ApiSettings(
     namedtuple(
         "_ApiSettingsFields",
         _FIELDS,
-        defaults=(DEFAULT_API_URL, DEFAULT_QPU_MODE, True, 30.0, 10.0, RetryPolicy(), None, True),
+        defaults=(DEFAULT_API_URL, DEFAULT_QPU_MODE, True, 30.0, 10.0, RetryPolicy(), None, True, None),
     )
 ):
     """Immutable API settings; ``with_`` copies with changes.
@@ -47,26 +48,41 @@ class ApiSettings(
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ApiSettings:
         """Settings from the environment; keyword overrides (CLI flags) win, ``None`` ones are ignored.
 
-        ``QLAM_API_URL``, ``QLAM_QPU_MODE``, ``QLAM_ATTRIBUTION`` (on|off), ``QLAM_API_TIMEOUT``,
-        ``QLAM_API_CONNECT_TIMEOUT``, ``QLAM_RETRY_ATTEMPTS``, ``QLAM_RETRY_DEADLINE``; the CA
-        bundle as for the token fetch (``_tls``): ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else
-        ``REQUESTS_CA_BUNDLE``, so a cluster set up for any of them works unchanged.
+        ``QLAM_API_URL``, ``QLAM_QPU_MODE``, ``QLAM_GROUP``, ``QLAM_ATTRIBUTION`` (on|off),
+        ``QLAM_API_TIMEOUT``, ``QLAM_API_CONNECT_TIMEOUT``, ``QLAM_RETRY_ATTEMPTS``,
+        ``QLAM_RETRY_DEADLINE``; the CA bundle as for the token fetch (``_tls``):
+        ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else ``REQUESTS_CA_BUNDLE``, so a cluster set
+        up for any of them works unchanged.
+
+        Where the environment names no API (``QLAM_API_URL``), or a QLAM Shell context is asked
+        for (``context``, ``QLAM_CONTEXT``), the context's settings for the tasks plugin fill
+        the gaps as QuEra's tools read them: ``plugins.tasks`` over ``defaults`` for
+        ``api_base_url``, ``qpu_mode`` and ``group``, and ``http_client`` for the timeout and
+        the CA bundle (``verify_ssl``). The environment wins, as for the token settings.
         """
         env = os.environ if environ is None else environ
         given = {k: v for k, v in overrides.items() if v is not None}
-        base_url = given.pop("base_url", None) or env.get("QLAM_API_URL") or DEFAULT_API_URL
-        qpu_mode = given.pop("qpu_mode", None) or env.get("QLAM_QPU_MODE") or DEFAULT_QPU_MODE
+        context = given.pop("context", None) or env.get("QLAM_CONTEXT")
+        qsh = None
+        if context or not (given.get("base_url") or env.get("QLAM_API_URL")):
+            from .._qsh import load_context
+
+            qsh = load_context(env, context)
+        base_url = given.pop("base_url", None) or env.get("QLAM_API_URL") or (qsh and qsh.api_base_url) or DEFAULT_API_URL
+        qpu_mode = given.pop("qpu_mode", None) or env.get("QLAM_QPU_MODE") or (qsh and qsh.qpu_mode) or DEFAULT_QPU_MODE
+        timeout = qsh.timeout if qsh is not None and qsh.timeout else 30.0
         settings = cls(
             base_url=api_url(base_url),
             qpu_mode=check_qpu_mode(qpu_mode),
             attribution=_flag(env.get("QLAM_ATTRIBUTION") or "on", "QLAM_ATTRIBUTION"),
-            timeout=_seconds(env.get("QLAM_API_TIMEOUT"), "QLAM_API_TIMEOUT", 30.0),
+            timeout=_seconds(env.get("QLAM_API_TIMEOUT"), "QLAM_API_TIMEOUT", timeout),
             connect_timeout=_seconds(env.get("QLAM_API_CONNECT_TIMEOUT"), "QLAM_API_CONNECT_TIMEOUT", 10.0),
             retry=RetryPolicy(
                 attempts=_positive_int(env.get("QLAM_RETRY_ATTEMPTS"), "QLAM_RETRY_ATTEMPTS") or 5,
                 deadline=_seconds(env.get("QLAM_RETRY_DEADLINE"), "QLAM_RETRY_DEADLINE", 60.0),
             ),
-            ca_bundle=ca_bundle(env),
+            ca_bundle=ca_bundle(env) or (qsh.verify_ssl if qsh is not None else None),
+            group=env.get("QLAM_GROUP") or (qsh.group if qsh is not None else None) or None,
         )
         if given:
             settings = settings._replace(**given)

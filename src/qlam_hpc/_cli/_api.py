@@ -60,7 +60,7 @@ def api_command(
 
     try:
         _calls.check_path(_calls.check_method(method) and path)
-        settings = ApiSettings.from_env(base_url=api_url, qpu_mode=qpu_mode)
+        settings = ApiSettings.from_env(base_url=api_url, qpu_mode=qpu_mode, context=config.overrides.get("context"))
         relative = _calls.relative_path(path, settings.base_url).replace("{qpu_mode}", settings.qpu_mode)
         extra = _calls.parse_headers(headers)
         content = _calls.read_body(data)

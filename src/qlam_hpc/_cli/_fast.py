@@ -207,7 +207,7 @@ def warm_tasks(args: list[str]) -> int | None:
                 from .._api._attribution import this_process
 
                 attribution = this_process()
-            request = rq.create_task(api, rq.creation_body(definition, None, attribution))
+            request = rq.create_task(api, rq.creation_body(definition, None, attribution, api.group))
     except ValueError:
         return None
 

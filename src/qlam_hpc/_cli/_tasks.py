@@ -50,7 +50,8 @@ class _Api:
         from .._api._client import QlamClient
         from .._api._settings import ApiSettings
 
-        settings = ApiSettings.from_env(base_url=self.api_url, qpu_mode=self.qpu_mode)
+        context = self.config.overrides.get("context")  # --context picks the QLAM Shell context
+        settings = ApiSettings.from_env(base_url=self.api_url, qpu_mode=self.qpu_mode, context=context)
         return QlamClient(settings, provider=self.config.provider())
 
 
@@ -131,11 +132,11 @@ def submit(
             _print_raw(created, as_json, quiet)
             return
         task = _task(created)
-        if not as_json and not quiet:
         if task.id is None:  # the schema makes the id optional; without one there is nothing to wait for
             from .._errors import QlamError
 
             raise QlamError("the QLAM API's answer to the submission names no task id: cannot wait for the task")
+        if not as_json and not quiet:
             _status_line(task, "submitted")
         final = _wait(client, [task.id], timeout_s, poll_s, as_json, quiet, known=[task])
     _print_one(final[0], as_json, quiet)
