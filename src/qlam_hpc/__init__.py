@@ -87,7 +87,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._auth import QlamAuth
     from ._errors import *  # noqa: F403
     from ._provider import TokenProvider, TokenResult
-    from ._settings import RetryPolicy, Secret, Settings
+    from ._secrets import Secret
+    from ._settings import RetryPolicy, Settings
     from ._stores._base import TokenStore
     from ._stores._file import FileStore
     from ._stores._redis import RedisStore

@@ -22,7 +22,8 @@ import threading
 from collections import namedtuple
 
 from ._errors import ConfigurationError
-from ._settings import ASSERTION_ALGORITHMS, CLIENT_AUTH_METHODS, Secret, Settings
+from ._secrets import Secret
+from ._settings import ASSERTION_ALGORITHMS, CLIENT_AUTH_METHODS, Settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover

@@ -52,7 +52,7 @@ def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: s
     """The document at ``url`` from its HTTP answer, or a one-line error. Pure."""
     import json
 
-    from ._settings import checked_url
+    from ._urls import checked_url
 
     if status >= 400:
         raise ConfigurationError(

@@ -42,7 +42,7 @@ from ._errors import ConfigurationError, SecretStoreUnreachable
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = [
     "Secret",
@@ -95,12 +95,12 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         # Secrets do not travel through pickles (multiprocessing, logging queues).
         raise TypeError("a Secret cannot be pickled")
 
 
-def secret_source(value: str, origin: str, env: Mapping[str, str]):
+def secret_source(value: str, origin: str, env: Mapping[str, str]) -> Secret | SecretSource:
     """A ``Secret`` for a literal value; a ``SecretSource`` for ``env:``, ``file:``, ``vault://``
     and ``aws-sm://`` references (``origin`` names where the value was found, for messages)."""
     if value.startswith(SECRET_REFERENCE_PREFIXES):
@@ -110,7 +110,7 @@ def secret_source(value: str, origin: str, env: Mapping[str, str]):
 
 # Values fetched from Vault or AWS in this process, by source: a job step that refreshes
 # its token calls the secret store once, not at every fetch.
-_remembered: dict[tuple, Secret] = {}
+_remembered: dict[tuple[object, ...], Secret] = {}
 _remembered_lock = _thread.allocate_lock()
 
 
@@ -129,7 +129,7 @@ class SecretSource:
         self.origin = origin
         self._env = os.environ if env is None else env
 
-    def _where(self) -> tuple:
+    def _where(self) -> tuple[object, ...]:
         raise NotImplementedError
 
     def _read(self) -> str:
@@ -159,12 +159,12 @@ class SecretSource:
         return f"<{type(self).__name__} {self.describe()}>"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._where() == self._where()  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._where() == self._where()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, *self._where()))
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError(f"a {type(self).__name__} cannot be pickled")
 
 
@@ -200,7 +200,7 @@ class EnvSecret(SecretSource):
         super().__init__(origin=origin, env=env)
         self.name = name
 
-    def _where(self) -> tuple:
+    def _where(self) -> tuple[object, ...]:
         return (self.name,)
 
     def describe(self) -> str:
@@ -222,7 +222,7 @@ class FileSecret(SecretSource):
         super().__init__(origin=origin)
         self.path = path
 
-    def _where(self) -> tuple:
+    def _where(self) -> tuple[object, ...]:
         return (self.path,)
 
     def describe(self) -> str:
@@ -480,19 +480,19 @@ class VaultSecret(SecretSource):
     __slots__ = ("mount", "path", "field")
     remembered = True
 
-    def __init__(self, mount: str, path: str, field: str | None, *, origin: str, env=None) -> None:
+    def __init__(self, mount: str, path: str, field: str | None, *, origin: str, env: Mapping[str, str] | None = None) -> None:
         super().__init__(origin=origin, env=env)
         self.mount, self.path, self.field = mount, path, field
 
     @classmethod
-    def parse(cls, value: str, *, origin: str, env=None) -> VaultSecret:
+    def parse(cls, value: str, *, origin: str, env: Mapping[str, str] | None = None) -> VaultSecret:
         location, _, field = value[len("vault://") :].partition("#")
         mount, _, path = location.strip("/").partition("/")
         if not mount or not path:
             raise ConfigurationError(f"{origin}: a Vault reference is vault://MOUNT/PATH#FIELD, e.g. vault://secret/qlam#client_secret")
         return cls(mount, path, field or None, origin=origin, env=env)
 
-    def _where(self) -> tuple:
+    def _where(self) -> tuple[object, ...]:
         env = self._env
         return (self.mount, self.path, self.field, vault_setting(env, "ADDR"), vault_setting(env, "NAMESPACE"))
 
@@ -544,12 +544,12 @@ class AwsSecret(SecretSource):
     __slots__ = ("secret_id", "field")
     remembered = True
 
-    def __init__(self, secret_id: str, field: str | None, *, origin: str, env=None) -> None:
+    def __init__(self, secret_id: str, field: str | None, *, origin: str, env: Mapping[str, str] | None = None) -> None:
         super().__init__(origin=origin, env=env)
         self.secret_id, self.field = secret_id, field
 
     @classmethod
-    def parse(cls, value: str, *, origin: str, env=None) -> AwsSecret:
+    def parse(cls, value: str, *, origin: str, env: Mapping[str, str] | None = None) -> AwsSecret:
         rest = value[len("aws-sm://") :]
         secret_id, separator, field = rest.rpartition("#")
         if not separator:
@@ -558,7 +558,7 @@ class AwsSecret(SecretSource):
             raise ConfigurationError(f"{origin}: an AWS reference is aws-sm://SECRET-ID#FIELD, e.g. aws-sm://qlam/hpc#client_secret")
         return cls(secret_id, field or None, origin=origin, env=env)
 
-    def _where(self) -> tuple:
+    def _where(self) -> tuple[object, ...]:
         return (self.secret_id, self.field, self._endpoint(), self._region())
 
     def describe(self) -> str:
@@ -645,7 +645,7 @@ class _BotocoreBodiesUnlogged:
 
     _LOGGERS = ("botocore.parsers", "botocore.endpoint", "botocore.hooks")
 
-    def __enter__(self):
+    def __enter__(self) -> _BotocoreBodiesUnlogged:
         import logging
 
         self._filter = logging.Filter("no-such-logger")  # passes nothing from these loggers
@@ -653,14 +653,14 @@ class _BotocoreBodiesUnlogged:
             logging.getLogger(name).addFilter(self._filter)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         import logging
 
         for name in self._LOGGERS:
             logging.getLogger(name).removeFilter(self._filter)
 
 
-def _field(data: dict, field: str | None, what: str) -> str:
+def _field(data: dict[str, Any], field: str | None, what: str) -> str:
     """One string field of a secret's key/value data; without ``field``, its only field."""
     if field is None:
         if len(data) != 1:

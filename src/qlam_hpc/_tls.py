@@ -118,7 +118,8 @@ def failure(
 
 def plain_http_advice(url: str) -> str:
     """What to say when ``url`` (https) reached a plain-http server."""
-    from ._settings import _host_of, is_loopback
+    from ._urls import host_of as _host_of
+    from ._urls import is_loopback
 
     rest = url.partition("://")[2]
     authority = rest.split("/", 1)[0]

@@ -69,7 +69,7 @@ def _origin(url: str | None) -> tuple[str, str, int | None]:
 
 
 class _RetryOnce:
-    def __init__(self, provider: TokenProvider, token: str, position: int | None, origin: tuple) -> None:
+    def __init__(self, provider: TokenProvider, token: str, position: int | None, origin: tuple[str, str, int | None]) -> None:
         self.provider = provider
         self.token = token
         self.position = position

@@ -10,6 +10,10 @@ import click
 
 from ._tasks import api_options
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from ._app import _Config
+
 API_EPILOG = """\b
 Exit codes: 0 for a 2xx or 3xx answer, 13 for 4xx, 14 when the API is
 unreachable or answers 5xx after the retries; 2 for a bad option.
@@ -31,7 +35,7 @@ unreachable or answers 5xx after the retries; 2 for a bad option.
 @api_options
 @click.pass_obj
 def api_command(
-    config,
+    config: _Config,
     method: str,
     path: str,
     data: str | None,

@@ -34,6 +34,13 @@ import click
 
 from .._errors import ConfigurationError, QlamError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from typing import Any
+
+    import httpx
+
 __all__ = ["doctor", "diagnose", "Check"]
 
 # Clock skew: shared-cache expiry is compared across nodes' clocks, and a client
@@ -78,7 +85,9 @@ NOT_VERIFIED = (
 )
 
 
-def diagnose(environ: Mapping[str, str], overrides: dict, *, transport=None) -> list[Check]:
+def diagnose(
+    environ: Mapping[str, str], overrides: dict[str, Any], *, transport: httpx.BaseTransport | None = None
+) -> list[Check]:
     """Every check, in order; a check that cannot run after an earlier failure says ``skip``."""
     from .._settings import build_settings, default_cache_dir
 
@@ -295,7 +304,7 @@ def _clock(date: str | None, sent: float, received: float) -> Check:
     return Check("FAIL", "clock", f"{detail}: tokens shared between nodes and client assertions need NTP", 3)
 
 
-def _api(environ: Mapping[str, str], transport) -> Check:
+def _api(environ: Mapping[str, str], transport: httpx.BaseTransport | None) -> Check:
     import httpx
 
     from .._tls import failure as tls_failure
@@ -335,7 +344,7 @@ def _trust(environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
 # --- the cache ------------------------------------------------------------------------------
 
 
-def _cache_dir(environ: Mapping[str, str], overrides: dict, default) -> str:  # type: ignore[no-untyped-def]
+def _cache_dir(environ: Mapping[str, str], overrides: dict[str, Any], default: Callable[[Mapping[str, str]], str]) -> str:
     given = overrides.get("cache_dir") or environ.get("QLAM_TOKEN_CACHE_DIR")
     return os.path.expanduser(given) if given else default(environ)
 

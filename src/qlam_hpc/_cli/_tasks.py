@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 if TYPE_CHECKING:
-    from .._api._client import QlamClient
-    from .._api._models import Task
     from rich.console import Console
     from rich.text import Text
+
+    from .._api._client import QlamClient
+    from .._api._models import Task
 
 TASK_COMMANDS_EPILOG = """\b
 Exit codes: 0 success, 13 the API refused the request, 14 the API is unreachable

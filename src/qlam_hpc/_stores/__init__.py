@@ -18,6 +18,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
+    from typing import Any
 
     from .._cache import Identity
     from .._settings import Settings
@@ -59,7 +60,7 @@ def store_from_url(
     *,
     password: str | None = None,
     owner: Identity | None = None,
-    **options,
+    **options: Any,
 ) -> TokenStore:
     """The store a ``QLAM_TOKEN_STORE`` URL names: ``redis://``/``rediss://`` (``_redis``),
     ``vault://MOUNT/PATH`` (``_vault``; the server and login from Vault's variables in

@@ -43,6 +43,11 @@ from .._cache import CacheEntry, Identity, decode_entry, encode_entry
 from .._errors import UnsafeCache
 from .._log import log
 
+TYPE_CHECKING = False  # typing costs the warm token path its import time
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+    from typing import Any
+
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_ENTRY_BYTES = 1 << 20
@@ -69,7 +74,7 @@ os.register_at_fork(after_in_child=_forget_held_locks_in_child)
 class FileStore:
     """A token store in one directory; safe to share between threads, processes and nodes."""
 
-    def __init__(self, directory: str | os.PathLike, *, node_local: bool = False) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, node_local: bool = False) -> None:
         self.directory = os.path.abspath(os.fspath(directory))
         self.location = self.directory
         self._node_local = node_local
@@ -220,7 +225,7 @@ class FileStore:
     def ledger_path(self, month: str) -> str:
         return os.path.join(self.directory, f"ledger-{month}.jsonl")
 
-    def record_request(self, record: dict) -> None:
+    def record_request(self, record: dict[str, Any]) -> None:
         import json
 
         month = time.strftime("%Y-%m", time.gmtime(record["time"]))
@@ -239,7 +244,7 @@ class FileStore:
         except OSError as exc:
             log("warning", f"could not record the token request in the ledger ({exc.strerror or exc})")
 
-    def requests(self, month: str) -> list[dict]:
+    def requests(self, month: str) -> list[dict[str, Any]]:
         import json
 
         if not self._checked_directory(create=False):
@@ -340,7 +345,7 @@ _LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL
 _NODE_LOCK_BASES = ("/dev/shm", "/tmp")
 
 
-def _node_lock_directory(env=None, bases: tuple[str, ...] = _NODE_LOCK_BASES) -> str:
+def _node_lock_directory(env: Mapping[str, str] | None = None, bases: tuple[str, ...] = _NODE_LOCK_BASES) -> str:
     """A directory on this node that only this user can have made, for locks only (see the
     module's docstring). Every process of the user on the node finds the same one."""
     env = os.environ if env is None else env

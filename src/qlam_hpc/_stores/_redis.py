@@ -51,6 +51,13 @@ from .._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_t
 from .._errors import CacheError, ConfigurationError
 from .._log import log
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from types import TracebackType
+    from typing import Any, Literal
+
+    from redis import Redis
+
 DEFAULT_LEASE = 15.0
 DEFAULT_TIMEOUT = 5.0
 _LEDGER_DAYS = 400  # a ledger month outlives the month it counts, and then some
@@ -74,7 +81,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client,
+        client: Redis,
         *,
         lease: float = DEFAULT_LEASE,
         prefix: str = "qlam-hpc",
@@ -103,6 +110,7 @@ class RedisStore:
             raw = self.client.get(key)
         if raw is None:
             return None
+        assert isinstance(raw, bytes)  # the store's client never decodes answers (decode_responses off)
         try:
             entry = decode_entry(raw, identity)
         except ValueError as reason:
@@ -111,12 +119,12 @@ class RedisStore:
                 self.client.delete(key)
             return None
         if entry.token is not None:
-            reason = foreign_token(entry.token, identity, time.time())
-            if reason is not None:
+            foreign = foreign_token(entry.token, identity, time.time())
+            if foreign is not None:
                 log(
                     "warning",
                     f"token store entry {key} in {self.location} holds a token not issued for client "
-                    f"{identity.client_id} and audience {identity.audience} ({reason}); not using it",
+                    f"{identity.client_id} and audience {identity.audience} ({foreign}); not using it",
                 )
                 entry = entry._replace(token=None)
         return entry
@@ -162,7 +170,9 @@ class RedisStore:
                 )
             removed = 0
             for key in self.client.scan_iter(match=f"{self.prefix}:*:entry", count=500):
-                found = identity_of(self.client.get(key) or b"")
+                raw = self.client.get(key) or b""
+                assert isinstance(raw, bytes)  # the store's client never decodes answers
+                found = identity_of(raw)
                 if found is not None and (found.token_url, found.client_id, found.principal) == (
                     owner.token_url,
                     owner.client_id,
@@ -197,7 +207,7 @@ class RedisStore:
 
     # --- the ledger ---------------------------------------------------------------------
 
-    def record_request(self, record: dict) -> None:
+    def record_request(self, record: dict[str, Any]) -> None:
         key = self._ledger_key(time.strftime("%Y-%m", time.gmtime(record["time"])))
         try:
             with self._errors("record the token request"):
@@ -208,7 +218,7 @@ class RedisStore:
         except RedisUnavailable as error:
             log("warning", f"could not record the token request in the ledger: {error}")
 
-    def requests(self, month: str) -> list[dict]:
+    def requests(self, month: str) -> list[dict[str, Any]]:
         with self._errors("read the ledger"):
             lines = self.client.lrange(self._ledger_key(month), 0, -1)
         records = []
@@ -237,7 +247,9 @@ class _RedisErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         if exc is None:
             return False
         import redis
@@ -323,7 +335,7 @@ def _explain(exc: Exception) -> str:
     return text
 
 
-def _describe_client(client) -> str:
+def _describe_client(client: Redis) -> str:
     try:
         kwargs = client.connection_pool.connection_kwargs
         scheme = "rediss" if "SSL" in client.connection_pool.connection_class.__name__ else "redis"
@@ -371,7 +383,7 @@ def redis_store_from_url(
     """
     from urllib.parse import urlsplit
 
-    from .._settings import is_loopback
+    from .._urls import is_loopback
 
     env = os.environ if environ is None else environ
     text = url.strip()
@@ -382,7 +394,7 @@ def redis_store_from_url(
         raise ConfigurationError(
             "QLAM_TOKEN_STORE names a Redis server but redis-py is not installed: pip install 'qlam-hpc[redis]'"
         ) from None
-    options: dict = {"socket_connect_timeout": DEFAULT_TIMEOUT, "socket_timeout": DEFAULT_TIMEOUT}
+    options: dict[str, Any] = {"socket_connect_timeout": DEFAULT_TIMEOUT, "socket_timeout": DEFAULT_TIMEOUT}
     try:
         has_password = urlsplit(text).password is not None
         host = urlsplit(text).hostname or "localhost"  # redis-py's default

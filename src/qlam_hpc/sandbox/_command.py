@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,12 +24,18 @@ from ._config import SandboxConfig, is_loopback
 __all__ = ["sandbox_command"]
 
 
-class _DurationType(click.ParamType):
+if TYPE_CHECKING:  # pragma: no cover
+    _ParamType = click.ParamType[int, object]
+else:
+    _ParamType = click.ParamType  # generic only in click 8.2 and later
+
+
+class _DurationType(_ParamType):
     """Seconds, or a duration such as 15m, 2h, 1d."""
 
     name = "duration"
 
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
         from .._durations import parse_duration
 
         if isinstance(value, int):
@@ -239,7 +246,7 @@ def sandbox_command(
         raise click.UsageError("--client-public-key is for the single client: put keys in the --clients-file instead")
     if clients_file and client_id:
         raise click.UsageError("use either --clients-file or --client-id, not both")
-    settings: dict = {
+    settings: dict[str, Any] = {
         "token_lifetime": token_lifetime,
         "monthly_quota": monthly_quota,
         "latency": latency,

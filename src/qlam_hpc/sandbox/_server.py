@@ -23,7 +23,7 @@ __all__ = ["Sandbox"]
 _START_TIMEOUT = 10.0
 # How long stop() lets in-flight requests (say, one sleeping an injected
 # latency) finish before uvicorn cancels them.
-_GRACEFUL_SHUTDOWN = 2.0
+_GRACEFUL_SHUTDOWN = 2  # seconds (uvicorn takes an int)
 
 
 class _QuietCancelledRequests(logging.Filter):
@@ -75,7 +75,7 @@ class Sandbox:
             host, port = sock.getsockname()[:2]
             scheme = "https" if self._tls else "http"
             self._url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-            tls_options = self._make_tls(host) if self._tls else {}
+            tls_options: dict[str, Any] = self._make_tls(host) if self._tls else {}
             app = create_app(self._config, base_url=self._url)
             self._context = app.state.sandbox
             self._store = app.state.tasks_store
@@ -139,7 +139,14 @@ class Sandbox:
 
         now = datetime.datetime.now(datetime.timezone.utc)
 
-        def certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool):
+        def certificate(
+            subject: str,
+            key: ec.EllipticCurvePrivateKey,
+            issuer: str,
+            issuer_key: ec.EllipticCurvePrivateKey,
+            *,
+            ca: bool,
+        ) -> x509.Certificate:
             builder = (
                 x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -317,7 +324,8 @@ class Sandbox:
         """``{"token_requests", "tokens_issued", "token_errors", "scripted_responses", "api_requests",
         "api_scripted_responses", "tasks_created", "device_authorizations", "device_logins",
         "refresh_requests", "refreshes", "reuse_detections", "families_revoked", "revocations"}``."""
-        return self._state.stats()
+        stats: dict[str, Any] = self._state.stats()
+        return stats
 
     # -- user context ----------------------------------------------------------
 
@@ -334,11 +342,13 @@ class Sandbox:
 
     def pending_user_codes(self) -> list[str]:
         """User codes of device logins waiting for a decision, oldest first."""
-        return self._state.logins.pending_user_codes(now=time.time())
+        codes: list[str] = self._state.logins.pending_user_codes(now=time.time())
+        return codes
 
     def revoke_logins(self, user: str | SandboxUser | None = None) -> int:
         """Revoke every login (of ``user``): their refresh tokens get ``invalid_grant``. The number revoked."""
-        return self._state.logins.revoke_families(user)
+        revoked: int = self._state.logins.revoke_families(user)
+        return revoked
 
     def set_faults(
         self,
@@ -385,7 +395,8 @@ class Sandbox:
         if api_script is not None:
             changes["api_script"] = list(api_script)
         self._state.update_faults(changes)
-        return self._state.public_faults()
+        faults: dict[str, Any] = self._state.public_faults()
+        return faults
 
     def reset(self) -> None:
         """Zero the stats and quota usage, clear the scripts, restore the configured faults
