@@ -153,6 +153,14 @@ write_config() {
         # sbatch --wait polls at growing intervals while below MinJobAge/2: with the default
         # 300 s a finished array is noticed up to 32 s late; 4 keeps the poll at 2 s.
         echo "MinJobAge=4"
+        # Arrays of up to 5,000 tasks (bench/slurm_scale.py runs 2,000). MaxArraySize is one
+        # more than the largest task index (default 1001: 0-1000). Each array task that starts
+        # becomes a job record of its own, kept MinJobAge after it ends and then until
+        # slurmctld's next purge pass; MaxJobCount (default 10000) caps all records, and
+        # sbatch is refused at the cap: 20000 holds a full 5,000-task array and the tests'
+        # jobs at once. Neither changes how fast anything is scheduled.
+        echo "MaxArraySize=5001"
+        echo "MaxJobCount=20000"
         # Nodes may declare more CPUs than exist, so that a whole array runs at once.
         echo "SlurmdParameters=config_overrides"
         local k
