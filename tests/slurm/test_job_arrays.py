@@ -26,7 +26,13 @@ from .conftest import EXAMPLES, JobArea
 
 QLAM_HPC = str(Path(sys.executable).with_name("qlam-hpc"))
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
+    pytest.mark.timeout(900),
+    # The job area's 0600 credentials file, which the jobs source: the secret is there on purpose.
+    pytest.mark.leak_check_expect("*credentials", kinds=["client secret"]),
+]
 
 TASKS = 50
 
