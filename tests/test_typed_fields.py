@@ -31,7 +31,7 @@ def _typed_namedtuples() -> list[tuple[str, str, list[str], dict[str, object]]]:
                 fields = [s for s in statement.body if isinstance(s, ast.AnnAssign)]
                 names = [f.target.id for f in fields if isinstance(f.target, ast.Name)]
                 defaults = {
-                    f.target.id: ast.literal_eval(f.value)
+                    f.target.id: _default(f.value, module.removesuffix(".__init__"))
                     for f in fields
                     if isinstance(f.target, ast.Name) and f.value is not None
                 }
@@ -39,16 +39,32 @@ def _typed_namedtuples() -> list[tuple[str, str, list[str], dict[str, object]]]:
     return found
 
 
+def _default(node: ast.expr, module: str) -> object:
+    """A default as written in the typed twin: a literal, or an expression of the module's own
+    names (``DEFAULT_LOCK_TIMEOUT``, ``RetryPolicy()``) evaluated in the module that runs."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        expression = compile(ast.Expression(node), f"<default in {module}>", "eval")
+        return eval(expression, vars(importlib.import_module(module)))
+
+
 TYPED = _typed_namedtuples()
 
 
 def test_the_warm_path_namedtuples_are_typed() -> None:
-    """The token, the cache entry and its parts, and the light path's answer have typed fields."""
+    """The token, the cache entry and its parts, the light path's answer, the settings (token,
+    retry, API) and QLAM Shell's context and client have typed fields."""
     typed = {(module, name) for module, name, _, _ in TYPED}
     assert {
         ("qlam_hpc._tokens", "_TokenFields"),
         ("qlam_hpc._cache", "_CacheEntryFields"),
         ("qlam_hpc._api._light", "_AnswerFields"),
+        ("qlam_hpc._settings", "_RetryFields"),
+        ("qlam_hpc._settings", "_SettingsFields"),
+        ("qlam_hpc._qsh", "_QshContextFields"),
+        ("qlam_hpc._qsh", "_QshClientFields"),
+        ("qlam_hpc._api._settings", "_ApiSettingsFields"),
     } <= typed
 
 

@@ -40,20 +40,58 @@ from ._errors import ConfigurationError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any, NamedTuple
 
-_FIELDS = (
-    "path context provider auth_base_url client_id client_secret private_key key_id audience scope api_base_url mode "
-    "grant_type tenant timeout verify_ssl"
-)
-# What a context says for the tasks plugin (qlam-hpc's part of QLAM Shell): ``defaults``,
-# overridden by ``plugins.tasks``, as QuEra's tools read them.
-_CONTEXT_FIELDS = "path context auth_provider api_base_url qpu_mode group timeout verify_ssl"
+    from ._secrets import Secret, SecretSource
+
+    # The fields as the type checker reads them; the namedtuples below are what runs.
+    # What a context says for the tasks plugin (qlam-hpc's part of QLAM Shell): ``defaults``,
+    # overridden by ``plugins.tasks``, as QuEra's tools read them.
+    class _QshContextFields(NamedTuple):
+        path: str
+        context: str
+        auth_provider: str | None
+        api_base_url: str | None
+        qpu_mode: str | None
+        group: str | None
+        timeout: float | None
+        verify_ssl: str | None  # a CA bundle's path; None for true or absent
+
+    class _QshClientFields(NamedTuple):
+        path: str
+        context: str
+        provider: str
+        auth_base_url: str | None
+        client_id: str | None
+        client_secret: str | None  # a literal or a secret reference (env:NAME, ...)
+        private_key: str | None
+        key_id: str | None
+        audience: str | None
+        scope: str | None
+        api_base_url: str | None
+        mode: int
+        grant_type: str = "client_credentials"
+        tenant: str | None = None
+        timeout: float | None = None
+        verify_ssl: str | None = None
+
+else:
+    _QshContextFields = namedtuple(
+        "_QshContextFields", "path context auth_provider api_base_url qpu_mode group timeout verify_ssl"
+    )
+    _QshClientFields = namedtuple(
+        "_QshClientFields",
+        "path context provider auth_base_url client_id client_secret private_key key_id audience scope api_base_url "
+        "mode grant_type tenant timeout verify_ssl",
+        defaults=("client_credentials", None, None, None),
+    )
+
 # The grant types qlam-hpc can serve, and the flow (Settings.auth_flow) each stands for.
 _FLOWS = {"client_credentials": "client_credentials", "device_code": "device"}
 
 
-class QshContext(namedtuple("_QshContextFields", _CONTEXT_FIELDS)):
+class QshContext(_QshContextFields):
     """A context's settings for the tasks plugin (``None`` when absent): its auth provider's
     name, the API's base URL, the ``qpu_mode``, the default ``group``, the HTTP timeout
     (``http_client.request_timeout_seconds``) and ``http_client.verify_ssl`` (a CA bundle's
@@ -66,7 +104,7 @@ class QshContext(namedtuple("_QshContextFields", _CONTEXT_FIELDS)):
         return f"QLAM Shell context {self.context!r} in {self.path}"
 
 
-class QshClient(namedtuple("_QshClientFields", _FIELDS, defaults=("client_credentials", None, None, None))):
+class QshClient(_QshClientFields):
     """The pieces of one context's auth provider (``None`` when absent); ``mode`` is the
     config file's permission bits; ``tenant`` is the device login's organization."""
 
@@ -80,11 +118,11 @@ class QshClient(namedtuple("_QshClientFields", _FIELDS, defaults=("client_creden
     def origin(self) -> str:
         return f"QLAM Shell context {self.context!r} in {self.path}"
 
-    def credentials(self, env: Mapping[str, str]):
+    def credentials(self, env: Mapping[str, str]) -> tuple[Secret | SecretSource | None, Secret | SecretSource | None]:
         """``(secret, private_key)`` sources for this client, each possibly ``None``. No I/O."""
         from ._secrets import SECRET_REFERENCE_PREFIXES, secret_source
 
-        sources = []
+        sources: list[Secret | SecretSource | None] = []
         for name in ("client_secret", "private_key"):
             value = getattr(self, name)
             if not value:
@@ -96,7 +134,7 @@ class QshClient(namedtuple("_QshClientFields", _FIELDS, defaults=("client_creden
                     f"(mode {self.mode & 0o777:04o}): chmod 600 {self.path}, or write {name} as env:NAME"
                 )
             sources.append(secret_source(value, f"{name} of {self.origin}", env))
-        return tuple(sources)
+        return sources[0], sources[1]
 
 
 def config_path(env: Mapping[str, str]) -> str:
@@ -152,7 +190,7 @@ def _read(env: Mapping[str, str], context: str | None) -> tuple[Any, str, int] |
         raise ConfigurationError(f"the QLAM Shell config {path} is not UTF-8 text") from None
     except ValueError as exc:
         # JSONDecodeError's msg and position, never its document: the file may hold a secret.
-        where = f" ({exc.msg}, line {exc.lineno})" if hasattr(exc, "msg") else ""
+        where = f" ({exc.msg}, line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise ConfigurationError(f"the QLAM Shell config {path} is not valid JSON{where}") from None
     return data, path, mode
 
@@ -162,12 +200,12 @@ def select_context(data: Any, path: str, context: str | None, mode: int = 0o600)
     return _tasks_settings(path, *_chosen(data, path, context))
 
 
-def _tasks_settings(path: str, chosen: dict, context: str, where: str) -> QshContext:
+def _tasks_settings(path: str, chosen: dict[str, Any], context: str, where: str) -> QshContext:
     defaults = _object(chosen, "defaults", where)
     plugins = _object(chosen, "plugins", where)
     tasks = _object(plugins, "tasks", f"the plugins of {where}")
 
-    def pick(key: str, *sources: tuple[dict, str]) -> str | None:
+    def pick(key: str, *sources: tuple[dict[str, Any], str]) -> str | None:
         for source, name in sources:
             value = _string(source, key, name)
             if value:
@@ -251,7 +289,7 @@ def select_client(
         )
     name = str(provider.get("name") or "?")
 
-    def text(key: str, source: dict = provider) -> str | None:
+    def text(key: str, source: dict[str, Any] = provider) -> str | None:
         value = source.get(key)
         if value is None or value == "":
             return None
@@ -284,7 +322,7 @@ def select_client(
     )
 
 
-def _chosen(data: Any, path: str, context: str | None) -> tuple[dict, str, str]:
+def _chosen(data: Any, path: str, context: str | None) -> tuple[dict[str, Any], str, str]:
     """``(the context's object, its name, "context 'x' of <path>")``: the one asked for, else the current one."""
     if not isinstance(data, dict):
         raise ConfigurationError(f"the QLAM Shell config {path} is not a JSON object")
@@ -305,7 +343,7 @@ def _chosen(data: Any, path: str, context: str | None) -> tuple[dict, str, str]:
     return chosen, context, f"context {context!r} of {path}"
 
 
-def _object(source: dict, key: str, where: str) -> dict:
+def _object(source: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     """The JSON object under ``key`` (absent or null: an empty one)."""
     value = source.get(key)
     if value is None:
@@ -315,7 +353,7 @@ def _object(source: dict, key: str, where: str) -> dict:
     return value
 
 
-def _objects(value: Any, key: str, where: str) -> list[dict]:
+def _objects(value: Any, key: str, where: str) -> list[dict[str, Any]]:
     """The JSON objects of the list ``key`` (absent: none); other entries are skipped, as
     QuEra's tools skip them; anything but a list is an error naming the key."""
     if value is None:
@@ -325,7 +363,7 @@ def _objects(value: Any, key: str, where: str) -> list[dict]:
     return [item for item in value if isinstance(item, dict)]
 
 
-def _string(source: dict, key: str, where: str) -> str | None:
+def _string(source: dict[str, Any], key: str, where: str) -> str | None:
     value = source.get(key)
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"{key} of {where} must be a string, not {_kind(value)}")

@@ -28,63 +28,52 @@ _host_of = host_of  # the name other modules import
 _FROM_SECRETS = ("Secret", "secret_source", "SECRET_REFERENCE_PREFIXES")
 
 
-def __getattr__(name: str):
-    if name in _FROM_SECRETS:
-        from . import _secrets
-
-        return getattr(_secrets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing itself costs the warm token path milliseconds
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Mapping
+    from collections.abc import Callable, Mapping
+    from typing import Any, NamedTuple
 
-    from ._secrets import Secret
+    from ._secrets import SECRET_REFERENCE_PREFIXES as SECRET_REFERENCE_PREFIXES
+    from ._secrets import Secret as Secret
+    from ._secrets import SecretSource
+    from ._secrets import secret_source as secret_source
+
+    # ``note(setting, where)``: records where a setting came from (``build_settings``).
+    _Note = Callable[[str, str], None]
+else:
+
+    def __getattr__(name: str) -> object:
+        if name in _FROM_SECRETS:
+            from . import _secrets
+
+            return getattr(_secrets, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_AUDIENCE = "https://api.quera.com"
 
+# Value objects are namedtuples (see the module's docstring); the type checker reads the
+# same fields, typed, from a NamedTuple that never runs.
+if TYPE_CHECKING:  # pragma: no cover
 
-class RetryPolicy(
-    namedtuple("_RetryFields", "attempts deadline initial_delay max_delay", defaults=(5, 60.0, 0.5, 10.0))
-):
+    class _RetryFields(NamedTuple):
+        attempts: int = 5
+        deadline: float = 60.0
+        initial_delay: float = 0.5
+        max_delay: float = 10.0
+
+else:
+    _RetryFields = namedtuple(
+        "_RetryFields", "attempts deadline initial_delay max_delay", defaults=(5, 60.0, 0.5, 10.0)
+    )
+
+
+class RetryPolicy(_RetryFields):
     """Bounds for retrying transient failures: ``attempts``, total seconds (``deadline``),
     and the backoff curve (``initial_delay`` doubling up to ``max_delay``, with full jitter)."""
 
     __slots__ = ()
 
-
-_SETTINGS_FIELDS = (
-    "client_id",  # the M2M client id
-    "audience",  # the API the token is for
-    "token_url",  # the token endpoint: QLAM_TOKEN_URL, {AUTH_BASE_URL}/oauth/token, or discovery_url (see there)
-    "client_secret",  # Secret | SecretSource | None: resolved only to fetch
-    "scope",  # space-separated scopes to request, or None
-    "cache_dir",  # str | None: None means default_cache_dir()
-    "cache_enabled",  # False: no sharing at all (QLAM_TOKEN_CACHE=off)
-    "token_budget",  # int | None: monthly token requests to warn about above 80 %
-    "lock_timeout",  # seconds a waiter waits for another process's fetch
-    "http_timeout",  # seconds per HTTP request
-    "retry",  # RetryPolicy
-    "rejected_cooldown",  # seconds other processes repeat a rejection (invalid_client, ...)
-    "transient_cooldown",  # seconds other processes repeat an outage or a garbage answer
-    # Added for other authorization servers and credential kinds; defaults keep Auth0's behaviour.
-    "private_key",  # Secret | SecretSource | None: a PEM private key for private_key_jwt
-    "key_id",  # str | None: the ``kid`` header of client assertions
-    "assertion_alg",  # RS256, PS256, ES256, or None: RS256 for an RSA key, ES256 for an EC key
-    "client_auth",  # client_secret_post | client_secret_basic | private_key_jwt | None: from the credentials
-    "audience_param",  # "audience" (Auth0) or "resource" (RFC 8707)
-    "discovery_url",  # str | None: read the token endpoint (when token_url is this URL) and auth method here
-    "assertion_audience",  # str | None: aud of client assertions; None: the token endpoint; "issuer": discovered
-    "token_store",  # str | None: QLAM_TOKEN_STORE (redis://, rediss://, vault://, file://); None: the file store in cache_dir
-    "token_store_password",  # Secret | None: QLAM_REDIS_PASSWORD or REDIS_PASSWORD
-    # User context (QLAM_AUTH_FLOW=device): a person's login, refreshed by every process single-flight.
-    "auth_flow",  # "client_credentials" (M2M, the default) or "device" (user context)
-    "device_authorization_url",  # RFC 8628 endpoint; None: from the discovery document
-    "revocation_url",  # RFC 7009 endpoint; None: from the discovery document (or the server has none)
-    "refresh_token_lifetime",  # seconds a login lasts when the server does not say (QLAM: 15 days)
-    "refresh_token_dir",  # str | None: keep the login (refresh token) here, apart from the access token
-    "tls_trust",  # (variable, path) | None: the CA bundle named by SSL_CERT_FILE, SSL_CERT_DIR or REQUESTS_CA_BUNDLE
-)
 
 # How long a task waits for another task's fetch before LockTimeout (exit 9). Long enough
 # for a crashed node's lock to come free on NFSv4: the server drops a dead client's locks
@@ -115,22 +104,72 @@ _FLAGS = {
 }
 
 
-class Settings(
-    namedtuple(
+if TYPE_CHECKING:  # pragma: no cover
+
+    class _SettingsFields(NamedTuple):
+        client_id: str  # the M2M client id
+        audience: str  # the API the token is for
+        # the token endpoint: QLAM_TOKEN_URL, {AUTH_BASE_URL}/oauth/token, or discovery_url (see there)
+        token_url: str
+        client_secret: Secret | SecretSource | None = None  # resolved only to fetch
+        scope: str | None = None  # space-separated scopes to request, or None
+        cache_dir: str | None = None  # None means default_cache_dir()
+        cache_enabled: bool = True  # False: no sharing at all (QLAM_TOKEN_CACHE=off)
+        token_budget: int | None = None  # monthly token requests to warn about above 80 %
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # seconds a waiter waits for another process's fetch
+        http_timeout: float = 10.0  # seconds per HTTP request
+        retry: RetryPolicy = RetryPolicy()
+        rejected_cooldown: float = 300.0  # seconds other processes repeat a rejection (invalid_client, ...)
+        transient_cooldown: float = 15.0  # seconds other processes repeat an outage or a garbage answer
+        # Added for other authorization servers and credential kinds; defaults keep Auth0's behaviour.
+        private_key: Secret | SecretSource | None = None  # a PEM private key for private_key_jwt
+        key_id: str | None = None  # the ``kid`` header of client assertions
+        # RS256, PS256, ES256, or None: RS256 for an RSA key, ES256 for an EC key
+        assertion_alg: str | None = None
+        # client_secret_post | client_secret_basic | private_key_jwt | None: from the credentials
+        client_auth: str | None = None
+        audience_param: str = "audience"  # "audience" (Auth0) or "resource" (RFC 8707)
+        # read the token endpoint (when token_url is this URL) and auth method here
+        discovery_url: str | None = None
+        # aud of client assertions; None: the token endpoint; "issuer": discovered
+        assertion_audience: str | None = None
+        # QLAM_TOKEN_STORE (redis://, rediss://, vault://, file://); None: the file store in cache_dir
+        token_store: str | None = None
+        token_store_password: Secret | None = None  # QLAM_REDIS_PASSWORD or REDIS_PASSWORD
+        # User context (QLAM_AUTH_FLOW=device): a person's login, refreshed by every process single-flight.
+        auth_flow: str = CLIENT_CREDENTIALS  # "client_credentials" (M2M, the default) or "device" (user context)
+        device_authorization_url: str | None = None  # RFC 8628 endpoint; None: from the discovery document
+        # RFC 7009 endpoint; None: from the discovery document (or the server has none)
+        revocation_url: str | None = None
+        # seconds a login lasts when the server does not say (QLAM: 15 days)
+        refresh_token_lifetime: float = DEFAULT_REFRESH_TOKEN_LIFETIME
+        refresh_token_dir: str | None = None  # keep the login (refresh token) here, apart from the access token
+        # (variable, path): the CA bundle named by SSL_CERT_FILE, SSL_CERT_DIR or REQUESTS_CA_BUNDLE
+        tls_trust: tuple[str, str] | None = None
+
+else:
+    _SettingsFields = namedtuple(
         "_SettingsFields",
-        _SETTINGS_FIELDS,
-        defaults=(None, None, None, True, None, DEFAULT_LOCK_TIMEOUT, 10.0, RetryPolicy(), 300.0, 15.0)
-        + (None, None, None, None, "audience", None, None)
-        + (None, None)
-        + (CLIENT_CREDENTIALS, None, None, DEFAULT_REFRESH_TOKEN_LIFETIME, None, None),
-    )
-):
+        "client_id audience token_url client_secret scope cache_dir cache_enabled token_budget lock_timeout "
+        "http_timeout retry rejected_cooldown transient_cooldown private_key key_id assertion_alg client_auth "
+        "audience_param discovery_url assertion_audience token_store token_store_password auth_flow "
+        "device_authorization_url revocation_url refresh_token_lifetime refresh_token_dir tls_trust",
+        defaults=(
+            None, None, None, True, None, DEFAULT_LOCK_TIMEOUT, 10.0, RetryPolicy(), 300.0, 15.0,
+            None, None, None, None, "audience", None, None,
+            None, None,
+            CLIENT_CREDENTIALS, None, None, DEFAULT_REFRESH_TOKEN_LIFETIME, None, None,
+        ),
+    )  # fmt: skip
+
+
+class Settings(_SettingsFields):
     """Everything qlam-hpc needs to obtain and cache a token. Immutable; ``with_`` copies."""
 
     __slots__ = ()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``QLAM_*`` variables; keyword overrides (CLI flags) win over them.
 
         Overrides whose value is ``None`` are ignored, so CLI options can be passed as-is.
@@ -139,7 +178,7 @@ class Settings(
         """
         return build_settings(environ, overrides)
 
-    def with_(self, **changes) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         return self._replace(**changes)
 
     def __repr__(self) -> str:
@@ -165,7 +204,7 @@ class Settings(
 
 
 def build_settings(
-    environ: Mapping[str, str] | None, overrides: dict, origins: dict[str, str] | None = None
+    environ: Mapping[str, str] | None, overrides: dict[str, Any], origins: dict[str, str] | None = None
 ) -> Settings:
     """``Settings.from_env``; with ``origins``, also say where each setting came from (never its value).
 
@@ -184,7 +223,8 @@ def build_settings(
     def pick(name: str, variable: str) -> str | None:
         if name in given:
             note(name, f"option {_FLAGS[name]}" if name in _FLAGS else "keyword argument")
-            return given.pop(name)
+            picked: str | None = given.pop(name)
+            return picked
         value = env.get(variable) or None
         if value:
             note(name, f"environment {variable}")
@@ -324,7 +364,9 @@ def _auth_flow(value: str | None) -> str | None:
     raise ConfigurationError(f"QLAM_AUTH_FLOW={value!r}: use device (user context) or client_credentials (M2M)")
 
 
-def _user_endpoints(env: Mapping[str, str], flow: str, base_url: str | None, discovery_url: str | None, note):
+def _user_endpoints(
+    env: Mapping[str, str], flow: str, base_url: str | None, discovery_url: str | None, note: _Note
+) -> tuple[str | None, str | None]:
     """``(device_authorization_url, revocation_url)`` for user context; ``(None, None)`` for M2M.
 
     An explicit variable wins; with discovery, None means "read it from the document";
@@ -332,7 +374,7 @@ def _user_endpoints(env: Mapping[str, str], flow: str, base_url: str | None, dis
     """
     if flow != DEVICE:
         return None, None
-    found = []
+    found: list[str | None] = []
     for variable, path, name in (
         ("QLAM_DEVICE_AUTHORIZATION_URL", "/oauth/device/code", "device_authorization_url"),
         ("QLAM_REVOCATION_URL", "/oauth/revoke", "revocation_url"),
@@ -414,7 +456,7 @@ def _redis_password(env: Mapping[str, str]) -> Secret | None:
     return None
 
 
-def _credential(env: Mapping[str, str], variable: str, note, name: str):
+def _credential(env: Mapping[str, str], variable: str, note: _Note, name: str) -> Secret | SecretSource | None:
     """The secret source named by ``variable`` or ``variable_FILE`` (never both), or None. No I/O."""
     value = env.get(variable) or None
     path = env.get(variable + "_FILE") or None

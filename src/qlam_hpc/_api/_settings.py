@@ -7,36 +7,41 @@ import os
 from collections import namedtuple
 
 from .._errors import ConfigurationError
-from .._settings import RetryPolicy, _flag, _positive_int, _seconds, base_url_for
+from .._settings import RetryPolicy, _flag, _positive_int, _seconds
 from .._tls import ca_bundle
+from .._urls import base_url_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Mapping
+    from collections.abc import Mapping
+    from typing import Any, NamedTuple
 
 DEFAULT_API_URL = "https://api.quera.com"
 DEFAULT_QPU_MODE = "squin-256q"
 
-_FIELDS = (
-    "base_url",  # https://api.quera.com, no trailing slash
-    "qpu_mode",  # <language>-<constraint>, the path segment after /v2/
-    "attribution",  # False: no qlam_hpc block in system_metadata (QLAM_ATTRIBUTION=off)
-    "timeout",  # seconds to wait for each read, write or pooled connection
-    "connect_timeout",  # seconds to establish a connection
-    "retry",  # RetryPolicy for idempotent requests
-    "ca_bundle",  # str | None: a PEM file or directory of CA certificates; None: the system default
-    "trust_env",  # read HTTP(S)_PROXY, NO_PROXY and SSL_CERT_* from the environment, as httpx does
-    "group",  # str | None: the group_id (a UUID) of created tasks that name none (QLAM_GROUP)
-)
+# The fields as the type checker reads them; the namedtuple below is what runs.
+if TYPE_CHECKING:  # pragma: no cover
 
+    class _ApiSettingsFields(NamedTuple):
+        base_url: str = DEFAULT_API_URL  # https://api.quera.com, no trailing slash
+        qpu_mode: str = DEFAULT_QPU_MODE  # <language>-<constraint>, the path segment after /v2/
+        attribution: bool = True  # False: no qlam_hpc block in system_metadata (QLAM_ATTRIBUTION=off)
+        timeout: float = 30.0  # seconds to wait for each read, write or pooled connection
+        connect_timeout: float = 10.0  # seconds to establish a connection
+        retry: RetryPolicy = RetryPolicy()  # for idempotent requests
+        ca_bundle: str | None = None  # a PEM file or directory of CA certificates; None: the system default
+        trust_env: bool = True  # read HTTP(S)_PROXY, NO_PROXY and SSL_CERT_* from the environment, as httpx does
+        group: str | None = None  # the group_id (a UUID) of created tasks that name none (QLAM_GROUP)
 
-class ApiSettings(
-    namedtuple(
+else:
+    _ApiSettingsFields = namedtuple(
         "_ApiSettingsFields",
-        _FIELDS,
+        "base_url qpu_mode attribution timeout connect_timeout retry ca_bundle trust_env group",
         defaults=(DEFAULT_API_URL, DEFAULT_QPU_MODE, True, 30.0, 10.0, RetryPolicy(), None, True, None),
     )
-):
+
+
+class ApiSettings(_ApiSettingsFields):
     """Immutable API settings; ``with_`` copies with changes.
 
     >>> ApiSettings.from_env().with_(qpu_mode="squin-256q")
@@ -45,7 +50,7 @@ class ApiSettings(
     __slots__ = ()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ApiSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ApiSettings:
         """Settings from the environment; keyword overrides (CLI flags) win, ``None`` ones are ignored.
 
         ``QLAM_API_URL``, ``QLAM_QPU_MODE``, ``QLAM_GROUP``, ``QLAM_ATTRIBUTION`` (on|off),
@@ -89,7 +94,7 @@ class ApiSettings(
             settings = settings._replace(base_url=api_url(settings.base_url), qpu_mode=check_qpu_mode(settings.qpu_mode))
         return settings
 
-    def with_(self, **changes) -> ApiSettings:
+    def with_(self, **changes: Any) -> ApiSettings:
         return self._replace(**changes)
 
     @property
