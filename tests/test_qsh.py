@@ -7,8 +7,8 @@ import os
 import re
 
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from qlam_hpc import ConfigurationError, Settings, TokenProvider
 from qlam_hpc._qsh import config_path, select_client
 from qlam_hpc._secrets import EnvSecret
@@ -174,7 +174,7 @@ def test_missing_pieces_are_named(home, config, context, message):
 
 def test_asking_for_a_context_without_a_file_is_an_error(tmp_path):
     """QLAM_CONTEXT with no config file says where it looked."""
-    with pytest.raises(ConfigurationError, match="no QLAM Shell config at .*config.json"):
+    with pytest.raises(ConfigurationError, match=r"no QLAM Shell config at .*config\.json"):
         Settings.from_env({"HOME": str(tmp_path), "QLAM_CONTEXT": "production"})
 
 
@@ -376,7 +376,7 @@ def test_a_context_whose_provider_is_token_or_basic_says_what_it_needs(home, pro
     _write(home, config)
     result = run_cli("token", env={**_env(home), "PATH": os.environ["PATH"]})
     assert result.code == 3
-    assert f"the auth provider 'legacy' that context 'production'" in result.err and kind in result.err
+    assert "the auth provider 'legacy' that context 'production'" in result.err and kind in result.err
     assert "client_credentials (M2M) or device_code" in result.err
 
 

@@ -336,7 +336,7 @@ def test_lock_timeout_invalid(value):
 def test_secret_never_shows_itself():
     """repr, str and f-strings of a Secret are masked; reveal() gives the value."""
     secret = Secret(SECRET)
-    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", repr([secret]), "%s" % secret):
+    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", repr([secret]), "%s" % secret):  # noqa: UP031 - %-formatting is one of the ways shown
         assert SECRET not in shown
         assert "****" in shown
     assert secret.reveal() == SECRET
@@ -418,7 +418,8 @@ def test_new_settings_default_to_auth0s_behaviour():
 
 
 def test_private_key_settings_are_read():
-    """QLAM_CLIENT_PRIVATE_KEY_FILE, QLAM_CLIENT_KEY_ID and QLAM_CLIENT_ASSERTION_ALG are read without opening the file."""
+    """QLAM_CLIENT_PRIVATE_KEY_FILE, QLAM_CLIENT_KEY_ID and QLAM_CLIENT_ASSERTION_ALG are read
+    without opening the file."""
     settings = _from_env(
         QLAM_CLIENT_PRIVATE_KEY_FILE="~/keys/qlam.pem", QLAM_CLIENT_KEY_ID="key-2026", QLAM_CLIENT_ASSERTION_ALG="PS256"
     )

@@ -7,19 +7,21 @@ or trio (through anyio, as httpx does).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 import httpx
 
 from .._log import log
 from . import _requests as rq
-from ._client import Definition, TaskRef, _Common, _ids
+from ._client import Definition, TaskRef, _Common, _ids, _transport_delay
 from ._files import AtomicFile
 from ._models import Page, ResultsPage, SubtaskResult, Task
 from ._settings import ApiSettings
-from ._transport import NOT_SENT, client_options, retryable
+from ._transport import NOT_SENT, client_options
 
 if TYPE_CHECKING:
     from .._provider import TokenProvider
@@ -88,7 +90,7 @@ class AsyncQlamClient(_Common):
         number = 0
         while number < rq.KEY_SEARCH_PAGES:
             page = await self.list_tasks(page=number, size=rq.KEY_SEARCH_SIZE)
-            found = rq.find_idempotency_key(page.elements, key)
+            found: Task | None = rq.find_idempotency_key(page.elements, key)
             if found is not None or page.last:
                 return found
             number += 1
@@ -109,7 +111,9 @@ class AsyncQlamClient(_Common):
         while True:
             page = await self.list_tasks(page=number, size=size, sort=sort, group_ids=groups)
             for task in page.elements:
-                if task.id not in seen:
+                if task.id is None:  # nothing to know it again by: yielded as read
+                    yield task
+                elif task.id not in seen:
                     seen.add(task.id)
                     yield task
             if page.last:
@@ -182,7 +186,7 @@ class AsyncQlamClient(_Common):
                         await response.aclose()
                     break
                 except httpx.TransportError as exc:
-                    delay = retry.delay() if retryable(exc) else retry.give_up()
+                    delay = _transport_delay(retry, exc)
                     if delay is None:
                         raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                     log("warning", f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s")
@@ -192,9 +196,27 @@ class AsyncQlamClient(_Common):
     # --- waiting ----------------------------------------------------------------------------
 
     @overload
-    async def wait(self, tasks: TaskRef, **options: Any) -> Task: ...
+    async def wait(  # type: ignore[overload-overlap]  # a str is also an Iterable of str: one id, as _ids reads it
+        self,
+        tasks: TaskRef,
+        *,
+        timeout: float | None = ...,
+        poll_interval: float = ...,
+        max_poll_interval: float = ...,
+        check: bool = ...,
+        on_change: Callable[[Task], None] | None = ...,
+    ) -> Task: ...
     @overload
-    async def wait(self, tasks: Iterable[TaskRef], **options: Any) -> list[Task]: ...
+    async def wait(
+        self,
+        tasks: Iterable[TaskRef],
+        *,
+        timeout: float | None = ...,
+        poll_interval: float = ...,
+        max_poll_interval: float = ...,
+        check: bool = ...,
+        on_change: Callable[[Task], None] | None = ...,
+    ) -> list[Task]: ...
 
     async def wait(
         self,
@@ -211,7 +233,7 @@ class AsyncQlamClient(_Common):
         waiter = rq.Waiter(ids, timeout=timeout, poll_interval=poll_interval, max_poll_interval=max_poll_interval)
         while True:
             pending = waiter.pending
-            polled = await self._gather([lambda i=i: self.get_task(i) for i in pending], POLL_CONCURRENCY)
+            polled = await self._gather([partial(self.get_task, i) for i in pending], POLL_CONCURRENCY)
             for task in polled:
                 if waiter.update(task) and on_change is not None:
                     on_change(task)
@@ -250,7 +272,8 @@ class AsyncQlamClient(_Common):
     # --- other calls ------------------------------------------------------------------------
 
     async def userinfo(self) -> dict[str, Any]:
-        return await self._call(rq.userinfo())
+        profile: dict[str, Any] = await self._call(rq.userinfo())
+        return profile
 
     async def request(
         self,
@@ -285,7 +308,7 @@ class AsyncQlamClient(_Common):
                 if not stream and response.status_code not in rq.RETRY_STATUSES:
                     await response.aread()
             except httpx.TransportError as exc:
-                delay = retry.delay(sent=not isinstance(exc, NOT_SENT)) if retryable(exc) else retry.give_up()
+                delay = _transport_delay(retry, exc, sent=not isinstance(exc, NOT_SENT))
                 if delay is None:
                     raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                 log("warning", f"QLAM API {self._url(request)}: {rq.describe(exc)}; {rq.retrying(delay, retry)}")
@@ -295,7 +318,11 @@ class AsyncQlamClient(_Common):
                 delay = retry.delay(status=response.status_code, headers=response.headers)
                 if delay is not None:
                     await response.aclose()
-                    log("warning", f"QLAM API {self._url(request)} answered HTTP {response.status_code}; {rq.retrying(delay, retry)}")
+                    log(
+                        "warning",
+                        f"QLAM API {self._url(request)} answered HTTP {response.status_code}; "
+                        f"{rq.retrying(delay, retry)}",
+                    )
                     await self._sleep(delay)
                     continue
                 if not stream:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import httpx
 
@@ -23,8 +24,8 @@ from ._transport import NOT_SENT, client_options, retryable
 if TYPE_CHECKING:
     from .._provider import TokenProvider
 
-TaskRef = Union[str, Task]
-Definition = Union[TaskDefinition, Mapping[str, Any]]
+TaskRef = str | Task
+Definition = TaskDefinition | Mapping[str, Any]
 
 
 class _Common:
@@ -53,13 +54,32 @@ class _Common:
         return rq.creation_body(definition, idempotency_key, attribution, self.settings.group)
 
     def _url(self, request: rq.ApiRequest) -> str:
-        return self.settings.base_url + request.path
+        return f"{self.settings.base_url}{request.path}"
 
 
 def _ids(tasks: TaskRef | Iterable[TaskRef]) -> tuple[list[str], bool]:
     if isinstance(tasks, (str, Task)):
-        return [tasks.id if isinstance(tasks, Task) else tasks], True
-    return [t.id if isinstance(t, Task) else str(t) for t in tasks], False
+        return [_id(tasks)], True
+    return [_id(t) if isinstance(t, Task) else str(t) for t in tasks], False
+
+
+def _id(task: TaskRef) -> str:
+    """The id of a task or of its id; a ``Task`` read without one is a ``ValueError`` (its id
+    is not the text "None", which would be asked for)."""
+    if isinstance(task, str):
+        return task
+    if task.id is None:
+        raise ValueError("the task has no id (the server's answer gave none): it cannot be asked for")
+    return task.id
+
+
+def _transport_delay(retry: rq.Retry, exc: httpx.TransportError, *, sent: bool = True) -> float | None:
+    """Seconds to wait before the next attempt after ``exc``, or None to give up; a failure no
+    retry can fix (a certificate the client does not trust) is counted and given up on."""
+    if retryable(exc):
+        return retry.delay(sent=sent)
+    retry.give_up()
+    return None
 
 
 class QlamClient(_Common):
@@ -117,12 +137,15 @@ class QlamClient(_Common):
         """The created task as the server wrote it (the CLI prints it unchanged)."""
         body = self._creation_body(definition, idempotency_key)
         request = rq.create_task(self.settings, body)
+        created: dict[str, Any]
         if idempotency_key is None:
-            return self._call(request)
+            created = self._call(request)
+            return created
         retry = rq.Retry(self.settings.retry, idempotent=True)
         while True:
             try:
-                return self._call(request)
+                created = self._call(request)
+                return created
             except rq.AMBIGUOUS as error:
                 found = self._find_key(idempotency_key)
                 if found is not None:
@@ -140,7 +163,7 @@ class QlamClient(_Common):
         number = 0
         while number < rq.KEY_SEARCH_PAGES:
             page = self._call(rq.list_tasks(self.settings, page=number, size=rq.KEY_SEARCH_SIZE)) or {}
-            found = rq.find_idempotency_key(page.get("elements") or (), key)
+            found: dict[str, Any] | None = rq.find_idempotency_key(page.get("elements") or (), key)
             if found is not None or rq.page_is_last(page):
                 return found
             number += 1
@@ -162,7 +185,9 @@ class QlamClient(_Common):
         while True:
             page = self.list_tasks(page=number, size=size, sort=sort, group_ids=groups)
             for task in page.elements:
-                if task.id not in seen:
+                if task.id is None:  # nothing to know it again by: yielded as read
+                    yield task
+                elif task.id not in seen:
                     seen.add(task.id)
                     yield task
             if page.last:
@@ -246,7 +271,7 @@ class QlamClient(_Common):
                         response.close()
                     break
                 except httpx.TransportError as exc:
-                    delay = retry.delay() if retryable(exc) else retry.give_up()
+                    delay = _transport_delay(retry, exc)
                     if delay is None:
                         raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                     log("warning", f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s")
@@ -256,9 +281,27 @@ class QlamClient(_Common):
     # --- waiting ----------------------------------------------------------------------------
 
     @overload
-    def wait(self, tasks: TaskRef, **options: Any) -> Task: ...
+    def wait(  # type: ignore[overload-overlap]  # a str is also an Iterable of str: one id, as _ids reads it
+        self,
+        tasks: TaskRef,
+        *,
+        timeout: float | None = ...,
+        poll_interval: float = ...,
+        max_poll_interval: float = ...,
+        check: bool = ...,
+        on_change: Callable[[Task], None] | None = ...,
+    ) -> Task: ...
     @overload
-    def wait(self, tasks: Iterable[TaskRef], **options: Any) -> list[Task]: ...
+    def wait(
+        self,
+        tasks: Iterable[TaskRef],
+        *,
+        timeout: float | None = ...,
+        poll_interval: float = ...,
+        max_poll_interval: float = ...,
+        check: bool = ...,
+        on_change: Callable[[Task], None] | None = ...,
+    ) -> list[Task]: ...
 
     def wait(
         self,
@@ -295,7 +338,8 @@ class QlamClient(_Common):
 
     def userinfo(self) -> dict[str, Any]:
         """The caller's profile (``GET /userinfo``)."""
-        return self._call(rq.userinfo())
+        profile: dict[str, Any] = self._call(rq.userinfo())
+        return profile
 
     def request(
         self,
@@ -332,7 +376,7 @@ class QlamClient(_Common):
                 if not stream and response.status_code not in rq.RETRY_STATUSES:
                     response.read()
             except httpx.TransportError as exc:
-                delay = retry.delay(sent=not isinstance(exc, NOT_SENT)) if retryable(exc) else retry.give_up()
+                delay = _transport_delay(retry, exc, sent=not isinstance(exc, NOT_SENT))
                 if delay is None:
                     raise rq.unreachable(self._url(request), exc, retry.attempt) from None
                 log("warning", f"QLAM API {self._url(request)}: {rq.describe(exc)}; {rq.retrying(delay, retry)}")
@@ -342,7 +386,11 @@ class QlamClient(_Common):
                 delay = retry.delay(status=response.status_code, headers=response.headers)
                 if delay is not None:
                     response.close()
-                    log("warning", f"QLAM API {self._url(request)} answered HTTP {response.status_code}; {rq.retrying(delay, retry)}")
+                    log(
+                        "warning",
+                        f"QLAM API {self._url(request)} answered HTTP {response.status_code}; "
+                        f"{rq.retrying(delay, retry)}",
+                    )
                     self._sleep(delay)
                     continue
                 if not stream:
