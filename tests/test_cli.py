@@ -323,7 +323,8 @@ def test_a_warm_token_imports_no_http_client_no_cli_framework_no_rich(env):
         "import sys\n"
         "from qlam_hpc._cli import main\n"
         "code = main(['token'])\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'httpx', 'click', 'rich', 'pydantic', 'logging'})\n"
+        "heavy_names = {'httpx', 'click', 'rich', 'pydantic', 'logging'}\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in heavy_names)\n"
         "print(heavy, file=sys.stderr)\n"
         "sys.exit(code)\n"
     )

@@ -282,7 +282,8 @@ def test_assertions_are_fresh_per_attempt_in_time(rsa_key):
     ],
 )
 def test_assertion_audience_setting(rsa_key, value, aud):
-    """QLAM_CLIENT_ASSERTION_AUD: the token endpoint by default; the issuer (Auth0's tenant URL with its slash) or a URL."""
+    """QLAM_CLIENT_ASSERTION_AUD: the token endpoint by default; the issuer (Auth0's tenant URL
+    with its slash) or a URL."""
     env = {
         "QLAM_CLIENT_ID": "client-1",
         "AUTH_BASE_URL": "quera-identity.us.auth0.com",

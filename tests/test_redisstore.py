@@ -54,7 +54,8 @@ barrier = pathlib.Path(sys.argv[1])
 os.environ["QLAM_TOKEN_CACHE_DIR"] = os.path.join(sys.argv[2], str(os.getpid()))
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._stores import store_from_url
-provider = TokenProvider(Settings.from_env(), store=store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3])))
+store = store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3]))
+provider = TokenProvider(Settings.from_env(), store=store)
 (barrier / f"ready-{os.getpid()}").touch()
 os.close(os.open(barrier / "go", os.O_RDONLY))
 result = provider.get()

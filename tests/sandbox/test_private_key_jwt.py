@@ -345,7 +345,8 @@ def test_a_key_only_first_client_exports_no_secret(tmp_path):
 
 @pytest.mark.parametrize("aud", ["issuer", ""])
 def test_qlam_hpc_assertion_audience_issuer_or_endpoint(idp, tmp_path, aud):
-    """Against the sandbox, assertions addressed to the issuer (Auth0's form) or the endpoint both work, with discovery too."""
+    """Against the sandbox, assertions addressed to the issuer (Auth0's form) or the endpoint both
+    work, with discovery too."""
     key_file = tmp_path / "rsa.pem"
     key_file.write_text(_private_pem(RSA_KEY))
     key_file.chmod(0o600)

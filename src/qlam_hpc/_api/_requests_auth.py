@@ -50,7 +50,7 @@ class QlamRequestsAuth(requests.auth.AuthBase):
         request.headers["Authorization"] = f"Bearer {token}"
         # A streamed body (a file) must be rewound to be sent again after a 401.
         body = request.body
-        position = body.tell() if hasattr(body, "tell") and hasattr(body, "seek") else None
+        position = body.tell() if body is not None and hasattr(body, "tell") and hasattr(body, "seek") else None
         request.register_hook("response", _RetryOnce(self.provider, token, position, _origin(request.url)))
         return request
 
@@ -69,7 +69,9 @@ def _origin(url: str | None) -> tuple[str, str, int | None]:
 
 
 class _RetryOnce:
-    def __init__(self, provider: TokenProvider, token: str, position: int | None, origin: tuple[str, str, int | None]) -> None:
+    def __init__(
+        self, provider: TokenProvider, token: str, position: int | None, origin: tuple[str, str, int | None]
+    ) -> None:
         self.provider = provider
         self.token = token
         self.position = position

@@ -199,7 +199,8 @@ def _credentials(settings) -> list[Check]:  # type: ignore[no-untyped-def]
             key, alg = load_private_key(value, settings.assertion_alg)
             size = getattr(key, "key_size", None)
             kid = f", kid {settings.key_id}" if settings.key_id else ", no kid"
-            detail = f"{source.describe()}: {type(key).__name__.lstrip('_').replace('PrivateKey', '')} {size}-bit key, {alg}{kid}"
+            kind = type(key).__name__.lstrip("_").replace("PrivateKey", "")
+            detail = f"{source.describe()}: {kind} {size}-bit key, {alg}{kid}"
     except SecretStoreUnreachable as error:
         checks.append(Check("FAIL", label, str(error), error.exit_code))
     except QlamError as error:

@@ -203,6 +203,7 @@ class RedisStore:
             return None
         if value is None:
             return None
+        assert isinstance(value, bytes)  # the store's client never decodes answers
         return value.decode(errors="replace").partition("\n")[2] or None
 
     # --- the ledger ---------------------------------------------------------------------
