@@ -21,7 +21,11 @@ from pathlib import Path
 PEER, GO, DELAY, DURATION = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 API = os.environ["QLAM_API_URL"] + "/v2/squin-256q/tasks"
 TOKEN_URL = os.environ["AUTH_BASE_URL"] + "/oauth/token"
-CLIENT_ID, SECRET, AUDIENCE = os.environ["QLAM_CLIENT_ID"], os.environ["QLAM_CLIENT_SECRET"], os.environ["QLAM_AUDIENCE"]
+CLIENT_ID, SECRET, AUDIENCE = (
+    os.environ["QLAM_CLIENT_ID"],
+    os.environ["QLAM_CLIENT_SECRET"],
+    os.environ["QLAM_AUDIENCE"],
+)
 
 
 def qlam_hpc_library():
@@ -94,7 +98,12 @@ def qlam_page_recipe():
             return cache["token"]
         response = requests.post(
             TOKEN_URL,
-            data={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": SECRET, "audience": AUDIENCE},
+            data={
+                "grant_type": "client_credentials",
+                "client_id": CLIENT_ID,
+                "client_secret": SECRET,
+                "audience": AUDIENCE,
+            },
         )
         data = response.json()
         cache["token"] = data["access_token"]

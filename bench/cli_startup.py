@@ -24,7 +24,11 @@ from pathlib import Path
 from _common import QLAM_HPC, clean_env, median, table
 from qlam_hpc.sandbox import Sandbox
 
-DEFINITION = {"program_language": "squin", "programs": [{"content": "bench"}], "subtasks": [{"program_index": 0, "num_shots": 10}]}
+DEFINITION = {
+    "program_language": "squin",
+    "programs": [{"content": "bench"}],
+    "subtasks": [{"program_index": 0, "num_shots": 10}],
+}
 COUNT_FILES = (
     "import sys\nbefore = {{n for n, m in sys.modules.items() if getattr(m, '__file__', None)}}\n"
     "{body}\n"
@@ -84,7 +88,11 @@ def main(rounds: int = 20) -> None:
             for name, args in commands.items()
         }
         if curl:
-            argv["qlam-hpc token --header | curl"] = ["sh", "-c", f"{QLAM_HPC} token --header | {curl} -sf -H @- {tasks_url}"]
+            argv["qlam-hpc token --header | curl"] = [
+                "sh",
+                "-c",
+                f"{QLAM_HPC} token --header | {curl} -sf -H @- {tasks_url}",
+            ]
         else:
             del argv["qlam-hpc token --header | curl"]
         samples: dict[str, list[float]] = {name: [] for name in argv}

@@ -77,7 +77,10 @@ def qsh_config(directory: Path, env: dict[str, str]) -> None:
         "audience": env["QLAM_AUDIENCE"],
     }
     defaults = {"api_base_url": env["QLAM_API_URL"], "qpu_mode": "squin-256q", "auth_provider": "m2m"}
-    config = {"current_context": "sandbox", "contexts": [{"name": "sandbox", "qpu": "sandbox", "defaults": defaults, "auth_providers": [provider]}]}
+    config = {
+        "current_context": "sandbox",
+        "contexts": [{"name": "sandbox", "qpu": "sandbox", "defaults": defaults, "auth_providers": [provider]}],
+    }
     (directory / "config.json").write_text(json.dumps(config))
 
 

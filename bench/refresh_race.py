@@ -163,7 +163,16 @@ def main(sizes: list[int]) -> None:
     )
     print(
         table(
-            ["N", "pattern", "refresh requests", "reuse detections", "families revoked", "succeeded", "login after", "wall s"],
+            [
+                "N",
+                "pattern",
+                "refresh requests",
+                "reuse detections",
+                "families revoked",
+                "succeeded",
+                "login after",
+                "wall s",
+            ],
             rows,
         )
     )

@@ -87,9 +87,8 @@ def redis_wired(sandbox, url: str, password: str) -> bool:
 
 def main(tasks: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from redis_service import start_redis
-
     from qlam_hpc.sandbox import Sandbox, SandboxConfig
+    from redis_service import start_redis
 
     start_slurm()
     rows = []
@@ -149,7 +148,9 @@ def main(tasks: int) -> None:
         f"{tasks}-task array of examples/array-bash.sbatch on the local Slurm (3 nodes x 32 CPUs), "
         f"IdP latency {IDP_LATENCY:g} s, QPU task {TASK_DURATION:g} s"
     )
-    print(table(["token store", "tasks", "completed", "QLAM tasks", "token requests", "submit to end s", "tasks/s"], rows))
+    print(
+        table(["token store", "tasks", "completed", "QLAM tasks", "token requests", "submit to end s", "tasks/s"], rows)
+    )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def sequential(settings: ApiSettings, provider: TokenProvider, count: int) -> tu
         return time.perf_counter() - started, latencies
 
 
-async def concurrent(settings: ApiSettings, provider: TokenProvider, count: int, limit: int) -> tuple[float, list[float]]:
+async def concurrent(
+    settings: ApiSettings, provider: TokenProvider, count: int, limit: int
+) -> tuple[float, list[float]]:
     import anyio
 
     latencies: list[float] = []

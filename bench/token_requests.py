@@ -40,7 +40,16 @@ def main(sizes: list[int]) -> None:
             warm = crowd_run(sandbox, env, n, scratch / "warm")
             off = crowd_run(sandbox, {**env, "QLAM_TOKEN_CACHE": "off"}, n, scratch / "off")
             rows.append(
-                [n, cold[0], warm[0], off[0], f"{cold[2]:.2f}", f"{warm[2]:.2f}", f"{off[2]:.2f}", cold[1] + warm[1] + off[1]]
+                [
+                    n,
+                    cold[0],
+                    warm[0],
+                    off[0],
+                    f"{cold[2]:.2f}",
+                    f"{warm[2]:.2f}",
+                    f"{off[2]:.2f}",
+                    cold[1] + warm[1] + off[1],
+                ]
             )
             print(f"  N={n} done", file=sys.stderr)
     print("token requests seen by the identity provider (processes started together, IdP latency 0.2 s)")

@@ -249,7 +249,12 @@ def test_results_pages_reassemble_into_the_download(client, quick, tmp_path):
     """Subtask pages times shot pages, merged, equal the streamed download; a page has the documented shape."""
     task = client.wait(client.create_task(definition(shots=(250, 3, 101))), **FAST)
     page = client.results(task, size=2, shots_size=100)
-    assert (page.total, len(page.elements), page.elements[0].shots_total, len(page.elements[0].shots)) == (3, 2, 250, 100)
+    assert (page.total, len(page.elements), page.elements[0].shots_total, len(page.elements[0].shots)) == (
+        3,
+        2,
+        250,
+        100,
+    )
     assembled = list(client.iter_results(task, size=2, shots_size=40))
     assert [len(s.shots) for s in assembled] == [250, 3, 101]
     assert [s.shot_index for s in assembled[0].shots] == list(range(250))

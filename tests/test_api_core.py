@@ -55,7 +55,12 @@ def test_settings_come_from_the_environment():
         }
     )
     assert settings.base_url == "https://api.example.com/prefix"
-    assert (settings.qpu_mode, settings.attribution, settings.timeout, settings.connect_timeout) == ("qasm-64q", False, 120.0, 3.0)
+    assert (settings.qpu_mode, settings.attribution, settings.timeout, settings.connect_timeout) == (
+        "qasm-64q",
+        False,
+        120.0,
+        3.0,
+    )
     assert settings.retry.attempts == 2
 
 
@@ -130,7 +135,13 @@ def test_list_request_carries_paging_sort_and_repeated_group_ids():
     """group_id repeats once per group; the sort defaults to newest first."""
     request = rq.list_tasks(SETTINGS, page=2, size=50, group_ids=["g1", "g2"])
     assert (request.method, request.path) == ("GET", "/v2/squin-256q/tasks")
-    assert request.params == (("page", "2"), ("size", "50"), ("sort", "created_date,desc"), ("group_id", "g1"), ("group_id", "g2"))
+    assert request.params == (
+        ("page", "2"),
+        ("size", "50"),
+        ("sort", "created_date,desc"),
+        ("group_id", "g1"),
+        ("group_id", "g2"),
+    )
 
 
 def test_task_ids_are_escaped_into_one_path_segment():
@@ -145,13 +156,21 @@ def test_task_ids_are_escaped_into_one_path_segment():
 def test_only_creation_is_not_idempotent():
     """POST create is not retried blindly; GET, PUT cancel and DELETE are."""
     assert not rq.create_task(SETTINGS, {}).idempotent
-    assert all(r.idempotent for r in (rq.get_task(SETTINGS, "t"), rq.cancel_task(SETTINGS, "t"), rq.delete_task(SETTINGS, "t")))
+    assert all(
+        r.idempotent for r in (rq.get_task(SETTINGS, "t"), rq.cancel_task(SETTINGS, "t"), rq.delete_task(SETTINGS, "t"))
+    )
 
 
 def test_results_requests_page_subtasks_and_shots():
     """A results page names its subtask page, sort and shot page; a download asks for octet-stream."""
     page = rq.task_results(SETTINGS, "t", page=1, size=5, shots_page=3, shots_size=20)
-    assert dict(page.params) == {"page": "1", "size": "5", "sort": "subtask_order,asc", "shots_page": "3", "shots_size": "20"}
+    assert dict(page.params) == {
+        "page": "1",
+        "size": "5",
+        "sort": "subtask_order,asc",
+        "shots_page": "3",
+        "shots_size": "20",
+    }
     assert dict(rq.download_results(SETTINGS, "t").headers) == {"Accept": "application/octet-stream"}
 
 
@@ -310,15 +329,21 @@ def _shots(first: int, count: int) -> list[dict]:
 
 def test_shot_pages_are_merged_into_whole_subtasks():
     """Shot pages 0..n of one subtask page become subtasks with every shot, without paging fields."""
-    page0 = {"elements": [
-        {"subtask_order": 0, "shots_page": 0, "shots_size": 2, "shots_total": 5, "shots": _shots(0, 2)},
-        {"subtask_order": 1, "shots_page": 0, "shots_size": 2, "shots_total": 1, "shots": _shots(0, 1)},
-    ]}
-    page1 = {"elements": [
-        {"subtask_order": 0, "shots_page": 1, "shots_size": 2, "shots_total": 5, "shots": _shots(2, 2)},
-        {"subtask_order": 1, "shots_page": 1, "shots_size": 2, "shots_total": 1, "shots": []},
-    ]}
-    page2 = {"elements": [{"subtask_order": 0, "shots_page": 2, "shots_size": 2, "shots_total": 5, "shots": _shots(4, 1)}]}
+    page0 = {
+        "elements": [
+            {"subtask_order": 0, "shots_page": 0, "shots_size": 2, "shots_total": 5, "shots": _shots(0, 2)},
+            {"subtask_order": 1, "shots_page": 0, "shots_size": 2, "shots_total": 1, "shots": _shots(0, 1)},
+        ]
+    }
+    page1 = {
+        "elements": [
+            {"subtask_order": 0, "shots_page": 1, "shots_size": 2, "shots_total": 5, "shots": _shots(2, 2)},
+            {"subtask_order": 1, "shots_page": 1, "shots_size": 2, "shots_total": 1, "shots": []},
+        ]
+    }
+    page2 = {
+        "elements": [{"subtask_order": 0, "shots_page": 2, "shots_size": 2, "shots_total": 5, "shots": _shots(4, 1)}]
+    }
     assert rq.shot_pages(page0) == 3
     merged = rq.merge_shot_pages([page0, page1, page2])
     assert [[s["shot_index"] for s in m["shots"]] for m in merged] == [[0, 1, 2, 3, 4], [0]]
@@ -380,7 +405,10 @@ def test_an_idempotency_key_goes_into_user_metadata_and_is_found_again():
     """The key is a JSON field of user_metadata; a task listing finds the task that carries it."""
     body = rq.with_idempotency_key({"user_metadata": '{"run": 7}'}, "job-42-3")
     assert json.loads(body["user_metadata"]) == {"run": 7, "idempotency_key": "job-42-3"}
-    tasks = [Task(id="a", task_status="Created", user_metadata="plain"), Task(id="b", task_status="Created", user_metadata=body["user_metadata"])]
+    tasks = [
+        Task(id="a", task_status="Created", user_metadata="plain"),
+        Task(id="b", task_status="Created", user_metadata=body["user_metadata"]),
+    ]
     assert rq.find_idempotency_key(tasks, "job-42-3").id == "b"
     assert rq.find_idempotency_key(tasks, "job-42-4") is None
 
@@ -398,7 +426,9 @@ def test_an_idempotency_key_never_overwrites_free_text_metadata():
 
 def test_unknown_fields_and_statuses_are_kept():
     """A newer server's fields survive a round trip; an unknown status stays a string."""
-    task = Task.model_validate({"id": "t", "task_status": "Teleporting", "qpu_mode": "squin-256q", "compilation_id": None})
+    task = Task.model_validate(
+        {"id": "t", "task_status": "Teleporting", "qpu_mode": "squin-256q", "compilation_id": None}
+    )
     assert task.status == "Teleporting" and not task.terminal
     assert task.to_json() == {"id": "t", "task_status": "Teleporting", "qpu_mode": "squin-256q", "compilation_id": None}
 
@@ -412,7 +442,9 @@ def test_known_statuses_are_enum_members():
 
 def test_pages_know_when_they_are_last():
     """Page[Task].last compares page, size and total."""
-    page = Page[Task].model_validate({"elements": [{"id": "t", "task_status": "Created"}], "page": 0, "size": 1, "total": 2})
+    page = Page[Task].model_validate(
+        {"elements": [{"id": "t", "task_status": "Created"}], "page": 0, "size": 1, "total": 2}
+    )
     assert not page.last and isinstance(page.elements[0], Task)
     assert ResultsPage.model_validate({"task_id": "t", "elements": [], "page": 0, "size": 10, "total": 0}).last
 

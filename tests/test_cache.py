@@ -148,8 +148,16 @@ def test_encoded_entry_is_line_based_text():
     assert raw.endswith(b"\n")
     fields = _fields(raw)
     assert list(fields) == [
-        "token_url", "client_id", "audience", "scope",
-        "access_token", "token_type", "expires_at", "obtained_at", "token_scope", "obtained_by",
+        "token_url",
+        "client_id",
+        "audience",
+        "scope",
+        "access_token",
+        "token_type",
+        "expires_at",
+        "obtained_at",
+        "token_scope",
+        "obtained_by",
     ]
     assert fields["expires_at"] == repr(T0 + DAY)
     assert fields["token_scope"] == "read:tasks"
@@ -159,7 +167,10 @@ def test_failure_line_only_with_a_failure_record():
     """``failure=`` is written only when there is a failure record, and holds it as JSON."""
     assert "failure" not in _fields(encode_entry(CacheEntry(IDENTITY, TOKEN)))
     assert list(_fields(encode_entry(CacheEntry(IDENTITY, None, None)))) == [
-        "token_url", "client_id", "audience", "scope"
+        "token_url",
+        "client_id",
+        "audience",
+        "scope",
     ]
     failure = _fields(encode_entry(CacheEntry(IDENTITY, None, _failure())))["failure"]
     assert failure.startswith('{"error":"InvalidClient",')

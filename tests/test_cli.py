@@ -192,7 +192,9 @@ def test_a_cache_directory_owned_by_another_user_is_refused(env, cache_dir):
 def _tmpfs(size: str = "1m"):
     """A small real filesystem, or a skip where this machine does not allow mounting."""
     mountpoint = Path(tempfile.mkdtemp(prefix="qlam-tmpfs-"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True
+    )
     if mounted.returncode != 0:
         mountpoint.rmdir()
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
@@ -380,7 +382,9 @@ def test_auth_check_makes_one_request_and_shares_the_token(env, sandbox):
     """auth check --yes: one token request, an ok line naming method and source, the token cached for the others."""
     result = run_cli("auth", "check", "--yes", env=env)
     assert result.code == 0, result.err
-    assert result.out.startswith("ok: the identity provider accepted client test-client (client_secret_post from QLAM_CLIENT_SECRET)")
+    assert result.out.startswith(
+        "ok: the identity provider accepted client test-client (client_secret_post from QLAM_CLIENT_SECRET)"
+    )
     assert env["QLAM_CLIENT_SECRET"] not in result.out + result.err
     assert json.loads(run_cli("token", "--json", env=env).out)["source"] == "cache"
     assert run_cli("auth", "check", "-y", env=env).code == 0  # checks again even with a cached token

@@ -13,7 +13,11 @@ import pytest
 from conftest import run_cli
 
 HEAVY = ("httpx", "click", "pydantic", "rich")
-DEFINITION = {"program_language": "squin", "programs": [{"content": "c"}], "subtasks": [{"program_index": 0, "num_shots": 3}]}
+DEFINITION = {
+    "program_language": "squin",
+    "programs": [{"content": "c"}],
+    "subtasks": [{"program_index": 0, "num_shots": 3}],
+}
 
 
 def loaded(args: list[str], env: dict[str, str]) -> tuple[int, str, list[str]]:

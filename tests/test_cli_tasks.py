@@ -84,7 +84,9 @@ def test_submit_and_wait_in_a_batch_log_prints_one_line_per_change(env, job, qui
 
 def test_submit_wait_json_prints_only_the_final_task(env, job, quick):
     """--wait --json: stdout is one JSON document, the completed task; stdin works as FILE '-'."""
-    result = run_with_stdin("tasks", "submit", "-", "--wait", "--json", "--poll", "0.05", env=env, stdin_text=job.read_text())
+    result = run_with_stdin(
+        "tasks", "submit", "-", "--wait", "--json", "--poll", "0.05", env=env, stdin_text=job.read_text()
+    )
     assert result.code == 0, result.err
     task = json.loads(result.out)
     assert task["task_status"] == "Completed"
@@ -172,7 +174,9 @@ def test_list_all_walks_every_page(env, tmp_path):
     assert everything.code == 0, everything.err
     data = json.loads(everything.out)
     assert [t["id"] for t in data["elements"]] == ids[::-1] and data["total"] == 5
-    page = json.loads(run_cli("tasks", "list", "--page", "1", "--size", "2", "--group-id", group, "--json", env=env).out)
+    page = json.loads(
+        run_cli("tasks", "list", "--page", "1", "--size", "2", "--group-id", group, "--json", env=env).out
+    )
     assert (page["page"], page["size"], page["total"]) == (1, 2, 5)
     assert [t["id"] for t in page["elements"]] == ids[::-1][2:4]
 
@@ -288,7 +292,8 @@ def test_api_refuses_what_would_leak_or_break_the_token(env, sandbox, args, mess
 
 
 @pytest.mark.parametrize(
-    "command", [["tasks"], *[["tasks", c] for c in ("submit", "list", "get", "wait", "cancel", "delete", "results")], ["api"]]
+    "command",
+    [["tasks"], *[["tasks", c] for c in ("submit", "list", "get", "wait", "cancel", "delete", "results")], ["api"]],
 )
 def test_every_command_has_help_with_examples_and_exit_codes(env, command):
     """--help shows examples (qlam-hpc ...) and the exit codes."""
@@ -356,7 +361,10 @@ def test_wait_on_a_terminal_shows_a_live_display_and_the_final_table(env, job, q
     task_id = submit(env, job)
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [QLAM_HPC, "tasks", "wait", task_id, "--poll", "0.05"], env={**env, "COLUMNS": "160"}, stdout=follower, stderr=follower
+        [QLAM_HPC, "tasks", "wait", task_id, "--poll", "0.05"],
+        env={**env, "COLUMNS": "160"},
+        stdout=follower,
+        stderr=follower,
     )
     os.close(follower)
     chunks = []

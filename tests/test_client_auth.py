@@ -49,7 +49,12 @@ def ec_key():
 
 
 def _settings(**fields) -> Settings:
-    base = {"client_id": "client-1", "audience": "https://api.quera.com", "token_url": URL, "client_secret": Secret(SECRET)}
+    base = {
+        "client_id": "client-1",
+        "audience": "https://api.quera.com",
+        "token_url": URL,
+        "client_secret": Secret(SECRET),
+    }
     return Settings(**{**base, **fields})
 
 
@@ -106,7 +111,10 @@ def test_resource_parameter_instead_of_audience():
 # --- private_key_jwt ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key_name", "alg", "expected"), [("rsa_key", None, "RS256"), ("rsa_key", "PS256", "PS256"), ("ec_key", None, "ES256")])
+@pytest.mark.parametrize(
+    ("key_name", "alg", "expected"),
+    [("rsa_key", None, "RS256"), ("rsa_key", "PS256", "PS256"), ("ec_key", None, "ES256")],
+)
 def test_assertion_claims_and_signature(request, key_name, alg, expected):
     """The assertion: iss = sub = client id, aud = the token endpoint, unique jti, 60 s, signed with the key."""
     key = request.getfixturevalue(key_name)
@@ -117,7 +125,11 @@ def test_assertion_claims_and_signature(request, key_name, alg, expected):
     header = jwt.get_unverified_header(assertion)
     assert (header["alg"], header["kid"]) == (expected, "key-1")
     claims = jwt.decode(
-        assertion, key.public_key(), algorithms=[expected], audience=URL, options={"verify_exp": False, "verify_iat": False}
+        assertion,
+        key.public_key(),
+        algorithms=[expected],
+        audience=URL,
+        options={"verify_exp": False, "verify_iat": False},
     )
     assert claims["iss"] == claims["sub"] == "client-1"
     assert claims["aud"] == URL
@@ -128,7 +140,10 @@ def test_assertion_claims_and_signature(request, key_name, alg, expected):
 def test_every_request_gets_a_new_jti(rsa_key):
     """Two requests (say, a retry) never carry the same assertion id."""
     settings = _key_settings(rsa_key)
-    jtis = {jwt.decode(token_request(settings).form["client_assertion"], options={"verify_signature": False})["jti"] for _ in range(5)}
+    jtis = {
+        jwt.decode(token_request(settings).form["client_assertion"], options={"verify_signature": False})["jti"]
+        for _ in range(5)
+    }
     assert len(jtis) == 5
 
 
@@ -141,7 +156,10 @@ def test_no_kid_header_without_a_key_id(ec_key):
 def test_assertion_audience_is_the_endpoint_actually_used(rsa_key):
     """With a discovered endpoint, aud names that endpoint, not the configured placeholder."""
     form = token_request(_key_settings(rsa_key), endpoint="https://other.example/token").form
-    assert jwt.decode(form["client_assertion"], options={"verify_signature": False})["aud"] == "https://other.example/token"
+    assert (
+        jwt.decode(form["client_assertion"], options={"verify_signature": False})["aud"]
+        == "https://other.example/token"
+    )
 
 
 def test_a_key_is_parsed_once_per_process(rsa_key, monkeypatch):
@@ -169,12 +187,24 @@ def test_a_replaced_key_is_a_new_cache_entry(rsa_key, ec_key):
     ("make", "alg", "message"),
     [
         (lambda: "not a key at all", None, "is not a PEM private key"),
-        (lambda: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", None, "is not a usable PEM private key"),
-        (lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048), b"pw"), None, "is an encrypted private key"),
+        (
+            lambda: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            None,
+            "is not a usable PEM private key",
+        ),
+        (
+            lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048), b"pw"),
+            None,
+            "is an encrypted private key",
+        ),
         (lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)), None, "1024-bit RSA key"),
         (lambda: _pem(ec.generate_private_key(ec.SECP384R1())), None, "ES256 needs P-256"),
         (lambda: _pem(ed25519.Ed25519PrivateKey.generate()), None, "RSA or EC P-256 keys"),
-        (lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "ES256", "does not fit the RSA key"),
+        (
+            lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+            "ES256",
+            "does not fit the RSA key",
+        ),
         (lambda: _pem(ec.generate_private_key(ec.SECP256R1())), "RS256", "does not fit the EC P-256 key"),
     ],
 )
@@ -244,7 +274,9 @@ def test_only_the_credential_in_use_is_resolved(tmp_path, rsa_key):
     key_file = tmp_path / "key.pem"
     key_file.write_text(_pem(rsa_key))
     key_file.chmod(0o600)
-    settings = _settings(client_secret=broken, private_key=FileSecret(str(key_file), origin="QLAM_CLIENT_PRIVATE_KEY_FILE"))
+    settings = _settings(
+        client_secret=broken, private_key=FileSecret(str(key_file), origin="QLAM_CLIENT_PRIVATE_KEY_FILE")
+    )
     assert uses_private_key(settings)
     resolved = resolve_credentials(settings)
     assert isinstance(resolved.private_key, Secret) and resolved.client_secret is broken
@@ -265,7 +297,9 @@ def test_assertions_are_fresh_per_attempt_in_time(rsa_key):
     """The assertion is dated by the clock given (the provider's), so a late retry is not expired."""
     settings = _key_settings(rsa_key)
     later = time.time() + 3600
-    claims = jwt.decode(token_request(settings, now=later).form["client_assertion"], options={"verify_signature": False})
+    claims = jwt.decode(
+        token_request(settings, now=later).form["client_assertion"], options={"verify_signature": False}
+    )
     assert claims["iat"] == int(later)
 
 
@@ -300,4 +334,6 @@ def test_assertion_audience_setting(rsa_key, value, aud):
 def test_bad_assertion_audience_is_named(value):
     """A word other than token_endpoint/issuer, or plain http, is refused naming the variable."""
     with pytest.raises(ConfigurationError, match="QLAM_CLIENT_ASSERTION_AUD"):
-        Settings.from_env({"QLAM_CLIENT_ID": "c", "AUTH_BASE_URL": "idp.example", "QLAM_CLIENT_ASSERTION_AUD": value, "HOME": "/h"})
+        Settings.from_env(
+            {"QLAM_CLIENT_ID": "c", "AUTH_BASE_URL": "idp.example", "QLAM_CLIENT_ASSERTION_AUD": value, "HOME": "/h"}
+        )

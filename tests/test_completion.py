@@ -35,7 +35,9 @@ def _bash_complete(line: str) -> list[str]:
         _qlam_hpc_completion qlam-hpc "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
         printf '%s\\n' "${{COMPREPLY[@]}}"
     """
-    done = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], env=_env(), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script], env=_env(), capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     return [word for word in done.stdout.splitlines() if word]
@@ -62,20 +64,30 @@ def test_completion_is_not_taken_for_a_token_request(tmp_path):
     """The protocol's variables never reach the token path: no output but completions, exit 0."""
     done = subprocess.run(
         [QLAM_HPC],
-        env=_env(_QLAM_HPC_COMPLETE="bash_complete", COMP_WORDS="qlam-hpc token --m", COMP_CWORD="2",
-                 QLAM_TOKEN_CACHE_DIR=str(tmp_path)),
-        capture_output=True, text=True, timeout=30,
+        env=_env(
+            _QLAM_HPC_COMPLETE="bash_complete",
+            COMP_WORDS="qlam-hpc token --m",
+            COMP_CWORD="2",
+            QLAM_TOKEN_CACHE_DIR=str(tmp_path),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "plain,--min-ttl\n", "")
 
 
 def test_zsh_gets_its_script_and_its_answers():
-    script = subprocess.run([QLAM_HPC], env=_env(_QLAM_HPC_COMPLETE="zsh_source"), capture_output=True, text=True, timeout=30)
+    script = subprocess.run(
+        [QLAM_HPC], env=_env(_QLAM_HPC_COMPLETE="zsh_source"), capture_output=True, text=True, timeout=30
+    )
     assert script.returncode == 0 and "compdef _qlam_hpc_completion qlam-hpc" in script.stdout
     answer = subprocess.run(
         [QLAM_HPC],
         env=_env(_QLAM_HPC_COMPLETE="zsh_complete", COMP_WORDS="qlam-hpc auth st", COMP_CWORD="2"),
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert answer.returncode == 0 and answer.stdout.splitlines()[:2] == ["plain", "status"]
 
@@ -83,6 +95,8 @@ def test_zsh_gets_its_script_and_its_answers():
 def test_zsh_parses_the_script():
     if shutil.which("zsh") is None:
         pytest.skip("zsh is not installed here")
-    script = subprocess.run([QLAM_HPC], env=_env(_QLAM_HPC_COMPLETE="zsh_source"), capture_output=True, text=True, timeout=30)
+    script = subprocess.run(
+        [QLAM_HPC], env=_env(_QLAM_HPC_COMPLETE="zsh_source"), capture_output=True, text=True, timeout=30
+    )
     parsed = subprocess.run(["zsh", "-n"], input=script.stdout, capture_output=True, text=True, timeout=30)
     assert parsed.returncode == 0, parsed.stderr

@@ -63,9 +63,7 @@ def test_killing_the_fetching_process_does_not_stall_the_others(sandbox, env, tm
     assert sandbox.stats()["token_requests"] <= 2
 
 
-def test_short_lived_tokens_are_refreshed_about_once_per_lifetime_and_never_handed_out_expired(
-    sandbox, env, tmp_path
-):
+def test_short_lived_tokens_are_refreshed_about_once_per_lifetime_and_never_handed_out_expired(sandbox, env, tmp_path):
     """Token lifetime 3 s, 20 processes calling for 10 s: about one request per lifetime, no expired token."""
     sandbox.set_faults(token_lifetime=3)
     crowd = Crowd(tmp_path, 20, ["10"], env, script=LOOPER)

@@ -20,7 +20,17 @@ def test_every_array_task_submits_waits_and_saves_its_results(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
     results = tmp_path / "results"
     result = run_cli(
-        "demo", "-n", "4", "--task-duration", "0.2", "--latency", "0.05", "--results-dir", str(results), env=env, timeout=120
+        "demo",
+        "-n",
+        "4",
+        "--task-duration",
+        "0.2",
+        "--latency",
+        "0.05",
+        "--results-dir",
+        str(results),
+        env=env,
+        timeout=120,
     )
     assert result.code == 0, result.out + result.err
     assert _row(result.out, "succeeded") == "4/4"
@@ -39,7 +49,9 @@ def test_every_array_task_submits_waits_and_saves_its_results(tmp_path):
 def test_the_user_context_demo_logs_in_once_and_the_array_refreshes_once(tmp_path):
     """--user-context: one device login, an expired access token, N tasks: 1 refresh, 0 reuse detections."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
-    result = run_cli("demo", "-n", "6", "--user-context", "--task-duration", "0.2", "--latency", "0.05", env=env, timeout=120)
+    result = run_cli(
+        "demo", "-n", "6", "--user-context", "--task-duration", "0.2", "--latency", "0.05", env=env, timeout=120
+    )
     assert result.code == 0, result.out + result.err
     assert "/activate?user_code=" in result.out
     assert _row(result.out, "succeeded") == "6/6"

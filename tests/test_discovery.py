@@ -92,7 +92,10 @@ class StandardServer:
                 if form.get("resource") != "https://api.example.com":
                     self._json(400, {"error": "invalid_target", "error_description": "resource required"})
                     return
-                self._json(200, {"access_token": "std-token-" + str(len(server.forms)), "token_type": "bearer", "expires_in": 300})
+                self._json(
+                    200,
+                    {"access_token": "std-token-" + str(len(server.forms)), "token_type": "bearer", "expires_in": 300},
+                )
 
         return Handler
 
@@ -120,18 +123,26 @@ def _standard_env(server: StandardServer, cache_dir, **extra: str) -> dict[str, 
 
 
 def _doc(status: int = 200, **fields) -> bytes:
-    return json.dumps({"issuer": "https://idp.example/", "token_endpoint": "https://idp.example/token", **fields}).encode()
+    return json.dumps(
+        {"issuer": "https://idp.example/", "token_endpoint": "https://idp.example/token", **fields}
+    ).encode()
 
 
 def test_parse_discovery_reads_endpoint_and_methods():
     """The token endpoint and the auth methods are taken from the document."""
-    found = parse_discovery(200, {}, _doc(token_endpoint_auth_methods_supported=["private_key_jwt"]), "https://idp.example/d")
+    found = parse_discovery(
+        200, {}, _doc(token_endpoint_auth_methods_supported=["private_key_jwt"]), "https://idp.example/d"
+    )
     assert (found.token_endpoint, found.auth_methods) == ("https://idp.example/token", ("private_key_jwt",))
 
 
 def test_methods_default_to_basic():
     """Without token_endpoint_auth_methods_supported, OpenID's default client_secret_basic applies."""
-    assert parse_discovery(200, {}, _doc(), "https://idp.example/d").auth_methods == DEFAULT_AUTH_METHODS == ("client_secret_basic",)
+    assert (
+        parse_discovery(200, {}, _doc(), "https://idp.example/d").auth_methods
+        == DEFAULT_AUTH_METHODS
+        == ("client_secret_basic",)
+    )
 
 
 @pytest.mark.parametrize(
@@ -195,7 +206,12 @@ def test_discovery_by_url():
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("QLAM_DISCOVERY", "maybe"), ("QLAM_AUDIENCE_PARAM", "aud"), ("QLAM_CLIENT_AUTH_METHOD", "tls_client_auth"), ("QLAM_CLIENT_ASSERTION_ALG", "HS256")],
+    [
+        ("QLAM_DISCOVERY", "maybe"),
+        ("QLAM_AUDIENCE_PARAM", "aud"),
+        ("QLAM_CLIENT_AUTH_METHOD", "tls_client_auth"),
+        ("QLAM_CLIENT_ASSERTION_ALG", "HS256"),
+    ],
 )
 def test_bad_values_are_named(variable, value):
     """Unknown values of the new settings are configuration errors naming the variable."""
@@ -205,8 +221,19 @@ def test_bad_values_are_named(variable, value):
 
 def test_setting_names_are_case_insensitive():
     """client_secret_basic / RESOURCE / es256 are accepted in any case and normalised."""
-    settings = Settings.from_env({**BASE, "QLAM_CLIENT_AUTH_METHOD": "Client_Secret_Basic", "QLAM_AUDIENCE_PARAM": "RESOURCE", "QLAM_CLIENT_ASSERTION_ALG": "es256"})
-    assert (settings.client_auth, settings.audience_param, settings.assertion_alg) == ("client_secret_basic", "resource", "ES256")
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "QLAM_CLIENT_AUTH_METHOD": "Client_Secret_Basic",
+            "QLAM_AUDIENCE_PARAM": "RESOURCE",
+            "QLAM_CLIENT_ASSERTION_ALG": "es256",
+        }
+    )
+    assert (settings.client_auth, settings.audience_param, settings.assertion_alg) == (
+        "client_secret_basic",
+        "resource",
+        "ES256",
+    )
 
 
 # --- against real servers ---------------------------------------------------------------------
@@ -236,7 +263,12 @@ def test_the_document_is_read_once_per_process(tmp_path):
 
 def test_a_standard_server_with_explicit_settings(standard, tmp_path):
     """Without discovery: QLAM_TOKEN_URL and QLAM_CLIENT_AUTH_METHOD=client_secret_basic do the same."""
-    env = _standard_env(standard, tmp_path, QLAM_TOKEN_URL=standard.url + "/protocol/openid-connect/token", QLAM_CLIENT_AUTH_METHOD="client_secret_basic")
+    env = _standard_env(
+        standard,
+        tmp_path,
+        QLAM_TOKEN_URL=standard.url + "/protocol/openid-connect/token",
+        QLAM_CLIENT_AUTH_METHOD="client_secret_basic",
+    )
     assert TokenProvider(Settings.from_env(env)).get().source == "fetched"
     assert standard.discovery_gets == 0
 

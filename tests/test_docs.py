@@ -193,7 +193,8 @@ def test_every_marker_is_one_the_harness_knows():
 
 def test_the_harness_reads_code_markers_and_leaves_output_alone(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text(textwrap.dedent("""\
+    page.write_text(
+        textwrap.dedent("""\
         ```bash
         echo one
         ```
@@ -210,7 +211,8 @@ def test_the_harness_reads_code_markers_and_leaves_output_alone(tmp_path):
           ```sh
           echo three
           ```
-        """))
+        """)
+    )
     blocks, other = read_blocks(page)
     assert [(b.line, b.lang, b.code, b.kind) for b in blocks] == [
         (1, "bash", "echo one\n", "run"),
@@ -303,7 +305,9 @@ def test_block_runs(block: Block, idp, tmp_path):
     COUNTS["run"] += len(blocks)
 
 
-@pytest.mark.leak_check_expect("credentials", ".doc-test.log", kinds=["client secret", "access token"])  # docs' env, I/O
+@pytest.mark.leak_check_expect(
+    "credentials", ".doc-test.log", kinds=["client secret", "access token"]
+)  # docs' env, I/O
 @pytest.mark.parametrize("name", sorted(EXAMPLES), ids=lambda name: f"examples/{name}")
 def test_example_runs(name: str, idp, tmp_path):
     """The example scripts run outside a scheduler too (task 0 of a local 'array'): one task
@@ -317,8 +321,11 @@ def test_example_runs(name: str, idp, tmp_path):
         credentials = tmp_path / "credentials"
         credentials.write_text("".join(f"{k}={v}\n" for k, v in idp.env().items()))
         credentials.chmod(0o600)
-        env |= {"QLAM_CREDENTIALS": str(credentials), "QLAM_PYTHON": sys.executable,
-                "QLAM_TASK_SCRIPT": str(ROOT / "examples" / "array_task.py")}
+        env |= {
+            "QLAM_CREDENTIALS": str(credentials),
+            "QLAM_PYTHON": sys.executable,
+            "QLAM_TASK_SCRIPT": str(ROOT / "examples" / "array_task.py"),
+        }
     elif how == "user-context":
         settings = tmp_path / "user-context"
         settings.write_text("".join(f"{k}={v}\n" for k, v in idp.env(flow="device").items()))
@@ -344,7 +351,9 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
     """Nothing of this machine's QLAM settings, scheduler or home: a reader's fresh shell."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_", "VAULT_", "AWS_"))}
+    keep = {
+        k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_", "VAULT_", "AWS_"))
+    }
     return {
         **keep,
         "HOME": str(home),
@@ -383,15 +392,29 @@ JOB = {
 
 
 def _a_task(idp: Sandbox) -> dict:
-    form = {"grant_type": "client_credentials", "client_id": idp.client.client_id,
-            "client_secret": idp.client.client_secret, "audience": idp.audience}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": idp.client.client_id,
+        "client_secret": idp.client.client_secret,
+        "audience": idp.audience,
+    }
     token = httpx.post(idp.token_url, data=form).raise_for_status().json()["access_token"]
     tasks = f"{idp.url}/v2/squin-256q/tasks"
     auth = {"Authorization": f"Bearer {token}"}
     groups = ["5b1c7f5e-2f63-4c3e-9d0b-1f1f8a6e2a10", "7d2e8a6f-3a74-4d4f-8e1c-2a2a9b7f3b21"]
-    created = [httpx.post(tasks, json={**JOB, "group_id": group}, headers=auth).raise_for_status().json() for group in groups]
-    return {"TOKEN": token, "TASKS": tasks, "AUTH": f"Authorization: Bearer {token}", "TASK_ID": created[0]["id"],
-            "GROUP_A": groups[0], "GROUP_B": groups[1], "token": token, "base_url": idp.url}
+    created = [
+        httpx.post(tasks, json={**JOB, "group_id": group}, headers=auth).raise_for_status().json() for group in groups
+    ]
+    return {
+        "TOKEN": token,
+        "TASKS": tasks,
+        "AUTH": f"Authorization: Bearer {token}",
+        "TASK_ID": created[0]["id"],
+        "GROUP_A": groups[0],
+        "GROUP_B": groups[1],
+        "token": token,
+        "base_url": idp.url,
+    }
 
 
 def _run(command, env: dict, cwd: Path, what: str, *, shell: bool = True) -> subprocess.CompletedProcess:
@@ -400,8 +423,15 @@ def _run(command, env: dict, cwd: Path, what: str, *, shell: bool = True) -> sub
     log = cwd / ".doc-test.log"
     argv = ["bash", "-c", "\n".join(command)] if shell else command
     with open(log, "w") as out:
-        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             code = process.wait(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -456,7 +486,9 @@ RUNNER = textwrap.dedent(
 
 def _run_python(blocks: list[Block], env: dict, variables: dict, tmp_path: Path) -> None:
     program = tmp_path / ".doc-test-blocks.json"
-    program.write_text(json.dumps([[[b.where, b.code] for b in blocks], {k: v for k, v in variables.items() if k.islower()}]))
+    program.write_text(
+        json.dumps([[[b.where, b.code] for b in blocks], {k: v for k, v in variables.items() if k.islower()}])
+    )
     done = _run([sys.executable, "-c", RUNNER, str(program)], env, tmp_path, blocks[0].where, shell=False)
     if done.returncode != 0:
         last = [line for line in done.stdout.splitlines() if line.startswith(">>> doc-test block ")]

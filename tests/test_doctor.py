@@ -35,7 +35,16 @@ def test_a_good_setup_passes_without_a_token_request(good, sandbox):
     result = run_cli("doctor", env=good)
     assert result.code == 0, result.out + result.err
     rows = _lines(result.out)
-    for name in ("client id", "client secret", "identity provider", "clock", "QLAM API", "cache directory", "cache locking", "cached token"):
+    for name in (
+        "client id",
+        "client secret",
+        "identity provider",
+        "clock",
+        "QLAM API",
+        "cache directory",
+        "cache locking",
+        "cached token",
+    ):
         assert rows[name] == "ok", result.out
     assert result.out.splitlines()[-1].startswith("doctor: no problems found; the credentials were not verified")
     assert "from environment QLAM_CLIENT_ID" in result.out
@@ -74,7 +83,9 @@ def test_it_reports_a_cached_token_and_where_settings_came_from(good, sandbox, t
 def test_a_private_key_is_described_not_shown(good, sandbox, tmp_path):
     """With a key file: its type, size and algorithm are shown, never its PEM."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     path = tmp_path / "key.pem"
     path.write_text(pem)
     path.chmod(0o600)
@@ -119,7 +130,11 @@ def test_an_unsafe_secret_file_fails(good, tmp_path):
 
 def test_an_unreachable_vault_fails_with_15(good, vault):
     """A secret in a Vault that does not answer: exit 15, the store named."""
-    case = {**good, "QLAM_CLIENT_SECRET": "vault://secret/qlam#client_secret", **vault.env(VAULT_ADDR="http://127.0.0.1:9")}
+    case = {
+        **good,
+        "QLAM_CLIENT_SECRET": "vault://secret/qlam#client_secret",
+        **vault.env(VAULT_ADDR="http://127.0.0.1:9"),
+    }
     result = run_cli("doctor", env=case)
     assert result.code == 15 and "Vault at http://127.0.0.1:9 is unreachable" in result.out
 

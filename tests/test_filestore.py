@@ -92,7 +92,9 @@ def holder(cache_dir):
 def _probe(cache_dir: Path) -> str:
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(cache_dir), *_identity_args(IDENTITY)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -583,6 +585,7 @@ def test_forked_child_can_lock_after_the_parent_releases(store, cache_dir):
 
 
 # --- the ledger -----------------------------------------------------------------------------
+
 
 def test_ledger_round_trip(store):
     """Recorded requests are read back in order, in the month of their time."""

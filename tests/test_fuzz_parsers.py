@@ -60,8 +60,15 @@ headers = st.fixed_dictionaries(
 )
 
 TOKEN_KEYS = [
-    "access_token", "token_type", "expires_in", "scope", "error", "error_description",
-    "refresh_token", "id_token", "refresh_token_expires_in",
+    "access_token",
+    "token_type",
+    "expires_in",
+    "scope",
+    "error",
+    "error_description",
+    "refresh_token",
+    "id_token",
+    "refresh_token_expires_in",
 ]
 
 
@@ -82,7 +89,15 @@ def test_parse_user_tokens(status, head, body, at):
         parse_user_tokens(status, head, body, URL, at, "node:1")
 
 
-DEVICE_KEYS = ["device_code", "user_code", "verification_uri", "verification_uri_complete", "expires_in", "interval", "error"]
+DEVICE_KEYS = [
+    "device_code",
+    "user_code",
+    "verification_uri",
+    "verification_uri_complete",
+    "expires_in",
+    "interval",
+    "error",
+]
 
 
 @FUZZ
@@ -115,10 +130,30 @@ def test_unverified_claims(token):
 
 IDENTITY = Identity.of(Settings.from_env({"QLAM_CLIENT_ID": "c", "AUTH_BASE_URL": "idp.example"}))
 ENTRY_FIELDS = [
-    "token_url", "client_id", "audience", "scope", "principal", "access_token", "token_type", "expires_at",
-    "obtained_at", "token_scope", "obtained_by", "refresh_token", "login_at", "login_expires_at", "login_subject",
-    "login_email", "failure", "failure_args", "failure_at", "failure_until", "failure_credentials", "failure_by",
-    "intent_at", "intent_by",
+    "token_url",
+    "client_id",
+    "audience",
+    "scope",
+    "principal",
+    "access_token",
+    "token_type",
+    "expires_at",
+    "obtained_at",
+    "token_scope",
+    "obtained_by",
+    "refresh_token",
+    "login_at",
+    "login_expires_at",
+    "login_subject",
+    "login_email",
+    "failure",
+    "failure_args",
+    "failure_at",
+    "failure_until",
+    "failure_credentials",
+    "failure_by",
+    "intent_at",
+    "intent_by",
 ]
 field_values = st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=30) | st.sampled_from(
     ["", "nan", "inf", "-1", "1e400", "1700000000.0", "[]", "{}", '["x", 1]', "null", IDENTITY.token_url, "c"]
@@ -147,12 +182,34 @@ def test_decode_entry(raw):
 # --- settings and durations -------------------------------------------------------------------
 
 VARIABLES = [
-    "QLAM_CLIENT_ID", "AUTH_BASE_URL", "QLAM_TOKEN_URL", "QLAM_AUDIENCE", "QLAM_SCOPE", "QLAM_CLIENT_SECRET",
-    "QLAM_CLIENT_SECRET_FILE", "QLAM_CLIENT_PRIVATE_KEY", "QLAM_TOKEN_CACHE", "QLAM_TOKEN_BUDGET",
-    "QLAM_LOCK_TIMEOUT", "QLAM_HTTP_TIMEOUT", "QLAM_RETRY_ATTEMPTS", "QLAM_RETRY_DEADLINE", "QLAM_TOKEN_STORE",
-    "QLAM_CLIENT_AUTH_METHOD", "QLAM_AUDIENCE_PARAM", "QLAM_DISCOVERY", "QLAM_CLIENT_ASSERTION_AUD",
-    "QLAM_CLIENT_ASSERTION_ALG", "QLAM_AUTH_FLOW", "QLAM_DEVICE_AUTHORIZATION_URL", "QLAM_REVOCATION_URL",
-    "QLAM_REFRESH_TOKEN_LIFETIME", "QLAM_CONTEXT", "QLAM_CLIENT_KEY_ID", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+    "QLAM_CLIENT_ID",
+    "AUTH_BASE_URL",
+    "QLAM_TOKEN_URL",
+    "QLAM_AUDIENCE",
+    "QLAM_SCOPE",
+    "QLAM_CLIENT_SECRET",
+    "QLAM_CLIENT_SECRET_FILE",
+    "QLAM_CLIENT_PRIVATE_KEY",
+    "QLAM_TOKEN_CACHE",
+    "QLAM_TOKEN_BUDGET",
+    "QLAM_LOCK_TIMEOUT",
+    "QLAM_HTTP_TIMEOUT",
+    "QLAM_RETRY_ATTEMPTS",
+    "QLAM_RETRY_DEADLINE",
+    "QLAM_TOKEN_STORE",
+    "QLAM_CLIENT_AUTH_METHOD",
+    "QLAM_AUDIENCE_PARAM",
+    "QLAM_DISCOVERY",
+    "QLAM_CLIENT_ASSERTION_AUD",
+    "QLAM_CLIENT_ASSERTION_ALG",
+    "QLAM_AUTH_FLOW",
+    "QLAM_DEVICE_AUTHORIZATION_URL",
+    "QLAM_REVOCATION_URL",
+    "QLAM_REFRESH_TOKEN_LIFETIME",
+    "QLAM_CONTEXT",
+    "QLAM_CLIENT_KEY_ID",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
 ]
 durations = st.from_regex(r"\A\s*[0-9.]{0,6}[smhd]?([0-9.]{0,4}[smhd])?\s*\Z") | st.text(max_size=12)
 urlish = st.builds(
@@ -163,7 +220,12 @@ urlish = st.builds(
     st.sampled_from(["", ":443", ":0", ":99999", ":x", ":"]),
     st.sampled_from(["", "/", "/oauth/token", "/?q", "#f", "/a b"]),
 )
-values = st.one_of(st.text(max_size=30), durations, urlish, st.sampled_from(["on", "off", "device", "m2m", "env:X", "vault://a/b#c", "aws-sm://x", "redis://:p@h/0"]))
+values = st.one_of(
+    st.text(max_size=30),
+    durations,
+    urlish,
+    st.sampled_from(["on", "off", "device", "m2m", "env:X", "vault://a/b#c", "aws-sm://x", "redis://:p@h/0"]),
+)
 
 
 @FUZZ
@@ -196,25 +258,54 @@ def test_parse_duration(text):
 
 # --- QLAM Shell config ------------------------------------------------------------------------
 
-PROVIDER_KEYS = ["name", "provider", "grant_type", "auth_base_url", "client_id", "client_secret", "audience", "scope", "scopes", "tenant", "private_key", "key_id"]
+PROVIDER_KEYS = [
+    "name",
+    "provider",
+    "grant_type",
+    "auth_base_url",
+    "client_id",
+    "client_secret",
+    "audience",
+    "scope",
+    "scopes",
+    "tenant",
+    "private_key",
+    "key_id",
+]
 providers = _objects_with(PROVIDER_KEYS) | st.fixed_dictionaries(
-    {"name": st.text(max_size=4) | json_values, "grant_type": st.sampled_from(["client_credentials", "device_code"]) | json_values},
+    {
+        "name": st.text(max_size=4) | json_values,
+        "grant_type": st.sampled_from(["client_credentials", "device_code"]) | json_values,
+    },
     optional={k: json_values | st.text(max_size=10) for k in PROVIDER_KEYS[3:]},
 )
 contexts = st.fixed_dictionaries(
     {"name": st.sampled_from(["p", "q"]) | json_values},
     optional={
         "auth_providers": st.lists(providers, max_size=3) | json_values,
-        "defaults": st.fixed_dictionaries({}, optional={"auth_provider": json_values, "api_base_url": json_values}) | json_values,
+        "defaults": st.fixed_dictionaries({}, optional={"auth_provider": json_values, "api_base_url": json_values})
+        | json_values,
     },
 )
-configs = st.fixed_dictionaries(
-    {}, optional={"current_context": st.sampled_from(["p", "q"]) | json_values, "contexts": st.lists(contexts, max_size=3) | json_values}
-) | json_values
+configs = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "current_context": st.sampled_from(["p", "q"]) | json_values,
+            "contexts": st.lists(contexts, max_size=3) | json_values,
+        },
+    )
+    | json_values
+)
 
 
 @FUZZ
-@given(configs, st.sampled_from([None, "p", "q"]), st.sampled_from([None, "client_credentials", "device"]), st.sampled_from([0o600, 0o644]))
+@given(
+    configs,
+    st.sampled_from([None, "p", "q"]),
+    st.sampled_from([None, "client_credentials", "device"]),
+    st.sampled_from([0o600, 0o644]),
+)
 def test_select_client(data, context, flow, mode):
     try:
         client = select_client(data, "/home/u/.qsh/config.json", context, mode, flow)
@@ -227,8 +318,12 @@ def test_select_client(data, context, flow, mode):
 # --- discovery documents ----------------------------------------------------------------------
 
 DISCOVERY_KEYS = [
-    "issuer", "token_endpoint", "token_endpoint_auth_methods_supported",
-    "token_endpoint_auth_signing_alg_values_supported", "device_authorization_endpoint", "revocation_endpoint",
+    "issuer",
+    "token_endpoint",
+    "token_endpoint_auth_methods_supported",
+    "token_endpoint_auth_signing_alg_values_supported",
+    "device_authorization_endpoint",
+    "revocation_endpoint",
 ]
 discovery_bodies = _bodies(DISCOVERY_KEYS) | st.fixed_dictionaries(
     {"token_endpoint": urlish}, optional={k: urlish | json_values for k in DISCOVERY_KEYS if k != "token_endpoint"}

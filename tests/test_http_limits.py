@@ -51,7 +51,11 @@ REQUESTS = {
 @pytest.mark.parametrize("name", list(REQUESTS))
 def test_a_dripping_server_cannot_hold_a_request_past_the_deadline(name, tmp_path):
     call, extra = REQUESTS[name]
-    answer = token_answer_bytes() if name != "discovery" else token_answer_bytes({"token_endpoint": "https://idp.example/oauth/token", "padding": "x" * 100})
+    answer = (
+        token_answer_bytes()
+        if name != "discovery"
+        else token_answer_bytes({"token_endpoint": "https://idp.example/oauth/token", "padding": "x" * 100})
+    )
     with RawServer(drip(answer, every=0.1)) as server:
         settings = _settings(server.url, tmp_path, **extra)
         started = time.monotonic()

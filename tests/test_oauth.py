@@ -126,7 +126,9 @@ def test_missing_expires_in():
         _parse(body)
 
 
-@pytest.mark.parametrize("expires_in", [0, -1, -3600, 0.5, MAX_EXPIRES_IN + 1, 10 * 366 * 86400, 1e308, "0", "99999999999"])
+@pytest.mark.parametrize(
+    "expires_in", [0, -1, -3600, 0.5, MAX_EXPIRES_IN + 1, 10 * 366 * 86400, 1e308, "0", "99999999999"]
+)
 def test_absurd_expires_in(expires_in):
     """Lifetimes under a second or over a year are refused as absurd."""
     with pytest.raises(_errors.InvalidTokenResponse, match="absurd expires_in"):
@@ -135,7 +137,22 @@ def test_absurd_expires_in(expires_in):
 
 @pytest.mark.parametrize(
     "expires_in",
-    ["abc", "", [3600], {"s": 1}, True, False, "nan", "inf", "-3600", " 3600", "3600.5", "1e3", "\u0663\u0666\u0660\u0660", None],
+    [
+        "abc",
+        "",
+        [3600],
+        {"s": 1},
+        True,
+        False,
+        "nan",
+        "inf",
+        "-3600",
+        " 3600",
+        "3600.5",
+        "1e3",
+        "\u0663\u0666\u0660\u0660",
+        None,
+    ],
 )
 def test_unreadable_expires_in(expires_in):
     """An expires_in that is not a JSON number (a bool is not one) or a string of ASCII digits
@@ -414,7 +431,18 @@ def test_old_or_broken_fingerprints_match_nothing(recorded):
 @pytest.mark.parametrize(
     "access_token",
     ["tökén", "eyJ.abc.d\u00e9f", "a b", "a=b", "=", "a,b", 'a"b', "a\\b", "ab==c", "\u200babc"],
-    ids=["non-ascii", "accent", "space", "inner-equals", "only-equals", "comma", "quote", "backslash", "equals-then-text", "zero-width"],
+    ids=[
+        "non-ascii",
+        "accent",
+        "space",
+        "inner-equals",
+        "only-equals",
+        "comma",
+        "quote",
+        "backslash",
+        "equals-then-text",
+        "zero-width",
+    ],
 )
 def test_an_access_token_that_is_not_a_b64token_is_refused(access_token):
     """RFC 6750's b64token ([A-Za-z0-9-._~+/]+=*) only: anything else would be cached and

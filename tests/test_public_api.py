@@ -102,9 +102,7 @@ HEAVY = {"httpx", "click", "rich", "pydantic"}
 
 def _error_classes() -> list[type]:
     return [
-        value
-        for value in vars(_errors).values()
-        if inspect.isclass(value) and issubclass(value, _errors.QlamError)
+        value for value in vars(_errors).values() if inspect.isclass(value) and issubclass(value, _errors.QlamError)
     ]
 
 
@@ -224,6 +222,16 @@ def test_error_pickles_with_its_message(cls):
     assert copy.message == error.message
     assert copy.exit_code == error.exit_code
     for attribute in (
-        "error", "description", "status", "url", "retry_after", "min_ttl", "lifetime", "task_id", "reasons", "messages", "code"
+        "error",
+        "description",
+        "status",
+        "url",
+        "retry_after",
+        "min_ttl",
+        "lifetime",
+        "task_id",
+        "reasons",
+        "messages",
+        "code",
     ):
         assert getattr(copy, attribute, None) == getattr(error, attribute, None)

@@ -34,7 +34,12 @@ def _config(**contexts: list[dict]) -> dict:
     return {
         "current_context": "production",
         "contexts": [
-            {"name": name, "qpu": "q", "defaults": {"api_base_url": f"https://{name}.api.example", "auth_provider": providers[0]["name"]}, "auth_providers": providers}
+            {
+                "name": name,
+                "qpu": "q",
+                "defaults": {"api_base_url": f"https://{name}.api.example", "auth_provider": providers[0]["name"]},
+                "auth_providers": providers,
+            }
             for name, providers in contexts.items()
         ],
     }
@@ -42,7 +47,9 @@ def _config(**contexts: list[dict]) -> dict:
 
 CONFIG = _config(
     production=[_provider("device", grant_type="device_code"), _provider("m2m")],
-    staging=[_provider("staging-m2m", auth_base_url="https://staging-auth.example.com", scope=["read:tasks", "write:tasks"])],
+    staging=[
+        _provider("staging-m2m", auth_base_url="https://staging-auth.example.com", scope=["read:tasks", "write:tasks"])
+    ],
 )
 
 
@@ -112,7 +119,9 @@ def test_context_by_name(home, how):
 
 def test_environment_overrides_the_file(home):
     """Each QLAM_* variable wins over the context's value; the rest still comes from the file."""
-    settings = Settings.from_env(_env(home, QLAM_CLIENT_ID="env-client", QLAM_AUDIENCE="https://env.example", QLAM_CLIENT_SECRET=SECRET))
+    settings = Settings.from_env(
+        _env(home, QLAM_CLIENT_ID="env-client", QLAM_AUDIENCE="https://env.example", QLAM_CLIENT_SECRET=SECRET)
+    )
     assert (settings.client_id, settings.audience) == ("env-client", "https://env.example")
     assert settings.token_url == "https://auth.example.com/oauth/token"
     assert settings.client_secret == Secret(SECRET)
@@ -155,10 +164,22 @@ def test_origins_name_the_context(home):
 @pytest.mark.parametrize(
     ("config", "context", "message"),
     [
-        ({**CONFIG, "current_context": None}, None, "has no current_context: name one with --context or QLAM_CONTEXT (contexts: production, staging)"),
+        (
+            {**CONFIG, "current_context": None},
+            None,
+            "has no current_context: name one with --context or QLAM_CONTEXT (contexts: production, staging)",
+        ),
         (CONFIG, "nope", "there is no context 'nope' in the QLAM Shell config"),
-        (_config(production=[_provider("pw", grant_type="password")]), None, "has no auth provider with grant_type client_credentials or device_code (it has: pw (password))"),
-        (_config(production=[_provider(client_id=None)]), None, "QLAM_CLIENT_ID is not set (the M2M client id from your QLAM admin); QLAM Shell context 'production'"),
+        (
+            _config(production=[_provider("pw", grant_type="password")]),
+            None,
+            "has no auth provider with grant_type client_credentials or device_code (it has: pw (password))",
+        ),
+        (
+            _config(production=[_provider(client_id=None)]),
+            None,
+            "QLAM_CLIENT_ID is not set (the M2M client id from your QLAM admin); QLAM Shell context 'production'",
+        ),
         (_config(production=[_provider(auth_base_url=None)]), None, "AUTH_BASE_URL is not set"),
         (_config(production=[_provider(audience=7)]), None, "audience of auth provider 'm2m' in context 'production'"),
     ],
@@ -180,7 +201,9 @@ def test_asking_for_a_context_without_a_file_is_an_error(tmp_path):
 
 def test_without_a_file_the_usual_error_remains(tmp_path):
     """No config file and no QLAM_CLIENT_ID: the familiar message, unchanged."""
-    with pytest.raises(ConfigurationError, match=r"^QLAM_CLIENT_ID is not set \(the M2M client id from your QLAM admin\)$"):
+    with pytest.raises(
+        ConfigurationError, match=r"^QLAM_CLIENT_ID is not set \(the M2M client id from your QLAM admin\)$"
+    ):
         Settings.from_env({"HOME": str(tmp_path)})
 
 
@@ -197,7 +220,9 @@ def test_a_literal_secret_in_a_readable_file_is_refused(home):
     path = home / ".qsh" / "config.json"
     path.write_text(json.dumps(_config(production=[_provider(client_secret=SECRET)])))
     path.chmod(0o644)
-    with pytest.raises(ConfigurationError, match="holds a literal client_secret and is readable by group or others") as caught:
+    with pytest.raises(
+        ConfigurationError, match="holds a literal client_secret and is readable by group or others"
+    ) as caught:
         Settings.from_env(_env(home))
     assert SECRET not in str(caught.value)
     path.chmod(0o600)
@@ -210,7 +235,11 @@ def test_a_literal_secret_in_a_readable_file_is_refused(home):
 def test_select_client_is_pure():
     """select_client works on parsed data and records the API URL of the context's defaults."""
     client = select_client(CONFIG, "/x/config.json", "staging")
-    assert (client.context, client.provider, client.api_base_url) == ("staging", "staging-m2m", "https://staging.api.example")
+    assert (client.context, client.provider, client.api_base_url) == (
+        "staging",
+        "staging-m2m",
+        "https://staging.api.example",
+    )
 
 
 # --- end to end -------------------------------------------------------------------------------
@@ -221,7 +250,15 @@ def test_the_cli_uses_a_context(sandbox, tmp_path, env):
     secret = env["QLAM_CLIENT_SECRET"]
     config = _config(
         production=[_provider(auth_base_url="https://unused.example.com")],
-        sandbox=[_provider("local", auth_base_url=sandbox.url, client_id=sandbox.client.client_id, client_secret="env:MY_SANDBOX_SECRET", audience=sandbox.audience)],
+        sandbox=[
+            _provider(
+                "local",
+                auth_base_url=sandbox.url,
+                client_id=sandbox.client.client_id,
+                client_secret="env:MY_SANDBOX_SECRET",
+                audience=sandbox.audience,
+            )
+        ],
     )
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
@@ -244,13 +281,39 @@ MALFORMED = [
     ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": "x"}]}, "auth_providers"),
     ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": 7}]}, "auth_providers"),
     (
-        {"current_context": "production", "contexts": [{"name": "production", "defaults": [], "auth_providers": [_provider()]}]},
+        {
+            "current_context": "production",
+            "contexts": [{"name": "production", "defaults": [], "auth_providers": [_provider()]}],
+        },
         "defaults",
     ),
-    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": [_provider(name=["m2m"])]}]}, "name"),
-    ({"current_context": "production", "contexts": [{"name": ["production"], "auth_providers": [_provider()]}]}, "name"),
-    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": [_provider(grant_type=["client_credentials"])]}]}, "grant_type"),
-    ({"current_context": "production", "contexts": [{"name": "production", "auth_providers": [_provider()], "defaults": {"auth_provider": {"x": 1}}}]}, "auth_provider"),
+    (
+        {
+            "current_context": "production",
+            "contexts": [{"name": "production", "auth_providers": [_provider(name=["m2m"])]}],
+        },
+        "name",
+    ),
+    (
+        {"current_context": "production", "contexts": [{"name": ["production"], "auth_providers": [_provider()]}]},
+        "name",
+    ),
+    (
+        {
+            "current_context": "production",
+            "contexts": [{"name": "production", "auth_providers": [_provider(grant_type=["client_credentials"])]}],
+        },
+        "grant_type",
+    ),
+    (
+        {
+            "current_context": "production",
+            "contexts": [
+                {"name": "production", "auth_providers": [_provider()], "defaults": {"auth_provider": {"x": 1}}}
+            ],
+        },
+        "auth_provider",
+    ),
     ({"current_context": ["production"], "contexts": []}, "current_context"),
 ]
 
@@ -341,7 +404,12 @@ def test_plugins_tasks_overrides_the_defaults(home):
         os.path.expanduser("~/site-ca.pem"),
     )
     api = ApiSettings.from_env(_env(home))
-    assert (api.base_url, api.qpu_mode, api.group, api.timeout) == ("https://tasks.api.example", "squin-256q", GROUP, 42.5)
+    assert (api.base_url, api.qpu_mode, api.group, api.timeout) == (
+        "https://tasks.api.example",
+        "squin-256q",
+        GROUP,
+        42.5,
+    )
 
 
 def test_the_environment_wins_over_the_context(home):
@@ -351,7 +419,10 @@ def test_the_environment_wins_over_the_context(home):
     env = _env(home, QLAM_API_URL="https://env.api.example", QLAM_QPU_MODE="squin-8q", QLAM_CONTEXT="production")
     api = ApiSettings.from_env({**env, "QLAM_GROUP": "11111111-2222-3333-4444-555555555555", "QLAM_API_TIMEOUT": "7"})
     assert (api.base_url, api.qpu_mode, api.group, api.timeout) == (
-        "https://env.api.example", "squin-8q", "11111111-2222-3333-4444-555555555555", 7.0
+        "https://env.api.example",
+        "squin-8q",
+        "11111111-2222-3333-4444-555555555555",
+        7.0,
     )
 
 
@@ -368,7 +439,10 @@ def test_verify_ssl_false_is_refused(home):
     ("provider", "kind"),
     [
         ({"name": "legacy", "provider": "token", "token": "env:OLD_TOKEN"}, "a static-token provider"),
-        ({"name": "legacy", "provider": "basic", "username": "ada", "password": "env:PW"}, "a username/password provider"),
+        (
+            {"name": "legacy", "provider": "basic", "username": "ada", "password": "env:PW"},
+            "a username/password provider",
+        ),
     ],
 )
 def test_a_context_whose_provider_is_token_or_basic_says_what_it_needs(home, provider, kind):

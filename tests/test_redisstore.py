@@ -65,6 +65,7 @@ print(json.dumps({"access_token": result.token.access_token, "source": result.so
 
 def _jwt(**claims) -> str:
     """An unsigned JWT with these claims: what the store's check reads (it verifies no signature)."""
+
     def part(data: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
@@ -438,7 +439,12 @@ def test_plain_redis_to_a_tls_port_fails_clearly(tls_server):
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://redis.example:6379/0", "redis://10.0.0.7/0", "redis://:pw@[2001:db8::1]:6379/0", "redis://127.evil.example/0"],
+    [
+        "redis://redis.example:6379/0",
+        "redis://10.0.0.7/0",
+        "redis://:pw@[2001:db8::1]:6379/0",
+        "redis://127.evil.example/0",
+    ],
 )
 def test_plain_redis_off_loopback_is_refused(url):
     """Password and tokens would cross the network in clear: rediss:// is required off loopback."""
@@ -477,7 +483,12 @@ def test_a_file_url_is_the_file_store(tmp_path):
 
 @pytest.mark.parametrize(
     "url",
-    ["memcached://127.0.0.1:11211", "file://otherhost/tmp/x", "file:relative/dir", "redis://127.0.0.1:1/0?no_such_option=1"],
+    [
+        "memcached://127.0.0.1:11211",
+        "file://otherhost/tmp/x",
+        "file:relative/dir",
+        "redis://127.0.0.1:1/0?no_such_option=1",
+    ],
 )
 def test_an_unusable_url_is_a_configuration_error(url):
     """Unknown schemes, remote or relative file URLs and unknown redis options: exit 3."""

@@ -34,7 +34,11 @@ def rotate(idp):
 
     def rotate() -> str:
         secret = "rotated-" + secrets.token_urlsafe(24)
-        response = httpx.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json={"client_id": CLIENT, "client_secret": secret})
+        response = httpx.post(
+            idp.url + "/_sandbox/clients",
+            headers=idp.control_headers(),
+            json={"client_id": CLIENT, "client_secret": secret},
+        )
         assert response.status_code == 200
         return secret
 

@@ -162,7 +162,10 @@ def test_a_secret_file_of_another_user_is_refused(tmp_path):
         _settings(QLAM_CLIENT_SECRET_FILE=str(path)).client_secret.resolve()
     message = str(caught.value)
     assert caught.value.exit_code == 3 and "\n" not in message
-    assert f"QLAM_CLIENT_SECRET_FILE: {path} belongs to uid {OTHER_UID}" in message and f"chown {os.geteuid()} {path}" in message
+    assert (
+        f"QLAM_CLIENT_SECRET_FILE: {path} belongs to uid {OTHER_UID}" in message
+        and f"chown {os.geteuid()} {path}" in message
+    )
 
 
 def test_a_private_key_file_of_another_user_is_refused(tmp_path):
@@ -217,7 +220,9 @@ def test_a_secret_file_reached_through_another_users_link_is_refused(tmp_path):
     link = shared / "qlam"
     link.symlink_to(mine)
     os.lchown(link, OTHER_UID, -1)
-    with pytest.raises(ConfigurationError, match=f"goes through the symbolic link {link}, which belongs to uid {OTHER_UID}"):
+    with pytest.raises(
+        ConfigurationError, match=f"goes through the symbolic link {link}, which belongs to uid {OTHER_UID}"
+    ):
         _settings(QLAM_CLIENT_SECRET_FILE=str(link / "secret")).client_secret.resolve()
     os.lchown(link, os.geteuid(), -1)  # your own link: followed
     assert _settings(QLAM_CLIENT_SECRET_FILE=str(link / "secret")).client_secret.resolve().reveal() == VALUE
@@ -240,6 +245,7 @@ def test_a_user_trusts_directories_installed_by_root():
             file.write(VALUE + "\n")
         os.chmod(path, 0o600)
         os.chown(path, OTHER_UID, OTHER_UID)
+
         def as_user(target):
             # A forked child that becomes the user: the interpreter's own files need not be theirs to run.
             reader, writer = os.pipe()
@@ -264,7 +270,9 @@ def test_a_user_trusts_directories_installed_by_root():
 
         assert as_user(path) == VALUE
         os.chmod(base, 0o777)
-        assert as_user(path).startswith(f"ConfigurationError QLAM_CLIENT_SECRET_FILE: {path} is in {base}, which other users")
+        assert as_user(path).startswith(
+            f"ConfigurationError QLAM_CLIENT_SECRET_FILE: {path} is in {base}, which other users"
+        )
     finally:
         import shutil
 
@@ -320,9 +328,12 @@ def test_vault_secret_with_approle(vault):
     vault.put("kv", "team/qlam", {"client_secret": VALUE})
     role_id, secret_id = vault.add_approle()
     env = vault.env(VAULT_TOKEN="", VAULT_ROLE_ID=role_id, VAULT_SECRET_ID=secret_id)
-    assert _settings(QLAM_CLIENT_SECRET="vault://kv/team/qlam#client_secret", **env).client_secret.resolve(
-        fresh=True
-    ).reveal() == VALUE
+    assert (
+        _settings(QLAM_CLIENT_SECRET="vault://kv/team/qlam#client_secret", **env)
+        .client_secret.resolve(fresh=True)
+        .reveal()
+        == VALUE
+    )
 
 
 def test_vault_namespace_is_sent(vault):
@@ -333,7 +344,9 @@ def test_vault_namespace_is_sent(vault):
     vault.server.client().adapter.post(f"/v1/sys/namespaces/{namespace}", json={})
     inside = hvac.Client(url=vault.url, token=vault.token, namespace=namespace)
     inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
-    inside.secrets.kv.v2.create_or_update_secret(path="in-namespace", secret={"client_secret": VALUE}, mount_point="secret")
+    inside.secrets.kv.v2.create_or_update_secret(
+        path="in-namespace", secret={"client_secret": VALUE}, mount_point="secret"
+    )
     reference = "vault://secret/in-namespace#client_secret"
     found = _settings(QLAM_CLIENT_SECRET=reference, **vault.env(VAULT_NAMESPACE=namespace)).client_secret
     assert found.resolve(fresh=True).reveal() == VALUE
@@ -345,9 +358,12 @@ def test_openbao_variables_name_the_server_and_login(vault):
     """BAO_ADDR and BAO_TOKEN, OpenBao's names, work where VAULT_* are not set."""
     vault.put("secret", "bao", {"client_secret": VALUE})
     env = {"BAO_ADDR": vault.url, "BAO_TOKEN": vault.token}
-    assert _settings(QLAM_CLIENT_SECRET="vault://secret/bao#client_secret", **env).client_secret.resolve(
-        fresh=True
-    ).reveal() == VALUE
+    assert (
+        _settings(QLAM_CLIENT_SECRET="vault://secret/bao#client_secret", **env)
+        .client_secret.resolve(fresh=True)
+        .reveal()
+        == VALUE
+    )
 
 
 def test_a_failing_proxy_in_front_of_vault_is_exit_15():
@@ -359,7 +375,9 @@ def test_a_failing_proxy_in_front_of_vault_is_exit_15():
     try:
         reference = "vault://secret/qlam#client_secret"
         with pytest.raises(SecretStoreUnreachable, match="unavailable") as caught:
-            _settings(QLAM_CLIENT_SECRET=reference, VAULT_ADDR=proxy.url, VAULT_TOKEN="t").client_secret.resolve(fresh=True)
+            _settings(QLAM_CLIENT_SECRET=reference, VAULT_ADDR=proxy.url, VAULT_TOKEN="t").client_secret.resolve(
+                fresh=True
+            )
         assert caught.value.exit_code == 15
     finally:
         proxy.stop()
@@ -369,7 +387,10 @@ def test_vault_single_field_needs_no_name(vault):
     """Without #FIELD a secret with one field gives that field; with several, the error lists their names."""
     vault.put("secret", "one", {"value": VALUE})
     vault.put("secret", "two", {"a": VALUE, "b": VALUE})
-    assert _settings(QLAM_CLIENT_SECRET="vault://secret/one", **vault.env()).client_secret.resolve(fresh=True).reveal() == VALUE
+    assert (
+        _settings(QLAM_CLIENT_SECRET="vault://secret/one", **vault.env()).client_secret.resolve(fresh=True).reveal()
+        == VALUE
+    )
     with pytest.raises(ConfigurationError, match=r"holds several fields \(a, b\): name one with #FIELD") as caught:
         _settings(QLAM_CLIENT_SECRET="vault://secret/two", **vault.env()).client_secret.resolve(fresh=True)
     assert VALUE not in _shown(caught.value)
@@ -400,7 +421,9 @@ def test_vault_unreachable_or_sealed_has_its_own_exit_code(vault):
     vault.put("secret", "qlam", {"client_secret": VALUE})
     reference = "vault://secret/qlam#client_secret"
     with pytest.raises(SecretStoreUnreachable, match="is unreachable") as caught:
-        _settings(QLAM_CLIENT_SECRET=reference, **vault.env(VAULT_ADDR="http://127.0.0.1:9")).client_secret.resolve(fresh=True)
+        _settings(QLAM_CLIENT_SECRET=reference, **vault.env(VAULT_ADDR="http://127.0.0.1:9")).client_secret.resolve(
+            fresh=True
+        )
     assert caught.value.exit_code == 15
     vault.sealed = True
     with pytest.raises(SecretStoreUnreachable, match="unavailable"):
@@ -447,7 +470,11 @@ def test_aws_secret_by_arn(aws):
 @pytest.mark.parametrize(
     ("make", "suffix", "message"),
     [
-        (lambda aws: "qlam/no-such-secret", "", "refused to give aws-sm://qlam/no-such-secret (ResourceNotFoundException)"),
+        (
+            lambda aws: "qlam/no-such-secret",
+            "",
+            "refused to give aws-sm://qlam/no-such-secret (ResourceNotFoundException)",
+        ),
         (lambda aws: aws.create({"a": VALUE}), "#client_secret", "has no field 'client_secret' (it has: a)"),
         (lambda aws: aws.create(VALUE), "#client_secret", "needs a JSON object in the SecretString"),
     ],
@@ -530,7 +557,9 @@ def test_an_unsafe_secret_file_stops_the_cli_with_exit_3(env, sandbox, tmp_path)
 
 def test_an_unreachable_vault_exits_15(env, sandbox, vault):
     """qlam-hpc token with Vault down: exit 15, one line naming Vault."""
-    case = _cli_env(env, "QLAM_CLIENT_SECRET", "vault://secret/qlam#client_secret", **vault.env(VAULT_ADDR="http://127.0.0.1:9"))
+    case = _cli_env(
+        env, "QLAM_CLIENT_SECRET", "vault://secret/qlam#client_secret", **vault.env(VAULT_ADDR="http://127.0.0.1:9")
+    )
     result = run_cli("token", env=case)
     assert result.code == 15 and "Vault at http://127.0.0.1:9 is unreachable" in result.err
 

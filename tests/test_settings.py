@@ -285,8 +285,20 @@ def test_cache_path_falls_back_to_the_default(monkeypatch):
 
 @pytest.mark.parametrize(
     ("value", "enabled"),
-    [("on", True), ("ON", True), ("1", True), ("true", True), ("yes", True), ("", True),
-     ("off", False), ("Off", False), ("0", False), ("false", False), ("no", False), (" off ", False)],
+    [
+        ("on", True),
+        ("ON", True),
+        ("1", True),
+        ("true", True),
+        ("yes", True),
+        ("", True),
+        ("off", False),
+        ("Off", False),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        (" off ", False),
+    ],
 )
 def test_cache_switch(value, enabled):
     """QLAM_TOKEN_CACHE turns the shared cache on or off."""
@@ -496,7 +508,13 @@ def test_the_ca_bundle_is_read_from_the_given_environment():
 
 @pytest.mark.parametrize(
     "url",
-    ["https://\x80.example", "https://idp.exam ple", "https://" + "a" * 64 + ".example", "https://idp.example:99999", "https://\U00018d80"],
+    [
+        "https://\x80.example",
+        "https://idp.exam ple",
+        "https://" + "a" * 64 + ".example",
+        "https://idp.example:99999",
+        "https://\U00018d80",
+    ],
 )
 def test_a_url_no_request_can_be_sent_to_is_a_configuration_error(url):
     """Found by fuzzing: these passed as settings and crashed the first request (httpx.InvalidURL)."""

@@ -40,9 +40,21 @@ def site(tmp_path_factory, sandbox_server) -> Path:
     ours = sysconfig.get_paths()["purelib"]  # the project's packages: httpx, click, ...
     started = time.monotonic()
     done = subprocess.run(
-        [str(SCRIPT), str(prefix), "--python", sys.executable, "--no-deps",
-         "--auth-base-url", sandbox_server.url, "--cache-root", str(prefix / "shared")],
-        env={**os.environ, "PYTHONPATH": ours}, capture_output=True, text=True, timeout=120,
+        [
+            str(SCRIPT),
+            str(prefix),
+            "--python",
+            sys.executable,
+            "--no-deps",
+            "--auth-base-url",
+            sandbox_server.url,
+            "--cache-root",
+            str(prefix / "shared"),
+        ],
+        env={**os.environ, "PYTHONPATH": ours},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     print(f"\nsite-install.sh took {time.monotonic() - started:.1f} s")
@@ -64,7 +76,9 @@ def test_the_site_install_makes_a_modulefile_of_this_version(site):
     text = modulefile.read_text()
     assert 'prepend_path("PATH"' in text and 'os.getenv("USER")' in text
     assert (site / "qlam-hpc" / __version__ / "bin" / "qlam-hpc").exists()
-    assert sorted(p.name for p in (site / "qlam-hpc" / __version__ / "bin").iterdir()) == ["qlam-hpc"]  # no python, no pip
+    assert sorted(p.name for p in (site / "qlam-hpc" / __version__ / "bin").iterdir()) == [
+        "qlam-hpc"
+    ]  # no python, no pip
 
 
 def test_module_load_gives_the_command_and_the_sites_defaults(site, sandbox, tmp_path):
@@ -122,7 +136,9 @@ def test_with_a_secret_of_their_own_a_user_gets_a_token_in_their_shared_cache(si
 def test_site_install_refuses_a_password_in_a_world_readable_modulefile(tmp_path):
     done = subprocess.run(
         [str(SCRIPT), str(tmp_path), "--token-store", "redis://:hunter2@redis.example:6379/0"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 2 and "must not carry a password" in done.stderr
     assert not (tmp_path / "modulefiles").exists()

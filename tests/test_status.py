@@ -111,7 +111,10 @@ def test_auth_status_draws_todays_requests_and_json_has_the_numbers(env, sandbox
     assert text.code == 0 and "3 token requests in" in text.out
     assert "# requests per day (UTC)" in text.out and "projection  " in text.out
     today = report["requests"]["per_day"][-1]
-    assert today["count"] == 3 and today["date"] == report["requests"]["month"] + f"-{len(report['requests']['per_day']):02d}"
+    assert (
+        today["count"] == 3
+        and today["date"] == report["requests"]["month"] + f"-{len(report['requests']['per_day']):02d}"
+    )
     assert sum(day["count"] for day in report["requests"]["per_day"]) == 3
     assert report["requests"]["projection"]["count"] >= 3
     assert report["cache_problem"] is None and "NOT SHARED" not in text.out

@@ -163,7 +163,11 @@ def test_slow_down_adds_five_seconds_to_the_interval(env, sandbox):
     sandbox.set_faults(auto_approve=False)
     settings = Settings.from_env(env)
     authorization = start_device_login(settings)
-    slow = {"status": 429, "body": '{"error":"slow_down","error_description":"too fast"}', "content_type": "application/json"}
+    slow = {
+        "status": 429,
+        "body": '{"error":"slow_down","error_description":"too fast"}',
+        "content_type": "application/json",
+    }
     pending = {"status": 403, "body": '{"error":"authorization_pending"}', "content_type": "application/json"}
     sandbox.set_faults(script=[pending, slow, pending])
     sandbox.approve(authorization.user_code)

@@ -115,7 +115,7 @@ PBS_PRO = f"""Job Id: 4711.pbs01
     Resource_List.ncpus = 1
     Resource_List.walltime = 02:00:00
     resources_used.walltime = 00:09:00
-    stime = {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(NOW - 600))}
+    stime = {time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(NOW - 600))}
     Variable_List = PBS_O_HOME=/home/alice,PBS_O_LANG=en_US.UTF-8,PBS_O_LOGNAME=alice,PBS_O_PATH=/usr/bin:
 \t/bin,PBS_O_SHELL=/bin/bash
 """

@@ -296,9 +296,10 @@ def foreign_token(token: Token, identity: Identity, now: float) -> str | None:
     if claims is None:
         return "not a JWT"
     client = identity.client_id
-    if client not in (claims.get("azp"), claims.get("client_id"), claims.get("cid")) and claims.get(
-        "sub"
-    ) != f"{client}@clients":
+    if (
+        client not in (claims.get("azp"), claims.get("client_id"), claims.get("cid"))
+        and claims.get("sub") != f"{client}@clients"
+    ):
         return "it names another client, or none"
     audiences = claims.get("aud")
     if identity.audience not in (audiences if isinstance(audiences, list) else [audiences]):

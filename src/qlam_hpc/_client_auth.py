@@ -254,14 +254,20 @@ def _signing_key(key: PrivateKeyTypes, alg: str | None, where: str) -> tuple[Sig
             raise ConfigurationError(f"{where} is a {key.key_size}-bit RSA key: at least 2048 bits are needed")
         alg = alg or "RS256"
         if alg not in ("RS256", "PS256"):
-            raise ConfigurationError(f"QLAM_CLIENT_ASSERTION_ALG={alg} does not fit the RSA key of {where} (RS256 or PS256)")
+            raise ConfigurationError(
+                f"QLAM_CLIENT_ASSERTION_ALG={alg} does not fit the RSA key of {where} (RS256 or PS256)"
+            )
         return key, alg
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name != "secp256r1":
             raise ConfigurationError(f"{where} is an EC key on {key.curve.name}: ES256 needs P-256 (secp256r1)")
         alg = alg or "ES256"
         if alg != "ES256":
-            raise ConfigurationError(f"QLAM_CLIENT_ASSERTION_ALG={alg} does not fit the EC P-256 key of {where} (ES256)")
+            raise ConfigurationError(
+                f"QLAM_CLIENT_ASSERTION_ALG={alg} does not fit the EC P-256 key of {where} (ES256)"
+            )
         return key, alg
     supported = ", ".join(ASSERTION_ALGORITHMS)
-    raise ConfigurationError(f"{where} is a {type(key).__name__.lstrip('_')}: qlam-hpc signs with RSA or EC P-256 keys ({supported})")
+    raise ConfigurationError(
+        f"{where} is a {type(key).__name__.lstrip('_')}: qlam-hpc signs with RSA or EC P-256 keys ({supported})"
+    )

@@ -71,7 +71,9 @@ def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: s
     if methods is None:
         methods = DEFAULT_AUTH_METHODS
     elif not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-        raise InvalidTokenResponse(f"the discovery document at {url} has a malformed token_endpoint_auth_methods_supported")
+        raise InvalidTokenResponse(
+            f"the discovery document at {url} has a malformed token_endpoint_auth_methods_supported"
+        )
     algs = data.get("token_endpoint_auth_signing_alg_values_supported")
     algs = tuple(a for a in algs if isinstance(a, str)) if isinstance(algs, list) else None
     issuer = data.get("issuer") if isinstance(data.get("issuer"), str) else None

@@ -86,9 +86,7 @@ def fetch_token(
         assertion_audience = None
         if settings.assertion_audience == "issuer":
             if not issuer:
-                raise ConfigurationError(
-                    "QLAM_CLIENT_ASSERTION_AUD=issuer, but the discovery document names no issuer"
-                )
+                raise ConfigurationError("QLAM_CLIENT_ASSERTION_AUD=issuer, but the discovery document names no issuer")
             assertion_audience = issuer
         # Built before the first attempt, so a bad key fails at once, not after retries.
         auth = client_authentication(settings, choose_method(settings, supported))
@@ -450,7 +448,9 @@ def poll_device_login(
             sleep(interval)
             sent_at = clock()
             try:
-                response = _exchange(client, _post(client, url, request), url, settings.http_timeout, trust=settings.tls_trust)
+                response = _exchange(
+                    client, _post(client, url, request), url, settings.http_timeout, trust=settings.tls_trust
+                )
             except _Overdue as exc:
                 log("warning", f"{exc}; polling again")
                 continue

@@ -141,7 +141,9 @@ def token_request(
     if settings.scope:
         form["scope"] = settings.scope
     headers = {"Accept": "application/json"}
-    configured = settings.assertion_audience if settings.assertion_audience != "issuer" else None  # "issuer": discovered
+    configured = (
+        settings.assertion_audience if settings.assertion_audience != "issuer" else None
+    )  # "issuer": discovered
     audience = assertion_audience or configured or url
     auth.apply(form, headers, audience=audience, now=time.time() if now is None else now)
     return TokenRequest(url, form, headers)
@@ -393,9 +395,7 @@ def parse_user_tokens(
         raise InvalidTokenResponse(f"identity provider {url} answered with a malformed refresh_token")
     id_token = data.get("id_token")
     claims = unverified_claims(id_token) if isinstance(id_token, str) else None
-    lifetime = next(
-        (data[k] for k in ("refresh_token_expires_in", "refresh_expires_in") if k in data), None
-    )
+    lifetime = next((data[k] for k in ("refresh_token_expires_in", "refresh_expires_in") if k in data), None)
     if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 0 < lifetime <= MAX_EXPIRES_IN:
         lifetime = None
     return UserTokens(token, refresh_token or None, claims or {}, float(lifetime) if lifetime else None)

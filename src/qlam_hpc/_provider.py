@@ -508,7 +508,9 @@ class TokenProvider:
         if login is None:
             raise self._no_login(entry)
         if login.expires_at <= now:
-            self._lose_login(entry, held, LoginRequired(f"the login of {login.who} ended at {_utc(login.expires_at)}"), by)
+            self._lose_login(
+                entry, held, LoginRequired(f"the login of {login.who} ended at {_utc(login.expires_at)}"), by
+            )
         if held.intent is not None:
             log(
                 "warning",
@@ -526,7 +528,9 @@ class TokenProvider:
         except OAuthError as error:  # invalid_grant: expired, revoked, or spent by someone else
             self._record(now, job_id(), error.error, "refresh_token")
             detail = f"{error.error}: {error.description}" if error.description else error.error
-            self._lose_login(entry, held, LoginRequired(f"the identity provider refused the login of {login.who} ({detail})"), by)
+            self._lose_login(
+                entry, held, LoginRequired(f"the identity provider refused the login of {login.who} ({detail})"), by
+            )
         except AuthError as error:  # unreachable, rate limited, garbage: the login may still be good
             failure = self._failure(error, "login", by)
             self.login_store.save(held._replace(intent=None, failure=failure))
@@ -577,7 +581,9 @@ class TokenProvider:
 
     def _failure(self, error: QlamError, credentials: str, by: str) -> Failure:
         cooldown = cooldown_for(
-            error, rejected_cooldown=self.settings.rejected_cooldown, transient_cooldown=self.settings.transient_cooldown
+            error,
+            rejected_cooldown=self.settings.rejected_cooldown,
+            transient_cooldown=self.settings.transient_cooldown,
         )
         return Failure.from_error(error, at=self._clock(), cooldown=cooldown, credentials=credentials, by=by)
 

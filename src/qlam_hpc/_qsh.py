@@ -2,12 +2,26 @@
 
 Users of QuEra's own tools already describe their clients there::
 
-    {"current_context": "production",
-     "contexts": [{"name": "production",
-                   "defaults": {"api_base_url": "...", "auth_provider": "m2m"},
-                   "auth_providers": [{"name": "m2m", "provider": "oauth", "grant_type": "client_credentials",
-                                       "auth_base_url": "...", "client_id": "...",
-                                       "client_secret": "env:QLAM_CLIENT_SECRET", "audience": "..."}]}]}
+    {
+        "current_context": "production",
+        "contexts": [
+            {
+                "name": "production",
+                "defaults": {"api_base_url": "...", "auth_provider": "m2m"},
+                "auth_providers": [
+                    {
+                        "name": "m2m",
+                        "provider": "oauth",
+                        "grant_type": "client_credentials",
+                        "auth_base_url": "...",
+                        "client_id": "...",
+                        "client_secret": "env:QLAM_CLIENT_SECRET",
+                        "audience": "...",
+                    }
+                ],
+            }
+        ],
+    }
 
 The file is ``$QSH_CONFIG``, else ``$QSH_CONFIG_DIR/config.json``, else
 ``~/.qsh/config.json``. The context is the one asked for (``--context``,
@@ -248,9 +262,7 @@ _NOT_OAUTH = {
 }
 
 
-def select_client(
-    data: Any, path: str, context: str | None, mode: int = 0o600, flow: str | None = None
-) -> QshClient:
+def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, flow: str | None = None) -> QshClient:
     """Pick the context and its provider out of a parsed config. Pure.
 
     With ``flow``, the provider must serve it (``client_credentials`` or ``device``).

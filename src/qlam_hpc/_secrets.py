@@ -480,7 +480,9 @@ class VaultSecret(SecretSource):
     __slots__ = ("mount", "path", "field")
     remembered = True
 
-    def __init__(self, mount: str, path: str, field: str | None, *, origin: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, mount: str, path: str, field: str | None, *, origin: str, env: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(origin=origin, env=env)
         self.mount, self.path, self.field = mount, path, field
 
@@ -489,7 +491,9 @@ class VaultSecret(SecretSource):
         location, _, field = value[len("vault://") :].partition("#")
         mount, _, path = location.strip("/").partition("/")
         if not mount or not path:
-            raise ConfigurationError(f"{origin}: a Vault reference is vault://MOUNT/PATH#FIELD, e.g. vault://secret/qlam#client_secret")
+            raise ConfigurationError(
+                f"{origin}: a Vault reference is vault://MOUNT/PATH#FIELD, e.g. vault://secret/qlam#client_secret"
+            )
         return cls(mount, path, field or None, origin=origin, env=env)
 
     def _where(self) -> tuple[object, ...]:
@@ -510,11 +514,15 @@ class VaultSecret(SecretSource):
                 path=self.path, mount_point=self.mount, raise_on_deleted_version=True
             )
         except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
-            raise ConfigurationError(f"Vault refused to read {what} (permission denied): check the token or role") from None
+            raise ConfigurationError(
+                f"Vault refused to read {what} (permission denied): check the token or role"
+            ) from None
         except hvac.exceptions.InvalidPath:
             raise ConfigurationError(f"Vault has no secret {what} (is it a KV version 2 mount?)") from None
         except hvac.exceptions.InvalidRequest:
-            raise ConfigurationError(f"Vault refused the request for {what} (invalid request: check the login)") from None
+            raise ConfigurationError(
+                f"Vault refused the request for {what} (invalid request: check the login)"
+            ) from None
         except Exception as exc:
             known = server.failure(exc)
             if known is not None:
@@ -555,7 +563,9 @@ class AwsSecret(SecretSource):
         if not separator:
             secret_id, field = rest, ""
         if not secret_id:
-            raise ConfigurationError(f"{origin}: an AWS reference is aws-sm://SECRET-ID#FIELD, e.g. aws-sm://qlam/hpc#client_secret")
+            raise ConfigurationError(
+                f"{origin}: an AWS reference is aws-sm://SECRET-ID#FIELD, e.g. aws-sm://qlam/hpc#client_secret"
+            )
         return cls(secret_id, field or None, origin=origin, env=env)
 
     def _where(self) -> tuple[object, ...]:
@@ -617,7 +627,9 @@ class AwsSecret(SecretSource):
                 raise SecretStoreUnreachable(f"AWS Secrets Manager is unavailable reading {what} ({code})") from None
             raise ConfigurationError(f"AWS Secrets Manager refused to give {what} ({code})") from None
         except aws.BotoCoreError as exc:  # connection failures, timeouts, bad endpoint URL
-            raise SecretStoreUnreachable(f"AWS Secrets Manager is unreachable reading {what} ({type(exc).__name__})") from None
+            raise SecretStoreUnreachable(
+                f"AWS Secrets Manager is unreachable reading {what} ({type(exc).__name__})"
+            ) from None
         text = answer.get("SecretString")
         if text is None and answer.get("SecretBinary") is not None:
             try:

@@ -280,7 +280,9 @@ def build_settings(
         flow = CLIENT_CREDENTIALS
         note("auth_flow", "default")
     if not client_id:
-        kind = "the M2M client id from your QLAM admin" if flow == CLIENT_CREDENTIALS else "the login's public client id"
+        kind = (
+            "the M2M client id from your QLAM admin" if flow == CLIENT_CREDENTIALS else "the login's public client id"
+        )
         raise ConfigurationError(f"QLAM_CLIENT_ID is not set ({kind}){missing}")
     discovery_url = _discovery_url(env.get("QLAM_DISCOVERY"), base_url)
     if discovery_url:
@@ -339,8 +341,11 @@ def build_settings(
         refresh_token_lifetime=_seconds(
             env.get("QLAM_REFRESH_TOKEN_LIFETIME"), "QLAM_REFRESH_TOKEN_LIFETIME", DEFAULT_REFRESH_TOKEN_LIFETIME
         ),
-        refresh_token_dir=os.path.expanduser(env["QLAM_REFRESH_TOKEN_DIR"]) if env.get("QLAM_REFRESH_TOKEN_DIR") else None,
-        tls_trust=ca_setting(env) or (
+        refresh_token_dir=os.path.expanduser(env["QLAM_REFRESH_TOKEN_DIR"])
+        if env.get("QLAM_REFRESH_TOKEN_DIR")
+        else None,
+        tls_trust=ca_setting(env)
+        or (
             (f"http_client.verify_ssl of {qsh.origin}", qsh.verify_ssl) if qsh is not None and qsh.verify_ssl else None
         ),
     )

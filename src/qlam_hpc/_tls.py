@@ -95,7 +95,11 @@ def verify_from_env(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bo
 
 
 def failure(
-    exc: BaseException, url: str, trust: tuple[str, str] | None = None, *, names: str = "SSL_CERT_FILE or REQUESTS_CA_BUNDLE"
+    exc: BaseException,
+    url: str,
+    trust: tuple[str, str] | None = None,
+    *,
+    names: str = "SSL_CERT_FILE or REQUESTS_CA_BUNDLE",
 ) -> TlsError | None:
     """The ``TlsError`` an exception from a connection to ``url`` stands for, or None when
     it is not a TLS failure (a refused connection, a timeout: those may pass).
@@ -126,8 +130,7 @@ def plain_http_advice(url: str) -> str:
     if is_loopback(_host_of(rest)):
         return f"spoke TLS to a server that answered in plain HTTP: write http://{authority}"
     return (
-        "spoke TLS to a server that answered in plain HTTP (is the port right? plain http is "
-        "allowed only on loopback)"
+        "spoke TLS to a server that answered in plain HTTP (is the port right? plain http is allowed only on loopback)"
     )
 
 

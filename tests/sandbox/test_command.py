@@ -20,9 +20,23 @@ from click.testing import CliRunner
 from qlam_hpc.sandbox._command import sandbox_command
 
 # The owner also gets the control token for POST /_sandbox/... (see _control.py).
-ENV_NAMES = {"AUTH_BASE_URL", "QLAM_CLIENT_ID", "QLAM_CLIENT_SECRET", "QLAM_AUDIENCE", "QLAM_API_URL", "QLAM_SANDBOX_CONTROL_TOKEN"}
+ENV_NAMES = {
+    "AUTH_BASE_URL",
+    "QLAM_CLIENT_ID",
+    "QLAM_CLIENT_SECRET",
+    "QLAM_AUDIENCE",
+    "QLAM_API_URL",
+    "QLAM_SANDBOX_CONTROL_TOKEN",
+}
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-DEVICE_ENV_NAMES = {"AUTH_BASE_URL", "QLAM_CLIENT_ID", "QLAM_AUDIENCE", "QLAM_API_URL", "QLAM_AUTH_FLOW", "QLAM_SANDBOX_CONTROL_TOKEN"}
+DEVICE_ENV_NAMES = {
+    "AUTH_BASE_URL",
+    "QLAM_CLIENT_ID",
+    "QLAM_AUDIENCE",
+    "QLAM_API_URL",
+    "QLAM_AUTH_FLOW",
+    "QLAM_SANDBOX_CONTROL_TOKEN",
+}
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.com"])

@@ -373,9 +373,24 @@ def test_control_endpoint_denies_and_refuses_what_it_cannot_do(user_idp: Sandbox
     started = start_login(http, user_idp)
     url = user_idp.url + "/_sandbox/device/approve"
     assert http.post(url, headers=user_idp.control_headers(), json={"user_code": "BCDF-GHJK"}).status_code == 404
-    assert http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "user": "nobody"}).status_code == 400
-    assert http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "colour": "red"}).status_code == 400
-    assert http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "deny": "yes"}).status_code == 400
+    assert (
+        http.post(
+            url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "user": "nobody"}
+        ).status_code
+        == 400
+    )
+    assert (
+        http.post(
+            url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "colour": "red"}
+        ).status_code
+        == 400
+    )
+    assert (
+        http.post(
+            url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "deny": "yes"}
+        ).status_code
+        == 400
+    )
     denied = http.post(url, headers=user_idp.control_headers(), json={"user_code": started["user_code"], "deny": True})
     assert denied.json() == {"user_code": started["user_code"], "status": "denied"}
     assert poll(http, user_idp, started["device_code"]).json()["error"] == "access_denied"

@@ -41,7 +41,11 @@ def test_script_is_served_in_order_then_normal(idp: Sandbox, http: httpx.Client)
 
 def test_script_over_http(idp: Sandbox, http: httpx.Client) -> None:
     """POST /_sandbox/faults sets a script that the next token request gets."""
-    response = http.post(idp.url + "/_sandbox/faults", headers=idp.control_headers(), json={"script": [{"status": 503, "body": "busy", "content_type": "text/plain"}]})
+    response = http.post(
+        idp.url + "/_sandbox/faults",
+        headers=idp.control_headers(),
+        json={"script": [{"status": 503, "body": "busy", "content_type": "text/plain"}]},
+    )
     assert response.json()["script_pending"] == 1
     answer = http.post(idp.token_url, data=token_form())
     assert (answer.status_code, answer.text) == (503, "busy")
@@ -89,7 +93,9 @@ def test_request_counted_on_arrival(http: httpx.Client) -> None:
 
 def test_token_lifetime_changes_at_runtime(idp: Sandbox, http: httpx.Client) -> None:
     """A runtime token_lifetime sets expires_in and the exp claim of new tokens."""
-    http.post(idp.url + "/_sandbox/faults", headers=idp.control_headers(), json={"token_lifetime": 90}).raise_for_status()
+    http.post(
+        idp.url + "/_sandbox/faults", headers=idp.control_headers(), json={"token_lifetime": 90}
+    ).raise_for_status()
     body = http.post(idp.token_url, data=token_form()).json()
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert body["expires_in"] == 90

@@ -33,11 +33,17 @@ STRANGER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def _public_pem(key) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _private_pem(key) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def _jwk(key, kid: str) -> dict:
@@ -68,14 +74,26 @@ def http() -> Iterator[httpx.Client]:
 
 def _assertion(idp: Sandbox, client_id: str, key=RSA_KEY, alg: str = "RS256", **changes) -> str:
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": idp.token_url, "jti": secrets.token_urlsafe(16), "iat": now, "exp": now + 60}
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": idp.token_url,
+        "jti": secrets.token_urlsafe(16),
+        "iat": now,
+        "exp": now + 60,
+    }
     headers = changes.pop("headers", None)
     claims.update(changes)
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm=alg, headers=headers)
 
 
 def _post(http: httpx.Client, idp: Sandbox, assertion: str, **form) -> httpx.Response:
-    data = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion, "audience": API}
+    data = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+        "audience": API,
+    }
     data.update(form)
     return http.post(idp.token_url, data={k: v for k, v in data.items() if v is not None})
 
@@ -88,7 +106,10 @@ def _refused(response: httpx.Response, error: str = "invalid_client", status: in
 # --- private_key_jwt ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("client_id", "key", "alg"), [("rsa-client", RSA_KEY, "RS256"), ("rsa-client", RSA_KEY, "PS256"), ("ec-client", EC_KEY, "ES256")])
+@pytest.mark.parametrize(
+    ("client_id", "key", "alg"),
+    [("rsa-client", RSA_KEY, "RS256"), ("rsa-client", RSA_KEY, "PS256"), ("ec-client", EC_KEY, "ES256")],
+)
 def test_assertions_signed_with_a_registered_key_get_a_token(idp, http, client_id, key, alg):
     """RS256, PS256 (RSA key from PEM) and ES256 (EC key from a JWKS) assertions are accepted."""
     response = _post(http, idp, _assertion(idp, client_id, key, alg))
@@ -119,7 +140,10 @@ def test_the_issuer_is_an_accepted_audience(idp, http):
         ({"exp": None}, "lacks the exp claim"),
         ({"sub": "someone-else"}, "sub must be the client id"),
         ({"key": STRANGER_KEY}, "signature does not verify"),
-        ({"headers": {"kid": "unknown-kid"}, "key": EC_KEY, "alg": "ES256", "client": "ec-client"}, "No registered key"),
+        (
+            {"headers": {"kid": "unknown-kid"}, "key": EC_KEY, "alg": "ES256", "client": "ec-client"},
+            "No registered key",
+        ),
     ],
 )
 def test_bad_assertions_are_invalid_client(idp, http, changes, message):
@@ -167,7 +191,9 @@ def test_qlam_hpc_gets_tokens_with_rsa_and_ec_keys(idp, tmp_path):
         }
         result = TokenProvider(Settings.from_env(env)).get()
         assert result.source == "fetched"
-        assert jwt.decode(result.token.access_token, options={"verify_signature": False})["sub"] == f"{client_id}@clients"
+        assert (
+            jwt.decode(result.token.access_token, options={"verify_signature": False})["sub"] == f"{client_id}@clients"
+        )
 
 
 # --- client_secret_basic, and no mixing -----------------------------------------------------------
@@ -180,7 +206,9 @@ def _basic(client_id: str, secret: str) -> dict:
 def test_basic_authentication(idp, http):
     """client_secret_basic gets a token; a wrong secret is 401 invalid_client with a Basic challenge."""
     form = {"grant_type": "client_credentials", "audience": API}
-    assert http.post(idp.token_url, data=form, headers=_basic("secret-client", "secret-client-secret")).status_code == 200
+    assert (
+        http.post(idp.token_url, data=form, headers=_basic("secret-client", "secret-client-secret")).status_code == 200
+    )
     response = http.post(idp.token_url, data=form, headers=_basic("secret-client", "wrong"))
     assert _refused(response) == "Client authentication failed"
     assert response.headers["www-authenticate"].startswith("Basic")
@@ -189,16 +217,33 @@ def test_basic_authentication(idp, http):
 
 def test_methods_cannot_be_mixed(idp, http):
     """A Basic header and a secret in the body together are invalid_request (RFC 6749 section 2.3)."""
-    form = {"grant_type": "client_credentials", "audience": API, "client_id": "secret-client", "client_secret": "secret-client-secret"}
+    form = {
+        "grant_type": "client_credentials",
+        "audience": API,
+        "client_id": "secret-client",
+        "client_secret": "secret-client-secret",
+    }
     response = http.post(idp.token_url, data=form, headers=_basic("secret-client", "secret-client-secret"))
     assert "more than one authentication method" in _refused(response, "invalid_request", 400)
 
 
 def test_a_client_limited_to_basic_cannot_post_its_secret(idp, http):
     """auth_methods restricts a client: basic-only refuses client_secret_post."""
-    form = {"grant_type": "client_credentials", "audience": API, "client_id": "basic-only", "client_secret": "basic-only-secret"}
+    form = {
+        "grant_type": "client_credentials",
+        "audience": API,
+        "client_id": "basic-only",
+        "client_secret": "basic-only-secret",
+    }
     assert "client_secret_post is not allowed" in _refused(http.post(idp.token_url, data=form))
-    assert http.post(idp.token_url, data={"grant_type": "client_credentials", "audience": API}, headers=_basic("basic-only", "basic-only-secret")).status_code == 200
+    assert (
+        http.post(
+            idp.token_url,
+            data={"grant_type": "client_credentials", "audience": API},
+            headers=_basic("basic-only", "basic-only-secret"),
+        ).status_code
+        == 200
+    )
 
 
 # --- the resource parameter ---------------------------------------------------------------
@@ -208,9 +253,16 @@ def test_resource_names_the_api(idp, http):
     """RFC 8707: resource works like Auth0's audience; an unknown one is invalid_target."""
     form = {"grant_type": "client_credentials", "client_id": "secret-client", "client_secret": "secret-client-secret"}
     response = http.post(idp.token_url, data={**form, "resource": "https://other.example"})
-    assert jwt.decode(response.json()["access_token"], options={"verify_signature": False})["aud"] == "https://other.example"
+    assert (
+        jwt.decode(response.json()["access_token"], options={"verify_signature": False})["aud"]
+        == "https://other.example"
+    )
     _refused(http.post(idp.token_url, data={**form, "resource": "https://unknown.example"}), "invalid_target", 400)
-    _refused(http.post(idp.token_url, data={**form, "resource": API, "audience": "https://other.example"}), "invalid_request", 400)
+    _refused(
+        http.post(idp.token_url, data={**form, "resource": API, "audience": "https://other.example"}),
+        "invalid_request",
+        400,
+    )
 
 
 # --- rotating credentials at run time ---------------------------------------------------------
@@ -220,7 +272,11 @@ def test_rotating_a_secret(idp, http):
     """POST /_sandbox/clients changes a secret at once; the answer never repeats it."""
     form = {"grant_type": "client_credentials", "client_id": "rotating", "audience": API}
     assert http.post(idp.token_url, data={**form, "client_secret": "first-secret-value"}).status_code == 200
-    answer = http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json={"client_id": "rotating", "client_secret": "second-secret-value"})
+    answer = http.post(
+        idp.url + "/_sandbox/clients",
+        headers=idp.control_headers(),
+        json={"client_id": "rotating", "client_secret": "second-secret-value"},
+    )
     assert answer.json() == {"client_id": "rotating", "updated": ["client_secret"]}
     assert "second-secret-value" not in answer.text
     _refused(http.post(idp.token_url, data={**form, "client_secret": "first-secret-value"}))
@@ -231,17 +287,28 @@ def test_rotating_keys(idp, http):
     """POST /_sandbox/clients with a JWKS replaces a client's keys: the old key stops working."""
     new_key = ec.generate_private_key(ec.SECP256R1())
     update = {"client_id": "ec-client", "jwks": {"keys": [_jwk(new_key, "ec-2")]}}
-    assert http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json=update).json()["updated"] == ["jwks"]
+    assert http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json=update).json()["updated"] == [
+        "jwks"
+    ]
     try:
         _refused(_post(http, idp, _assertion(idp, "ec-client", EC_KEY, "ES256")))
         assert _post(http, idp, _assertion(idp, "ec-client", new_key, "ES256")).status_code == 200
     finally:
-        http.post(idp.url + "/_sandbox/clients", headers=idp.control_headers(), json={"client_id": "ec-client", "jwks": {"keys": [_jwk(EC_KEY, "ec-1")]}})
+        http.post(
+            idp.url + "/_sandbox/clients",
+            headers=idp.control_headers(),
+            json={"client_id": "ec-client", "jwks": {"keys": [_jwk(EC_KEY, "ec-1")]}},
+        )
 
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [({"client_id": "nobody", "client_secret": "x"}, 404), ({"client_secret": "x"}, 400), ({"client_id": "rotating", "colour": 1}, 400), ({"client_id": "rotating", "client_secret": " "}, 400)],
+    [
+        ({"client_id": "nobody", "client_secret": "x"}, 404),
+        ({"client_secret": "x"}, 400),
+        ({"client_id": "rotating", "colour": 1}, 400),
+        ({"client_id": "rotating", "client_secret": " "}, 400),
+    ],
 )
 def test_bad_client_updates(idp, http, body, status):
     """Unknown clients are 404; malformed bodies and unusable values are 400, and nothing changes."""
@@ -251,7 +318,11 @@ def test_bad_client_updates(idp, http, body, status):
 def test_discovery_lists_every_method(idp, http):
     """The discovery document offers the three methods and the assertion algorithms."""
     doc = http.get(idp.url + "/.well-known/openid-configuration").json()
-    assert set(doc["token_endpoint_auth_methods_supported"]) == {"client_secret_post", "client_secret_basic", "private_key_jwt"}
+    assert set(doc["token_endpoint_auth_methods_supported"]) == {
+        "client_secret_post",
+        "client_secret_basic",
+        "private_key_jwt",
+    }
     assert doc["token_endpoint_auth_signing_alg_values_supported"] == ["ES256", "PS256", "RS256"]
 
 
@@ -295,7 +366,9 @@ def test_bad_key_registrations_are_refused(tmp_path, entry, message):
 
 def test_an_unusable_public_key_stops_the_sandbox_at_start(tmp_path):
     """A PEM that is no public key is refused when the sandbox starts, naming the client."""
-    config = SandboxConfig(clients=(SandboxClient("a", public_keys=("-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----\n",)),))
+    config = SandboxConfig(
+        clients=(SandboxClient("a", public_keys=("-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----\n",)),)
+    )
     with pytest.raises(ConfigurationError, match="client 'a' is not a PEM public key"):
         Sandbox(config).start()
 
@@ -306,7 +379,14 @@ def test_the_command_registers_a_public_key(tmp_path):
     (tmp_path / "key.pem").write_text(_private_pem(RSA_KEY))
     (tmp_path / "key.pem").chmod(0o600)
     env_file = tmp_path / "sandbox.env"
-    command = [str(Path(sys.executable).with_name("qlam-hpc")), "sandbox", "--env-file", str(env_file), "--client-public-key", str(tmp_path / "key.pub.pem")]
+    command = [
+        str(Path(sys.executable).with_name("qlam-hpc")),
+        "sandbox",
+        "--env-file",
+        str(env_file),
+        "--client-public-key",
+        str(tmp_path / "key.pub.pem"),
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -328,13 +408,26 @@ def test_the_command_registers_a_public_key(tmp_path):
 def test_a_key_only_first_client_exports_no_secret(tmp_path):
     """qlam-hpc sandbox --clients-file whose first client has keys only: the env file has no QLAM_CLIENT_SECRET."""
     (tmp_path / "rsa.pub.pem").write_text(_public_pem(RSA_KEY))
-    (tmp_path / "clients.json").write_text(json.dumps({"clients": [{"client_id": "pem", "public_key_file": "rsa.pub.pem"}]}))
+    (tmp_path / "clients.json").write_text(
+        json.dumps({"clients": [{"client_id": "pem", "public_key_file": "rsa.pub.pem"}]})
+    )
     env_file = tmp_path / "sandbox.env"
-    command = [str(Path(sys.executable).with_name("qlam-hpc")), "sandbox", "--env-file", str(env_file), "--clients-file", str(tmp_path / "clients.json")]
+    command = [
+        str(Path(sys.executable).with_name("qlam-hpc")),
+        "sandbox",
+        "--env-file",
+        str(env_file),
+        "--clients-file",
+        str(tmp_path / "clients.json"),
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
-        while not (env_file.exists() and env_file.stat().st_size) and time.monotonic() < deadline and server.poll() is None:
+        while (
+            not (env_file.exists() and env_file.stat().st_size)
+            and time.monotonic() < deadline
+            and server.poll() is None
+        ):
             time.sleep(0.05)
         text = env_file.read_text()
         assert "export QLAM_CLIENT_ID=pem" in text and "QLAM_CLIENT_SECRET" not in text

@@ -278,7 +278,9 @@ def test_control_endpoint_revokes_one_users_logins_then_everyones(user_idp: Sand
     user_idp.revoke_logins()  # logins of earlier tests outlive reset()
     ada, grace = login(http, user_idp)["refresh_token"], login(http, user_idp, user=GRACE.email)["refresh_token"]
     url = user_idp.url + "/_sandbox/refresh-tokens/revoke"
-    assert http.post(url, headers=user_idp.control_headers(), json={"user": GRACE.email}).json() == {"families_revoked": 1}
+    assert http.post(url, headers=user_idp.control_headers(), json={"user": GRACE.email}).json() == {
+        "families_revoked": 1
+    }
     assert refresh(http, user_idp, grace).status_code == 403
     ada = refresh(http, user_idp, ada).json()["refresh_token"]
     assert http.post(url, headers=user_idp.control_headers(), json={"user": "nobody"}).status_code == 400

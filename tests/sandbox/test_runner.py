@@ -20,7 +20,13 @@ from .conftest import token_form
 
 def test_public_surface() -> None:
     """The package exports exactly Sandbox, SandboxConfig, SandboxClient and create_app."""
-    assert sorted(qlam_hpc.sandbox.__all__) == ["Sandbox", "SandboxClient", "SandboxConfig", "SandboxUser", "create_app"]
+    assert sorted(qlam_hpc.sandbox.__all__) == [
+        "Sandbox",
+        "SandboxClient",
+        "SandboxConfig",
+        "SandboxUser",
+        "create_app",
+    ]
     for name in qlam_hpc.sandbox.__all__:
         assert getattr(qlam_hpc.sandbox, name) is not None
 

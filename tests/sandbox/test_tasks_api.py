@@ -494,9 +494,7 @@ def _tampered(token: str) -> str:
 
 
 @pytest.mark.parametrize("case", ["missing", "not-bearer", "garbage", "expired", "tampered", "wrong-audience"])
-def test_bad_tokens_get_401(
-    http: httpx.Client, alice: TasksApi, private_key: rsa.RSAPrivateKey, case: str
-) -> None:
+def test_bad_tokens_get_401(http: httpx.Client, alice: TasksApi, private_key: rsa.RSAPrivateKey, case: str) -> None:
     """Without a valid token (signature, aud, exp) every tasks route answers 401 code 1000 with a Bearer challenge."""
     past = int(time.time()) - 7200
     authorization = {
@@ -535,7 +533,14 @@ def test_revoked_tokens_get_401_until_refreshed(http: httpx.Client, alice: Tasks
     assert refused.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
     fresh = TasksApi(http, alice.sandbox, fetch_token(http, alice.sandbox))  # very likely the same second
     assert fresh.get(task_id)["id"] == task_id
-    assert http.post(alice.sandbox.url + "/_sandbox/faults", headers=alice.sandbox.control_headers(), json={"revoke_tokens_before": 0}).status_code == 200
+    assert (
+        http.post(
+            alice.sandbox.url + "/_sandbox/faults",
+            headers=alice.sandbox.control_headers(),
+            json={"revoke_tokens_before": 0},
+        ).status_code
+        == 200
+    )
     assert alice.request("GET", f"/{task_id}").status_code == 200
 
 
@@ -590,7 +595,11 @@ def test_stats_count_api_requests_and_tasks(http: httpx.Client, alice: TasksApi)
 def test_task_faults_over_http(http: httpx.Client, sandbox: Sandbox) -> None:
     """POST /_sandbox/faults sets the task knobs, GET shows them, reset restores them."""
     url = sandbox.url + "/_sandbox/faults"
-    reply = http.post(url, headers=sandbox.control_headers(), json={"task_duration": 3, "api_script": [{"status": 500}], "revoke_tokens_before": 5.5})
+    reply = http.post(
+        url,
+        headers=sandbox.control_headers(),
+        json={"task_duration": 3, "api_script": [{"status": 500}], "revoke_tokens_before": 5.5},
+    )
     assert reply.status_code == 200
     shown = http.get(url).json()
     assert (shown["task_duration"], shown["api_script_pending"], shown["revoke_tokens_before"]) == (3.0, 1, 5.5)
@@ -611,7 +620,9 @@ def test_task_faults_over_http(http: httpx.Client, sandbox: Sandbox) -> None:
 )
 def test_invalid_task_faults_are_refused(http: httpx.Client, sandbox: Sandbox, change: dict[str, Any]) -> None:
     """Invalid task knobs get 400 and change nothing, over HTTP and in Python."""
-    response = http.post(sandbox.url + "/_sandbox/faults", headers=sandbox.control_headers(), json={"latency": 1.0, **change})
+    response = http.post(
+        sandbox.url + "/_sandbox/faults", headers=sandbox.control_headers(), json={"latency": 1.0, **change}
+    )
     assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
     assert http.get(sandbox.url + "/_sandbox/faults").json()["latency"] == 0.0
     with pytest.raises(ValueError):

@@ -83,7 +83,11 @@ def test_cancel_early_keeps_no_schedule(alice: TasksApi) -> None:
     alice.sandbox.set_faults(task_duration=60)
     task = alice.create()
     cancelled = alice.request("PUT", f"/{task['id']}/cancel").json()
-    assert (cancelled["task_status"], cancelled["scheduled_date"], cancelled["error_reasons"]) == ("Cancelled", None, [])
+    assert (cancelled["task_status"], cancelled["scheduled_date"], cancelled["error_reasons"]) == (
+        "Cancelled",
+        None,
+        [],
+    )
     assert alice.get(task["id"]) == cancelled
 
 

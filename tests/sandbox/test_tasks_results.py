@@ -181,9 +181,7 @@ def test_results_reject_bad_parameters(alice: TasksApi, params: dict[str, Any]) 
 def test_large_download_streams(alice: TasksApi) -> None:
     """Megabytes of results (subtasks of the maximum 10000 shots) stream in chunks and equal their pages."""
     task_id = completed(alice, [{"program_index": 0, "num_shots": 10_000}] * 2)
-    with alice.http.stream(
-        "GET", f"{alice.base}/{task_id}/results", headers={**alice.headers, **DOWNLOAD}
-    ) as response:
+    with alice.http.stream("GET", f"{alice.base}/{task_id}/results", headers={**alice.headers, **DOWNLOAD}) as response:
         chunks = list(response.iter_raw())
     assert len(chunks) > 1
     whole = json.loads(b"".join(chunks))

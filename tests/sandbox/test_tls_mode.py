@@ -28,7 +28,9 @@ def test_tls_sandbox_serves_https_trusted_through_ssl_cert_file(tmp_path):
             assert done.returncode == 0, done.stderr
         # Without the CA, the certificate is not trusted: exit 18, the TLS error.
         untrusted = {k: v for k, v in run_env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
-        done = subprocess.run([QLAM_HPC, "api", "GET", "/userinfo"], env=untrusted, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [QLAM_HPC, "api", "GET", "/userinfo"], env=untrusted, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 18 and "certificate verify failed" in done.stderr
         ca_file = sandbox.ca_file
     assert not os.path.exists(ca_file)  # removed at stop

@@ -41,7 +41,9 @@ def test_token_has_auth0_claims_and_a_valid_signature(idp: Sandbox, http: httpx.
 def test_every_token_has_a_unique_jti(idp: Sandbox, http: httpx.Client) -> None:
     """Two tokens for the same request differ in their jti."""
     jtis = {
-        jwt.decode(http.post(idp.token_url, data=token_form()).json()["access_token"], options={"verify_signature": False})["jti"]
+        jwt.decode(
+            http.post(idp.token_url, data=token_form()).json()["access_token"], options={"verify_signature": False}
+        )["jti"]
         for _ in range(3)
     }
     assert len(jtis) == 3
@@ -83,7 +85,12 @@ def test_ungranted_scope_is_refused(idp: Sandbox, http: httpx.Client) -> None:
     [
         (token_form(client_secret="wrong"), 401, "invalid_client", "Client authentication failed"),
         (token_form(SandboxClient("mallory", "x")), 401, "invalid_client", "Unknown client"),
-        (token_form(audience="https://nowhere.example"), 403, "access_denied", "Service not found: https://nowhere.example"),
+        (
+            token_form(audience="https://nowhere.example"),
+            403,
+            "access_denied",
+            "Service not found: https://nowhere.example",
+        ),
         (token_form(grant_type="password"), 400, "unsupported_grant_type", "Unsupported grant type: password"),
         (token_form(grant_type=None), 400, "invalid_request", "Missing required parameter: grant_type"),
         (token_form(client_id=None), 400, "invalid_request", "Missing required parameter: client_id"),

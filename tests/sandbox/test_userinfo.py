@@ -29,7 +29,11 @@ def test_discovery_document(idp: Sandbox, http: httpx.Client) -> None:
         "refresh_token",
     ]
     assert doc["scopes_supported"] == ["openid", "email", "profile", "offline_access", "read:tasks", "write:tasks"]
-    assert doc["token_endpoint_auth_methods_supported"] == ["client_secret_post", "client_secret_basic", "private_key_jwt"]
+    assert doc["token_endpoint_auth_methods_supported"] == [
+        "client_secret_post",
+        "client_secret_basic",
+        "private_key_jwt",
+    ]
     assert doc["token_endpoint_auth_signing_alg_values_supported"] == ["ES256", "PS256", "RS256"]
     assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
 

@@ -18,7 +18,9 @@ QLAM_HPC = os.path.join(os.path.dirname(sys.executable), "qlam-hpc")
 
 
 def _directives(script: str, prefix: str) -> list[str]:
-    return [line.split(None, 1)[1] for line in (EXAMPLES / script).read_text().splitlines() if line.startswith(prefix + " ")]
+    return [
+        line.split(None, 1)[1] for line in (EXAMPLES / script).read_text().splitlines() if line.startswith(prefix + " ")
+    ]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -175,7 +175,8 @@ def test_a_python_array_makes_one_token_request(slurm, area, quick_tasks):
     )
     _assert_no_secrets(
         {
-            "the job scripts": (EXAMPLES / "array-python.sbatch").read_text() + (EXAMPLES / "array_task.py").read_text(),
+            "the job scripts": (EXAMPLES / "array-python.sbatch").read_text()
+            + (EXAMPLES / "array_task.py").read_text(),
             "the job output files": "\n".join(outputs),
             "scontrol show job and slurmctld's stored job files": scheduler_view,
         },

@@ -67,7 +67,9 @@ def _users_tasks(area: JobArea, job: str) -> list[dict]:
         [QLAM_HPC, "tasks", "list", "--all", "--json"], env=_user_env(area), capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    blocks = [json.loads(t.get("system_metadata") or "{}").get("qlam_hpc", {}) for t in json.loads(done.stdout)["elements"]]
+    blocks = [
+        json.loads(t.get("system_metadata") or "{}").get("qlam_hpc", {}) for t in json.loads(done.stdout)["elements"]
+    ]
     return [b for b in blocks if b.get("slurm", {}).get("array_job_id") == job]
 
 

@@ -144,7 +144,13 @@ class AsyncQlamClient(_Common):
         shots_size: int | None = None,
     ) -> ResultsPage:
         request = rq.task_results(
-            self.settings, _ids(task)[0][0], page=page, size=size, sort=sort, shots_page=shots_page, shots_size=shots_size
+            self.settings,
+            _ids(task)[0][0],
+            page=page,
+            size=size,
+            sort=sort,
+            shots_page=shots_page,
+            shots_size=shots_size,
         )
         return ResultsPage.model_validate(await self._call(request))
 
@@ -154,7 +160,9 @@ class AsyncQlamClient(_Common):
         task_id = _ids(task)[0][0]
         number = 0
         while True:
-            first = await self._call(rq.task_results(self.settings, task_id, page=number, size=size, shots_size=shots_size))
+            first = await self._call(
+                rq.task_results(self.settings, task_id, page=number, size=size, shots_size=shots_size)
+            )
             pages = [first]
             for shots_page in range(1, rq.shot_pages(first)):
                 request = rq.task_results(
@@ -189,7 +197,10 @@ class AsyncQlamClient(_Common):
                     delay = _transport_delay(retry, exc)
                     if delay is None:
                         raise rq.unreachable(self._url(request), exc, retry.attempt) from None
-                    log("warning", f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s")
+                    log(
+                        "warning",
+                        f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s",
+                    )
                     await self._sleep(delay)
         return target
 

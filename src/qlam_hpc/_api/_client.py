@@ -33,7 +33,9 @@ class _Common:
 
     settings: ApiSettings
 
-    def _setup(self, settings: ApiSettings | None, provider: TokenProvider | None, auth: httpx.Auth | None) -> httpx.Auth:
+    def _setup(
+        self, settings: ApiSettings | None, provider: TokenProvider | None, auth: httpx.Auth | None
+    ) -> httpx.Auth:
         self.settings = settings if settings is not None else ApiSettings.from_env()
         if auth is None:
             from .._auth import QlamAuth
@@ -222,7 +224,13 @@ class QlamClient(_Common):
     ) -> ResultsPage:
         """One page of a completed task's subtask results, each with one page of shots."""
         request = rq.task_results(
-            self.settings, _ids(task)[0][0], page=page, size=size, sort=sort, shots_page=shots_page, shots_size=shots_size
+            self.settings,
+            _ids(task)[0][0],
+            page=page,
+            size=size,
+            sort=sort,
+            shots_page=shots_page,
+            shots_size=shots_size,
         )
         return ResultsPage.model_validate(self._call(request))
 
@@ -274,7 +282,10 @@ class QlamClient(_Common):
                     delay = _transport_delay(retry, exc)
                     if delay is None:
                         raise rq.unreachable(self._url(request), exc, retry.attempt) from None
-                    log("warning", f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s")
+                    log(
+                        "warning",
+                        f"download of {target.name} broke off ({rq.describe(exc)}); restarting in {delay:.1f}s",
+                    )
                     self._sleep(delay)
         return target
 

@@ -129,8 +129,9 @@ class TaskDefinition(_Model):
     ``compilation_id``. The server decides what is valid (an invalid one is an
     ``InvalidTaskDefinition`` carrying its messages); this model only types the fields.
 
-    >>> TaskDefinition(program_language="squin", programs=[Program(content=source)],
-    ...                subtasks=[SubtaskDefinition(num_shots=100)])
+    >>> TaskDefinition(
+    ...     program_language="squin", programs=[Program(content=source)], subtasks=[SubtaskDefinition(num_shots=100)]
+    ... )
     """
 
     program_language: str | None = None

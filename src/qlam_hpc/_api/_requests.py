@@ -246,8 +246,12 @@ def read_json(status: int, content_type: str, body: bytes, url: str) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError):
-        what = "an HTML page" if "html" in content_type.lower() or body.lstrip()[:1] == b"<" else "a body that is not JSON"
-        raise ApiError(status, [f"the answer is {what} (is QLAM_API_URL right, or a proxy in the way?)"], None, url) from None
+        what = (
+            "an HTML page" if "html" in content_type.lower() or body.lstrip()[:1] == b"<" else "a body that is not JSON"
+        )
+        raise ApiError(
+            status, [f"the answer is {what} (is QLAM_API_URL right, or a proxy in the way?)"], None, url
+        ) from None
 
 
 def _error_body(body: bytes) -> tuple[list[str], int | None]:
@@ -309,7 +313,9 @@ class Retry:
         self.policy, self.idempotent, self.clock, self.rng, self.attempt = policy, idempotent, clock, rng, attempt
         self.started = clock() if started < 0 else started
 
-    def delay(self, *, status: int | None = None, headers: Mapping[str, str] | None = None, sent: bool = True) -> float | None:
+    def delay(
+        self, *, status: int | None = None, headers: Mapping[str, str] | None = None, sent: bool = True
+    ) -> float | None:
         """After attempt ``self.attempt + 1`` failed: seconds to wait, or ``None``.
 
         ``sent=False`` means the request never reached the server (the connection did not
@@ -514,7 +520,12 @@ def merge_shot_pages(pages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 def page_is_last(page: Mapping[str, Any]) -> bool:
     """True when no page follows this one (``{"elements", "page", "size", "total"}``)."""
-    elements, number, size, total = page.get("elements") or [], page.get("page", 0), page.get("size", 0), page.get("total", 0)
+    elements, number, size, total = (
+        page.get("elements") or [],
+        page.get("page", 0),
+        page.get("size", 0),
+        page.get("total", 0),
+    )
     return not elements or not size or (number + 1) * size >= total
 
 

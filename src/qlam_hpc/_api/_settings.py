@@ -73,7 +73,9 @@ class ApiSettings(_ApiSettingsFields):
             from .._qsh import load_context
 
             qsh = load_context(env, context)
-        base_url = given.pop("base_url", None) or env.get("QLAM_API_URL") or (qsh and qsh.api_base_url) or DEFAULT_API_URL
+        base_url = (
+            given.pop("base_url", None) or env.get("QLAM_API_URL") or (qsh and qsh.api_base_url) or DEFAULT_API_URL
+        )
         qpu_mode = given.pop("qpu_mode", None) or env.get("QLAM_QPU_MODE") or (qsh and qsh.qpu_mode) or DEFAULT_QPU_MODE
         timeout = qsh.timeout if qsh is not None and qsh.timeout else 30.0
         settings = cls(
@@ -91,7 +93,9 @@ class ApiSettings(_ApiSettingsFields):
         )
         if given:
             settings = settings._replace(**given)
-            settings = settings._replace(base_url=api_url(settings.base_url), qpu_mode=check_qpu_mode(settings.qpu_mode))
+            settings = settings._replace(
+                base_url=api_url(settings.base_url), qpu_mode=check_qpu_mode(settings.qpu_mode)
+            )
         return settings
 
     def with_(self, **changes: Any) -> ApiSettings:

@@ -93,9 +93,7 @@ class _Config:
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-v info, -vv debug).")
 @click.option("--client-id", metavar="ID", help="M2M client id [env: QLAM_CLIENT_ID].")
 @click.option("--audience", metavar="URL", help="API audience [env: QLAM_AUDIENCE; default https://api.quera.com].")
-@click.option(
-    "--auth-base-url", metavar="HOST|URL", help="Identity provider, bare host or URL [env: AUTH_BASE_URL]."
-)
+@click.option("--auth-base-url", metavar="HOST|URL", help="Identity provider, bare host or URL [env: AUTH_BASE_URL].")
 @click.option("--scope", metavar="SCOPES", help="Space-separated scopes to request [env: QLAM_SCOPE].")
 @click.option(
     "--cache-dir",
@@ -192,7 +190,9 @@ def auth() -> None:
 @auth.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the code and URL as a JSON line on stdout (for portals).")
 @click.option(
-    "--timeout", metavar="DURATION", help="Give up waiting for the approval after this long (default: when the code expires)."
+    "--timeout",
+    metavar="DURATION",
+    help="Give up waiting for the approval after this long (default: when the code expires).",
 )
 @click.pass_obj
 def login(config: _Config, as_json: bool, timeout: str | None) -> None:

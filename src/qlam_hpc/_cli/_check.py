@@ -40,8 +40,7 @@ def auth_check(settings: Settings, yes: bool) -> None:
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(
-                "auth check makes one token request, which counts against the monthly quota: "
-                "confirm with --yes"
+                "auth check makes one token request, which counts against the monthly quota: confirm with --yes"
             )
         question = (
             f"This makes one token request to {where} for client {settings.client_id}; "

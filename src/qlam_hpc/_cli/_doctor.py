@@ -80,9 +80,7 @@ def doctor(config) -> None:  # type: ignore[no-untyped-def]
 
 # The last line of a clean report: doctor spends no token request, so a wrong secret (or a
 # revoked login) passes every check above; say so where a batch script's log shows it.
-NOT_VERIFIED = (
-    "the credentials were not verified: qlam-hpc auth check does that, at the cost of one token request"
-)
+NOT_VERIFIED = "the credentials were not verified: qlam-hpc auth check does that, at the cost of one token request"
 
 
 def diagnose(
@@ -151,9 +149,13 @@ def _origins(origins: dict[str, str], settings) -> list[Check]:  # type: ignore[
         detail = f"{method}, from QLAM_CLIENT_AUTH_METHOD" if method else _default_method(settings)
         lines.append(Check("ok", "client auth", detail))
         if settings.assertion_audience:
-            lines.append(Check("ok", "assertion audience", f"{settings.assertion_audience}, from QLAM_CLIENT_ASSERTION_AUD"))
+            lines.append(
+                Check("ok", "assertion audience", f"{settings.assertion_audience}, from QLAM_CLIENT_ASSERTION_AUD")
+            )
         if settings.audience_param != "audience":
-            lines.append(Check("ok", "audience parameter", f"{settings.audience_param} (RFC 8707), from QLAM_AUDIENCE_PARAM"))
+            lines.append(
+                Check("ok", "audience parameter", f"{settings.audience_param} (RFC 8707), from QLAM_AUDIENCE_PARAM")
+            )
     return lines
 
 
@@ -253,7 +255,13 @@ def _identity_provider(settings, transport) -> list[Check]:  # type: ignore[no-u
     try:
         with _client(settings, transport) as client:
             sent = time.time()
-            response = _exchange(client, client.build_request("GET", url, headers=_ACCEPT), url, settings.http_timeout, trust=settings.tls_trust)
+            response = _exchange(
+                client,
+                client.build_request("GET", url, headers=_ACCEPT),
+                url,
+                settings.http_timeout,
+                trust=settings.tls_trust,
+            )
             received = time.time()
     except (httpx.HTTPError, _Overdue, TlsError, QlamError) as exc:
         if isinstance(exc, QlamError):
@@ -345,7 +353,9 @@ def _trust(environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
 # --- the cache ------------------------------------------------------------------------------
 
 
-def _cache_dir(environ: Mapping[str, str], overrides: dict[str, Any], default: Callable[[Mapping[str, str]], str]) -> str:
+def _cache_dir(
+    environ: Mapping[str, str], overrides: dict[str, Any], default: Callable[[Mapping[str, str]], str]
+) -> str:
     given = overrides.get("cache_dir") or environ.get("QLAM_TOKEN_CACHE_DIR")
     return os.path.expanduser(given) if given else default(environ)
 
@@ -362,7 +372,9 @@ def _cache(directory: str) -> list[Check]:
                 Check("FAIL", "cache directory", f"{directory} does not exist and cannot be made in {parent}", 8),
                 Check("skip", "cache locking", "needs the cache directory"),
             ]
-        made = Check("ok", "cache directory", f"{directory} does not exist yet; it is made (0700) at the first fetch; {fs}")
+        made = Check(
+            "ok", "cache directory", f"{directory} does not exist yet; it is made (0700) at the first fetch; {fs}"
+        )
         return [made, _locking(parent, fs)]
     except OSError as exc:
         return [Check("FAIL", "cache directory", f"{directory} cannot be used ({exc.strerror})", 8)]
@@ -371,10 +383,19 @@ def _cache(directory: str) -> list[Check]:
         return [Check("FAIL", "cache directory", f"{directory} is not a directory", 8)]
     if info.st_uid != os.geteuid():
         return [
-            Check("FAIL", "cache directory", f"{directory} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})", 8)
+            Check(
+                "FAIL",
+                "cache directory",
+                f"{directory} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})",
+                8,
+            )
         ]
     if mode & 0o077:
-        first = Check("warn", "cache directory", f"{directory} is yours but mode {mode:04o}: it is made 0700 at the next use; {fs}")
+        first = Check(
+            "warn",
+            "cache directory",
+            f"{directory} is yours but mode {mode:04o}: it is made 0700 at the next use; {fs}",
+        )
     else:
         first = Check("ok", "cache directory", f"{directory}: yours, mode {mode:04o}; {fs}")
     return [first, _locking(directory, fs)]
@@ -406,7 +427,9 @@ def _locking(directory: str, fs: str) -> Check:
         with contextlib.suppress(OSError):
             os.unlink(path)
     if "node-local locks" in fs:
-        return Check("warn", "cache locking", "lockf works, but the mount keeps locks on this node: about one fetch per node")
+        return Check(
+            "warn", "cache locking", "lockf works, but the mount keeps locks on this node: about one fetch per node"
+        )
     return Check("ok", "cache locking", "lockf works here")
 
 
@@ -474,11 +497,16 @@ def _cached_token(settings) -> Check:  # type: ignore[no-untyped-def]
     now = time.time()
     failure = entry.failure if entry is not None else None
     if failure is not None and now < failure.until:
-        return Check("warn", "cached token", f"a refusal is repeated to every task until {utc(failure.until)}: {failure.to_error()}")
+        return Check(
+            "warn",
+            "cached token",
+            f"a refusal is repeated to every task until {utc(failure.until)}: {failure.to_error()}",
+        )
     token = entry.token if entry is not None else None
     if token is None:
         return Check("ok", "cached token", "none yet: the first task to need one fetches it")
     if token.usable(now):
-        return Check("ok", "cached token", f"valid until {utc(token.expires_at)} (in {format_duration(token.remaining(now))})")
+        return Check(
+            "ok", "cached token", f"valid until {utc(token.expires_at)} (in {format_duration(token.remaining(now))})"
+        )
     return Check("ok", "cached token", f"expired at {utc(token.expires_at)}: the next task fetches a new one")
-

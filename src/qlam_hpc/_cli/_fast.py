@@ -121,7 +121,11 @@ def warm_api(args: list[str]) -> int | None:
     """``qlam-hpc api METHOD PATH [-d DATA] [-H 'Name: value']... [-i]``."""
     from . import _calls
 
-    opts = _Options(args, {**_API_URL, "-d": "data", "--data": "data", "-H": "header", "--header": "header"}, {"-i": "include", "--include": "include"})
+    opts = _Options(
+        args,
+        {**_API_URL, "-d": "data", "--data": "data", "-H": "header", "--header": "header"},
+        {"-i": "include", "--include": "include"},
+    )
     if not opts.ok or len(opts.positional) != 2:
         return None
     method, path = opts.positional
@@ -176,7 +180,9 @@ def warm_tasks(args: list[str]) -> int | None:
     if command == "get":
         opts = _Options(rest, {}, {"--json": "json"})
     elif command == "list":
-        opts = _Options(rest, {"--page": "page", "--size": "size", "--sort": "sort", "--group-id": "group"}, {"--json": "json"})
+        opts = _Options(
+            rest, {"--page": "page", "--size": "size", "--sort": "sort", "--group-id": "group"}, {"--json": "json"}
+        )
     else:
         opts = _Options(rest, {}, {"--json": "json", "-q": "quiet", "--quiet": "quiet"})
     api_url, qpu_mode = outer.one("api_url"), outer.one("qpu_mode")
@@ -192,7 +198,11 @@ def warm_tasks(args: list[str]) -> int | None:
         if command == "get":
             request = rq.get_task(api, opts.positional[0])
         elif command == "list":
-            page, size, sort = _number(opts.one("page") or "0", 0), _number(opts.one("size") or "10", 1, 1000), opts.one("sort")
+            page, size, sort = (
+                _number(opts.one("page") or "0", 0),
+                _number(opts.one("size") or "10", 1, 1000),
+                opts.one("sort"),
+            )
             if page is None or size is None or not opts.ok:
                 return None
             request = rq.list_tasks(api, page=page, size=size, sort=sort, group_ids=opts.values.get("group", []))

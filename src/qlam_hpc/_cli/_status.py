@@ -152,7 +152,9 @@ def render_status(report: dict[str, Any]) -> str:
     lines = [f"cache       {report['cache']}"]
     problem = report.get("cache_problem")
     if problem == "QLAM_TOKEN_CACHE=off":
-        lines.append("            NOT SHARED: QLAM_TOKEN_CACHE=off: every process fetches its own token, one request each")
+        lines.append(
+            "            NOT SHARED: QLAM_TOKEN_CACHE=off: every process fetches its own token, one request each"
+        )
     elif problem:
         lines.append(
             f"            NOT SHARED: {problem}: every task of a job array would fetch its own "
@@ -179,7 +181,11 @@ def render_status(report: dict[str, Any]) -> str:
         lines.append("token       none cached")
     else:
         left = format_duration(max(token["expires_in"], 0))
-        when = f"expires {token['expires_at']} (in {left})" if token["expires_in"] > 0 else f"expired {token['expires_at']}"
+        when = (
+            f"expires {token['expires_at']} (in {left})"
+            if token["expires_in"] > 0
+            else f"expired {token['expires_at']}"
+        )
         lines.append(f"token       {token['state']}, {when}")
         lines.append(f"obtained    {token['obtained_at']} by {token['obtained_by'] or 'unknown'}")
         lines.append(f"subject     {token['subject'] or '-'}")
@@ -187,7 +193,9 @@ def render_status(report: dict[str, Any]) -> str:
     failure = report["failure"]
     if failure:
         lines.append(f"failure     {failure['error']}")
-        lines.append(f"            recorded {failure['at']} by {failure['by'] or 'unknown'}, repeated until {failure['until']}")
+        lines.append(
+            f"            recorded {failure['at']} by {failure['by'] or 'unknown'}, repeated until {failure['until']}"
+        )
     requests = report["requests"]
     noun = "request" if requests["count"] == 1 else "requests"
     noun = f"{'login/refresh' if report['flow'] == 'device' else 'token'} {noun}"

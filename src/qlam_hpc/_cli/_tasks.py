@@ -111,7 +111,14 @@ def tasks(ctx: click.Context, api_url: str | None, qpu_mode: str | None) -> None
 @json_option
 @click.pass_obj
 def submit(
-    api: _Api, definition: BinaryIO, wait_: bool, timeout: str | None, poll: str, idempotency_key: str | None, quiet: bool, as_json: bool
+    api: _Api,
+    definition: BinaryIO,
+    wait_: bool,
+    timeout: str | None,
+    poll: str,
+    idempotency_key: str | None,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Submit the task definition in FILE (JSON; - reads stdin).
 
@@ -168,7 +175,13 @@ def _definition(stream: Any) -> dict[str, Any]:
 @json_option
 @click.pass_obj
 def list_command(
-    api: _Api, page: int, size: int | None, sort: str | None, group_ids: tuple[str, ...], everything: bool, as_json: bool
+    api: _Api,
+    page: int,
+    size: int | None,
+    sort: str | None,
+    group_ids: tuple[str, ...],
+    everything: bool,
+    as_json: bool,
 ) -> None:
     """List tasks, newest first: one page, or --all of them.
 
@@ -225,7 +238,13 @@ def get(api: _Api, task_id: str, as_json: bool) -> None:
 @tasks.command(epilog=WAIT_EPILOG)
 @click.argument("task_ids", metavar="ID...", nargs=-1, required=True)
 @click.option("--timeout", metavar="DURATION", help="Give up after this long (e.g. 90s, 2h); exit 12.")
-@click.option("--poll", default="1s", show_default=True, metavar="DURATION", help="First poll interval (it grows to 15s while nothing changes).")
+@click.option(
+    "--poll",
+    default="1s",
+    show_default=True,
+    metavar="DURATION",
+    help="First poll interval (it grows to 15s while nothing changes).",
+)
 @json_option
 @click.pass_obj
 def wait(api: _Api, task_ids: tuple[str, ...], timeout: str | None, poll: str, as_json: bool) -> None:
@@ -279,7 +298,12 @@ def _wait(
             live.start()
         try:
             return client.wait(
-                ids, timeout=timeout, poll_interval=poll, max_poll_interval=max(poll, 15.0), check=False, on_change=on_change
+                ids,
+                timeout=timeout,
+                poll_interval=poll,
+                max_poll_interval=max(poll, 15.0),
+                check=False,
+                on_change=on_change,
             )
         finally:
             if live is not None:
@@ -386,7 +410,9 @@ def delete(api: _Api, task_id: str, as_json: bool) -> None:
 )
 @click.option("--size", default=10, show_default=True, type=click.IntRange(1, 1000), help="Subtasks per page fetched.")
 @click.option("--shots-size", type=click.IntRange(1, 100000), help="Shots per page fetched [API default: 100].")
-@click.option("--json", "as_json", is_flag=True, help='With -o: print {"task_id", "path", "bytes"} instead of a sentence.')
+@click.option(
+    "--json", "as_json", is_flag=True, help='With -o: print {"task_id", "path", "bytes"} instead of a sentence.'
+)
 @click.pass_obj
 def results(api: _Api, task_id: str, output: str | None, size: int, shots_size: int | None, as_json: bool) -> None:
     """Results of a completed task, as JSON {"task_id", "subtasks": [...]}.

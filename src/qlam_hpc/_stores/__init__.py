@@ -74,9 +74,7 @@ def store_from_url(
 
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ConfigurationError(
-                f"QLAM_TOKEN_STORE {text!r}: a file store is written file:///absolute/path/to/dir"
-            )
+            raise ConfigurationError(f"QLAM_TOKEN_STORE {text!r}: a file store is written file:///absolute/path/to/dir")
         from ._file import FileStore
 
         return FileStore(unquote(parts.path))

@@ -108,9 +108,7 @@ class FileStore:
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafeCache(f"token cache entry {path} is not a regular file; refusing it")
             if info.st_uid != os.geteuid():
-                raise UnsafeCache(
-                    f"token cache entry {path} belongs to uid {info.st_uid}, not to you; refusing it"
-                )
+                raise UnsafeCache(f"token cache entry {path} belongs to uid {info.st_uid}, not to you; refusing it")
             if info.st_mode & 0o077:
                 _discard(path, "was readable by other users")
                 return None
@@ -158,7 +156,9 @@ class FileStore:
         if identity is not None:
             paths = [self.entry_path(identity)]
         else:
-            paths = [os.path.join(self.directory, n) for n in sorted(os.listdir(self.directory)) if n.endswith(".entry")]
+            paths = [
+                os.path.join(self.directory, n) for n in sorted(os.listdir(self.directory)) if n.endswith(".entry")
+            ]
         removed = 0
         for path in paths:
             try:
@@ -317,7 +317,9 @@ class FileStore:
             try:
                 now = os.fstat(fd)
                 if (now.st_dev, now.st_ino, now.st_uid) != (checked.st_dev, checked.st_ino, os.geteuid()):
-                    raise UnsafeCache(f"token cache directory {self.directory} changed while it was checked; refusing it")
+                    raise UnsafeCache(
+                        f"token cache directory {self.directory} changed while it was checked; refusing it"
+                    )
                 os.fchmod(fd, 0o700)
             finally:
                 os.close(fd)

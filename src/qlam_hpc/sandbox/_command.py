@@ -280,7 +280,7 @@ def sandbox_command(
             f"the sandbox needs the 'sandbox' extra ({exc.name} is missing): pip install 'qlam-hpc[sandbox]'"
         ) from None
     if flow == "device" and not config.device_clients:
-        raise _ConfigProblem(f"--flow device needs a device client: add \"device_clients\" to {clients_file}")
+        raise _ConfigProblem(f'--flow device needs a device client: add "device_clients" to {clients_file}')
     _serve(Sandbox(config, tls=tls), env_file, flow)
 
 

@@ -103,7 +103,7 @@ class SandboxClient:
         """Shapes only: the keys themselves are parsed when a sandbox is created (``_client_auth``)."""
         keys = self.jwks.get("keys") if isinstance(self.jwks, dict) else None
         if self.jwks is not None and not (isinstance(keys, list) and all(isinstance(k, dict) for k in keys)):
-            raise ConfigurationError(f"jwks of client {self.client_id!r} must be a JWK set: {{\"keys\": [...]}}")
+            raise ConfigurationError(f'jwks of client {self.client_id!r} must be a JWK set: {{"keys": [...]}}')
         object.__setattr__(self, "public_keys", _strings(self.public_keys, f"public_keys of client {self.client_id!r}"))
         if self.client_secret is None and not keys and not self.public_keys:
             raise ConfigurationError(
@@ -266,7 +266,9 @@ class SandboxConfig:
     def _check_numbers(self) -> None:
         is_int = _is_int
         if not is_int(self.token_lifetime) or self.token_lifetime <= 0:
-            raise ConfigurationError(f"token_lifetime must be a positive number of seconds, not {self.token_lifetime!r}")
+            raise ConfigurationError(
+                f"token_lifetime must be a positive number of seconds, not {self.token_lifetime!r}"
+            )
         if self.monthly_quota is not None and (not is_int(self.monthly_quota) or self.monthly_quota < 0):
             raise ConfigurationError(f"monthly_quota must be None or an integer >= 0, not {self.monthly_quota!r}")
         if not isinstance(self.latency, (int, float)) or not math.isfinite(self.latency) or self.latency < 0:
@@ -286,7 +288,12 @@ class SandboxConfig:
 
     @classmethod
     def default(
-        cls, *, client_id: str | None = None, scopes: Iterable[str] = (), public_keys: Iterable[str] = (), **settings: Any
+        cls,
+        *,
+        client_id: str | None = None,
+        scopes: Iterable[str] = (),
+        public_keys: Iterable[str] = (),
+        **settings: Any,
     ) -> SandboxConfig:
         """One client with a random id (unless given) and a random secret; ``settings`` are the other fields.
         ``public_keys`` (PEM texts) let it use private_key_jwt too."""
@@ -314,7 +321,7 @@ class SandboxConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigurationError(f"cannot read sandbox clients from {path}: {exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("clients"), list):
-            raise ConfigurationError(f"{path} must hold a JSON object with a \"clients\" list")
+            raise ConfigurationError(f'{path} must hold a JSON object with a "clients" list')
         clients = []
         for number, entry in enumerate(data["clients"], start=1):
             if not isinstance(entry, dict):
@@ -327,7 +334,9 @@ class SandboxConfig:
             except TypeError:
                 raise ConfigurationError(f"{path}: client #{number} needs client_id and client_secret") from None
             except OSError as exc:
-                raise ConfigurationError(f"{path}: client #{number}: cannot read {exc.filename}: {exc.strerror}") from None
+                raise ConfigurationError(
+                    f"{path}: client #{number}: cannot read {exc.filename}: {exc.strerror}"
+                ) from None
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{path}: client #{number}: {exc}") from None
         if "audiences" in data and "audiences" not in settings:

@@ -565,9 +565,7 @@ def install_openapi(app: FastAPI, qpu_modes: Sequence[str]) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             for item in schema.get("paths", {}).values():
                 for operation in item.values():
                     # FastAPI documents a 422 for every route; the tasks API answers 400 instead.

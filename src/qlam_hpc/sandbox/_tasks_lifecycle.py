@@ -5,9 +5,9 @@ its outcome (fixed at creation from its programs) and when it was cancelled, if 
 was.  Its status at any moment follows from those.  The run is split into five
 equal steps; step *k* ends at ``created + duration * k / 5``::
 
-    ok:       Created | PayloadProcessing | Scheduled | ExecutionStarted | ExecutionCompleted | Completed
-    invalid:  Created | PayloadProcessing | PayloadProcessingError
-    fail:     Created | PayloadProcessing | Scheduled | ExecutionStarted | Failed
+    ok: Created | PayloadProcessing | Scheduled | ExecutionStarted | ExecutionCompleted | Completed
+    invalid: Created | PayloadProcessing | PayloadProcessingError
+    fail: Created | PayloadProcessing | Scheduled | ExecutionStarted | Failed
 
 Times are integer microseconds since the epoch, so results derived from them
 (``_results``) are exactly the same on every call and after a restart.

@@ -146,12 +146,16 @@ def _revoking_client(request: Request, ctx: SandboxContext, params: dict[str, st
     if client_id and ctx.config.client(client_id) is None:
         raise Refusal(401, "invalid_client", "Unknown client")
     try:
-        return authenticator_of(request).authenticate(
-            params,
-            request.headers.get("authorization"),
-            token_url=ctx.base(request) + "/oauth/token",
-            issuer=ctx.issuer(request),
-        ).client_id
+        return (
+            authenticator_of(request)
+            .authenticate(
+                params,
+                request.headers.get("authorization"),
+                token_url=ctx.base(request) + "/oauth/token",
+                issuer=ctx.issuer(request),
+            )
+            .client_id
+        )
     except ClientAuthError as failure:
         raise Refusal(failure.status, failure.error, failure.description, failure.headers) from None
 
