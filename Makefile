@@ -2,12 +2,13 @@
 #   make demo   - the main job: a 32-task job array against the embedded sandbox
 #   make demo-user - the same array in user context: one device login, one refresh
 #   make test   - the whole test suite (with Redis and a local Slurm cluster)
+#   make check  - lint, formatting, types (strict) and the built distributions, as CI runs them
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-user test bench venv clean
+.PHONY: demo demo-user test check bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,12 @@ demo-user: $(STAMP)
 test: $(STAMP)
 	scripts/test-services.sh start
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; scripts/test-services.sh stop; exit $$status
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	scripts/check-dist.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
