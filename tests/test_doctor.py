@@ -155,7 +155,7 @@ def test_a_cache_open_to_others_is_a_warning(good, tmp_path):
     result = run_cli("doctor", env={**good, "QLAM_TOKEN_CACHE_DIR": str(directory)})
     assert result.code == 0
     assert _lines(result.out)["cache directory"] == "warn" and "mode 0755" in result.out
-    assert "(1 warnings)" in result.out
+    assert "(1 warning)" in result.out
 
 
 def test_a_missing_cache_directory_is_fine(good, tmp_path):

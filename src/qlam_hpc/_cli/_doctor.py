@@ -75,7 +75,8 @@ def doctor(config) -> None:  # type: ignore[no-untyped-def]
     if failed:
         click.echo(f"doctor: {len(failed)} problem{'s' * (len(failed) > 1)} found; the first is {failed[0].name}")
         click.get_current_context().exit(failed[0].code)
-    click.echo(f"doctor: no problems found{f' ({warned} warnings)' if warned else ''}; {NOT_VERIFIED}")
+    noted = f" ({warned} warning{'s' * (warned > 1)})" if warned else ""
+    click.echo(f"doctor: no problems found{noted}; {NOT_VERIFIED}")
 
 
 # The last line of a clean report: doctor spends no token request, so a wrong secret (or a
