@@ -86,3 +86,46 @@ class NullStore:
 
 
 NO_LOCK = _NoLock()
+
+
+# --- what a store others can write must check -------------------------------------------------
+
+
+def without_foreign_token(entry: CacheEntry, where: str) -> CacheEntry:
+    """``entry`` read from a store others can write (Redis, Vault), without its token when that
+    token was not issued for this identity (``_cache.foreign_token``), with a warning."""
+    import time
+
+    from .._cache import foreign_token
+    from .._log import log
+
+    if entry.token is None:
+        return entry
+    foreign = foreign_token(entry.token, entry.identity, time.time())
+    if foreign is None:
+        return entry
+    identity = entry.identity
+    log(
+        "warning",
+        f"token store entry {where} holds a token not issued for client {identity.client_id} "
+        f"and audience {identity.audience} ({foreign}); not using it",
+    )
+    return entry._replace(token=None)
+
+
+def warn_if_foreign(entry: CacheEntry, location: str) -> None:
+    """Before writing to such a store: a token fresh from the identity provider that its readers
+    would refuse means one fetch per process, and nobody would know why without this line."""
+    import time
+
+    from .._cache import foreign_token
+    from .._log import log
+
+    reason = foreign_token(entry.token, entry.identity, time.time()) if entry.token is not None else None
+    if reason is not None:
+        log(
+            "warning",
+            f"the identity provider's token does not pass the check of tokens read from {location} "
+            f"({reason}): other processes will not use it and will each fetch their own; "
+            "use the file store with this identity provider",
+        )

@@ -47,9 +47,10 @@ import os
 import time
 from collections.abc import Mapping
 
-from .._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
+from .._cache import CacheEntry, Identity, decode_entry, encode_entry, identity_of
 from .._errors import CacheError, ConfigurationError
 from .._log import log
+from ._base import warn_if_foreign, without_foreign_token
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,29 +119,10 @@ class RedisStore:
             with self._errors("discard a corrupt entry"):
                 self.client.delete(key)
             return None
-        if entry.token is not None:
-            foreign = foreign_token(entry.token, identity, time.time())
-            if foreign is not None:
-                log(
-                    "warning",
-                    f"token store entry {key} in {self.location} holds a token not issued for client "
-                    f"{identity.client_id} and audience {identity.audience} ({foreign}); not using it",
-                )
-                entry = entry._replace(token=None)
-        return entry
+        return without_foreign_token(entry, f"{key} in {self.location}")
 
     def save(self, entry: CacheEntry) -> bool:
-        token = entry.token
-        reason = foreign_token(token, entry.identity, time.time()) if token is not None else None
-        if reason is not None:
-            # Fresh from the identity provider, yet load() would refuse it: without this line
-            # every process would fetch its own token and nobody would know why.
-            log(
-                "warning",
-                f"the identity provider's token does not pass the check of tokens read from {self.location} "
-                f"({reason}): other processes will not use it and will each fetch their own; "
-                "use the file store with this identity provider",
-            )
+        warn_if_foreign(entry, self.location)
         try:
             with self._errors("write the token"):
                 self.client.set(self._key(entry.identity, "entry"), encode_entry(entry), ex=_ttl(entry, time.time()))

@@ -53,9 +53,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .._cache import CacheEntry, Identity, decode_entry, encode_entry, foreign_token, identity_of
+from .._cache import CacheEntry, Identity, decode_entry, encode_entry, identity_of
 from .._errors import ConfigurationError, SecretStoreUnreachable
 from .._log import log
+from ._base import warn_if_foreign, without_foreign_token
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,27 +139,10 @@ class VaultStore:
             log("warning", f"token store entry {path} in {self.location} is corrupt ({reason}); discarded")
             self._destroy(path, "discard a corrupt entry")
             return None
-        if entry.token is not None:
-            foreign = foreign_token(entry.token, identity, time.time())
-            if foreign is not None:
-                log(
-                    "warning",
-                    f"token store entry {path} in {self.location} holds a token not issued for client "
-                    f"{identity.client_id} and audience {identity.audience} ({foreign}); not using it",
-                )
-                entry = entry._replace(token=None)
-        return entry
+        return without_foreign_token(entry, f"{path} in {self.location}")
 
     def save(self, entry: CacheEntry) -> bool:
-        token = entry.token
-        reason = foreign_token(token, entry.identity, time.time()) if token is not None else None
-        if reason is not None:
-            log(
-                "warning",
-                f"the identity provider's token does not pass the check of tokens read from {self.location} "
-                f"({reason}): other processes will not use it and will each fetch their own; "
-                "use the file store with this identity provider",
-            )
+        warn_if_foreign(entry, self.location)
         try:
             self._write(
                 self._key(entry.identity, "entry"), {"entry": encode_entry(entry).decode()}, None, "write the token"
