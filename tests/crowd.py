@@ -47,6 +47,40 @@ print(json.dumps({"calls": calls, "expired": expired, "distinct": len(tokens)}))
 """
 
 
+# Scripts of the store tests (Redis, Vault): the store comes from argv or QLAM_TOKEN_STORE.
+# A child process that takes the refresh lock, says so, holds it for argv[3] seconds, releases it.
+STORE_HOLDER = r"""
+import sys, time
+from qlam_hpc._cache import Identity
+from qlam_hpc._stores import store_from_url
+store = store_from_url(sys.argv[1], lease=float(sys.argv[2]))
+lock = store.try_lock(Identity(*sys.argv[4:7]))
+print("locked" if lock is not None else "busy", flush=True)
+if lock is not None:
+    with lock:
+        time.sleep(float(sys.argv[3]))
+    print("released", flush=True)
+"""
+
+# A job-array task on a node of its own: its own empty cache directory, the store from
+# QLAM_TOKEN_STORE, held at the crowd's barrier until all start together.
+STORE_PROVIDER = r"""
+import hashlib, json, os, sys, pathlib
+barrier = pathlib.Path(sys.argv[1])
+os.environ["QLAM_TOKEN_CACHE_DIR"] = os.path.join(sys.argv[2], str(os.getpid()))
+from qlam_hpc import Settings, TokenProvider
+from qlam_hpc._stores import store_from_url
+store = store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3]))
+provider = TokenProvider(Settings.from_env(), store=store)
+(barrier / f"ready-{os.getpid()}").touch()
+os.close(os.open(barrier / "go", os.O_RDONLY))
+result = provider.get()
+# A digest, not the token: the tests compare tokens, and nothing needs to print one.
+digest = hashlib.sha256(result.token.access_token.encode()).hexdigest()
+print(json.dumps({"access_token": digest, "source": result.source}))
+"""
+
+
 @dataclass
 class Finished:
     pid: int

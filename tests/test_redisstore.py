@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from crowd import Crowd, json_lines
+from crowd import STORE_HOLDER, STORE_PROVIDER, Crowd, json_lines
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import CacheEntry, Failure, Identity, encode_entry
 from qlam_hpc._errors import CacheError, ConfigurationError, InvalidClient
@@ -31,38 +31,6 @@ OTHER = Identity("https://idp.example/oauth/token", "client-2", "https://api.que
 MONTH = time.strftime("%Y-%m", time.gmtime(T0))
 
 pytestmark = pytest.mark.redis
-
-# A child process that takes the refresh lock, says so, holds it for argv[3] seconds, releases it.
-HOLDER = r"""
-import sys, time
-from qlam_hpc._cache import Identity
-from qlam_hpc._stores import store_from_url
-store = store_from_url(sys.argv[1], lease=float(sys.argv[2]))
-lock = store.try_lock(Identity(*sys.argv[4:7]))
-print("locked" if lock is not None else "busy", flush=True)
-if lock is not None:
-    with lock:
-        time.sleep(float(sys.argv[3]))
-    print("released", flush=True)
-"""
-
-# A job-array task on a node of its own: its own empty cache directory, the store from
-# QLAM_TOKEN_STORE, held at the crowd's barrier until all start together.
-PROVIDER = r"""
-import hashlib, json, os, sys, pathlib
-barrier = pathlib.Path(sys.argv[1])
-os.environ["QLAM_TOKEN_CACHE_DIR"] = os.path.join(sys.argv[2], str(os.getpid()))
-from qlam_hpc import Settings, TokenProvider
-from qlam_hpc._stores import store_from_url
-store = store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3]))
-provider = TokenProvider(Settings.from_env(), store=store)
-(barrier / f"ready-{os.getpid()}").touch()
-os.close(os.open(barrier / "go", os.O_RDONLY))
-result = provider.get()
-# A digest, not the token: the test compares tokens, and nothing needs to print one.
-digest = hashlib.sha256(result.token.access_token.encode()).hexdigest()
-print(json.dumps({"access_token": digest, "source": result.source}))
-"""
 
 
 def _jwt(**claims) -> str:
@@ -145,7 +113,7 @@ def children():
 
 
 def _holder(children, server: RedisServer, env, *, lease: float, hold: float) -> subprocess.Popen:
-    child = children([HOLDER, server.url, str(lease), str(hold), *_identity_args(IDENTITY)], env)
+    child = children([STORE_HOLDER, server.url, str(lease), str(hold), *_identity_args(IDENTITY)], env)
     assert child.stdout.readline().strip() == "locked", child.stderr.read()
     return child
 
@@ -558,7 +526,7 @@ def _race(tmp_path, env, url, count=50, lease=15.0):
         count,
         [str(tmp_path / "nodes"), str(lease)],
         {**env, "QLAM_TOKEN_STORE": url},
-        script=PROVIDER,
+        script=STORE_PROVIDER,
     )
     crowd.wait_ready()
     crowd.release()

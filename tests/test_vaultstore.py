@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import run_cli
-from crowd import Crowd, json_lines
+from crowd import STORE_HOLDER, STORE_PROVIDER, Crowd, json_lines
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._cache import CacheEntry, Failure, Identity, encode_entry
 from qlam_hpc._errors import ConfigurationError, InvalidClient
@@ -40,38 +40,6 @@ path "secret/metadata/{path}" {{ capabilities = ["list"] }}
 """
 READ_ONLY_POLICY = """
 path "secret/data/{path}/*" {{ capabilities = ["read"] }}
-"""
-
-# A child process that takes the refresh lock, says so, holds it for argv[3] seconds, releases it.
-HOLDER = r"""
-import sys, time
-from qlam_hpc._cache import Identity
-from qlam_hpc._stores import store_from_url
-store = store_from_url(sys.argv[1], lease=float(sys.argv[2]))
-lock = store.try_lock(Identity(*sys.argv[4:7]))
-print("locked" if lock is not None else "busy", flush=True)
-if lock is not None:
-    with lock:
-        time.sleep(float(sys.argv[3]))
-    print("released", flush=True)
-"""
-
-# A job-array task on a node of its own: its own empty cache directory, the store from
-# QLAM_TOKEN_STORE, held at the crowd's barrier until all start together.
-PROVIDER = r"""
-import hashlib, json, os, sys, pathlib
-barrier = pathlib.Path(sys.argv[1])
-os.environ["QLAM_TOKEN_CACHE_DIR"] = os.path.join(sys.argv[2], str(os.getpid()))
-from qlam_hpc import Settings, TokenProvider
-from qlam_hpc._stores import store_from_url
-store = store_from_url(os.environ["QLAM_TOKEN_STORE"], lease=float(sys.argv[3]))
-provider = TokenProvider(Settings.from_env(), store=store)
-(barrier / f"ready-{os.getpid()}").touch()
-os.close(os.open(barrier / "go", os.O_RDONLY))
-result = provider.get()
-# A digest, not the token: enough to tell tokens apart, nothing to leak.
-digest = hashlib.sha256(result.token.access_token.encode()).hexdigest()[:16]
-print(json.dumps({"access_token": digest, "source": result.source}))
 """
 
 
@@ -149,7 +117,7 @@ def own_bao(tmp_path):
 
 
 def _holder(children, url, env, *, lease: float, hold: float) -> subprocess.Popen:
-    child = children([HOLDER, url, str(lease), str(hold), *_identity_args(IDENTITY)], env)
+    child = children([STORE_HOLDER, url, str(lease), str(hold), *_identity_args(IDENTITY)], env)
     line = child.stdout.readline().strip()
     assert line == "locked", child.stderr.read()
     return child
@@ -594,7 +562,7 @@ def _race(tmp_path, env, url, count, lease=15.0):
         count,
         [str(tmp_path / "nodes"), str(lease)],
         {**env, "QLAM_TOKEN_STORE": url},
-        script=PROVIDER,
+        script=STORE_PROVIDER,
     )
     crowd.wait_ready(timeout=300)
     crowd.release()
