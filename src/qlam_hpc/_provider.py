@@ -119,6 +119,11 @@ class TokenProvider:
             from ._stores import open_store
 
             store = open_store(settings)
+        shared = getattr(store, "shared", None)  # a Redis or Vault store made by hand: seal it too
+        if shared is not None and shared.seal is None:
+            from ._sealing import seal_for
+
+            shared.seal = seal_for(settings)
         self.store = store
         # User context: where the login (refresh token) lives; apart from the shared access
         # token only with QLAM_REFRESH_TOKEN_DIR (refresh on the login node alone).
@@ -131,6 +136,9 @@ class TokenProvider:
         self._clock = clock
         self._memory: Token | None = None
         self._lock = threading.Lock()
+        #: User context: set by ``qlam-hpc auth keep-fresh``, which then names itself in the
+        #: entries it writes, so that a job whose token went stale knows whom to blame.
+        self.keeper: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> TokenProvider:
@@ -300,13 +308,15 @@ class TokenProvider:
             if settled is not None:
                 return settled
             if self._clock() >= deadline:
-                holder = store.lock_holder(self.identity) or "another process"
+                holder = _plain(store.lock_holder(self.identity)) or "another process"
                 raise LockTimeout(
                     f"{holder} has held the token refresh lock in {store.location} for more than "
                     f"{self.settings.lock_timeout:g}s without publishing a token; giving up "
                     "(is it hung or stopped? QLAM_LOCK_TIMEOUT sets the wait)"
                 )
-            time.sleep(pause)
+            import random  # jitter: the tasks of an array that started together do not poll in step
+
+            time.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(pause * 1.5, 0.25)
 
     def _fetch_and_publish(
@@ -488,6 +498,8 @@ class TokenProvider:
     def _user_settled(self, entry: CacheEntry | None, min_ttl: float, rejected: str | None) -> TokenResult | None:
         """A usable token, or a failure another process met (the login's failures are
         cleared by the next login, so no fingerprint needs comparing)."""
+        if self._confirmation_due(entry):
+            return None  # a refresh, under the lock, tells whether the login survived a takeover
         token = cached_token(entry, self._clock(), min_ttl, rejected)
         if token is not None:
             return TokenResult(token, "cache")
@@ -497,8 +509,16 @@ class TokenProvider:
         log("info", f"not asking the identity provider again: {failure.by or 'another process'} got this answer")
         return self._fallback_or_raise(entry, failure.to_error(), rejected)
 
+    def _confirmation_due(self, entry: CacheEntry | None) -> bool:
+        """Is a takeover's late check of the login due, and can this process make it (it
+        needs the login: the shared store's, or QLAM_REFRESH_TOKEN_DIR's on this node)?"""
+        if entry is None or entry.confirm_after is None or self._clock() < entry.confirm_after:
+            return False
+        return self.login_store is self.store or bool(self.settings.refresh_token_dir)
+
     def _refresh_and_publish(self, min_ttl: float, rejected: str | None) -> TokenResult:
         from ._jobinfo import job_id, process_label
+        from ._signals import held_signals
 
         by, now = process_label(), self._clock()
         entry = self.store.load(self.identity) or CacheEntry(self.identity)
@@ -511,43 +531,68 @@ class TokenProvider:
             self._lose_login(
                 entry, held, LoginRequired(f"the login of {login.who} ended at {_utc(login.expires_at)}"), by
             )
-        if held.intent is not None:
+        cut_short = held.intent
+        confirming = held.confirm_after is not None and now >= held.confirm_after
+        # From the intent to the publication of the next refresh token, SIGTERM (scancel, a time
+        # limit, preemption), SIGINT and SIGHUP wait: a refresh cut short there loses the login.
+        # The refresh's own deadline bounds the wait; SIGKILL cannot be held (see the takeover).
+        with held_signals(f"refreshing the login of {login.who}"):
+            # Write-ahead: a store that cannot take the intent could not take the next refresh token.
+            if not self.login_store.save(held._replace(intent=Intent(now, by))):
+                raise CacheError(
+                    f"cannot write to {self.login_store.location}, so the next refresh token could not be kept: "
+                    "not refreshing (the login stays as it is)"
+                )
+            try:
+                tokens = self._send_refresh(login, by)
+            except OAuthError as error:  # invalid_grant: expired, revoked, or spent by someone else
+                self._record(now, job_id(), error.error, "refresh_token")
+                detail = f"{error.error}: {error.description}" if error.description else error.error
+                why = (
+                    f"; a refresh by {_plain(cut_short.by)} at {_utc(cut_short.at)} was cut short, and the identity "
+                    "provider had already spent the refresh token it left"
+                    if cut_short is not None
+                    else "; a refresh cut short earlier reached the identity provider late and it revoked the login"
+                    if confirming
+                    else ""
+                )
+                self._lose_login(
+                    entry,
+                    held,
+                    LoginRequired(f"the identity provider refused the login of {login.who} ({detail}){why}"),
+                    by,
+                )
+            except AuthError as error:  # unreachable, rate limited, garbage: the login may still be good
+                failure = self._failure(error, "login", by)
+                self.login_store.save(held._replace(intent=None, failure=failure))
+                if not shared:
+                    self.store.save(entry.with_failure(failure))
+                self._record(now, job_id(), getattr(error, "error", None) or type(error).__name__, "refresh_token")
+                return self._fallback_or_raise(entry, error, rejected)
+            renewed = login.rotated(tokens.refresh_token, tokens.refresh_expires_in, now)
+            renewed = renewed._replace(
+                subject=tokens.id_claims.get("sub") or renewed.subject,
+                email=tokens.id_claims.get("email") or renewed.email,
+            )
+            # The refresher we took over from may have sent its request before it died, and the
+            # server may act on it after ours: once its deadline has passed, check the login again.
+            confirm_after = cut_short.at + self.settings.retry.deadline + _LATE_REQUEST_SLACK if cut_short else None
+            keeper = self.keeper or held.keeper
+            # Published before anything else: the old refresh token is spent from now on.
+            published = held.with_login(renewed, tokens.token)._replace(confirm_after=confirm_after, keeper=keeper)
+            if not self.login_store.save(published):
+                log(
+                    "error",
+                    f"the next refresh token could not be written to {self.login_store.location}: this token is "
+                    "good, but the next refresh will be refused and you will have to log in again",
+                )
+            if not shared:
+                self.store.save(entry.with_token(tokens.token)._replace(confirm_after=confirm_after, keeper=keeper))
+        if cut_short is not None:
             log(
                 "warning",
-                f"a refresh by {held.intent.by} at {_utc(held.intent.at)} did not finish (killed?); trying "
-                "the refresh token it left: if the identity provider had already spent it, the login is lost",
-            )
-        # Write-ahead: a store that cannot take the intent could not take the next refresh token.
-        if not self.login_store.save(held._replace(intent=Intent(now, by))):
-            raise CacheError(
-                f"cannot write to {self.login_store.location}, so the next refresh token could not be kept: "
-                "not refreshing (the login stays as it is)"
-            )
-        try:
-            tokens = self._send_refresh(login, by)
-        except OAuthError as error:  # invalid_grant: expired, revoked, or spent by someone else
-            self._record(now, job_id(), error.error, "refresh_token")
-            detail = f"{error.error}: {error.description}" if error.description else error.error
-            self._lose_login(
-                entry, held, LoginRequired(f"the identity provider refused the login of {login.who} ({detail})"), by
-            )
-        except AuthError as error:  # unreachable, rate limited, garbage: the login may still be good
-            failure = self._failure(error, "login", by)
-            self.login_store.save(held._replace(intent=None, failure=failure))
-            if not shared:
-                self.store.save(entry.with_failure(failure))
-            self._record(now, job_id(), getattr(error, "error", None) or type(error).__name__, "refresh_token")
-            return self._fallback_or_raise(entry, error, rejected)
-        renewed = login.rotated(tokens.refresh_token, tokens.refresh_expires_in, now)
-        renewed = renewed._replace(
-            subject=tokens.id_claims.get("sub") or renewed.subject, email=tokens.id_claims.get("email") or renewed.email
-        )
-        # Published before anything else: the old refresh token is spent from now on.
-        if not self.login_store.save(held.with_login(renewed, tokens.token)):
-            log(
-                "error",
-                f"the next refresh token could not be written to {self.login_store.location}: this token is "
-                "good, but the next refresh will be refused and you will have to log in again",
+                f"a refresh by {_plain(cut_short.by)} at {_utc(cut_short.at)} did not finish (killed?); its refresh "
+                f"token still worked, and the login will be checked once more after {_utc(confirm_after or now)}",
             )
         if renewed.expires_at - now < LOGIN_WARNING:
             from ._durations import format_duration
@@ -557,8 +602,6 @@ class TokenProvider:
                 f"the login of {renewed.who} ends in {format_duration(max(0.0, renewed.expires_at - now))}: "
                 "run qlam-hpc auth login before then",
             )
-        if not shared:
-            self.store.save(entry.with_token(tokens.token))
         self._record(now, job_id(), "ok", "refresh_token")
         if not tokens.token.usable(self._clock(), min_ttl):
             raise TokenLifetimeTooShort(min_ttl, tokens.token.lifetime)
@@ -604,6 +647,12 @@ class TokenProvider:
     def _no_login(self, entry: CacheEntry) -> LoginRequired:
         where = self.login_store.location
         token = entry.token
+        if token is not None and entry.keeper:
+            return LoginRequired(
+                f"the access token in {self.store.location} expired at {_utc(token.expires_at)}; it is kept fresh "
+                f"by {_plain(entry.keeper)}, whose last refresh was at {_utc(token.obtained_at)}: is it still "
+                "running? (start it again where the login is kept: qlam-hpc auth keep-fresh)"
+            )
         if token is not None:
             keeper = (
                 f"; it was last refreshed by {token.obtained_by or 'an unknown process'}: if qlam-hpc auth "
@@ -702,6 +751,19 @@ def _check_lifetime(entry: CacheEntry | None, min_ttl: float) -> None:
     """Fail before fetching when the IdP's tokens are known to be too short for ``min_ttl``."""
     if min_ttl and entry is not None and entry.token is not None and entry.token.lifetime <= min_ttl:
         raise TokenLifetimeTooShort(min_ttl, entry.token.lifetime)
+
+
+# What a refresh request may take beyond the retry deadline before the server answers it.
+_LATE_REQUEST_SLACK = 10.0
+
+
+def _plain(text: str | None, limit: int = 120) -> str:
+    """``text`` from a shared store, fit to show: plain characters only, and short (whoever can
+    write the store must not choose what a user reads, such as a link to follow)."""
+    if not text:
+        return ""
+    kept = "".join(c if c.isalnum() or c in " .:-_()@+" else "?" for c in text[:limit] if c.isascii())
+    return kept.strip()
 
 
 def _utc(epoch: float) -> str:

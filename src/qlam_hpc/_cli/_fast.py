@@ -6,9 +6,12 @@ httpx, pydantic or rich when the shared cache holds a usable token.
   ``submit -q``): one request over ``http.client`` (``_api._light``), the same retry and
   error policy as the library, the server's JSON printed as it came.
 
-Each answers only what it fully understands — plain options, a warm cache, no proxy — and
-returns None for anything else (``--help``, a bad value, a cold cache, an option it does not
-know), so the full CLI (``_app.py``) handles it with its usual messages. Once a request is
+Each answers only what it fully understands — plain options, a usable token, no proxy — and
+returns None for anything else (``--help``, a bad value, a token to fetch, an option it does
+not know), so the full CLI (``_app.py``) handles it with its usual messages. A cold cache
+whose token another process is fetching is a usable token a moment later: the light paths
+wait for it (``_wait_for_holder``), so of the tasks of an array that start together only the
+one that fetches loads the full CLI. Once a request is
 sent, the light path finishes it: its errors are the library's, printed as ``_app.run``
 prints them, with the same exit codes.
 """
@@ -26,7 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._api._light import Answer
     from .._api._requests import ApiRequest
     from .._api._settings import ApiSettings
+    from .._cache import CacheEntry, Identity
     from .._settings import Settings
+    from .._stores._file import FileStore
     from .._tokens import Token
 
 
@@ -36,16 +41,18 @@ def warm_token(args: list[str]) -> int | None:
         return None
     mode, min_ttl = options
     found = _cached(min_ttl)
-    if found is None:
-        return None
+    if found is None or isinstance(found, int):
+        return found
     from ._output import print_token
 
     print_token(found[1], "cache", mode, time.time())
     return 0
 
 
-def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token] | None:
-    """``(settings, token)`` when the file cache holds a token usable for ``min_ttl``, else None."""
+def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token] | int | None:
+    """``(settings, token)`` when the file cache holds a token usable for ``min_ttl``, or once
+    the process fetching one has published it; an exit code when the wait itself failed (the
+    lock timeout); None for the full CLI."""
     try:
         from .._cache import Identity, cached_token
         from .._settings import Settings
@@ -54,11 +61,101 @@ def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token] | None:
         settings = Settings.from_env()
         if not settings.cache_enabled or settings.token_store:
             return None
-        entry = FileStore(settings.cache_path).load(Identity.of(settings))
+        store = FileStore(settings.cache_path)
+        identity = Identity.of(settings)
+        entry = store.load(identity)
+        token: Token | int | None = cached_token(entry, time.time(), min_ttl)
+        if token is None:
+            token = _wait_for_holder(settings, store, identity, entry, min_ttl)
     except Exception:  # the full CLI reproduces it and reports it properly
         return None
-    token = cached_token(entry, time.time(), min_ttl)
+    if isinstance(token, int):
+        return token
     return None if token is None else (settings, token)
+
+
+def _wait_for_holder(
+    settings: Settings, store: FileStore, identity: Identity, entry: CacheEntry | None, min_ttl: float
+) -> Token | int | None:
+    """A cold cache: the token another process is fetching, read as soon as it is published.
+
+    The tasks of an array start together, and all but one only have to read what that one
+    fetches: they wait here, with the standard library, instead of loading the full CLI and
+    its HTTP stack (which would take the CPU the fetching process needs). The one that finds
+    the lock free keeps it and hands it to the full CLI, which fetches under it. Everything
+    else the provider decides (a failure record to replay, a login to refresh or to report,
+    a holder gone without a result to take over from) is left to the full CLI, so its
+    messages and exit codes stay what they are; this only returns sooner what it would."""
+    from .._cache import cached_token
+    from .._stores._file import FileStore, jittered
+
+    if _provider_decides(settings, entry, min_ttl):
+        return None
+    lock_store = store
+    if settings.user_context:
+        if settings.refresh_token_dir:  # where the provider keeps the login, and its lock
+            lock_store = FileStore(settings.refresh_token_dir)
+            login_entry = lock_store.load(identity)
+        else:
+            login_entry = entry
+        if login_entry is None or login_entry.login is None:
+            return None  # nothing to refresh with: the full CLI says so
+    deadline = time.time() + settings.lock_timeout
+    seen = store.signature(identity)
+    pause, waited = 0.005, False
+    while True:
+        lock = lock_store.try_lock(identity)
+        if lock is not None:
+            entry = store.load(identity)  # the previous holder may have just published
+            token = cached_token(entry, time.time(), min_ttl)
+            if token is not None:
+                lock.release()
+                return token
+            if waited or _provider_decides(settings, entry, min_ttl):
+                # The holder left without a result (killed, or an error it does not record):
+                # the full CLI takes over or says why, as every waiter did before.
+                lock.release()
+                return None
+            lock_store.hand_over(lock)
+            return None
+        waited = True
+        if time.time() >= deadline:
+            return _lock_timeout(settings, lock_store, identity)
+        time.sleep(jittered(pause))
+        pause = min(pause * 1.5, 0.25)
+        now = store.signature(identity)
+        if now != seen:  # published (or the holder's write-ahead): read it
+            seen = now
+            entry = store.load(identity)
+            token = cached_token(entry, time.time(), min_ttl)
+            if token is not None:
+                return token
+            if _provider_decides(settings, entry, min_ttl):
+                return None
+
+
+def _provider_decides(settings: Settings, entry: CacheEntry | None, min_ttl: float) -> bool:
+    """What only the provider handles: a failure record that stands (replayed as is, or
+    ignored for new credentials) and a token known to be too short for ``min_ttl``."""
+    if entry is None:
+        return False
+    longest = max(settings.rejected_cooldown, settings.transient_cooldown)
+    if entry.failure is not None and entry.failure.stands(time.time(), longest=longest):
+        return True
+    return bool(min_ttl and entry.token is not None and entry.token.lifetime <= min_ttl)
+
+
+def _lock_timeout(settings: Settings, store: FileStore, identity: Identity) -> int:
+    """The provider's ``LockTimeout``, said as the full CLI says it (no second wait there)."""
+    from .._errors import LockTimeout
+
+    holder = store.lock_holder(identity) or "another process"
+    error = LockTimeout(
+        f"{holder} has held the token refresh lock in {store.location} for more than "
+        f"{settings.lock_timeout:g}s without publishing a token; giving up "
+        "(is it hung or stopped? QLAM_LOCK_TIMEOUT sets the wait)"
+    )
+    return _fail(str(error), error.exit_code)
 
 
 def _parse_token(args: list[str]) -> tuple[str, float] | None:
@@ -131,8 +228,8 @@ def warm_api(args: list[str]) -> int | None:
     method, path = opts.positional
     data, api_url, qpu_mode = opts.one("data"), opts.one("api_url"), opts.one("qpu_mode")
     start = _start(api_url, qpu_mode) if opts.ok else None
-    if start is None:
-        return None
+    if start is None or isinstance(start, int):
+        return start
     settings, api, token = start
     from .._api._requests import raw_request
 
@@ -191,8 +288,8 @@ def warm_tasks(args: list[str]) -> int | None:
     from .._api import _requests as rq
 
     start = _start(api_url, qpu_mode)
-    if start is None:
-        return None
+    if start is None or isinstance(start, int):
+        return start
     settings, api, token = start
     try:
         if command == "get":
@@ -239,12 +336,13 @@ def warm_tasks(args: list[str]) -> int | None:
     return _exit_point(call)
 
 
-def _start(api_url: str | None, qpu_mode: str | None) -> tuple[Settings, ApiSettings, Token] | None:
-    """``(settings, api settings, token)``, or None when the light path cannot serve: a cold
-    cache, a proxy, settings the full CLI must report on."""
+def _start(api_url: str | None, qpu_mode: str | None) -> tuple[Settings, ApiSettings, Token] | int | None:
+    """``(settings, api settings, token)``; an exit code when waiting for the token failed; or
+    None when the light path cannot serve: a token to fetch, a proxy, settings the full CLI
+    must report on."""
     found = _cached()
-    if found is None:
-        return None
+    if found is None or isinstance(found, int):
+        return found
     settings, token = found
     try:
         import os

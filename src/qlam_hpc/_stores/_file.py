@@ -59,12 +59,17 @@ _STALE_TEMP_SECONDS = 3600
 # keeps its own table of the lock files it holds, and never opens one it holds.
 _held_here: dict[str, str] = {}
 _held_here_guard = _thread.allocate_lock()
+# Locks taken by the light CLI and kept for the full CLI of the same process (``hand_over``).
+_handed_over: dict[str, _HeldLock] = {}
+# Directories whose refusal of locks was reported: once per process, however many stores see it.
+_warned_node_locks: set[str] = set()
 
 
 def _forget_held_locks_in_child() -> None:
     # A forked child inherits the table but not the locks (POSIX locks are not inherited).
     global _held_here_guard
     _held_here.clear()
+    _handed_over.clear()
     _held_here_guard = _thread.allocate_lock()
 
 
@@ -81,7 +86,6 @@ class FileStore:
         # Where to lock when this directory's filesystem refuses locks: found when first
         # needed (it takes a look at the node's directories), never for a node-local store.
         self._node_locks: FileStore | None = None
-        self._warned_node_locks = False
 
     def entry_path(self, identity: Identity) -> str:
         return os.path.join(self.directory, f"{identity.key()}.entry")
@@ -180,6 +184,9 @@ class FileStore:
         path = os.path.realpath(self.lock_path(identity))
         label = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
         with _held_here_guard:
+            handed = _handed_over.pop(path, None)
+            if handed is not None:
+                return handed
             if path in _held_here:
                 return None
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -199,8 +206,8 @@ class FileStore:
         # (and safe: rename is atomic), but single flight can only be had per node.
         if self._node_locks is None:
             self._node_locks = FileStore(_node_lock_directory(), node_local=True)
-        if not self._warned_node_locks:
-            self._warned_node_locks = True
+        if self.directory not in _warned_node_locks:
+            _warned_node_locks.add(self.directory)
             log(
                 "warning",
                 f"the filesystem of {self.directory} does not support locks ({unsupported.strerror}); "
@@ -208,6 +215,14 @@ class FileStore:
                 "expect up to one token request per node",
             )
         return self._node_locks.try_lock(identity)
+
+    def hand_over(self, lock: _HeldLock) -> None:
+        """Keep ``lock`` (taken with ``try_lock``) held for the next ``try_lock`` of the same
+        file in this process, by any store: the light CLI takes the lock without loading what
+        fetches a token, and the full CLI's provider fetches under it. Nobody else can take it
+        in between; the kernel still drops it if the process dies."""
+        with _held_here_guard:
+            _handed_over[lock.path] = lock
 
     def lock_holder(self, identity: Identity) -> str | None:
         path = os.path.realpath(self.lock_path(identity))
@@ -219,6 +234,15 @@ class FileStore:
                     return file.read(512).decode(errors="replace").strip() or None
             except OSError:
                 return None
+
+    def signature(self, identity: Identity) -> tuple[int, int, int] | None:
+        """``(inode, mtime ns, size)`` of the entry, None when there is none: a waiter reads the
+        entry again only when this changes (a publish is a rename: a new inode)."""
+        try:
+            info = os.stat(self.entry_path(identity), follow_symlinks=False)
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
 
     # --- the ledger ---------------------------------------------------------------------
 
@@ -410,7 +434,7 @@ class _HeldLock:
     """A held ``lockf`` lock; records its holder in the file for the waiters' error messages."""
 
     def __init__(self, path: str, fd: int, label: str) -> None:
-        self._path = path
+        self.path = path
         self._fd = fd
         try:
             os.ftruncate(fd, 0)
@@ -422,7 +446,7 @@ class _HeldLock:
         with _held_here_guard:
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
-                _held_here.pop(self._path, None)
+                _held_here.pop(self.path, None)
                 os.close(fd)  # closing drops the POSIX lock
 
     def __enter__(self) -> _HeldLock:
@@ -430,6 +454,12 @@ class _HeldLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def jittered(pause: float) -> float:
+    """``pause`` times a random factor in [0.5, 1): processes that started together (the tasks
+    of an array) drift apart instead of polling the filesystem in step."""
+    return pause * (0.5 + os.urandom(1)[0] / 512)
 
 
 def _discard(path: str, why: str) -> None:
