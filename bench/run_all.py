@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "get_token.py",
     "cli_startup.py",
+    "first_wave.py",
     "token_requests.py",
     "stores.py",
     "refresh_race.py",
