@@ -83,6 +83,38 @@ def test_malformed_references_are_configuration_errors(reference):
     assert caught.value.exit_code == 3
 
 
+def test_a_mistyped_scheme_is_refused_before_any_request(env, sandbox):
+    """vualt://... is a typo, not a secret: exit 3 naming the known schemes, and the IdP is never asked."""
+    result = run_cli("token", env={**env, "QLAM_CLIENT_SECRET": "vualt://secret/qlam#x"})
+    assert result.code == 3, result.err
+    (line,) = result.err.splitlines()
+    assert "QLAM_CLIENT_SECRET: vualt:// is not a secret source (did you mean vault://?)" in line
+    assert "env:NAME, file:PATH, vault://MOUNT/PATH#FIELD or aws-sm://SECRET-ID#FIELD" in line
+    assert "literal:VALUE" in line and "secret/qlam" not in line
+    assert sandbox.stats()["token_requests"] == 0
+
+
+@pytest.mark.parametrize("value", ["http://example.org/x", "s3://bucket/key", "AWS-SM://x#y", "vault+x://a/b"])
+def test_any_unknown_scheme_is_a_configuration_error(value):
+    """Every scheme://, whatever its letters, is a reference the user meant: refused, not sent."""
+    with pytest.raises(ConfigurationError, match="is not a secret source") as caught:
+        _settings(QLAM_CLIENT_SECRET=value)
+    assert caught.value.exit_code == 3
+
+
+@pytest.mark.parametrize("value", ["vault://secret/qlam#x", "env:NAME", "file:/x", "http://x", "literal:y", ""])
+def test_literal_prefix_passes_any_value_as_the_secret(value):
+    """literal:VALUE is VALUE itself, even when VALUE looks like a reference or a URL."""
+    secret = _settings(QLAM_CLIENT_SECRET="literal:" + value + "tail").client_secret
+    assert isinstance(secret, Secret) and secret.resolve().reveal() == value + "tail"
+
+
+def test_a_colon_without_slashes_is_still_a_literal_secret():
+    """Only scheme:// is taken for a reference: a secret with a colon in it is left alone."""
+    secret = _settings(QLAM_CLIENT_SECRET="abc:def/ghi").client_secret
+    assert isinstance(secret, Secret) and secret.resolve().reveal() == "abc:def/ghi"
+
+
 def test_sources_do_not_pickle_and_compare_by_location():
     """A source never travels through a pickle (it may hold the environment); equal sources point alike."""
     source = parse_reference("env:A", origin="X", env={"A": VALUE})

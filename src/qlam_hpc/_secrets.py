@@ -7,11 +7,16 @@ serves the secret and the key (``QLAM_CLIENT_SECRET``, ``QLAM_CLIENT_PRIVATE_KEY
 and ``client_secret`` in QLAM Shell's config.json)::
 
     a literal value              the value itself
+    literal:VALUE                VALUE itself, whatever it looks like (a secret that starts with
+                                 ``env:`` or ``file:``, or looks like a URL)
     env:NAME                     another environment variable (as QLAM Shell's config.json does)
     file:PATH                    a file only its owner may read (what the *_FILE variables name)
     vault://MOUNT/PATH#FIELD     a field of a HashiCorp Vault KV v2 secret (hvac, the ``vault`` extra)
     aws-sm://SECRET-ID#FIELD     AWS Secrets Manager; without #FIELD the whole SecretString
                                  (boto3, the ``aws`` extra)
+
+Any other ``scheme://`` is refused (exit 3, naming the known schemes), never sent to the
+identity provider as the secret: ``vualt://secret/qlam#x`` is a typo, not a secret.
 
 Values from Vault and AWS are kept for the rest of the process (one call per process,
 not one per fetch); ``resolve(fresh=True)`` asks again, which the provider does once
@@ -55,10 +60,14 @@ __all__ = [
     "parse_reference",
     "secret_source",
     "SECRET_REFERENCE_PREFIXES",
+    "LITERAL_PREFIX",
 ]
 
 # A value with one of these prefixes names where a secret is kept (see _secrets.py), not the secret.
 SECRET_REFERENCE_PREFIXES = ("env:", "file:", "vault://", "aws-sm://")
+# The prefix that says "the rest is the secret itself", for a secret that looks like a reference.
+LITERAL_PREFIX = "literal:"
+_KNOWN_SOURCES = "env:NAME, file:PATH, vault://MOUNT/PATH#FIELD or aws-sm://SECRET-ID#FIELD"
 
 
 class Secret:
@@ -101,11 +110,39 @@ class Secret:
 
 
 def secret_source(value: str, origin: str, env: Mapping[str, str]) -> Secret | SecretSource:
-    """A ``Secret`` for a literal value; a ``SecretSource`` for ``env:``, ``file:``, ``vault://``
-    and ``aws-sm://`` references (``origin`` names where the value was found, for messages)."""
+    """A ``Secret`` for a literal value (or ``literal:VALUE``); a ``SecretSource`` for ``env:``,
+    ``file:``, ``vault://`` and ``aws-sm://`` references (``origin`` names where the value was
+    found, for messages). Any other ``scheme://`` is a ``ConfigurationError``."""
+    if value.startswith(LITERAL_PREFIX):
+        return Secret(value[len(LITERAL_PREFIX) :], origin)
     if value.startswith(SECRET_REFERENCE_PREFIXES):
         return parse_reference(value, origin=origin, env=env)
+    scheme = _unknown_scheme(value)
+    if scheme is not None:
+        raise ConfigurationError(
+            f"{origin}: {scheme}:// is not a secret source{_did_you_mean(scheme)}; the known ones are "
+            f"{_KNOWN_SOURCES} (a secret that really starts with {scheme}:// is written {LITERAL_PREFIX}VALUE)"
+        )
     return Secret(value, origin)
+
+
+def _unknown_scheme(value: str) -> str | None:
+    """The scheme of a ``scheme://`` value (RFC 3986's letters), or None for anything else.
+
+    Only the scheme is ever shown: it is what was mistyped, and it is no secret's middle."""
+    scheme, separator, _ = value.partition("://")
+    if not separator or not 0 < len(scheme) <= 32 or not scheme[0].isascii() or not scheme[0].isalpha():
+        return None
+    if not all(c.isascii() and (c.isalnum() or c in "+-.") for c in scheme):
+        return None
+    return scheme
+
+
+def _did_you_mean(scheme: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(scheme.lower(), ("vault", "aws-sm", "file", "env"), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}{':' if close[0] in ('file', 'env') else '://'}?)" if close else ""
 
 
 # Values fetched from Vault or AWS in this process, by source: a job step that refreshes
