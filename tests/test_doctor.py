@@ -139,6 +139,26 @@ def test_an_unreachable_vault_fails_with_15(good, vault):
     assert result.code == 15 and "Vault at http://127.0.0.1:9 is unreachable" in result.out
 
 
+def test_a_mistyped_token_store_fails_on_the_token_store_line(good):
+    """QLAM_TOKEN_STORE=vualt://x: FAIL on the token store line with the reason (exit 3), not an
+    ok store and a failed cached token."""
+    result = run_cli("doctor", env={**good, "QLAM_TOKEN_STORE": "vualt://x"})
+    assert result.code == 3, result.out
+    rows = _lines(result.out)
+    assert rows["token store"] == "FAIL" and rows["cached token"] == "skip"
+    (line,) = [line for line in result.out.splitlines() if line.startswith("FAIL")]
+    assert "token store" in line and "QLAM_TOKEN_STORE 'vualt://x': expected redis://" in line
+    assert result.out.splitlines()[-1] == "doctor: 1 problem found; the first is token store"
+
+
+def test_a_file_url_token_store_is_named(good, tmp_path):
+    """A usable QLAM_TOKEN_STORE is named on its line, and the cached token is read through it."""
+    result = run_cli("doctor", env={**good, "QLAM_TOKEN_STORE": f"file://{tmp_path}/store"})
+    assert result.code == 0, result.out
+    assert f"ok    token store         {tmp_path}/store (QLAM_TOKEN_STORE" in result.out
+    assert _lines(result.out)["cached token"] == "ok"
+
+
 def test_a_cache_path_that_is_a_file_fails(good, tmp_path):
     """The cache directory is a file: FAIL, exit 8."""
     path = tmp_path / "not-a-dir"

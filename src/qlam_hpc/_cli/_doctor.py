@@ -109,9 +109,13 @@ def diagnose(
     if settings is not None and settings.token_store and settings.cache_enabled:
         # The shared store is elsewhere: the file cache's directory and locks do not matter.
         if settings.token_store.strip().lower().startswith("vault://"):
-            checks.extend(_vault_store(settings))
+            store_checks = _vault_store(settings)
         else:
-            checks.append(Check("ok", "token store", "QLAM_TOKEN_STORE: the cache directory is not used"))
+            store_checks = [_other_store(settings)]
+        checks.extend(store_checks)
+        if any(c.verdict == "FAIL" for c in store_checks):
+            checks.append(Check("skip", "cached token", "needs the token store"))
+            return checks
     else:
         cache_dir = settings.cache_path if settings is not None else _cache_dir(environ, overrides, default_cache_dir)
         checks.extend(_cache(cache_dir))
@@ -462,6 +466,18 @@ def _existing_ancestor(path: str) -> str:
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     return path
+
+
+def _other_store(settings) -> Check:  # type: ignore[no-untyped-def]
+    """A Redis or file:// store: is the URL one qlam-hpc can use? (The cached-token line below
+    then reads through it.) A mistyped scheme fails here, where it was written."""
+    from .._stores import open_store
+
+    try:
+        store = open_store(settings)
+    except QlamError as error:
+        return Check("FAIL", "token store", str(error), error.exit_code)
+    return Check("ok", "token store", f"{store.location} (QLAM_TOKEN_STORE; the cache directory is not used)")
 
 
 def _vault_store(settings) -> list[Check]:  # type: ignore[no-untyped-def]
