@@ -84,13 +84,16 @@ def demo_command(
     """
     from rich.console import Console
 
-    from .sandbox import Sandbox, SandboxConfig
+    from .sandbox import SandboxConfig
+    from .sandbox._extra import sandbox_class
 
+    # Without the sandbox extra: the same one line and exit code (3) as `qlam-hpc sandbox`.
+    server = sandbox_class()
     console = Console(stderr=False, highlight=False)
     config = SandboxConfig.default(
         latency=latency, task_duration=task_duration, device_poll_interval=1, auto_approve=True
     )
-    with tempfile.TemporaryDirectory(prefix="qlam-hpc-demo-") as scratch, Sandbox(config) as sandbox:
+    with tempfile.TemporaryDirectory(prefix="qlam-hpc-demo-") as scratch, server(config) as sandbox:
         cache_dir = demo_cache or Path(scratch) / "cache"
         saved = results_dir or Path(scratch) / "results"
         saved.mkdir(parents=True, exist_ok=True)

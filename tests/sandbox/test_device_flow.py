@@ -415,6 +415,21 @@ def test_auto_approve_logs_in_as_the_first_user_at_the_first_poll(user_idp: Sand
     assert claims_of(response.json()["access_token"])["sub"] == ADA.subject
 
 
+def test_auto_approve_answers_a_poll_sent_at_once_without_waiting_an_interval(idp: Sandbox, http: httpx.Client) -> None:
+    """An auto-approved code is approved when issued: a poll sent straight away, long before the
+    5 s interval, gets the tokens (not authorization_pending), so a login takes no interval."""
+    idp.set_faults(auto_approve=True)
+    began = time.monotonic()
+    started = start_login(http, idp)
+    assert started["interval"] == 5
+    assert started["user_code"] not in idp.pending_user_codes()  # nothing left to decide
+    response = poll(http, idp, started["device_code"])
+    assert response.status_code == 200, response.text
+    assert time.monotonic() - began < 2.5  # half an interval: generous for a busy machine
+    assert claims_of(response.json()["access_token"])["sub"] == ADA.subject
+    assert idp.stats()["device_logins"] == 1
+
+
 def test_auto_approve_does_not_override_a_denial(user_idp: Sandbox, http: httpx.Client) -> None:
     """A login someone denied stays denied when auto_approve is switched on."""
     started = start_login(http, user_idp)

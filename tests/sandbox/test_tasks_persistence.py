@@ -107,11 +107,12 @@ def test_unusable_state_dir_is_a_configuration_error(tmp_path: Path) -> None:
     """A state_dir that is a file, or holds a file that is no database, is refused at start."""
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    with pytest.raises(ConfigurationError, match="state_dir"):
+    with pytest.raises(ConfigurationError, match=r"state dir .* is not a directory"):
         Sandbox(_config(not_a_dir)).start()
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "tasks.sqlite3").write_text("this is not a database" * 100)
+    (broken / "tasks.sqlite3").chmod(0o600)
     with pytest.raises(ConfigurationError, match="cannot keep tasks"):
         Sandbox(_config(broken)).start()
 

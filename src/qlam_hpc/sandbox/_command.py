@@ -273,15 +273,15 @@ def sandbox_command(
             config = SandboxConfig.default(client_id=client_id, public_keys=public_keys, **settings)
     except ConfigurationError as exc:
         raise _ConfigProblem(str(exc)) from None
+    from ._extra import sandbox_class
+
     try:
-        from ._server import Sandbox
-    except ImportError as exc:
-        raise click.ClickException(
-            f"the sandbox needs the 'sandbox' extra ({exc.name} is missing): pip install 'qlam-hpc[sandbox]'"
-        ) from None
+        server = sandbox_class()
+    except ConfigurationError as exc:
+        raise _ConfigProblem(str(exc)) from None
     if flow == "device" and not config.device_clients:
         raise _ConfigProblem(f'--flow device needs a device client: add "device_clients" to {clients_file}')
-    _serve(Sandbox(config, tls=tls), env_file, flow)
+    _serve(server(config, tls=tls), env_file, flow)
 
 
 def _serve(sandbox, env_file: Path | None, flow: str) -> None:  # type: ignore[no-untyped-def]

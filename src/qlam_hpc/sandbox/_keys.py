@@ -46,8 +46,17 @@ class SigningKey:
         """An unencrypted PEM RSA private key (PKCS#1 or PKCS#8) of at least 2048 bits."""
         path = Path(path)
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot load a signing key from {path}: {exc}") from None
+        return cls.from_pem(data, path)
+
+    @classmethod
+    def from_pem(cls, data: bytes, path: str | Path) -> SigningKey:
+        """As ``load``, from the file's bytes (read by the caller); ``path`` names it in messages."""
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"cannot load a signing key from {path}: {exc}") from None
         if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
             raise ConfigurationError(f"{path} must hold an RSA private key of at least 2048 bits (RS256)")

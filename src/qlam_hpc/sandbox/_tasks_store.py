@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .._errors import ConfigurationError
 from ._keys import SigningKey
+from ._state_dir import open_private_file, prepare_state_dir
 from ._tasks_lifecycle import Timeline
 
 __all__ = ["StoredTask", "TaskStore", "state_dir_signing_key"]
@@ -138,13 +139,13 @@ class TaskStore:
     def open(cls, state_dir: Path | None) -> TaskStore:
         if state_dir is None:
             return cls(None)
-        _make_private_dir(state_dir)
-        path = state_dir / DB_NAME
-        try:  # made 0600 before SQLite creates it (its journal files copy the mode)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        except OSError as exc:
-            raise ConfigurationError(f"cannot keep tasks in {path}: {exc.strerror or exc}") from None
-        return cls(path)
+        real = prepare_state_dir(state_dir)
+        # Made 0600 before SQLite creates it (its journal files copy the mode); one that is
+        # there already must be yours and private (see _state_dir).
+        fd = open_private_file(state_dir, real, DB_NAME, os.O_CREAT | os.O_RDWR)
+        assert fd is not None  # O_CREAT
+        os.close(fd)
+        return cls(real / DB_NAME)
 
     def close(self) -> None:
         with self._lock:
@@ -247,36 +248,41 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
-def _make_private_dir(path: Path) -> None:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot use state_dir {path}: {exc.strerror or exc}") from None
-
-
 def state_dir_signing_key(state_dir: Path) -> SigningKey:
     """The signing key kept in ``state_dir/signing-key.pem`` (mode 0600), made on first use.
 
     Keeping it there is what lets tokens issued before a restart verify after it.
     The new file is linked into place only once complete, so a second sandbox
     starting on the same directory at the same moment reads a whole key, never half.
+    A key file that is not yours, or that others can read, is refused (see _state_dir).
     """
-    _make_private_dir(state_dir)
-    path = state_dir / KEY_NAME
-    if path.exists():
-        return SigningKey.load(path)
+    real = prepare_state_dir(state_dir)
+    existing = _read_key(state_dir, real)
+    if existing is not None:
+        return existing
     key = SigningKey.generate()
     pem = key.private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{KEY_NAME}.", dir=state_dir)  # created 0600
+    fd, tmp = tempfile.mkstemp(prefix=f".{KEY_NAME}.", dir=real)  # created 0600
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
         try:
-            os.link(tmp, path)  # fails if another process got there first
+            os.link(tmp, real / KEY_NAME)  # fails if another process got there first
         except FileExistsError:
-            return SigningKey.load(path)
+            existing = _read_key(state_dir, real)
+            if existing is not None:
+                return existing
+            raise ConfigurationError(f"cannot keep a signing key in {state_dir / KEY_NAME}: it vanished") from None
     finally:
         os.unlink(tmp)
     return key
+
+
+def _read_key(state_dir: Path, real: Path) -> SigningKey | None:
+    fd = open_private_file(state_dir, real, KEY_NAME, os.O_RDONLY)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return SigningKey.from_pem(handle.read(), state_dir / KEY_NAME)

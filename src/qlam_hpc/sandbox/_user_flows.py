@@ -47,8 +47,14 @@ async def device_authorization(request: Request) -> Response:
     except Refusal as refusal:
         return refusal.response()
     scope = _scope(params.get("scope"))
+    faults = ctx.state.faults()
     started = ctx.state.logins.start_device_login(
-        client_id, audience, scope, now=time.time(), interval=ctx.state.faults().device_poll_interval
+        client_id,
+        audience,
+        scope,
+        now=time.time(),
+        interval=faults.device_poll_interval,
+        auto_approve=faults.auto_approve,
     )
     activate = ctx.base(request) + "/activate"
     body = {

@@ -159,9 +159,10 @@ class UserLogins:
     # --- the device code flow ----------------------------------------------------------
 
     def start_device_login(
-        self, client_id: str, audience: str, scope: str, *, now: float, interval: int
+        self, client_id: str, audience: str, scope: str, *, now: float, interval: int, auto_approve: bool = False
     ) -> DeviceAuthorization:
-        """A new pending device login (``POST /oauth/device/code``)."""
+        """A new pending device login (``POST /oauth/device/code``); with ``auto_approve`` it is
+        approved as the first user already, so the client's first poll, however soon, gets its tokens."""
         device_code = secrets.token_urlsafe(CREDENTIAL_BYTES)
         lifetime = self._config.device_code_lifetime
         with self._lock:
@@ -169,6 +170,8 @@ class UserLogins:
             while user_code in self._user_codes:
                 user_code = new_user_code()
             login = _DeviceLogin(user_code, client_id, audience, scope, expires_at=now + lifetime, interval=interval)
+            if auto_approve:
+                login.status, login.user = "approved", self._config.users[0]
             self._devices[_digest(device_code)] = login
             self._user_codes[user_code] = login
             self._counts["device_authorizations"] += 1
@@ -212,7 +215,7 @@ class UserLogins:
                 login.interval += SLOW_DOWN_STEP
                 wait = f"wait {login.interval} seconds between polls"
                 raise Refusal(429, "slow_down", f"You are polling faster than allowed: {wait}")
-            if login.status == "pending" and auto_approve:
+            if login.status == "pending" and auto_approve:  # a code issued before auto_approve was switched on
                 login.status, login.user = "approved", self._config.users[0]
             if login.status == "pending":
                 raise Refusal(403, "authorization_pending", "User has yet to authorize device code.")
