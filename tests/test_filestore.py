@@ -584,6 +584,60 @@ def test_forked_child_can_lock_after_the_parent_releases(store, cache_dir):
     assert answer == "locked"
 
 
+def test_a_handed_over_lock_stays_held_for_the_next_try_lock_here(store, cache_dir):
+    """hand_over keeps the lock for the next try_lock of the file in this process, by any store
+    (the light CLI hands it to the full CLI's provider): nobody else can take it in between,
+    the next try_lock here gets it once, and releasing it frees it for everyone."""
+    lock = store.try_lock(IDENTITY)
+    store.hand_over(lock)
+    assert _probe(cache_dir) == "busy"
+    taken = FileStore(cache_dir).try_lock(IDENTITY)
+    assert taken is lock
+    assert FileStore(cache_dir).try_lock(IDENTITY) is None  # handed over once, then held as usual
+    assert _probe(cache_dir) == "busy"
+    taken.release()
+    assert _probe(cache_dir) == "locked"
+
+
+def test_a_handed_over_lock_is_not_handed_to_a_forked_child(store, cache_dir):
+    """A child forked after the hand-over does not hold the parent's lock, so it must not be handed it."""
+    lock = store.try_lock(IDENTITY)
+    store.hand_over(lock)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, b"handed" if FileStore(cache_dir).try_lock(IDENTITY) is lock else b"not")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"not"
+    assert FileStore(cache_dir).try_lock(IDENTITY) is lock
+    lock.release()
+
+
+def test_the_entry_signature_changes_with_every_publish(store):
+    """A waiter re-reads the entry only when its signature changes: none before the first
+    save, a new one after each (a rename), the same between them."""
+    assert store.signature(IDENTITY) is None
+    store.save(ENTRY)
+    first = store.signature(IDENTITY)
+    assert first is not None and store.signature(IDENTITY) == first
+    store.save(ENTRY)
+    assert store.signature(IDENTITY) not in (None, first)
+
+
+def test_jittered_pauses_spread_between_half_and_the_whole_pause():
+    from qlam_hpc._stores._file import jittered
+
+    pauses = [jittered(0.1) for _ in range(200)]
+    assert all(0.05 <= p < 0.1 for p in pauses)
+    assert len(set(pauses)) > 20  # processes that started together drift apart
+
+
 # --- the ledger -----------------------------------------------------------------------------
 
 
