@@ -50,6 +50,22 @@ def test_a_lockless_filesystem_falls_back_to_a_node_local_lock(lockless, caplog)
     assert caplog.text.count("does not support locks") == 1  # once per store, not per lock
 
 
+def test_a_node_local_lock_handed_over_reaches_the_next_store_and_warns_once(lockless, caplog):
+    """The light CLI's store takes the node-local lock and hands it over; the full CLI's store
+    (another FileStore of the same directory) gets that lock, and the user is told once per
+    process that the filesystem refuses locks, not once per store."""
+    with caplog.at_level(logging.WARNING, logger="qlam_hpc"):
+        light = FileStore(lockless)
+        held = light.try_lock(IDENTITY)
+        assert held is not None
+        light.hand_over(held)
+        full = FileStore(lockless)
+        assert full.try_lock(IDENTITY) is held
+        assert full.try_lock(IDENTITY) is None
+        held.release()
+    assert caplog.text.count("does not support locks") == 1
+
+
 def test_the_node_local_lock_excludes_other_processes_on_the_node(lockless):
     """A process holding the node-local lock makes our try_lock wait its turn."""
     holder = subprocess.Popen(
