@@ -50,8 +50,8 @@ class Discovered(_DiscoveredFields):
 
 def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: str) -> Discovered:
     """The document at ``url`` from its HTTP answer, or a one-line error. Pure."""
-    import json
-
+    from ._jsonlimits import JsonLimitError, parse_json
+    from ._oauth import ANSWER_LIMIT
     from ._urls import checked_url
 
     if status >= 400:
@@ -59,8 +59,10 @@ def parse_discovery(status: int, headers: Mapping[str, str], body: bytes, url: s
             f"no discovery document at {url} (HTTP {status}): is QLAM_DISCOVERY or AUTH_BASE_URL right?"
         )
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        data = parse_json(body, max_bytes=ANSWER_LIMIT)
+    except JsonLimitError as exc:
+        raise InvalidTokenResponse(f"identity provider {url} answered with {exc}; refusing it") from None
+    except ValueError:  # UnicodeDecodeError included
         data = None
     if not isinstance(data, dict):
         raise InvalidTokenResponse(f"identity provider {url} answered HTTP {status} without a JSON discovery document")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from ._errors import ConfigurationError, IdentityProviderUnreachable, InvalidTokenResponse, RateLimited
 from ._log import log
-from ._oauth import backoff_delay, parse_token_response, server_wait, token_request
+from ._oauth import ANSWER_LIMIT, backoff_delay, parse_token_response, server_wait, token_request
 from ._settings import Settings
 from ._tokens import Token
 
@@ -186,7 +186,7 @@ class _Retrying:
 #: The largest answer read from the identity provider. Token answers are a few kilobytes
 #: (an Auth0 access token about 1 KiB, with an ID and refresh token under 8 KiB), discovery
 #: documents under 16 KiB; anything bigger is not what was asked for.
-BODY_LIMIT = 64 * 1024
+BODY_LIMIT = ANSWER_LIMIT
 # Plain bytes: a compressed answer could hide any size behind a small one.
 _ACCEPT = {"Accept": "application/json", "Accept-Encoding": "identity"}
 
@@ -457,7 +457,7 @@ def poll_device_login(
             except httpx.TransportError as exc:
                 log("warning", f"identity provider {url} is unreachable ({_describe(exc)}); polling again")
                 continue
-            data = _json_object(response.content) or {}
+            data = _json_object(response.content, url) or {}
             error = data.get("error")
             if error == "authorization_pending":
                 continue

@@ -8,7 +8,6 @@ without a network.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -158,7 +157,7 @@ def parse_token_response(
     5xx and 429 are the caller's to retry before calling this.
     """
     content_type = headers.get("content-type", "").lower()
-    data = _json_object(body)
+    data = _json_object(body, url)
     if status >= 400:
         raise _refusal(status, headers, body, url, data, ", not an OAuth error: is AUTH_BASE_URL right?")
     if data is None:
@@ -214,10 +213,21 @@ def _refusal(
     return InvalidTokenResponse(f"identity provider {url} answered HTTP {status} {what}{hint}")
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
+#: The largest answer read from the identity provider (``_http`` stops reading there).
+ANSWER_LIMIT = 64 * 1024
+
+
+def _json_object(body: bytes, url: str) -> dict[str, Any] | None:
+    """The JSON object ``body`` holds, or None when it holds none; ``InvalidTokenResponse``
+    when it is JSON over the size or depth limits (which ``json`` alone would meet with a
+    ``RecursionError``)."""
+    from ._jsonlimits import JsonLimitError, parse_json
+
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        data = parse_json(body, max_bytes=ANSWER_LIMIT)
+    except JsonLimitError as exc:
+        raise InvalidTokenResponse(f"identity provider {url} answered with {exc}; refusing it") from None
+    except ValueError:  # UnicodeDecodeError included
         return None
     return data if isinstance(data, dict) else None
 
@@ -355,7 +365,7 @@ def revocation_request(settings: Settings, url: str, refresh_token: str) -> Toke
 
 def parse_device_authorization(status: int, headers: Mapping[str, str], body: bytes, url: str) -> DeviceAuthorization:
     """The device authorization answer (RFC 8628 section 3.2), or a one-line error."""
-    data = _json_object(body)
+    data = _json_object(body, url)
     if status >= 400:
         raise _refusal(
             status, headers, body, url, data, ": does it support the device flow (QLAM_DEVICE_AUTHORIZATION_URL)?"
@@ -386,16 +396,37 @@ def parse_user_tokens(
     status: int, headers: Mapping[str, str], body: bytes, url: str, obtained_at: float, obtained_by: str | None
 ) -> UserTokens:
     """A device-grant or refresh answer: ``parse_token_response``'s checks, plus what a login keeps."""
-    from ._tokens import unverified_claims
-
     token = parse_token_response(status, headers, body, url, obtained_at, obtained_by)
-    data = _json_object(body) or {}
+    data = _json_object(body, url) or {}
     refresh_token = data.get("refresh_token")
     if refresh_token is not None and refresh_token != "" and not is_vschar(refresh_token):
         raise InvalidTokenResponse(f"identity provider {url} answered with a malformed refresh_token")
     id_token = data.get("id_token")
-    claims = unverified_claims(id_token) if isinstance(id_token, str) else None
+    claims = _id_claims(id_token, url) if isinstance(id_token, str) else None
     lifetime = next((data[k] for k in ("refresh_token_expires_in", "refresh_expires_in") if k in data), None)
     if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 0 < lifetime <= MAX_EXPIRES_IN:
         lifetime = None
     return UserTokens(token, refresh_token or None, claims or {}, float(lifetime) if lifetime else None)
+
+
+def _id_claims(id_token: str, url: str) -> dict[str, Any] | None:
+    """The ID token's claims, unverified; None when it is not a JWT (it is only displayed).
+
+    Claims over the limits of ``_tokens.unverified_claims`` are an ``InvalidTokenResponse``:
+    the identity provider sent something no ID token is, and the login would keep it."""
+    import base64
+
+    from ._jsonlimits import JsonLimitError, parse_json
+    from ._tokens import CLAIMS_MAX_BYTES, CLAIMS_MAX_DEPTH
+
+    parts = id_token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = parse_json(payload, max_bytes=CLAIMS_MAX_BYTES, max_depth=CLAIMS_MAX_DEPTH)
+    except JsonLimitError as exc:
+        raise InvalidTokenResponse(f"identity provider {url} answered with an id_token holding {exc}") from None
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None

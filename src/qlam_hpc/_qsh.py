@@ -175,18 +175,32 @@ def load_context(env: Mapping[str, str], context: str | None = None) -> QshConte
     return select_context(found[0], found[1], context, found[2]) if found is not None else None
 
 
+#: The largest config file read: QuEra's tools write a few KiB; a larger one is not a config.
+CONFIG_LIMIT = 1024 * 1024
+
+
+def _too_large(path: str) -> str:
+    return f"the QLAM Shell config {path} is larger than {CONFIG_LIMIT // 1024 // 1024} MiB: not a config file"
+
+
 def _read(env: Mapping[str, str], context: str | None) -> tuple[Any, str, int] | None:
     """``(parsed JSON, path, mode)`` of the config file, or None when there is none (and no
     context was asked for)."""
     path = config_path(env)
     try:
-        with open(path, "rb") as file:
+        # Non-blocking: opening a FIFO (or a device) put where the file should be would
+        # otherwise wait for a writer for ever. Only a regular file is read, and at most
+        # CONFIG_LIMIT bytes of it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as file:
             info = os.fstat(file.fileno())
             mode = info.st_mode
             from ._secrets import check_trusted_file
 
             check_trusted_file(path, info, "QLAM Shell config", private=False)
-            raw = file.read()
+            if info.st_size > CONFIG_LIMIT:
+                raise ConfigurationError(_too_large(path))
+            raw = file.read(CONFIG_LIMIT + 1)
     except FileNotFoundError:
         if context:
             raise ConfigurationError(
@@ -196,12 +210,18 @@ def _read(env: Mapping[str, str], context: str | None) -> tuple[Any, str, int] |
         return None
     except OSError as exc:
         raise ConfigurationError(f"cannot read the QLAM Shell config {path} ({exc.strerror})") from None
+    if len(raw) > CONFIG_LIMIT:  # it grew after the fstat
+        raise ConfigurationError(_too_large(path))
     import json
 
+    from ._jsonlimits import JsonLimitError, parse_json
+
     try:
-        data = json.loads(raw)
+        data = parse_json(raw, max_bytes=CONFIG_LIMIT)
     except UnicodeDecodeError:
         raise ConfigurationError(f"the QLAM Shell config {path} is not UTF-8 text") from None
+    except JsonLimitError as exc:
+        raise ConfigurationError(f"the QLAM Shell config {path} is {exc}: not a config file") from None
     except ValueError as exc:
         # JSONDecodeError's msg and position, never its document: the file may hold a secret.
         where = f" ({exc.msg}, line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""

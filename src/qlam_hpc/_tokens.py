@@ -84,17 +84,28 @@ class Token(_TokenFields):
         return f"Bearer {self.access_token}"
 
 
+#: A JWT payload larger or deeper than this is not a token qlam-hpc issued or reads: the
+#: largest IdP tokens are a few KiB, their claims nest 3 levels at most.
+CLAIMS_MAX_BYTES = 16 * 1024
+CLAIMS_MAX_DEPTH = 32
+
+
 def unverified_claims(access_token: str) -> dict[str, Any] | None:
-    """The JWT payload of ``access_token``, *not verified*: for display only, never for trust."""
+    """The JWT payload of ``access_token``, *not verified*: for display only, never for trust.
+
+    None when it is not a JWT, or its payload is over ``CLAIMS_MAX_BYTES`` or nested deeper
+    than ``CLAIMS_MAX_DEPTH``: a token planted in a shared store must not crash its readers.
+    """
     import base64
-    import json
+
+    from ._jsonlimits import parse_json
 
     parts = access_token.split(".")
-    if len(parts) != 3:
+    if len(parts) != 3 or len(parts[1]) > CLAIMS_MAX_BYTES * 4 // 3 + 4:
         return None
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except ValueError:
+        claims = parse_json(base64.urlsafe_b64decode(payload), max_bytes=CLAIMS_MAX_BYTES, max_depth=CLAIMS_MAX_DEPTH)
+    except ValueError:  # not base64, not JSON, or over the limits (JsonLimitError)
         return None
     return claims if isinstance(claims, dict) else None
