@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from qlam_hpc.sandbox._command import sandbox_command
 
-# The owner also gets the control token for POST /_sandbox/... (see _control.py).
+# The owner also gets the control token for POST /_sandbox/... (see _control.py), and the
+# link that lets a browser approve device logins at /activate (see _activate.py).
 ENV_NAMES = {
     "AUTH_BASE_URL",
     "QLAM_CLIENT_ID",
@@ -27,6 +28,7 @@ ENV_NAMES = {
     "QLAM_AUDIENCE",
     "QLAM_API_URL",
     "QLAM_SANDBOX_CONTROL_TOKEN",
+    "QLAM_SANDBOX_APPROVE_URL",
 }
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEVICE_ENV_NAMES = {
@@ -36,6 +38,7 @@ DEVICE_ENV_NAMES = {
     "QLAM_API_URL",
     "QLAM_AUTH_FLOW",
     "QLAM_SANDBOX_CONTROL_TOKEN",
+    "QLAM_SANDBOX_APPROVE_URL",
 }
 
 
@@ -138,12 +141,15 @@ def test_command_prints_exports_serves_and_exits_0_on_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
-    assert env["QLAM_CLIENT_SECRET"] not in stderr
+    assert env["QLAM_CLIENT_SECRET"] not in stderr and env["QLAM_SANDBOX_CONTROL_TOKEN"] not in stderr
     assert f"qlam-hpc sandbox serving {env['AUTH_BASE_URL']}" in stderr
+    assert "open $QLAM_SANDBOX_APPROVE_URL (printed above)" in stderr
+    assert env["QLAM_SANDBOX_APPROVE_URL"] == f"{env['AUTH_BASE_URL']}/activate?token={env['QLAM_SANDBOX_CONTROL_TOKEN']}"
 
 
 def test_env_file_gets_the_exports_and_stdout_stays_empty(tmp_path: Path) -> None:
-    """With --env-file the exports (with the secret) go to the 0600 file only; stderr says where, in one line."""
+    """With --env-file the exports (with the secret, the control token and the approve link) go to the
+    0600 file only; stderr, which may be a log others read, says where, and holds neither."""
     env_file = tmp_path / "sandbox.env"
     with _running("--env-file", str(env_file)) as process:
         env = _wait_for(env_file, process)
@@ -154,9 +160,10 @@ def test_env_file_gets_the_exports_and_stdout_stays_empty(tmp_path: Path) -> Non
         stdout, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
     assert stdout == ""
-    assert env["QLAM_CLIENT_SECRET"] not in stderr
-    (line,) = stderr.splitlines()
-    assert env["AUTH_BASE_URL"] in line and str(env_file) in line
+    assert env["QLAM_CLIENT_SECRET"] not in stderr and env["QLAM_SANDBOX_CONTROL_TOKEN"] not in stderr
+    serving, approving = stderr.splitlines()
+    assert env["AUTH_BASE_URL"] in serving and str(env_file) in serving
+    assert approving == f"to approve device logins in a browser, open $QLAM_SANDBOX_APPROVE_URL (in {env_file}) once"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -222,6 +229,33 @@ def test_device_flow_exports_a_public_client_and_auto_approves() -> None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=15)
     assert process.returncode == 0
+
+
+def test_device_login_is_approved_in_the_owners_browser_only(tmp_path: Path) -> None:
+    """Without --auto-approve, a browser that has not opened $QLAM_SANDBOX_APPROVE_URL gets 403 and the
+    login stays pending; once it has (the owner's, who has the env file), its Approve logs the device in."""
+    env_file = tmp_path / "sandbox.env"
+    with _running("--flow", "device", "--env-file", str(env_file)) as process:
+        env = _wait_for(env_file, process)
+        base, client = env["AUTH_BASE_URL"], {"client_id": env["QLAM_CLIENT_ID"]}
+        start = httpx.post(
+            base + "/oauth/device/code", data={**client, "audience": env["QLAM_AUDIENCE"], "scope": "offline_access"}
+        ).json()
+        grant = {**client, "grant_type": DEVICE_GRANT, "device_code": start["device_code"]}
+        form = {"user_code": start["user_code"], "action": "approve"}
+        with httpx.Client(follow_redirects=True) as stranger:
+            assert stranger.get(start["verification_uri_complete"]).status_code == 200  # viewable
+            assert stranger.post(base + "/activate", data=form).status_code == 403
+        control = {"Authorization": f"Bearer {env['QLAM_SANDBOX_CONTROL_TOKEN']}"}
+        pending = httpx.get(base + "/_sandbox/device/pending", headers=control).json()["user_codes"]
+        assert pending == [start["user_code"]]
+        with httpx.Client(follow_redirects=True) as owner:
+            assert owner.get(env["QLAM_SANDBOX_APPROVE_URL"]).status_code == 200
+            assert owner.post(base + "/activate", data=form).status_code == 200
+        assert "refresh_token" in httpx.post(base + "/oauth/token", data=grant).json()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
 
 
 def test_refresh_token_lifetime_takes_a_duration() -> None:

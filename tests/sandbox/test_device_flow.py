@@ -34,6 +34,22 @@ from .conftest import (
 USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
 
 
+@pytest.fixture
+def browser(user_idp: Sandbox) -> Iterator[httpx.Client]:
+    """The owner's browser: it has opened the sandbox's approve link once, so it holds the cookie."""
+    with httpx.Client(timeout=10) as client:
+        consent = client.get(user_idp.approve_url)
+        assert consent.status_code == 303, consent.text
+        yield client
+
+
+@pytest.fixture
+def stranger() -> Iterator[httpx.Client]:
+    """Another local user's browser or script: it reaches loopback too, but has no link and no token."""
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
 # --- POST /oauth/device/code -----------------------------------------------------------------
 
 
@@ -290,22 +306,25 @@ def test_activate_page_is_a_form_with_the_code_prefilled_and_the_users(user_idp:
     assert http.get(started["verification_uri"]).status_code == 200
 
 
-def test_approval_in_the_browser_logs_the_chosen_user_in(user_idp: Sandbox, http: httpx.Client) -> None:
+def test_approval_in_the_browser_logs_the_chosen_user_in(
+    user_idp: Sandbox, http: httpx.Client, browser: httpx.Client
+) -> None:
     """Posting the form (code typed in lower case without its dash) approves it as the chosen user."""
     started = start_login(http, user_idp)
     typed = started["user_code"].replace("-", "").lower()
-    page = http.post(user_idp.url + "/activate", data={"user_code": typed, "user": GRACE.subject, "action": "approve"})
+    form = {"user_code": typed, "user": GRACE.subject, "action": "approve"}
+    page = browser.post(user_idp.url + "/activate", data=form)
     assert page.status_code == 200
     assert "Device approved — you can close this page" in page.text
     tokens = poll(http, user_idp, started["device_code"]).json()
     assert claims_of(tokens["access_token"])["sub"] == GRACE.subject
 
 
-def test_denial_in_the_browser_is_access_denied(user_idp: Sandbox, http: httpx.Client) -> None:
+def test_denial_in_the_browser_is_access_denied(user_idp: Sandbox, http: httpx.Client, browser: httpx.Client) -> None:
     """The Deny button ends the login: the device's next poll is access_denied."""
     started = start_login(http, user_idp)
     form = {"user_code": started["user_code"], "user": ADA.subject, "action": "deny"}
-    page = http.post(user_idp.url + "/activate", data=form)
+    page = browser.post(user_idp.url + "/activate", data=form)
     assert page.status_code == 200 and "denied" in page.text
     assert poll(http, user_idp, started["device_code"]).json()["error"] == "access_denied"
 
@@ -320,34 +339,146 @@ def test_denial_in_the_browser_is_access_denied(user_idp: Sandbox, http: httpx.C
     ],
     ids=["unknown-code", "malformed-code", "unknown-user", "bad-action"],
 )
-def test_activate_refuses_with_a_400_page(user_idp: Sandbox, http: httpx.Client, form: dict, title: str) -> None:
+def test_activate_refuses_with_a_400_page(
+    user_idp: Sandbox, http: httpx.Client, browser: httpx.Client, form: dict, title: str
+) -> None:
     """Unknown codes, unknown users and odd actions get a 400 HTML page saying so; nothing is approved."""
     started = start_login(http, user_idp)
     form = {"user_code": started["user_code"], **form}
-    page = http.post(user_idp.url + "/activate", data=form)
+    page = browser.post(user_idp.url + "/activate", data=form)
     assert page.status_code == 400
     assert page.headers["content-type"].startswith("text/html")
     assert f"<h1>{title}</h1>" in page.text
     assert started["user_code"] in user_idp.pending_user_codes()
 
 
-def test_a_decided_code_cannot_be_decided_again(user_idp: Sandbox, http: httpx.Client) -> None:
+def test_a_decided_code_cannot_be_decided_again(user_idp: Sandbox, http: httpx.Client, browser: httpx.Client) -> None:
     """Once approved, the code is no longer accepted by the page (a deny cannot undo it)."""
     started = start_login(http, user_idp)
     user_idp.approve(started["user_code"])
-    page = http.post(user_idp.url + "/activate", data={"user_code": started["user_code"], "action": "deny"})
+    page = browser.post(user_idp.url + "/activate", data={"user_code": started["user_code"], "action": "deny"})
     assert page.status_code == 400
     assert poll(http, user_idp, started["device_code"]).status_code == 200
 
 
-def test_activate_page_escapes_what_it_echoes(user_idp: Sandbox, http: httpx.Client) -> None:
+def test_activate_page_escapes_what_it_echoes(user_idp: Sandbox, browser: httpx.Client) -> None:
     """A user code with markup in the URL or the form comes back escaped, never as markup."""
     evil = '"><script>alert(1)</script>'
-    page = http.get(user_idp.url + "/activate", params={"user_code": evil})
+    page = browser.get(user_idp.url + "/activate", params={"user_code": evil})
     assert "<script>" not in page.text and "&lt;script&gt;" in page.text
-    refused = http.post(user_idp.url + "/activate", data={"user_code": evil, "action": "approve"})
+    refused = browser.post(user_idp.url + "/activate", data={"user_code": evil, "action": "approve"})
     assert refused.status_code == 400
     assert "<script>" not in refused.text and "&lt;script&gt;" in refused.text
+
+
+# --- only the owner decides at /activate ---------------------------------------------------------
+
+
+def test_without_the_owners_consent_activate_refuses_with_403_and_the_login_stays_pending(
+    user_idp: Sandbox, http: httpx.Client, stranger: httpx.Client
+) -> None:
+    """Another local user reaches loopback too: his POST /activate (approve or deny) is 403, with a
+    page saying where the owner's link is, and the device's login is still pending after it."""
+    started = start_login(http, user_idp)
+    for action in ("approve", "deny"):
+        form = {"user_code": started["user_code"], "user": GRACE.subject, "action": action}
+        page = stranger.post(user_idp.url + "/activate", data=form)
+        assert page.status_code == 403
+        assert page.headers["content-type"].startswith("text/html")
+        assert "<h1>Only the sandbox&#x27;s owner can approve</h1>" in page.text
+        assert "QLAM_SANDBOX_APPROVE_URL" in page.text
+        assert user_idp.control_token not in page.text
+    assert started["user_code"] in user_idp.pending_user_codes()
+    assert poll(http, user_idp, started["device_code"]).json()["error"] == "authorization_pending"
+
+
+def test_the_form_stays_viewable_without_consent_and_says_this_browser_cannot_approve(
+    user_idp: Sandbox, http: httpx.Client, stranger: httpx.Client, browser: httpx.Client
+) -> None:
+    """GET /activate?user_code= shows the form to anyone (it decides nothing), with a notice for a
+    browser that has not opened the owner's link; the owner's browser gets no notice."""
+    started = start_login(http, user_idp)
+    page = stranger.get(started["verification_uri_complete"])
+    assert page.status_code == 200 and f'value="{started["user_code"]}"' in page.text
+    assert "This browser cannot approve yet" in page.text
+    assert "This browser cannot approve yet" not in browser.get(started["verification_uri_complete"]).text
+    assert started["user_code"] in user_idp.pending_user_codes()
+
+
+def test_the_owners_link_sets_a_strict_httponly_cookie_and_redirects_to_the_form(
+    user_idp: Sandbox, http: httpx.Client, stranger: httpx.Client
+) -> None:
+    """GET /activate?token=<control token> answers 303 to /activate (the token dropped from the address
+    bar, the user code kept) and sets an HttpOnly, SameSite=Strict cookie for / that is not the token."""
+    started = start_login(http, user_idp)
+    link = f"{user_idp.approve_url}&user_code={started['user_code']}"
+    answer = stranger.get(link)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/activate?user_code={started['user_code']}"
+    assert answer.headers["referrer-policy"] == "no-referrer" and answer.headers["cache-control"] == "no-store"
+    (cookie,) = answer.headers.get_list("set-cookie")
+    name, _, rest = cookie.partition("=")
+    value, *flags = [part.strip() for part in rest.split(";")]
+    port = user_idp.url.rsplit(":", 1)[1]
+    assert name == f"qlam_sandbox_approver_{port}"
+    assert {flag.lower() for flag in flags} == {"httponly", "samesite=strict", "path=/"}  # no Max-Age: a session
+    assert value and user_idp.control_token not in value
+    # The cookie approves at /activate, never opens the control routes.
+    assert (
+        http.get(user_idp.url + "/_sandbox/device/pending", headers={"Authorization": f"Bearer {value}"}).status_code
+        == 401
+    )
+    assert started["user_code"] in user_idp.pending_user_codes()
+
+
+def test_the_owners_cookie_or_control_token_approves(
+    user_idp: Sandbox, http: httpx.Client, browser: httpx.Client, stranger: httpx.Client
+) -> None:
+    """With the cookie from the owner's link, or the control token as a Bearer header (a script), Approve works."""
+    for approve in (
+        lambda form: browser.post(user_idp.url + "/activate", data=form),
+        lambda form: stranger.post(user_idp.url + "/activate", data=form, headers=user_idp.control_headers()),
+    ):
+        started = start_login(http, user_idp)
+        page = approve({"user_code": started["user_code"], "user": GRACE.subject, "action": "approve"})
+        assert page.status_code == 200 and "Device approved" in page.text
+        tokens = poll(http, user_idp, started["device_code"]).json()
+        assert claims_of(tokens["access_token"])["sub"] == GRACE.subject
+
+
+@pytest.mark.parametrize("forgery", ["link", "bearer", "cookie"])
+def test_a_wrong_token_or_cookie_is_refused_with_403(
+    user_idp: Sandbox, http: httpx.Client, stranger: httpx.Client, forgery: str
+) -> None:
+    """A guessed link sets no cookie; a wrong Bearer token or a made-up cookie gets 403; nothing is approved."""
+    started = start_login(http, user_idp)
+    port = user_idp.url.rsplit(":", 1)[1]
+    headers: dict[str, str] = {}
+    if forgery == "link":
+        answer = stranger.get(user_idp.url + "/activate", params={"token": "not-the-token"})
+        assert answer.status_code == 403 and "set-cookie" not in answer.headers
+    elif forgery == "bearer":
+        headers = {"Authorization": "Bearer not-the-token"}
+    else:
+        stranger.cookies.set(f"qlam_sandbox_approver_{port}", "0" * 64)
+    form = {"user_code": started["user_code"], "action": "approve"}
+    assert stranger.post(user_idp.url + "/activate", data=form, headers=headers).status_code == 403
+    assert started["user_code"] in user_idp.pending_user_codes()
+
+
+def test_a_form_sent_from_another_local_page_is_refused_even_with_the_cookie(
+    user_idp: Sandbox, http: httpx.Client, browser: httpx.Client
+) -> None:
+    """Another port of 127.0.0.1 is the same site to a browser, so its page could make the owner's
+    browser post the form with the cookie: its Origin gives it away, and it gets 403."""
+    started = start_login(http, user_idp)
+    form = {"user_code": started["user_code"], "action": "approve"}
+    for origin in ("http://127.0.0.1:1", "null"):
+        page = browser.post(user_idp.url + "/activate", data=form, headers={"Origin": origin})
+        assert page.status_code == 403 and "sent from another page" in page.text
+    assert started["user_code"] in user_idp.pending_user_codes()
+    page = browser.post(user_idp.url + "/activate", data=form, headers={"Origin": user_idp.url})
+    assert page.status_code == 200  # the sandbox's own page
 
 
 def test_control_endpoints_list_and_approve_pending_logins(user_idp: Sandbox, http: httpx.Client) -> None:

@@ -81,7 +81,8 @@ Example:
 
 The emulated QLAM tasks API is at $QLAM_API_URL/v2/<qpu-mode>/tasks.
 With --flow device, log in with the device code flow: approve at
-$AUTH_BASE_URL/activate, or use --auto-approve.
+$AUTH_BASE_URL/activate in a browser that has opened
+$QLAM_SANDBOX_APPROVE_URL once (only you have it), or use --auto-approve.
 Control endpoints for tests: GET /_sandbox/stats, POST /_sandbox/faults,
 POST /_sandbox/reset, POST /_sandbox/device/approve. See docs/sandbox.md.""",
 )
@@ -180,7 +181,7 @@ POST /_sandbox/reset, POST /_sandbox/device/approve. See docs/sandbox.md.""",
 @click.option(
     "--auto-approve",
     is_flag=True,
-    help="Approve every device login as the first user at its first poll: for scripts and demos without a browser.",
+    help="Approve every device login as the first user as soon as it starts: for scripts and demos without a browser.",
 )
 @click.option(
     "--refresh-token-overlap",
@@ -239,8 +240,9 @@ def sandbox_command(
     and serves an emulated QLAM tasks API that accepts them, on loopback only.
     On start it prints the `export VAR=value` lines a qlam-hpc client needs
     (AUTH_BASE_URL, QLAM_CLIENT_ID, QLAM_CLIENT_SECRET, QLAM_AUDIENCE,
-    QLAM_API_URL; with --flow device QLAM_AUTH_FLOW and no secret), or writes
-    them to --env-file, then serves until Ctrl-C or SIGTERM.
+    QLAM_API_URL; with --flow device QLAM_AUTH_FLOW and no secret; for you only,
+    QLAM_SANDBOX_CONTROL_TOKEN and QLAM_SANDBOX_APPROVE_URL), or writes them to
+    --env-file, then serves until Ctrl-C or SIGTERM.
     """
     if clients_file and client_public_keys:
         raise click.UsageError("--client-public-key is for the single client: put keys in the --clients-file instead")
@@ -296,13 +298,20 @@ def _serve(sandbox, env_file: Path | None, flow: str) -> None:  # type: ignore[n
         except OSError as exc:  # e.g. the --port is taken
             raise click.ClickException(f"cannot start the sandbox: {exc}") from None
         # A client with public keys only has no secret to export (it signs with its private key).
-        # The control token (for POST /_sandbox/...) goes to the owner only, with the rest.
-        env = {**sandbox.env(flow=flow), "QLAM_SANDBOX_CONTROL_TOKEN": sandbox.control_token}
+        # The control token (for POST /_sandbox/...) and the link that lets a browser approve
+        # device logins (it holds the token) go to the owner only, with the rest.
+        env = {
+            **sandbox.env(flow=flow),
+            "QLAM_SANDBOX_CONTROL_TOKEN": sandbox.control_token,
+            "QLAM_SANDBOX_APPROVE_URL": sandbox.approve_url,
+        }
         lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items() if value is not None]
+        # stderr may be a job's log that others can read: it names where the link is, never the link.
         if env_file is None:
             click.echo("\n".join(lines))
             sys.stdout.flush()
             click.echo(f"qlam-hpc sandbox serving {sandbox.url} (Ctrl-C to stop)", err=True)
+            where = "printed above"
         else:
             # Only the file gets the lines: stdout may be a log file or a terminal
             # others can read, and the lines can carry the client secret.
@@ -311,6 +320,8 @@ def _serve(sandbox, env_file: Path | None, flow: str) -> None:  # type: ignore[n
             except OSError as exc:
                 raise click.ClickException(f"cannot write {env_file}: {exc.strerror}") from None
             click.echo(f"qlam-hpc sandbox serving {sandbox.url}, environment in {env_file} (Ctrl-C to stop)", err=True)
+            where = f"in {env_file}"
+        click.echo(f"to approve device logins in a browser, open $QLAM_SANDBOX_APPROVE_URL ({where}) once", err=True)
         # Short waits so a dead server thread is noticed; a signal ends the wait at once.
         while not stop.wait(0.2):
             if not sandbox.running:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ from ._config import SandboxConfig
 from ._keys import SigningKey
 from ._state import SandboxState
 
-__all__ = ["SandboxContext", "context_of", "require_owner"]
+__all__ = ["SandboxContext", "context_of", "is_owner", "require_owner"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,29 @@ class SandboxContext:
         """Auth0 style: the tenant URL with a trailing slash."""
         return self.base(request) + "/"
 
+    @property
+    def approver_cookie(self) -> str:
+        """The value of the cookie that lets a browser approve device logins at ``/activate``.
+
+        Derived from the control token, not the token itself: browsers send a cookie for
+        127.0.0.1 to every port of it, so another user's server there may see it, and then
+        it must not open the control routes.  It dies with this run (a new token each start).
+        """
+        return hmac.new(self.control_token.encode(), b"approve device logins at /activate", "sha256").hexdigest()
+
+
+def is_owner(request: Request) -> bool:
+    """Whether the request carries ``Authorization: Bearer <control token>`` (compared in constant time)."""
+    expected = f"Bearer {context_of(request).control_token}"
+    given = request.headers.get("authorization", "")
+    return secrets.compare_digest(given.encode(), expected.encode())
+
 
 def require_owner(request: Request) -> None:
     """A FastAPI dependency of the control routes: ``Authorization: Bearer <control token>``."""
     from fastapi import HTTPException
 
-    expected = f"Bearer {context_of(request).control_token}"
-    given = request.headers.get("authorization", "")
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    if not is_owner(request):
         raise HTTPException(
             status_code=401,
             detail="the control routes need Authorization: Bearer $QLAM_SANDBOX_CONTROL_TOKEN (the sandbox owner's)",

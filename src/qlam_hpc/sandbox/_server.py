@@ -265,8 +265,15 @@ class Sandbox:
         return self._context.control_token
 
     def control_headers(self) -> dict[str, str]:
-        """``{"Authorization": "Bearer <control token>"}``, for HTTP calls to the control routes."""
+        """``{"Authorization": "Bearer <control token>"}``, for HTTP calls to the control routes
+        (and to ``POST /activate``, to approve as the owner from a script)."""
         return {"Authorization": f"Bearer {self.control_token}"}
+
+    @property
+    def approve_url(self) -> str:
+        """The owner's link: opened once in a browser, it lets that browser approve device logins at
+        ``/activate`` (a cookie), until the sandbox stops.  It holds the control token: keep it private."""
+        return f"{self.url}/activate?token={self.control_token}"
 
     def env(
         self, client: SandboxClient | str | None = None, *, flow: Literal["m2m", "device"] = "m2m"
