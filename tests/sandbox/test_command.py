@@ -144,7 +144,8 @@ def test_command_prints_exports_serves_and_exits_0_on_sigterm() -> None:
     assert env["QLAM_CLIENT_SECRET"] not in stderr and env["QLAM_SANDBOX_CONTROL_TOKEN"] not in stderr
     assert f"qlam-hpc sandbox serving {env['AUTH_BASE_URL']}" in stderr
     assert "open $QLAM_SANDBOX_APPROVE_URL (printed above)" in stderr
-    assert env["QLAM_SANDBOX_APPROVE_URL"] == f"{env['AUTH_BASE_URL']}/activate?token={env['QLAM_SANDBOX_CONTROL_TOKEN']}"
+    token = env["QLAM_SANDBOX_CONTROL_TOKEN"]
+    assert env["QLAM_SANDBOX_APPROVE_URL"] == f"{env['AUTH_BASE_URL']}/activate?token={token}"
 
 
 def test_env_file_gets_the_exports_and_stdout_stays_empty(tmp_path: Path) -> None:
