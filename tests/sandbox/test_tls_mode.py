@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_tls_option_of_the_command_exports_the_ca(tmp_path):
 def test_over_https_the_approvers_cookie_is_secure_too():
     """With --tls the cookie the owner's link sets is also Secure: a browser never sends it over plain http."""
     with Sandbox(tls=True) as sandbox:
-        answer = httpx.get(sandbox.approve_url, verify=sandbox.ca_file)
+        answer = httpx.get(sandbox.approve_url, verify=ssl.create_default_context(cafile=sandbox.ca_file))
     assert answer.status_code == 303
     flags = {part.strip().lower() for part in answer.headers["set-cookie"].split(";")[1:]}
     assert flags == {"httponly", "samesite=strict", "path=/", "secure"}
