@@ -125,6 +125,74 @@ def test_cli_login_json_is_one_object_for_portals(env, sandbox):
     assert last["logged_in"] is True and last["email"] == "ada@example.org"
 
 
+def test_login_json_interval_is_an_integer(env, sandbox):
+    """RFC 8628 makes interval an integer number of seconds: 1, not 1.0."""
+    result = run_cli("auth", "login", "--json", env=env)
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[0].endswith('"interval": 1}')
+    assert type(json.loads(result.out.splitlines()[0])["interval"]) is int
+
+
+def test_a_second_login_says_it_replaced_and_revoked_the_first(env, sandbox):
+    """Logging in again ends the earlier login: one line names whose it was and that it was revoked."""
+    assert run_cli("auth", "login", env=env).code == 0
+    again = run_cli("auth", "login", env=env)
+    assert again.code == 0, again.err
+    assert "replaced the earlier login of ada@example.org in " in again.err
+    assert again.err.rstrip().endswith("and revoked it at the identity provider")
+    assert sandbox.stats()["revocations"] == 1
+    first = run_cli("auth", "login", "--json", env=env)
+    assert json.loads(first.out.splitlines()[-1])["replaced"] == "ada@example.org"
+
+
+def test_an_unusable_login_directory_fails_before_any_device_code(env, sandbox, tmp_path):
+    """QLAM_REFRESH_TOKEN_DIR that cannot be written: exit 8 before anyone is asked to approve."""
+    (tmp_path / "a-file").write_text("")
+    result = run_cli("auth", "login", env={**env, "QLAM_REFRESH_TOKEN_DIR": str(tmp_path / "a-file" / "logins")})
+    assert result.code == 8, result.err
+    assert "To log in" not in result.err and "/activate" not in result.err
+    assert result.err.strip().splitlines()[-1].startswith("qlam-hpc: error: ")
+    assert str(tmp_path / "a-file" / "logins") in result.err
+    assert sandbox.stats()["device_authorizations"] == 0
+
+
+def test_a_login_that_cannot_be_kept_after_approval_is_revoked(env, sandbox):
+    """The store breaks while the person approves: the new refresh token is revoked, and one line says so."""
+    from test_cli import _tmpfs
+
+    sandbox.set_faults(auto_approve=False)
+    with _tmpfs() as mountpoint:
+        logins = mountpoint / "logins"
+        process = subprocess.Popen(
+            [QLAM_HPC, "auth", "login", "--json"],
+            env={**env, "QLAM_REFRESH_TOKEN_DIR": str(logins)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        code = json.loads(process.stdout.readline())["user_code"]
+        assert logins.is_dir()  # tried before the code was asked for
+        subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+        sandbox.approve(code)
+        _out, err = process.communicate(timeout=30)
+        subprocess.run(["mount", "-o", "remount,rw", str(mountpoint)], check=True)
+    assert process.returncode == 8, err
+    assert "the login of ada@example.org could not be kept, so it was revoked at " in err
+    assert err.strip().splitlines()[-1].startswith("qlam-hpc: error: ")
+    assert sandbox.stats()["device_logins"] == 1 and sandbox.stats()["revocations"] == 1
+
+
+def test_auth_check_without_a_login_does_not_call_a_valid_token_expired(env, sandbox):
+    """A login without a refresh token leaves a valid access token: auth check says it expires
+    at that time (in the future), not that it expired."""
+    env = {**env, "QLAM_SCOPE": "openid email"}  # no offline_access: no refresh token
+    assert run_cli("auth", "login", env=env).code == 0
+    result = run_cli("auth", "check", env=env)
+    assert result.code == 16, result.err
+    assert " expires at 20" in result.err and "expired at" not in result.err
+    assert "there is no login in" in result.err
+
+
 def test_a_denied_login_exits_4_with_one_line(env, sandbox):
     sandbox.set_faults(auto_approve=False)
     process = subprocess.Popen(
@@ -189,7 +257,9 @@ def test_approval_through_the_html_form(env, sandbox):
     page = httpx.get(authorization.verification_uri_complete)
     assert page.status_code == 200 and "<form" in page.text and authorization.user_code in page.text
     approved = httpx.post(
-        authorization.verification_uri, data={"user_code": authorization.user_code, "action": "approve"}
+        authorization.verification_uri,
+        data={"user_code": authorization.user_code, "action": "approve"},
+        headers=sandbox.control_headers(),  # only the sandbox's owner may approve
     )
     assert approved.status_code == 200
     assert poll_device_login(settings, authorization).token.access_token
@@ -401,9 +471,14 @@ def test_doctor_shows_the_flow_and_the_login(env, sandbox):
 
 
 def test_auth_clear_keeps_the_login_and_drops_the_access_token(env, sandbox, tmp_path):
-    """auth clear forgets the token; the next call refreshes with the login it kept."""
+    """auth clear forgets the token and says the login stays; the next call refreshes with it."""
     assert run_cli("auth", "login", env=env).code == 0
-    assert run_cli("auth", "clear", env=env).code == 0
+    cleared = run_cli("auth", "clear", env=env)
+    assert cleared.code == 0
+    assert cleared.out == (
+        f"cleared the access token cached in {tmp_path / 'cache'}; kept the login of ada@example.org "
+        "(auth logout ends it)\n"
+    )
     entry = _entry_text(tmp_path / "cache")
     assert "refresh_token=" in entry and "access_token=" not in entry
     assert run_cli("token", env=env).code == 0

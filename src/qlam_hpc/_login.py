@@ -5,7 +5,10 @@ process may need it. What is here runs on purpose, from a terminal or a login no
 
 * ``login`` runs the device authorization grant (RFC 8628) and publishes the login
   under the refresh lock, so a job array that is refreshing meanwhile never sees
-  half of it; a login it replaces is revoked, as the user no longer holds it.
+  half of it; a login it replaces is revoked, as the user no longer holds it. The
+  store is tried (a write under the lock) *before* the person is asked to approve:
+  a login that could not be kept would be a live refresh token nobody holds. If the
+  write still fails afterwards, the new login is revoked at once.
 * ``logout`` deletes the login everywhere the store keeps it, then revokes the
   refresh token at the server (RFC 7009) where the server offers revocation.
 * ``keep_fresh`` is HTCondor credmon's rule: refresh when half the access token's
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._cache import CacheEntry, Login
-from ._errors import AuthError, CacheError, ConfigurationError
+from ._errors import AuthError, CacheError, ConfigurationError, QlamError
 from ._log import log
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ LOGIN_WARNING = 2 * 86400.0
 class LoginResult:
     login: Login | None  # None when the server gave no refresh token (no offline_access)
     token: Token
+    replaced: Login | None = None  # the earlier login this one ended (revoked at the server, if it could be)
+    replaced_revoked: bool = False  # True when the server confirmed revoking ``replaced``
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ def login(
 
     require_user_context(provider, "qlam-hpc auth login")
     settings, by = provider.settings, process_label()
+    _check_writable(provider)
     authorization = start_device_login(settings, transport=transport)
     on_code(authorization)
     tokens = poll_device_login(settings, authorization, obtained_by=by, timeout=timeout, transport=transport)
@@ -100,14 +106,56 @@ def login(
             "the identity provider gave no refresh token (is offline_access in QLAM_SCOPE?): the access token "
             "works until it expires, and then you must log in again",
         )
-    replaced = _publish(provider, new_login, tokens.token)
+    try:
+        replaced = _publish(provider, new_login, tokens.token)
+    except QlamError:
+        if new_login is not None:
+            _revoke_unkept(provider, new_login, transport)
+        raise
     provider._record(now, job_id(), "ok", "device_code")
+    revoked = False
     if replaced is not None and (new_login is None or replaced.refresh_token != new_login.refresh_token):
         try:  # the old login is nobody's any more: do not leave it valid at the server
-            revoke_refresh_token(settings, replaced.refresh_token, transport=transport)
+            revoked = revoke_refresh_token(settings, replaced.refresh_token, transport=transport) is not None
         except AuthError as error:
-            log("warning", f"could not revoke the login this one replaces ({error})")
-    return LoginResult(new_login, tokens.token)
+            log("warning", f"could not revoke the earlier login of {replaced.who}, which this one replaces ({error})")
+    else:
+        replaced = None
+    return LoginResult(new_login, tokens.token, replaced, revoked)
+
+
+def _check_writable(provider: TokenProvider) -> None:
+    """Write the login's entry back as it is, under the refresh lock, before asking anyone to
+    approve: a store that cannot keep the login fails now, not after a refresh token exists.
+    (Under the lock, so a refresh that publishes meanwhile is never written over.)"""
+    from ._cache import CacheEntry
+
+    store, identity = provider.login_store, provider.identity
+    with provider._acquire(store, None):
+        held = store.load(identity)
+        if not store.save(held or CacheEntry(identity)):
+            raise CacheError(
+                f"cannot write to {store.location}, where the login would be kept (see the warning above): "
+                "make it writable (or set QLAM_REFRESH_TOKEN_DIR to a directory that is), then log in"
+            )
+
+
+def _revoke_unkept(provider: TokenProvider, new_login: Login, transport: httpx.BaseTransport | None) -> None:
+    """A login that could not be written is held by no one: end it at the server, as logout would."""
+    from ._http import revoke_refresh_token
+
+    try:
+        url = revoke_refresh_token(provider.settings, new_login.refresh_token, transport=transport)
+    except AuthError as error:
+        log(
+            "warning",
+            f"the login of {new_login.who} could not be kept, nor revoked ({error}): it stays valid until it expires",
+        )
+        return
+    if url is None:
+        log("warning", f"the login of {new_login.who} could not be kept; the identity provider offers no revocation")
+    else:
+        log("warning", f"the login of {new_login.who} could not be kept, so it was revoked at {url}")
 
 
 def _publish(provider: TokenProvider, new_login: Login | None, token: Token) -> Login | None:

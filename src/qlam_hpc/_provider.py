@@ -649,7 +649,7 @@ class TokenProvider:
         token = entry.token
         if token is not None and entry.keeper:
             return LoginRequired(
-                f"the access token in {self.store.location} expired at {_utc(token.expires_at)}; it is kept fresh "
+                f"the access token in {self.store.location} {_ends(token, self._clock())}; it is kept fresh "
                 f"by {_plain(entry.keeper)}, whose last refresh was at {_utc(token.obtained_at)}: is it still "
                 "running? (start it again where the login is kept: qlam-hpc auth keep-fresh)"
             )
@@ -661,7 +661,7 @@ class TokenProvider:
                 else ""
             )
             return LoginRequired(
-                f"the access token in {self.store.location} expired at {_utc(token.expires_at)} and there is no "
+                f"the access token in {self.store.location} {_ends(token, self._clock())} and there is no "
                 f"login in {where} to refresh it with (never logged in here, logged out, or refused){keeper}"
             )
         return LoginRequired(f"not logged in: there is no login for client {self.settings.client_id} in {where}")
@@ -673,6 +673,11 @@ class TokenProvider:
         used = count_requests(self.store, self.settings, self._clock())
         if used > 0.8 * budget:
             log("warning", f"{used} token requests this month: {used / budget:.0%} of the budget of {budget}")
+
+
+def _ends(token: Token, now: float) -> str:
+    """"expired at T", or "expires at T" for one still valid (auth check and --min-ttl refresh early)."""
+    return f"{'expired' if token.expires_at <= now else 'expires'} at {_utc(token.expires_at)}"
 
 
 class _Credentials:

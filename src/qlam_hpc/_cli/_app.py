@@ -287,7 +287,12 @@ def clear(config: _Config, everything: bool) -> None:
     logins in the cache directory too, without revoking them).
     """
     provider = config.provider()
+    kept = provider.current_login() if provider.settings.user_context and not everything else None
     removed = provider.store.clear(None) if everything else provider.clear()
+    if kept is not None:  # "removed 1 cache entry" would read as if the login had gone too
+        where = provider.store.location
+        click.echo(f"cleared the access token cached in {where}; kept the login of {kept.who} (auth logout ends it)")
+        return
     click.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'} from {provider.store.location}")
 
 

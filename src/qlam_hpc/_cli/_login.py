@@ -26,7 +26,8 @@ def run_login(provider: TokenProvider, as_json: bool, timeout: float | None) -> 
                 "verification_uri_complete": authorization.verification_uri_complete,
                 "user_code": authorization.user_code,
                 "expires_in": int(authorization.expires_in),
-                "interval": authorization.interval,
+                # RFC 8628 makes it an integer; a float would trip strict portal code.
+                "interval": max(1, round(authorization.interval)),
             }
             sys.stdout.write(json.dumps(document) + "\n")
             sys.stdout.flush()
@@ -44,6 +45,7 @@ def run_login(provider: TokenProvider, as_json: bool, timeout: float | None) -> 
                     "email": result.login.email if result.login else None,
                     "login_expires_at": utc(result.login.expires_at) if result.login else None,
                     "store": provider.login_store.location,
+                    "replaced": result.replaced.who if result.replaced else None,
                 }
             )
             + "\n"
@@ -51,13 +53,24 @@ def run_login(provider: TokenProvider, as_json: bool, timeout: float | None) -> 
         return
     if result.login is None:
         click.echo(f"logged in as {who}, without a refresh token: until {utc(result.token.expires_at)}", err=True)
-        return
-    lasts = format_duration(result.login.expires_at - time.time())
-    click.echo(
-        f"logged in as {who}; the login lasts until {utc(result.login.expires_at)} ({lasts}) and is kept in "
-        f"{provider.login_store.location}",
-        err=True,
-    )
+    else:
+        lasts = format_duration(result.login.expires_at - time.time())
+        click.echo(
+            f"logged in as {who}; the login lasts until {utc(result.login.expires_at)} ({lasts}) and is kept in "
+            f"{provider.login_store.location}",
+            err=True,
+        )
+    if result.replaced is not None:
+        # A second login ends the first: whoever was logged in here (perhaps someone else) should know.
+        earlier = f"replaced the earlier login of {result.replaced.who} in {provider.login_store.location}"
+        if result.replaced_revoked:
+            click.echo(f"{earlier} and revoked it at the identity provider", err=True)
+        else:
+            click.echo(
+                f"{earlier}; it was not revoked at the identity provider, where it stays valid until "
+                f"{utc(result.replaced.expires_at)}",
+                err=True,
+            )
 
 
 def run_logout(provider: TokenProvider) -> None:
