@@ -69,6 +69,8 @@ if TYPE_CHECKING:  # pragma: no cover
         failure: Failure | None = None
         login: Login | None = None
         intent: Intent | None = None
+        confirm_after: float | None = None
+        keeper: str | None = None
 
 else:
     _IdentityFields = namedtuple(
@@ -80,7 +82,9 @@ else:
     )
     _IntentFields = namedtuple("_IntentFields", "at by")
     _CacheEntryFields = namedtuple(
-        "_CacheEntryFields", "identity token failure login intent", defaults=(None, None, None, None)
+        "_CacheEntryFields",
+        "identity token failure login intent confirm_after keeper",
+        defaults=(None, None, None, None, None, None),
     )
 
 MAGIC = "qlam-hpc token cache v1"
@@ -109,7 +113,7 @@ class Identity(_IdentityFields):
 
     @classmethod
     def of(cls, settings: Settings) -> Identity:
-        principal = f"device:{_local_user()}" if settings.auth_flow == "device" else None
+        principal = f"device:{local_user()}" if settings.auth_flow == "device" else None
         return cls(settings.token_url, settings.client_id, settings.audience, settings.scope, principal)
 
     def key(self) -> str:
@@ -120,7 +124,7 @@ class Identity(_IdentityFields):
         return _sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def _local_user() -> str:
+def local_user() -> str:
     import os
 
     try:
@@ -229,6 +233,12 @@ class Intent(_IntentFields):
 
 
 class CacheEntry(_CacheEntryFields):
+    """One identity's shared state. In user context, ``confirm_after`` is set by a refresh that
+    took over from a refresher cut short: that one's request may still reach the server after
+    ours and make it revoke the login (reuse detection), so once its deadline has passed the
+    next process refreshes once more, to learn at once whether the login survived. ``keeper``
+    names the ``qlam-hpc auth keep-fresh`` that refreshes the login, where one does."""
+
     __slots__ = ()
 
     def with_token(self, token: Token) -> CacheEntry:
@@ -239,7 +249,7 @@ class CacheEntry(_CacheEntryFields):
 
     def with_login(self, login: Login | None, token: Token | None) -> CacheEntry:
         """The entry after a login or a refresh: the login and its access token, nothing pending."""
-        return self._replace(login=login, token=token, failure=None, intent=None)
+        return self._replace(login=login, token=token, failure=None, intent=None, confirm_after=None)
 
 
 def cached_token(
@@ -278,7 +288,7 @@ def active_failure(
     return entry.failure if entry.failure.active(now, matches, longest=longest) else None
 
 
-def foreign_token(token: Token, identity: Identity, now: float) -> str | None:
+def foreign_token(token: Token, identity: Identity, now: float, *, subject: str | None = None) -> str | None:
     """Why a token read from a store that others can write is not ours to hand out, or None.
 
     Whoever can write a shared store (Redis) can plant an entry; the token in it must be a
@@ -289,6 +299,9 @@ def foreign_token(token: Token, identity: Identity, now: float) -> str | None:
     401, then one refresh through the cache). What the check stops is the planted token
     that works: someone else's, for their client, which would send the user's tasks and
     results to their account. An opaque (non-JWT) token cannot be checked, so it is refused.
+    In user context ``subject`` is the login's: another person's token for the same public
+    client is refused too. Entries in such stores are also sealed (``_sealing``); this check
+    is the second line, for a store made without a seal.
     """
     from ._tokens import unverified_claims
 
@@ -304,6 +317,10 @@ def foreign_token(token: Token, identity: Identity, now: float) -> str | None:
     audiences = claims.get("aud")
     if identity.audience not in (audiences if isinstance(audiences, list) else [audiences]):
         return "it is for another audience, or none"
+    if subject is not None and claims.get("sub") != subject:
+        # Every device login shares one public client and audience: only the subject tells
+        # one person's token from another's.
+        return "it is for another subject than the login's"
     exp = claims.get("exp")
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):
         return "it has no exp"
@@ -371,6 +388,10 @@ def encode_entry(entry: CacheEntry) -> bytes:
         )
     if entry.intent is not None:
         fields.update(intent_at=repr(float(entry.intent.at)), intent_by=entry.intent.by)
+    if entry.confirm_after is not None:
+        fields["confirm_after"] = repr(float(entry.confirm_after))
+    if entry.keeper is not None:
+        fields["kept_by"] = entry.keeper
     if entry.failure is not None:
         import json
 
@@ -385,8 +406,13 @@ def encode_entry(entry: CacheEntry) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+MAX_ENTRY_BYTES = 64 * 1024  # a real entry is a few KiB: anything larger was not written by us
+
+
 def decode_entry(raw: bytes, identity: Identity) -> CacheEntry:
     """Parse an entry; ``ValueError`` if it is corrupt or belongs to another identity."""
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise ValueError("larger than any entry")
     try:
         lines = raw.decode().split("\n")
     except UnicodeDecodeError:
@@ -408,8 +434,10 @@ def decode_entry(raw: bytes, identity: Identity) -> CacheEntry:
             _decode_failure(fields.get("failure")),
             _decode_login(fields),
             Intent(_finite(fields["intent_at"]), fields.get("intent_by") or "") if "intent_at" in fields else None,
+            _finite(fields["confirm_after"]) if "confirm_after" in fields else None,
+            fields.get("kept_by") or None,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested to poison
         raise ValueError(f"malformed field ({exc.__class__.__name__})") from None
 
 

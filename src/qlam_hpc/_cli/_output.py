@@ -19,6 +19,12 @@ def configure_logging(verbosity: int = 0) -> None:
     """``qlam-hpc: warning: ...`` lines on stderr; -v adds info, -vv debug."""
     import logging
 
+    from .. import _log
+
+    # Configured now: the lazy set-up must not run again on the first message and put the
+    # level back to warnings only (which hid every -v line).
+    _log.before_first_message = None
+
     level = logging.WARNING - 10 * min(verbosity, 2)
     logger = logging.getLogger("qlam_hpc")
     if not any(getattr(h, "_qlam_cli", False) for h in logger.handlers):

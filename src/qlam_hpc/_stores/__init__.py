@@ -35,10 +35,13 @@ def open_store(settings: Settings) -> TokenStore:
         import os
 
         from .._cache import Identity
+        from .._sealing import seal_for
 
+        # Others can write a Redis or a Vault path: entries there are sealed with this identity's key.
+        seal = seal_for(settings)
         if settings.token_store.strip().lower().startswith("vault://"):
             # Vault's own variables (VAULT_ADDR, VAULT_TOKEN, ...), as for vault:// secrets.
-            return store_from_url(settings.token_store, os.environ, owner=Identity.of(settings))
+            return store_from_url(settings.token_store, os.environ, owner=Identity.of(settings), seal=seal)
         password = settings.token_store_password
         # The environment was read once, by Settings.from_env; all but QLAM_REDIS_INSECURE,
         # which the store reads where it parses the URL (it is not a Settings field yet).
@@ -48,6 +51,7 @@ def open_store(settings: Settings) -> TokenStore:
             insecure,
             password=password.reveal() if password else None,
             owner=Identity.of(settings),
+            seal=seal,
         )
     from ._file import FileStore
 

@@ -47,10 +47,10 @@ import os
 import time
 from collections.abc import Mapping
 
-from .._cache import CacheEntry, Identity, decode_entry, encode_entry, identity_of
+from .._cache import MAX_ENTRY_BYTES, CacheEntry, Identity, identity_of
 from .._errors import CacheError, ConfigurationError
 from .._log import log
-from ._base import warn_if_foreign, without_foreign_token
+from ._base import SharedEntries, with_local_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,12 +59,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from redis import Redis
 
+    from .._sealing import EntrySeal
+
 DEFAULT_LEASE = 15.0
 DEFAULT_TIMEOUT = 5.0
 _LEDGER_DAYS = 400  # a ledger month outlives the month it counts, and then some
 
-# Delete / extend the lock only while it still holds our value.
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# Delete a key / extend the lock only while it still holds the value we know.
+_DELETE_IF_SAME = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 
 
@@ -88,6 +90,7 @@ class RedisStore:
         prefix: str = "qlam-hpc",
         location: str | None = None,
         owner: Identity | None = None,
+        seal: EntrySeal | None = None,
     ) -> None:
         if lease <= 0:
             raise ValueError("lease must be positive")
@@ -96,6 +99,7 @@ class RedisStore:
         self.prefix = prefix
         self.location = location or _describe_client(client)
         self.owner = owner
+        self.shared = SharedEntries(self.location, seal)
 
     def _key(self, identity: Identity, kind: str) -> str:
         return f"{self.prefix}:{identity.key()}:{kind}"
@@ -107,25 +111,32 @@ class RedisStore:
 
     def load(self, identity: Identity) -> CacheEntry | None:
         key = self._key(identity, "entry")
-        with self._errors("read the token"):
-            raw = self.client.get(key)
+        try:
+            with self._errors("read the token"):
+                # Never more than an entry can be: a planted giant value costs nothing to read.
+                raw = self.client.getrange(key, 0, MAX_ENTRY_BYTES) or None
+        except RedisUnavailable as error:
+            if "WRONGTYPE" not in str(error):
+                raise
+            raw = b"\0" * (MAX_ENTRY_BYTES + 1)  # a list or a set where the entry goes: not ours, removed
         if raw is None:
             return None
         assert isinstance(raw, bytes)  # the store's client never decodes answers (decode_responses off)
-        try:
-            entry = decode_entry(raw, identity)
-        except ValueError as reason:
-            log("warning", f"token store entry {key} in {self.location} is corrupt ({reason}); discarded")
-            with self._errors("discard a corrupt entry"):
-                self.client.delete(key)
-            return None
-        return without_foreign_token(entry, f"{key} in {self.location}")
+        entry = self.shared.decode(raw, identity, f"{key} in {self.location}")
+        if entry is None:
+            # Only if unchanged: a good entry published since the read stays.
+            with self._errors("discard an entry that is not yours"):
+                if len(raw) > MAX_ENTRY_BYTES:
+                    self.client.delete(key)
+                else:
+                    self.client.eval(_DELETE_IF_SAME, 1, key, raw)
+        return entry
 
     def save(self, entry: CacheEntry) -> bool:
-        warn_if_foreign(entry, self.location)
+        raw = self.shared.encode(entry)
         try:
             with self._errors("write the token"):
-                self.client.set(self._key(entry.identity, "entry"), encode_entry(entry), ex=_ttl(entry, time.time()))
+                self.client.set(self._key(entry.identity, "entry"), raw, ex=_ttl(entry, time.time()))
         except RedisUnavailable as error:
             log("warning", f"{error}; the token is used, but not shared with other processes")
             return False
@@ -276,7 +287,7 @@ class _Lease:
             return
         self._stop.set()
         try:
-            self._store.client.eval(_RELEASE, 1, self._key, self._value)
+            self._store.client.eval(_DELETE_IF_SAME, 1, self._key, self._value)
         except Exception as exc:
             # The lease expires on its own; until then the others wait for our entry.
             log("warning", f"could not release the refresh lock in {self._store.location} ({exc})")
@@ -319,10 +330,15 @@ def _explain(exc: Exception) -> str:
 
 
 def _describe_client(client: Redis) -> str:
+    """Where the client really connects, as messages show it: never a password."""
     try:
         kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
         scheme = "rediss" if "SSL" in client.connection_pool.connection_class.__name__ else "redis"
-        return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+        host = str(kwargs.get("host", "localhost"))
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
     except AttributeError:
         return repr(client)
 
@@ -351,25 +367,29 @@ def redis_store_from_url(
     password: str | None = None,
     lease: float = DEFAULT_LEASE,
     owner: Identity | None = None,
+    seal: EntrySeal | None = None,
 ) -> RedisStore:
     """The Redis store a ``redis://`` or ``rediss://`` URL names; ``owner`` is the caller's identity.
 
     The URL is read by ``redis.Redis.from_url``: ``redis://[[user]:password@]host[:port][/db]``,
     ``rediss://`` for TLS, query parameters such as ``ssl_ca_certs=/path/ca.pem``,
-    ``ssl_cert_reqs`` or ``socket_timeout`` as in redis-py. A password not in the URL is
-    ``password``, else ``QLAM_REDIS_PASSWORD`` or ``REDIS_PASSWORD`` from ``environ``
-    (default ``os.environ``).
+    ``ssl_cert_reqs`` or ``socket_timeout`` as in redis-py. One parameter is ours:
+    ``prefix=`` starts every key (default ``qlam-hpc``), so that a Redis ACL user can be
+    given its own keys (``~qlam-hpc:ada:*``); ``{user}`` in the URL is the local user's name.
+    A password not in the URL is ``password``, else ``QLAM_REDIS_PASSWORD`` or
+    ``REDIS_PASSWORD`` from ``environ`` (default ``os.environ``).
 
     ``redis://`` to a host other than loopback (``localhost``, ``127.x.y.z``, ``::1``) is
     refused unless ``QLAM_REDIS_INSECURE=allow`` in ``environ``: the password and every
-    token would cross the network in clear. It is read here, with the URL it qualifies.
+    token would cross the network in clear. The host checked is the one the client will
+    really connect to (a ``host=`` in the query string included); a Unix socket is local.
     """
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     from .._urls import is_loopback
 
     env = os.environ if environ is None else environ
-    text = url.strip()
+    text = with_local_user(url.strip())
     scheme = text.partition("://")[0].lower()
     try:
         import redis
@@ -379,18 +399,18 @@ def redis_store_from_url(
         ) from None
     options: dict[str, Any] = {"socket_connect_timeout": DEFAULT_TIMEOUT, "socket_timeout": DEFAULT_TIMEOUT}
     try:
-        has_password = urlsplit(text).password is not None
-        host = urlsplit(text).hostname or "localhost"  # redis-py's default
+        parts = urlsplit(text)
+        has_password = parts.password is not None
+        query = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r} is not a valid URL") from None
+    prefix = next((value for name, value in query if name == "prefix"), "qlam-hpc")
+    if not prefix or any(c in prefix for c in "*?[]\\ ") or len(prefix) > 200:
+        raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r}: prefix= must be a plain key prefix")
+    text = urlunsplit(parts._replace(query=urlencode([(n, v) for n, v in query if n != "prefix"])))
     insecure = (env.get("QLAM_REDIS_INSECURE") or "").strip()
     if insecure and insecure.lower() != "allow":
         raise ConfigurationError(f"QLAM_REDIS_INSECURE={insecure!r:.40}: the only value is allow")
-    if scheme == "redis" and not insecure and not is_loopback(host):
-        raise ConfigurationError(
-            f"QLAM_TOKEN_STORE {_safe_url(text)!r} would send the Redis password and the tokens in clear: "
-            "use rediss:// (TLS), or set QLAM_REDIS_INSECURE=allow if the network is trusted"
-        )
     if not has_password:
         password = password or env.get("QLAM_REDIS_PASSWORD") or env.get("REDIS_PASSWORD")
         if password:
@@ -405,4 +425,15 @@ def redis_store_from_url(
         # The message names a parameter, never its value.
         detail = str(exc).replace("AbstractConnection.__init__() got an ", "")
         raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r}: {detail}") from None
-    return RedisStore(client, lease=lease, location=_safe_url(text), owner=owner)
+    location = _describe_client(client)
+    if prefix != "qlam-hpc":
+        location += f" (keys {prefix}:*)"
+    connects = client.connection_pool.connection_kwargs
+    socket_path = connects.get("path")
+    host = str(connects.get("host") or "localhost")
+    if scheme == "redis" and not insecure and not socket_path and not is_loopback(host):
+        raise ConfigurationError(
+            f"QLAM_TOKEN_STORE {location!r} would send the Redis password and the tokens in clear: "
+            "use rediss:// (TLS), or set QLAM_REDIS_INSECURE=allow if the network is trusted"
+        )
+    return RedisStore(client, lease=lease, prefix=prefix, location=location, owner=owner, seal=seal)

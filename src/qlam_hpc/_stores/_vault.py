@@ -53,13 +53,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .._cache import CacheEntry, Identity, decode_entry, encode_entry, identity_of
+from .._cache import MAX_CLOCK_SKEW, CacheEntry, Identity, identity_of
 from .._errors import ConfigurationError, SecretStoreUnreachable
 from .._log import log
-from ._base import warn_if_foreign, without_foreign_token
+from ._base import SharedEntries, with_local_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    from .._sealing import EntrySeal
     from .._secrets import VaultServer
 
 DEFAULT_LEASE = 15.0
@@ -97,6 +98,7 @@ class VaultStore:
         lease: float = DEFAULT_LEASE,
         owner: Identity | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        seal: EntrySeal | None = None,
     ) -> None:
         if lease <= 0:
             raise ValueError("lease must be positive")
@@ -109,6 +111,7 @@ class VaultStore:
         self.owner = owner
         self.timeout = timeout
         self.location = f"vault://{mount}/{self.path} at {server.address}"
+        self.shared = SharedEntries(self.location, seal)
         self._client = None
         self._client_pid = 0
         self._guard = threading.RLock()  # the lease thread and the caller share one client
@@ -129,24 +132,22 @@ class VaultStore:
 
     def load(self, identity: Identity) -> CacheEntry | None:
         path = self._key(identity, "entry")
-        _, data = self._read(path, "read the token")
+        version, data = self._read(path, "read the token")
         raw = (data or {}).get("entry")
         if raw is None:
             return None
-        try:
-            entry = decode_entry(raw.encode() if isinstance(raw, str) else b"", identity)
-        except ValueError as reason:
-            log("warning", f"token store entry {path} in {self.location} is corrupt ({reason}); discarded")
-            self._destroy(path, "discard a corrupt entry")
-            return None
-        return without_foreign_token(entry, f"{path} in {self.location}")
+        entry = self.shared.decode(
+            raw.encode() if isinstance(raw, str) else b"", identity, f"{path} in {self.location}"
+        )
+        if entry is None:
+            # Emptied at the version read: a good entry published since then stays.
+            self._write(path, {}, version, "discard an entry that is not yours")
+        return entry
 
     def save(self, entry: CacheEntry) -> bool:
-        warn_if_foreign(entry, self.location)
+        raw = self.shared.encode(entry)
         try:
-            self._write(
-                self._key(entry.identity, "entry"), {"entry": encode_entry(entry).decode()}, None, "write the token"
-            )
+            self._write(self._key(entry.identity, "entry"), {"entry": raw.decode()}, None, "write the token")
         except VaultStoreUnavailable as error:
             log("warning", f"{error}; the token is used, but not shared with other processes")
             return False
@@ -195,7 +196,10 @@ class VaultStore:
         path = self._key(identity, "lock")
         version, current = self._read(path, "read the refresh lock")
         now = time.time()
-        if current and current.get("state") == "held" and _number(current.get("until")) > now:
+        until = _number(current.get("until")) if current else 0.0
+        # A holder renews its lease to now + lease: a record that claims longer was not written
+        # by a holder (a planted one would block everyone until the lock timeout), so it has ended.
+        if current and current.get("state") == "held" and now < until <= now + self.lease + MAX_CLOCK_SKEW:
             return None
         holder = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}"
         record = {"state": "held", "holder": holder, "nonce": os.urandom(16).hex(), "until": now + self.lease}
@@ -564,6 +568,7 @@ def vault_store_from_url(
     *,
     lease: float = DEFAULT_LEASE,
     owner: Identity | None = None,
+    seal: EntrySeal | None = None,
     **_ignored: object,
 ) -> VaultStore:
     """The Vault store a ``vault://MOUNT/PATH`` URL names; the server and login from ``environ``
@@ -571,7 +576,7 @@ def vault_store_from_url(
     ``VAULT_CACERT``, ``VAULT_NAMESPACE`` and their ``BAO_*`` names. No request is made here."""
     from .._secrets import VaultServer
 
-    mount, path = parse_vault_url(url)
+    mount, path = parse_vault_url(with_local_user(url))
     env = os.environ if environ is None else environ
     server = VaultServer(env, f"the token store vault://{mount}/{path}", "QLAM_TOKEN_STORE")
-    return VaultStore(server, mount, path, lease=lease, owner=owner)
+    return VaultStore(server, mount, path, lease=lease, owner=owner, seal=seal)
