@@ -337,3 +337,17 @@ def test_bad_assertion_audience_is_named(value):
         Settings.from_env(
             {"QLAM_CLIENT_ID": "c", "AUTH_BASE_URL": "idp.example", "QLAM_CLIENT_ASSERTION_AUD": value, "HOME": "/h"}
         )
+
+
+def test_an_html_answer_to_the_token_request_reads_as_one_clean_line(env, sandbox):
+    """A portal's HTML page where a token was expected: exit 7, one line, no doubled words ("with with")."""
+    from conftest import run_cli
+
+    sandbox.set_faults(
+        script=[{"status": 200, "body": "<!DOCTYPE html><html>portal</html>", "content_type": "text/html"}]
+    )
+    result = run_cli("token", env=env)
+    assert result.code == 7, result.err
+    (line,) = result.err.splitlines()
+    assert line.endswith("answered HTTP 200 with an HTML page, not a token")
+    assert not re.search(r"\b(\w+) \1\b", line)

@@ -162,7 +162,7 @@ def parse_token_response(
         raise _refusal(status, headers, body, url, data, ", not an OAuth error: is AUTH_BASE_URL right?")
     if data is None:
         raise InvalidTokenResponse(
-            f"identity provider {url} answered HTTP {status} with {_what(content_type, body)}, not a token"
+            f"identity provider {url} answered HTTP {status} {_what(content_type, body)}, not a token"
         )
     access_token = data.get("access_token")
     if not isinstance(access_token, str) or not access_token.strip():
