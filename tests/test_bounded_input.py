@@ -251,3 +251,160 @@ def test_a_qsh_config_over_1_mib_is_refused_without_reading_it(tmp_path):
 
 def test_the_cli_is_installed():
     assert os.access(QLAM_HPC, os.X_OK)
+
+
+# --- the QLAM API's answers ----------------------------------------------------------------------
+#
+# Each misbehaving server is met by every way an answer is read: the one-shot light path
+# (`qlam-hpc api GET`, `tasks list --json` with a warm cache), the full CLI (`tasks list`,
+# and `api GET` sent through httpx because a proxy variable is set), and the sync and async
+# clients. 2 s per request, one attempt: the numbers a test can wait for.
+
+API_LIMITS = {"QLAM_API_DEADLINE": "2s", "QLAM_API_MAX_BODY": "1MiB", "QLAM_RETRY_ATTEMPTS": "1"}
+LIST = "/v2/squin-256q/tasks"
+NESTED_PAGE = b'{"elements": ' + _nested(30_000).encode() + b', "page": 0, "size": 10, "total": 0}'
+
+
+def _nested_answer(connection, stop) -> None:
+    connection.sendall(_answer(NESTED_PAGE))
+
+
+def _redirect(connection, stop) -> None:
+    connection.sendall(
+        b"HTTP/1.1 302 Found\r\nLocation: https://login.proxy.example/sso?next=/v2\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+def _drip_page(connection, stop) -> None:
+    from loopback_servers import drip
+
+    drip(_answer(b'{"elements": [], "page": 0, "size": 10, "total": 0}'), every=0.2)(connection, stop)
+
+
+def _flood(connection, stop) -> None:
+    from loopback_servers import flood
+
+    flood(200, size=50 * 1024 * 1024)(connection, stop)
+
+
+SERVERS = {"drip": _drip_page, "huge": _flood, "nested": _nested_answer, "redirect": _redirect}
+# (exit code, words of the one line); "nested" under `api GET` is printed as it came: not parsed.
+EXPECTED = {
+    "drip": (14, "no complete answer within 2s (QLAM_API_DEADLINE)"),
+    "huge": (13, "larger than 1 MiB (QLAM_API_MAX_BODY)"),
+    "nested": (13, "nested deeper than 256 levels"),
+    "redirect": (13, "a redirect to https://login.proxy.example/sso?next=/v2, not followed"),
+}
+COMMANDS = {
+    "api GET (light)": (["api", "GET", LIST], {}),
+    "api GET (httpx)": (["api", "GET", LIST], {"HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"}),
+    "tasks list --json": (["tasks", "list", "--json"], {}),
+    "tasks list": (["tasks", "list"], {}),
+}
+
+
+@pytest.fixture
+def warm_env(env):
+    """The sandbox's environment with a token in the cache, so the light paths can serve."""
+    assert run_cli("token", env=env).code == 0
+    return {**env, **API_LIMITS}
+
+
+@pytest.mark.parametrize("server_name", list(SERVERS))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_misbehaving_api_gets_one_line_and_its_exit_code(warm_env, server_name, command):
+    args, extra = COMMANDS[command]
+    with RawServer(SERVERS[server_name]) as server:
+        started = time.monotonic()
+        result = run_cli(*args, env={**warm_env, "QLAM_API_URL": server.url, **extra}, timeout=60)
+        took = time.monotonic() - started
+    if server_name == "nested" and command.startswith("api GET"):
+        assert result.code == 0, result.err  # the raw answer is printed, never parsed
+        assert result.out.strip().encode() == NESTED_PAGE
+        return
+    code, words = EXPECTED[server_name]
+    assert result.code == code, (result.code, result.err)
+    assert words in _one_line(result.err)
+    assert took < 8, f"{command} against {server_name} took {took:.1f}s with a 2 s deadline"
+
+
+def _api_settings(url: str):
+    from qlam_hpc import ApiSettings, RetryPolicy
+
+    return ApiSettings(base_url=url, retry=RetryPolicy(attempts=1, deadline=5.0), deadline=2.0, max_body=1 << 20)
+
+
+@pytest.mark.parametrize("server_name", list(SERVERS))
+def test_the_sync_client_is_bounded(server_name):
+    import httpx
+
+    from qlam_hpc import QlamClient
+
+    with RawServer(SERVERS[server_name]) as server, QlamClient(_api_settings(server.url), auth=httpx.Auth()) as client:
+        started = time.monotonic()
+        with pytest.raises(Exception) as caught:
+            client.list_tasks()
+        took = time.monotonic() - started
+    code, words = EXPECTED[server_name]
+    assert getattr(caught.value, "exit_code", None) == code, repr(caught.value)
+    assert words in str(caught.value)
+    assert took < 5
+
+
+@pytest.mark.parametrize("server_name", list(SERVERS))
+def test_the_async_client_is_bounded(server_name):
+    import anyio
+    import httpx
+
+    from qlam_hpc import AsyncQlamClient
+
+    async def main() -> None:
+        async with AsyncQlamClient(_api_settings(server.url), auth=httpx.Auth()) as client:
+            await client.list_tasks()
+
+    with RawServer(SERVERS[server_name]) as server:
+        started = time.monotonic()
+        with pytest.raises(Exception) as caught:
+            anyio.run(main)
+        took = time.monotonic() - started
+    code, words = EXPECTED[server_name]
+    assert getattr(caught.value, "exit_code", None) == code, repr(caught.value)
+    assert words in str(caught.value)
+    assert took < 5
+
+
+def test_the_sync_clients_raw_request_refuses_a_redirect_but_returns_other_answers():
+    import httpx
+
+    from qlam_hpc import ApiError, QlamClient
+
+    with (
+        RawServer(_redirect) as server,
+        QlamClient(_api_settings(server.url), auth=httpx.Auth()) as client,
+        pytest.raises(ApiError, match="not followed"),
+    ):
+        client.request("GET", LIST)
+    with RawServer(_nested_answer) as server, QlamClient(_api_settings(server.url), auth=httpx.Auth()) as client:
+        assert client.request("GET", LIST).content == NESTED_PAGE
+
+
+def test_a_large_answer_under_the_cap_is_read_whole():
+    """64 MiB by default: a results page of a few MiB is read as before."""
+    import httpx
+
+    from qlam_hpc import ApiSettings, QlamClient
+
+    body = json.dumps({"elements": [], "page": 0, "size": 10, "total": 0, "pad": "x" * (3 << 20)}).encode()
+    with (
+        RawServer(lambda c, s: c.sendall(_answer(body))) as server,
+        QlamClient(ApiSettings(base_url=server.url), auth=httpx.Auth()) as client,
+    ):
+        assert client.list_tasks().total == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "64 parsecs"])
+def test_a_bad_qlam_api_max_body_is_a_configuration_error(value):
+    from qlam_hpc import ApiSettings
+
+    with pytest.raises(ConfigurationError, match="QLAM_API_MAX_BODY"):
+        ApiSettings.from_env({"QLAM_API_URL": "https://api.example", "QLAM_API_MAX_BODY": value})

@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["JsonLimitError", "parse_json", "DEFAULT_MAX_DEPTH"]
+__all__ = ["JsonLimitError", "parse_json", "format_size", "DEFAULT_MAX_DEPTH"]
 
 #: Deep enough for every document qlam-hpc reads from an identity provider or a config file
 #: (none nests past 6), far from ``json``'s recursion limit.
@@ -43,7 +43,7 @@ def parse_json(data: str | bytes, *, max_bytes: int, max_depth: int = DEFAULT_MA
     """
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:
-        raise JsonLimitError(f"JSON larger than {_size(max_bytes)}")
+        raise JsonLimitError(f"JSON larger than {format_size(max_bytes)}")
     # No more opening brackets than levels allowed: it cannot nest too deep (a JWT payload).
     if raw.count(b"[") + raw.count(b"{") > max_depth:
         depth = _depth(raw)
@@ -69,7 +69,8 @@ def _depth(raw: bytes) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
-def _size(limit: int) -> str:
+def format_size(limit: int) -> str:
+    """``64 MiB``, ``16 KiB``, ``1000 bytes``."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if limit >= scale and limit % scale == 0:
             return f"{limit // scale} {unit}"

@@ -17,11 +17,11 @@ import httpx
 
 from .._log import log
 from . import _requests as rq
-from ._client import Definition, TaskRef, _Common, _ids, _transport_delay
+from ._client import Definition, TaskRef, _Common, _ids, _refuse_redirect, _transport_delay
 from ._files import AtomicFile
 from ._models import Page, ResultsPage, SubtaskResult, Task
 from ._settings import ApiSettings
-from ._transport import NOT_SENT, client_options
+from ._transport import NOT_SENT, aread_capped, bound_requests, client_options, deadline
 
 if TYPE_CHECKING:
     from .._provider import TokenProvider
@@ -53,6 +53,7 @@ class AsyncQlamClient(_Common):
         auth = self._setup(settings, provider, auth)
         self._sleep = sleep
         self._http = httpx.AsyncClient(**client_options(self.settings, auth=auth, transport=transport))
+        bound_requests(self._http)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -187,9 +188,12 @@ class AsyncQlamClient(_Common):
                     response = await self._send(request, stream=True, retry=retry)
                     try:
                         if response.status_code >= 400:
-                            raise rq.error_for(response.status_code, await response.aread(), str(response.url), request)
-                        async for chunk in response.aiter_bytes(rq.CHUNK):
-                            out.write(chunk)
+                            body = await aread_capped(response, self.settings.max_body)
+                            raise rq.error_for(response.status_code, body, str(response.url), request)
+                        # The stream goes to a file, so it is not capped; its deadline is.
+                        with deadline(self.settings.deadline, self._url(request)):
+                            async for chunk in response.aiter_bytes(rq.CHUNK):
+                                out.write(chunk)
                     finally:
                         await response.aclose()
                     break
@@ -315,9 +319,15 @@ class AsyncQlamClient(_Common):
         while True:
             http_request = self._http.build_request(**rq.httpx_arguments(request))
             try:
-                response = await self._http.send(http_request, stream=True)
-                if not stream and response.status_code not in rq.RETRY_STATUSES:
-                    await response.aread()
+                with deadline(self.settings.deadline, self._url(request)):
+                    response = await self._http.send(http_request, stream=True)
+                    try:
+                        _refuse_redirect(response)
+                        if not stream and response.status_code not in rq.RETRY_STATUSES:
+                            await aread_capped(response, self.settings.max_body)
+                    except BaseException:
+                        await response.aclose()
+                        raise
             except httpx.TransportError as exc:
                 delay = _transport_delay(retry, exc, sent=not isinstance(exc, NOT_SENT))
                 if delay is None:
@@ -337,5 +347,9 @@ class AsyncQlamClient(_Common):
                     await self._sleep(delay)
                     continue
                 if not stream:
-                    await response.aread()
+                    with deadline(self.settings.deadline, self._url(request)):
+                        try:
+                            await aread_capped(response, self.settings.max_body)
+                        finally:
+                            await response.aclose()
             return response

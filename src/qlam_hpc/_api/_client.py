@@ -19,7 +19,7 @@ from . import _requests as rq
 from ._files import AtomicFile
 from ._models import Page, ResultsPage, SubtaskResult, Task, TaskDefinition
 from ._settings import ApiSettings
-from ._transport import NOT_SENT, client_options, retryable
+from ._transport import NOT_SENT, bound_requests, client_options, deadline, read_capped, retryable
 
 if TYPE_CHECKING:
     from .._provider import TokenProvider
@@ -84,6 +84,11 @@ def _transport_delay(retry: rq.Retry, exc: httpx.TransportError, *, sent: bool =
     return None
 
 
+def _refuse_redirect(response: httpx.Response) -> None:
+    if rq.is_redirect(response.status_code):
+        raise rq.redirected(response.status_code, response.headers.get("location", ""), str(response.url))
+
+
 class QlamClient(_Common):
     """The QLAM tasks API, authenticated through the shared token cache.
 
@@ -111,6 +116,7 @@ class QlamClient(_Common):
         auth = self._setup(settings, provider, auth)
         self._sleep = sleep
         self._http = httpx.Client(**client_options(self.settings, auth=auth, transport=transport))
+        bound_requests(self._http)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -272,9 +278,12 @@ class QlamClient(_Common):
                     response = self._send(request, stream=True, retry=retry)
                     try:
                         if response.status_code >= 400:
-                            raise rq.error_for(response.status_code, response.read(), str(response.url), request)
-                        for chunk in response.iter_bytes(rq.CHUNK):
-                            out.write(chunk)
+                            body = read_capped(response, self.settings.max_body)
+                            raise rq.error_for(response.status_code, body, str(response.url), request)
+                        # The stream goes to a file, so it is not capped; its deadline is.
+                        with deadline(self.settings.deadline, self._url(request)):
+                            for chunk in response.iter_bytes(rq.CHUNK):
+                                out.write(chunk)
                     finally:
                         response.close()
                     break
@@ -362,30 +371,38 @@ class QlamClient(_Common):
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Any call, authenticated and (for GET, HEAD, PUT, DELETE, OPTIONS) retried; the
-        answer is returned whatever its status, body read. ``path`` is relative to the base URL."""
+        answer is returned whatever its status, body read, but for a redirect, which is an
+        ``ApiError`` (it is not followed: the token would go with it). ``path`` is relative
+        to the base URL."""
         request = rq.raw_request(method, path, params=params, content=content, headers=headers)
-        response = self._send(request)
-        response.read()
-        return response
+        return self._send(request)
 
     # --- the loop ---------------------------------------------------------------------------
 
     def _call(self, request: rq.ApiRequest) -> Any:
         """Send, retry, and return the answer's JSON; an error answer raises its ``QlamError``."""
         response = self._send(request)
-        body = response.read()
+        body = response.content
         if response.status_code >= 400:
             raise rq.error_for(response.status_code, body, str(response.url), request)
         return rq.read_json(response.status_code, response.headers.get("content-type", ""), body, str(response.url))
 
     def _send(self, request: rq.ApiRequest, *, stream: bool = False, retry: rq.Retry | None = None) -> httpx.Response:
+        """The answer (read, within ``settings.max_body``, unless ``stream``) after the retries;
+        each attempt within ``settings.deadline``. A redirect is an ``ApiError``."""
         retry = retry or rq.Retry(self.settings.retry, idempotent=request.idempotent)
         while True:
             http_request = self._http.build_request(**rq.httpx_arguments(request))
             try:
-                response = self._http.send(http_request, stream=True)
-                if not stream and response.status_code not in rq.RETRY_STATUSES:
-                    response.read()
+                with deadline(self.settings.deadline, self._url(request)):
+                    response = self._http.send(http_request, stream=True)
+                    try:
+                        _refuse_redirect(response)
+                        if not stream and response.status_code not in rq.RETRY_STATUSES:
+                            read_capped(response, self.settings.max_body)
+                    except BaseException:
+                        response.close()
+                        raise
             except httpx.TransportError as exc:
                 delay = _transport_delay(retry, exc, sent=not isinstance(exc, NOT_SENT))
                 if delay is None:
@@ -405,5 +422,9 @@ class QlamClient(_Common):
                     self._sleep(delay)
                     continue
                 if not stream:
-                    response.read()
+                    with deadline(self.settings.deadline, self._url(request)):
+                        try:
+                            read_capped(response, self.settings.max_body)
+                        finally:
+                            response.close()
             return response

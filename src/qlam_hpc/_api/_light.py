@@ -28,9 +28,10 @@ from ._settings import ApiSettings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    import http.client
     import ssl
     from collections.abc import Callable, Mapping
-    from typing import NamedTuple
+    from typing import Any, NamedTuple
 
 #: Variables that route a request through a proxy (httpx, curl and requests read them).
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
@@ -93,6 +94,8 @@ def send(
     answer = _with_retries(settings, request, url, body, headers, token, sleep)
     if answer.status == 401:
         answer = _with_retries(settings, request, url, body, headers, refresh(token), sleep)
+    if rq.is_redirect(answer.status):
+        raise rq.redirected(answer.status, answer.header("location"), url)
     return answer
 
 
@@ -149,9 +152,62 @@ class _Failed(Exception):
         self.error, self.sent = error, sent
 
 
+class _Watchdog:
+    """Shuts the connection's socket down at the request's deadline: that wakes whatever read
+    is waiting (headers or body), where a per-read timeout never fires for a server that
+    sends a byte a second."""
+
+    def __init__(self, seconds: float) -> None:
+        import threading
+
+        self.fired = False
+        self.sock: Any = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: Any) -> None:
+        with self._lock:
+            self.sock = sock
+            if self.fired:
+                self._shut()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        import contextlib
+        import socket
+
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 def _exchange(settings: ApiSettings, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Answer:
-    """One attempt on a new connection. A failure before the request was written is
-    ``sent=False``: the server cannot have acted on it, so even a POST may be repeated."""
+    """One attempt on a new connection, within ``settings.deadline`` and ``settings.max_body``.
+    A failure before the request was written is ``sent=False``: the server cannot have acted
+    on it, so even a POST may be repeated."""
+    watchdog = _Watchdog(settings.deadline)
+    try:
+        return _attempt(settings, method, url, body, headers, watchdog)
+    except _Failed as failed:
+        if watchdog.fired:
+            raise _Failed(TimeoutError(rq.overdue(url, settings.deadline)), failed.sent) from None
+        raise
+    finally:
+        watchdog.cancel()
+
+
+def _attempt(
+    settings: ApiSettings, method: str, url: str, body: bytes | None, headers: dict[str, str], watchdog: _Watchdog
+) -> Answer:
     import http.client
     from urllib.parse import urlsplit
 
@@ -170,13 +226,16 @@ def _exchange(settings: ApiSettings, method: str, url: str, body: bytes | None, 
             connection.connect()
         except (OSError, http.client.HTTPException) as exc:
             raise _Failed(exc, sent=False) from None
+        watchdog.watch(connection.sock)
         connection.sock.settimeout(settings.timeout)
         try:
             connection.request(method, target, body=body, headers=headers)
             response = connection.getresponse()
-            content = response.read()
+            content = _read_capped(response, settings.max_body, url)
         except (OSError, http.client.HTTPException) as exc:
             raise _Failed(exc, sent=True) from None
+        if watchdog.fired:  # the socket was shut down as the answer ended: it may be cut short
+            raise _Failed(TimeoutError(rq.overdue(url, settings.deadline)), sent=True)
         merged: dict[str, str] = {}
         for name, value in response.getheaders():
             key = name.lower()
@@ -184,6 +243,17 @@ def _exchange(settings: ApiSettings, method: str, url: str, body: bytes | None, 
         return Answer(response.status, response.reason, list(merged.items()), content, url)
     finally:
         connection.close()
+
+
+def _read_capped(response: http.client.HTTPResponse, limit: int, url: str) -> bytes:
+    """The body, refused (``ApiError``) past ``limit`` bytes without reading more than that."""
+    declared = response.getheader("content-length") or ""
+    if declared.isdigit() and int(declared) > limit:
+        raise rq.too_large(response.status, limit, url)
+    content = response.read(limit + 1)
+    if len(content) > limit:
+        raise rq.too_large(response.status, limit, url)
+    return content
 
 
 def _context(settings: ApiSettings) -> ssl.SSLContext:

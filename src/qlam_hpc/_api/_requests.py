@@ -239,12 +239,28 @@ def error_for(status: int, body: bytes, url: str, request: ApiRequest | None = N
     return ApiError(status, messages, code, url)
 
 
+#: Deeper than any answer of the API (a task nests 4 levels; a program in a task's payload a
+#: few dozen), and far from the interpreter's recursion limit.
+MAX_DEPTH = 256
+
+
+def parse_answer(body: bytes) -> Any:
+    """``json.loads`` within ``MAX_DEPTH`` (the body's size was capped as it was read)."""
+    from .._jsonlimits import parse_json
+
+    return parse_json(body, max_bytes=len(body), max_depth=MAX_DEPTH)
+
+
 def read_json(status: int, content_type: str, body: bytes, url: str) -> Any:
     """The JSON of a 2xx answer; ``None`` for an empty one (204)."""
+    from .._jsonlimits import JsonLimitError
+
     if not body.strip():
         return None
     try:
-        return json.loads(body)
+        return parse_answer(body)
+    except JsonLimitError as exc:
+        raise ApiError(status, [f"the answer is {exc}; refusing it"], None, url) from None
     except (UnicodeDecodeError, ValueError):
         what = (
             "an HTML page" if "html" in content_type.lower() or body.lstrip()[:1] == b"<" else "a body that is not JSON"
@@ -255,8 +271,12 @@ def read_json(status: int, content_type: str, body: bytes, url: str) -> Any:
 
 
 def _error_body(body: bytes) -> tuple[list[str], int | None]:
+    from .._jsonlimits import JsonLimitError
+
     try:
-        data = json.loads(body)
+        data = parse_answer(body)
+    except JsonLimitError as exc:
+        return [f"the answer is {exc}"], None
     except (UnicodeDecodeError, ValueError):
         data = None
     if isinstance(data, dict):
@@ -273,6 +293,36 @@ def _error_body(body: bytes) -> tuple[list[str], int | None]:
         return ["an HTML page (a proxy or load balancer in the way?)"], None
     # A short text body is shown as is (one line); a long one would swamp the message.
     return ([" ".join(text.split())[:200]] if text else []), None
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400 and status != 304
+
+
+def redirected(status: int, location: str, url: str) -> ApiError:
+    """A redirect, reported and not followed: following it would send the token elsewhere, and
+    the API itself never redirects, so one means a wrong ``QLAM_API_URL`` or a proxy's login page."""
+    shown = "".join(c for c in location[:200] if c.isprintable()) or "nowhere"
+    return ApiError(
+        status,
+        [f"a redirect to {shown}, not followed (is QLAM_API_URL right, or a proxy in the way?)"],
+        None,
+        url,
+    )
+
+
+def too_large(status: int, limit: int, url: str) -> ApiError:
+    """An answer over ``ApiSettings.max_body``, refused as it streamed in."""
+    from .._jsonlimits import format_size
+
+    return ApiError(
+        status, [f"the answer is larger than {format_size(limit)} (QLAM_API_MAX_BODY); refusing it"], None, url
+    )
+
+
+def overdue(url: str, seconds: float) -> str:
+    """What a request cut at its deadline says (the reason of its ``ApiUnreachable``)."""
+    return f"no complete answer within {seconds:g}s (QLAM_API_DEADLINE)"
 
 
 def unreachable(url: str, exc: BaseException, attempts: int) -> QlamError:
@@ -381,9 +431,11 @@ def idempotency_key_of(task: Any) -> str | None:
     metadata = fields.get("user_metadata")
     if not isinstance(metadata, str):
         return None
+    from .._jsonlimits import parse_json
+
     try:
-        data = json.loads(metadata)
-    except ValueError:
+        data = parse_json(metadata, max_bytes=len(metadata.encode("utf-8", "surrogatepass")))
+    except ValueError:  # not JSON, or nested too deep to be ours
         return None
     value = data.get(KEY_FIELD) if isinstance(data, dict) else None
     return value if isinstance(value, str) else None

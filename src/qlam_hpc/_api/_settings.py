@@ -18,6 +18,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_API_URL = "https://api.quera.com"
 DEFAULT_QPU_MODE = "squin-256q"
+#: The largest answer read into memory: a page of results with many shots is megabytes, so the
+#: cap is generous; it is there so a broken server or proxy cannot exhaust a node's memory.
+#: Downloads (``download_results``) stream to a file and are not capped.
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+#: One request, from connecting to the answer's last byte: per-read timeouts alone let a server
+#: that sends a byte a second hold a request for ever. Five minutes covers 64 MiB at 220 KB/s.
+DEFAULT_DEADLINE = 300.0
 
 # The fields as the type checker reads them; the namedtuple below is what runs.
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,12 +39,26 @@ if TYPE_CHECKING:  # pragma: no cover
         ca_bundle: str | None = None  # a PEM file or directory of CA certificates; None: the system default
         trust_env: bool = True  # read HTTP(S)_PROXY, NO_PROXY and SSL_CERT_* from the environment, as httpx does
         group: str | None = None  # the group_id (a UUID) of created tasks that name none (QLAM_GROUP)
+        max_body: int = DEFAULT_MAX_BODY  # bytes: a larger answer is refused as it streams in (QLAM_API_MAX_BODY)
+        deadline: float = DEFAULT_DEADLINE  # seconds for one whole request, answer included (QLAM_API_DEADLINE)
 
 else:
     _ApiSettingsFields = namedtuple(
         "_ApiSettingsFields",
-        "base_url qpu_mode attribution timeout connect_timeout retry ca_bundle trust_env group",
-        defaults=(DEFAULT_API_URL, DEFAULT_QPU_MODE, True, 30.0, 10.0, RetryPolicy(), None, True, None),
+        "base_url qpu_mode attribution timeout connect_timeout retry ca_bundle trust_env group max_body deadline",
+        defaults=(
+            DEFAULT_API_URL,
+            DEFAULT_QPU_MODE,
+            True,
+            30.0,
+            10.0,
+            RetryPolicy(),
+            None,
+            True,
+            None,
+            DEFAULT_MAX_BODY,
+            DEFAULT_DEADLINE,
+        ),
     )
 
 
@@ -54,7 +75,8 @@ class ApiSettings(_ApiSettingsFields):
         """Settings from the environment; keyword overrides (CLI flags) win, ``None`` ones are ignored.
 
         ``QLAM_API_URL``, ``QLAM_QPU_MODE``, ``QLAM_GROUP``, ``QLAM_ATTRIBUTION`` (on|off),
-        ``QLAM_API_TIMEOUT``, ``QLAM_API_CONNECT_TIMEOUT``, ``QLAM_RETRY_ATTEMPTS``,
+        ``QLAM_API_TIMEOUT`` (each read), ``QLAM_API_DEADLINE`` (each whole request),
+        ``QLAM_API_MAX_BODY`` (bytes, or with KiB, MiB, GiB), ``QLAM_API_CONNECT_TIMEOUT``, ``QLAM_RETRY_ATTEMPTS``,
         ``QLAM_RETRY_DEADLINE``; the CA bundle as for the token fetch (``_tls``):
         ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else ``REQUESTS_CA_BUNDLE``, so a cluster set
         up for any of them works unchanged.
@@ -90,6 +112,8 @@ class ApiSettings(_ApiSettingsFields):
             ),
             ca_bundle=ca_bundle(env) or (qsh.verify_ssl if qsh is not None else None),
             group=env.get("QLAM_GROUP") or (qsh.group if qsh is not None else None) or None,
+            max_body=_bytes(env.get("QLAM_API_MAX_BODY"), "QLAM_API_MAX_BODY", DEFAULT_MAX_BODY),
+            deadline=_seconds(env.get("QLAM_API_DEADLINE"), "QLAM_API_DEADLINE", DEFAULT_DEADLINE),
         )
         if given:
             settings = settings._replace(**given)
@@ -119,3 +143,19 @@ def check_qpu_mode(value: str) -> str:
     if not value or not set(value) <= allowed or value in (".", ".."):
         raise ConfigurationError(f"QLAM_QPU_MODE {value!r} is not a QPU mode like squin-256q")
     return value
+
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+_UNITS.update({"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30})
+
+
+def _bytes(value: str | None, name: str, default: int) -> int:
+    """A size: ``67108864``, ``64MiB``, ``64 M`` (binary units whatever the spelling)."""
+    if not value or not value.strip():
+        return default
+    text = value.strip().lower()
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz ").strip()
+    unit = text[len(digits) :].strip()
+    if not digits.isdigit() or not digits.isascii() or unit not in _UNITS or int(digits) <= 0:
+        raise ConfigurationError(f"{name}={value!r}: expected a size in bytes, like 67108864 or 64MiB")
+    return int(digits) * _UNITS[unit]
