@@ -168,3 +168,15 @@ def test_auth_status_as_another_user_cannot_share_a_directory_it_does_not_own(en
     os.chown(theirs, 65534, 65534)
     result = run_cli("auth", "status", env={**env, "QLAM_TOKEN_CACHE_DIR": str(theirs)})
     assert "belongs to uid 65534" in result.out + result.err
+
+
+def test_a_day_long_token_reads_as_1d_after_a_second(env, sandbox):
+    """The token line uses the one duration format: a 24 h token a second old is "in 1d", not "23h59m59s"."""
+    import time
+
+    assert run_cli("token", env=env).code == 0
+    time.sleep(1.2)
+    status = run_cli("auth", "status", env=env)
+    assert status.code == 0, status.err
+    (line,) = [line for line in status.out.splitlines() if line.startswith("token ")]
+    assert line.endswith("(in 1d)"), line

@@ -106,7 +106,7 @@ def test_cli_login_shows_url_and_code_then_every_command_works(env, sandbox, tmp
     status = run_cli("auth", "status", env=env)
     assert "flow        user context (device login)" in status.out
     assert "user        ada@example.org (auth0|sandbox-user-1)" in status.out
-    assert "15 days left" in status.out
+    assert "(15d left)" in status.out  # as auth login and doctor write it
     entry = _entry_text(tmp_path / "cache")
     refresh_token = next(line for line in entry.splitlines() if line.startswith("refresh_token=")).partition("=")[2]
     for output in (result.out, result.err, token.err, status.out, status.err):

@@ -35,15 +35,26 @@ def _parse_units(raw: str, original: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """``5400`` -> ``1h30m``; sub-minute values keep seconds: ``42s``."""
-    remaining = round(seconds)
-    if remaining < 0:
-        return "-" + format_duration(-seconds)
-    if remaining < 60:
-        return f"{remaining}s"
+    """The one way qlam-hpc shows a duration: its two largest units, rounded to the smaller one.
+
+    ``42`` -> ``42s``, ``150`` -> ``2m30s``, ``5400`` -> ``1h30m``, ``86399`` -> ``1d`` (a token
+    of 24 h read a second later is not ``23h59m59s`` here and ``1d`` there), ``90061`` -> ``1d1h``.
+    The text parses back with ``parse_duration``.
+    """
+    total = int(abs(seconds) + 0.5)  # half up: round() would make 0.5 s "0s" and 1.5 s "2s"
+    sign = "-" if seconds < 0 and total else ""
+    for index, (_unit, size) in enumerate(_LARGEST_FIRST):
+        if total >= size:
+            if index + 1 < len(_LARGEST_FIRST):
+                step = _LARGEST_FIRST[index + 1][1]
+                total = (total + step // 2) // step * step
+            break
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, remaining = divmod(remaining, size)
+    for unit, size in _LARGEST_FIRST:
+        count, total = divmod(total, size)
         if count:
             parts.append(f"{count}{unit}")
-    return "".join(parts)
+    return sign + ("".join(parts[:2]) or "0s")
+
+
+_LARGEST_FIRST = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))

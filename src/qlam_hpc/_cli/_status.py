@@ -143,6 +143,7 @@ def _login_report(provider: TokenProvider, now: float) -> dict[str, Any]:
             logged_in_at=utc(login.logged_in_at),
             expires_at=utc(login.expires_at),
             days_left=round(max(0.0, left) / 86400, 1),
+            expires_in=round(max(0.0, left)),
             warning="the login ends in less than 2 days: run qlam-hpc auth login" if left < LOGIN_WARNING else None,
         )
     return report
@@ -172,7 +173,8 @@ def render_status(report: dict[str, Any]) -> str:
         who = " ".join(filter(None, (login["email"], f"({login['subject']})" if login["subject"] else None)))
         lines.append(f"user        {who or 'unknown'}")
         lines.append(
-            f"login       since {login['logged_in_at']}, until {login['expires_at']} ({login['days_left']:g} days left)"
+            f"login       since {login['logged_in_at']}, until {login['expires_at']} "
+            f"({format_duration(login['expires_in'])} left)"
         )
         if login["warning"]:
             lines.append(f"            WARNING: {login['warning']}")

@@ -54,6 +54,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._cache import MAX_CLOCK_SKEW, CacheEntry, Identity, identity_of
+from .._durations import format_duration as _format_duration
 from .._errors import ConfigurationError, SecretStoreUnreachable
 from .._log import log
 from ._base import SharedEntries, with_local_user
@@ -276,7 +277,7 @@ class VaultStore:
             found.append((False, str(self._failure(exc, "look up the login", None))))
             return found
         ttl = me.get("ttl") or 0
-        lasts = f"expires in {int(ttl) // 3600}h{int(ttl) % 3600 // 60:02d}m" if ttl else "does not expire"
+        lasts = f"expires in {_format_duration(ttl)}" if ttl else "does not expire"
         policies = ", ".join(me.get("policies") or []) or "none"
         found.append((True, f"login by {self.server.login_kind} accepted (policies: {policies}; {lasts})"))
         try:
