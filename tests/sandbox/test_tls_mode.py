@@ -20,7 +20,8 @@ def test_tls_sandbox_serves_https_trusted_through_ssl_cert_file(tmp_path):
         env = sandbox.env()
         assert sandbox.url.startswith("https://127.0.0.1:")
         assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == sandbox.ca_file
-        discovery = httpx.get(f"{sandbox.url}/.well-known/openid-configuration", verify=sandbox.ca_file).json()
+        trusted = ssl.create_default_context(cafile=sandbox.ca_file)
+        discovery = httpx.get(f"{sandbox.url}/.well-known/openid-configuration", verify=trusted).json()
         assert discovery["token_endpoint"] == f"{sandbox.url}/oauth/token"
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SSL_", "REQUESTS_"))}
         run_env = {**clean, **env, "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "cache")}
