@@ -149,9 +149,8 @@ def _idp_env(url: str, tmp_path, **extra: str) -> dict[str, str]:
         QLAM_CLIENT_SECRET="nested-secret-value",
         AUTH_BASE_URL=url,
         QLAM_TOKEN_CACHE_DIR=str(tmp_path / "cache"),
-        QLAM_RETRY_ATTEMPTS="1",
         HOME=str(tmp_path),
-        **extra,
+        **{"QLAM_RETRY_ATTEMPTS": "1", **extra},
     )
 
 
@@ -408,3 +407,75 @@ def test_a_bad_qlam_api_max_body_is_a_configuration_error(value):
 
     with pytest.raises(ConfigurationError, match="QLAM_API_MAX_BODY"):
         ApiSettings.from_env({"QLAM_API_URL": "https://api.example", "QLAM_API_MAX_BODY": value})
+
+
+# --- unreachable servers: one line ---------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+RETRIES = {"QLAM_RETRY_ATTEMPTS": "5", "QLAM_RETRY_DEADLINE": "3s"}
+
+
+def test_an_unreachable_identity_provider_is_one_line_saying_how_long_it_was_tried(tmp_path):
+    """Retry notices are info (shown with -v); the "gave up" is part of the one error line."""
+    env = _idp_env(f"http://127.0.0.1:{_closed_port()}", tmp_path, **RETRIES)
+    result = run_cli("token", env=env)
+    assert result.code == 5, result.err
+    line = _one_line(result.err)
+    assert "is unreachable" in line and "gave up after" in line, line
+    # A fresh cache: the first run's failure record would be replayed without a request.
+    verbose = run_cli("-v", "token", env={**env, "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "other-cache")})
+    assert verbose.code == 5 and verbose.err.count("retrying in") >= 1, verbose.err
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once_in_one_line(tmp_path):
+    env = _idp_env("https://no-such-host.invalid", tmp_path, **RETRIES)
+    started = time.monotonic()
+    result = run_cli("-v", "token", env=env)
+    took = time.monotonic() - started
+    assert result.code == 5, result.err
+    assert "the host name no-such-host.invalid does not resolve" in _one_line(result.err)
+    assert took < 2.5, f"took {took:.1f}s: retried"
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_an_api_host_name_that_does_not_resolve_is_not_retried(warm_env, command):
+    args, extra = COMMANDS[command]
+    env = {**warm_env, **RETRIES, "QLAM_API_URL": "https://no-such-host.invalid", **extra}
+    if "HTTPS_PROXY" in extra:
+        env["NO_PROXY"] = "127.0.0.1,no-such-host.invalid"
+    started = time.monotonic()
+    result = run_cli(*args, env=env)
+    took = time.monotonic() - started
+    assert result.code == 14, result.err
+    assert "the host name no-such-host.invalid does not resolve" in _one_line(result.err)
+    assert took < 2.5, f"took {took:.1f}s: retried"
+
+
+def test_no_deprecation_warning_from_httpx_with_a_ca_bundle(tmp_path):
+    """The httpx clients are given an SSLContext, never a path (which httpx deprecates)."""
+    import subprocess
+    import sys
+
+    from loopback_servers import make_authority
+
+    authority = make_authority(tmp_path / "ca")
+    code = (
+        "import warnings; warnings.simplefilter('error');"
+        "from qlam_hpc import ApiSettings, QlamClient, Settings; from qlam_hpc._http import _client;"
+        "import httpx;"
+        "QlamClient(ApiSettings.from_env(), auth=httpx.Auth()).close();"
+        "_client(Settings.from_env(), None).close(); print('ok')"
+    )
+    env = _idp_env(
+        "https://127.0.0.1:1", tmp_path, SSL_CERT_FILE=str(authority.ca_pem), QLAM_API_URL="https://x.example"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr

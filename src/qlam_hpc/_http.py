@@ -29,6 +29,7 @@ from ._errors import ConfigurationError, IdentityProviderUnreachable, InvalidTok
 from ._log import log
 from ._oauth import ANSWER_LIMIT, backoff_delay, parse_token_response, server_wait, token_request
 from ._settings import Settings
+from ._tls import unresolved
 from ._tokens import Token
 
 TYPE_CHECKING = False
@@ -152,6 +153,9 @@ class _Retrying:
                 failure = IdentityProviderUnreachable(str(exc))
                 final = spends is not None and exc.sent
             except httpx.TransportError as exc:
+                reason = unresolved(exc)
+                if reason is not None:
+                    raise IdentityProviderUnreachable(_unresolved_message("identity provider", url, reason)) from None
                 failure = IdentityProviderUnreachable(f"identity provider {url} is unreachable ({_describe(exc)})")
                 final = spends is not None and not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             else:
@@ -173,10 +177,9 @@ class _Retrying:
             delay = requested_wait if requested_wait is not None else backoff_delay(policy, attempt - 1, self.rng)
             spent = clock() - self.started
             if attempt == policy.attempts or spent + delay > policy.deadline:
-                if attempt > 1:
-                    log("warning", f"gave up after {attempt} attempts in {spent:.1f}s")
-                raise failure
-            log("warning", f"{failure}; retrying in {delay:.1f}s (attempt {attempt} of {policy.attempts})")
+                raise _gave_up(failure, attempt, spent) if attempt > 1 else failure
+            # Info, shown with -v: the failure that ends the retries is the one line a user sees.
+            log("info", f"{failure}; retrying in {delay:.1f}s (attempt {attempt} of {policy.attempts})")
             self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
 
@@ -336,6 +339,23 @@ def _rate_limited(url: str, wait: float | None) -> RateLimited:
     return RateLimited(f"identity provider {url} is rate limiting token requests (HTTP 429){after}", wait)
 
 
+def _gave_up(failure: Exception, attempts: int, spent: float) -> Exception:
+    """``failure`` saying how long it was retried, in its own one line."""
+    after = f" (gave up after {attempts} attempts in {spent:.1f}s)"
+    if isinstance(failure, RateLimited):
+        return RateLimited(f"{failure}{after}", failure.retry_after)
+    if isinstance(failure, IdentityProviderUnreachable):
+        return IdentityProviderUnreachable(f"{failure}{after}")
+    return failure
+
+
+def _unresolved_message(what: str, url: str, reason: str) -> str:
+    from ._urls import host_of
+
+    host = host_of(url.partition("://")[2])
+    return f"{what} {url} is unreachable: the host name {host} does not resolve ({reason}); not retried"
+
+
 def _describe(exc: Exception) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -350,14 +370,14 @@ def _client(settings: Settings, transport: httpx.BaseTransport | None) -> httpx.
     request has its own socket for its deadline (see ``_Watchdog``)."""
     import httpx
 
-    from ._tls import verify
+    from ._tls import context
 
     trust = settings.tls_trust
     return httpx.Client(
         timeout=settings.http_timeout,
         transport=transport,
         trust_env=True,
-        verify=verify(trust[1], trust[0]) if trust else True,
+        verify=context(trust[1], trust[0]) if trust else context(None),
         limits=httpx.Limits(max_keepalive_connections=0),
     )
 

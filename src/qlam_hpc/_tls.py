@@ -88,6 +88,37 @@ def verify(bundle: str | None, origin: str | None = None) -> ssl.SSLContext | bo
     return context
 
 
+def context(bundle: str | None, origin: str | None = None) -> ssl.SSLContext:
+    """``verify``'s context, and without a bundle one trusting certifi's (httpx's default):
+    what the httpx clients are given, since httpx deprecates anything but a context."""
+    found = verify(bundle, origin)
+    if not isinstance(found, bool):
+        return found
+    known = _contexts.get("")
+    if known is None:
+        import ssl
+
+        import certifi
+
+        known = _contexts[""] = ssl.create_default_context(cafile=certifi.where())
+    return known
+
+
+def unresolved(exc: BaseException) -> str | None:
+    """The resolver's reason when ``exc`` (or one of its causes) is a host name DNS could not
+    resolve, else None. No retry fixes a name that does not resolve, seconds later."""
+    import socket
+
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return current.strerror or str(current) or "unknown host"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def verify_from_env(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:
     """``verify`` for the bundle the environment names (see the module's docstring)."""
     found = ca_setting(env)

@@ -125,10 +125,11 @@ def _with_retries(
         try:
             answer = _exchange(settings, request.method, url, body, headers)
         except _Failed as failed:
-            from .._tls import failure
+            from .._tls import failure, unresolved
 
-            tls = failure(failed.error, "") is not None  # a certificate stays untrusted: never retried
-            if tls:
+            # A certificate stays untrusted, and a host name that does not resolve stays
+            # unknown: neither is retried.
+            if failure(failed.error, "") is not None or unresolved(failed.error) is not None:
                 retry.give_up()
                 delay = None
             else:
@@ -258,13 +259,6 @@ def _read_capped(response: http.client.HTTPResponse, limit: int, url: str) -> by
 
 def _context(settings: ApiSettings) -> ssl.SSLContext:
     """The trust httpx would use: the CA bundle ``_tls`` names, else certifi's."""
-    from .._tls import verify
+    from .._tls import context
 
-    context = verify(settings.ca_bundle)
-    if isinstance(context, bool):  # True: httpx's default trust
-        import ssl
-
-        import certifi
-
-        context = ssl.create_default_context(cafile=certifi.where())
-    return context
+    return context(settings.ca_bundle)

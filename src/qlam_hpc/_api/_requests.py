@@ -329,11 +329,17 @@ def unreachable(url: str, exc: BaseException, attempts: int) -> QlamError:
     """What a connection failure that outlasted the retries stands for: ``TlsError`` when TLS
     itself failed (a certificate, https to a plain-http server: no retry fixes those, and
     the message names the setting that does), else ``ApiUnreachable``."""
-    from .._tls import failure
+    from .._tls import failure, unresolved
 
     tls = failure(exc, url)
     if tls is not None:
         return tls
+    reason = unresolved(exc)
+    if reason is not None:
+        from .._urls import host_of
+
+        host = host_of(url.partition("://")[2])
+        return ApiUnreachable(f"QLAM API {url} is unreachable: the host name {host} does not resolve ({reason})")
     tries = f" after {attempts} attempts" if attempts > 1 else ""
     return ApiUnreachable(f"QLAM API {url} is unreachable{tries} ({describe(exc)})")
 

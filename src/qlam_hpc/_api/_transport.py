@@ -35,11 +35,11 @@ def user_agent() -> str:
     return f"qlam-hpc/{__version__} httpx/{httpx.__version__}"
 
 
-def ssl_context(settings: ApiSettings) -> ssl.SSLContext | bool:
-    """A context trusting ``settings.ca_bundle``, or ``True`` for httpx's default trust."""
-    from .._tls import verify
+def ssl_context(settings: ApiSettings) -> ssl.SSLContext:
+    """A context trusting ``settings.ca_bundle``, else certifi's bundle (httpx's default)."""
+    from .._tls import context
 
-    return verify(settings.ca_bundle)
+    return context(settings.ca_bundle)
 
 
 def client_options(settings: ApiSettings, *, auth: httpx.Auth | None, transport: Any = None) -> dict[str, Any]:
@@ -70,11 +70,11 @@ PERMANENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 def retryable(exc: httpx.TransportError) -> bool:
     if isinstance(exc, PERMANENT):
         return False
-    from .._tls import failure
+    from .._tls import failure, unresolved
 
-    # A certificate the client does not trust stays untrusted on the next attempt, and a
-    # plain-http server does not learn TLS.
-    return failure(exc, "") is None
+    # A certificate the client does not trust stays untrusted on the next attempt, a
+    # plain-http server does not learn TLS, and a host name DNS does not know stays unknown.
+    return failure(exc, "") is None and unresolved(exc) is None
 
 
 # --- one deadline per request ----------------------------------------------------------------
