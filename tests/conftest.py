@@ -102,3 +102,12 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> Run:
         [QLAM_HPC, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(autouse=True)
+def private_config_home(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own XDG_CONFIG_HOME, inherited by its processes: the user-context store key
+    (~/.config/qlam-hpc/store.key) is made there, never in the home of whoever runs the suite."""
+    home = tmp_path_factory.mktemp("config-home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home

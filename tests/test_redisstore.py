@@ -439,6 +439,42 @@ def test_plain_redis_is_accepted_on_loopback_or_when_allowed(url, environ):
     assert isinstance(store_from_url(url, environ), RedisStore)
 
 
+@pytest.mark.parametrize("url", ["redis:///0?host=10.1.2.3", "redis://:hunter2@/0?host=10.1.2.3&port=6379"])
+def test_the_host_checked_is_the_one_the_client_connects_to(url):
+    """A host in the query string is where redis-py connects when the URL names none: it is
+    checked, and the message names it (never the password)."""
+    with pytest.raises(ConfigurationError, match="rediss://") as caught:
+        store_from_url(url, {})
+    assert "10.1.2.3" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_a_unix_socket_is_local_and_named_in_the_location():
+    store = store_from_url("unix:///run/redis/redis.sock?db=2", {})
+    assert store.location == "unix:///run/redis/redis.sock?db=2"
+
+
+def test_prefix_and_user_give_each_user_keys_of_their_own(redis_server, redis_env):
+    """``prefix=qlam-hpc:{user}``: every key of the store (entry, lock, ledger) starts with the
+    local user's prefix, so a Redis ACL can give each user only their own."""
+    from qlam_hpc._cache import local_user
+
+    url = redis_server.url + ("&" if "?" in redis_server.url else "?") + "prefix=qlam-hpc:{user}"
+    store = store_from_url(url, redis_env)
+    store.save(CacheEntry(IDENTITY, _token()))
+    with store.try_lock(IDENTITY):
+        keys = {key.decode() for key in redis_server.client().keys("*")}
+    store.record_request({"time": T0, "client_id": "client-1"})
+    keys |= {key.decode() for key in redis_server.client().keys("*")}
+    assert keys and all(key.startswith(f"qlam-hpc:{local_user()}:") for key in keys), keys
+    assert store.location.endswith(f"(keys qlam-hpc:{local_user()}:*)")
+
+
+@pytest.mark.parametrize("prefix", ["", "qlam*", "a b"])
+def test_a_prefix_that_is_a_pattern_is_refused(prefix):
+    with pytest.raises(ConfigurationError, match="prefix="):
+        store_from_url(f"redis://127.0.0.1/0?prefix={prefix}", {})
+
+
 def test_an_unknown_insecure_setting_is_a_configuration_error():
     """QLAM_REDIS_INSECURE takes one value, allow: a typo does not silently allow or refuse."""
     with pytest.raises(ConfigurationError, match="QLAM_REDIS_INSECURE"):

@@ -211,6 +211,9 @@ def keep_fresh(
     from ._errors import LoginRequired
 
     require_user_context(provider, "qlam-hpc auth keep-fresh")
+    from ._jobinfo import process_label
+
+    provider.keeper = f"qlam-hpc auth keep-fresh on {process_label()}"  # named in the entries it writes
     pause = 30.0
     while True:
         try:

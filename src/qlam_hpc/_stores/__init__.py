@@ -82,7 +82,7 @@ def store_from_url(
         from ._file import FileStore
 
         return FileStore(unquote(parts.path))
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "unix"):  # unix:///path/redis.sock?db=N: Redis on a local socket
         from ._redis import redis_store_from_url
 
         return redis_store_from_url(text, environ, password=password, owner=owner, **options)
@@ -95,5 +95,6 @@ def store_from_url(
     shown = _safe_url(text) if scheme else text.rpartition("@")[2]
     raise ConfigurationError(
         f"QLAM_TOKEN_STORE {shown!r}: expected redis://host:port/db, rediss://host:port/db (TLS), "
+        "unix:///path/to/redis.sock?db=N, "
         "vault://MOUNT/PATH (Vault or OpenBao KV version 2) or file:///path/to/dir"
     )

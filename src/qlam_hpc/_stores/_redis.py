@@ -384,7 +384,7 @@ def redis_store_from_url(
     token would cross the network in clear. The host checked is the one the client will
     really connect to (a ``host=`` in the query string included); a Unix socket is local.
     """
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from urllib.parse import parse_qsl, urlencode, urlsplit
 
     from .._urls import is_loopback
 
@@ -407,7 +407,9 @@ def redis_store_from_url(
     prefix = next((value for name, value in query if name == "prefix"), "qlam-hpc")
     if not prefix or any(c in prefix for c in "*?[]\\ ") or len(prefix) > 200:
         raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r}: prefix= must be a plain key prefix")
-    text = urlunsplit(parts._replace(query=urlencode([(n, v) for n, v in query if n != "prefix"])))
+    if any(name == "prefix" for name, _ in query):  # ours, not redis-py's: taken out before it reads the URL
+        rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+        text = text.partition("?")[0] + (f"?{rest}" if rest else "")
     insecure = (env.get("QLAM_REDIS_INSECURE") or "").strip()
     if insecure and insecure.lower() != "allow":
         raise ConfigurationError(f"QLAM_REDIS_INSECURE={insecure!r:.40}: the only value is allow")
