@@ -14,7 +14,10 @@ discovery) goes through ``_exchange``, which bounds it two ways httpx does not:
   one is refused as it streams in, never read whole.
 
 TLS trust is ``_tls``'s, the same as the tasks client's; a TLS failure is a ``TlsError``
-at once, never retried as if the network were down.
+at once, never retried as if the network were down, and so is a host name that does not
+resolve. Each retry is an info line (``-v``); the failure that ends them is the one line a
+user sees, and it says how many attempts were made. Answers are parsed within
+``_jsonlimits``' bounds.
 """
 
 from __future__ import annotations

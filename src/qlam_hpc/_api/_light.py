@@ -13,6 +13,10 @@ the same as ``QlamClient``'s.
 the caller checks ``proxied``), http on loopback or https with the trust of ``_tls``
 (certifi's bundle when no CA variable is set, as httpx does). A 401 gets one fresh
 token through the provider's single-flight cache, as ``QlamAuth`` does.
+
+Each attempt is bounded as the httpx clients' are: ``QLAM_API_DEADLINE`` for the whole
+exchange (a timer shuts the socket down, which ends a read however slowly the server
+sends), ``QLAM_API_MAX_BODY`` for the answer; a redirect is an ``ApiError``, not followed.
 """
 
 from __future__ import annotations
