@@ -75,10 +75,21 @@ def test_anything_else_goes_to_the_full_cli(warm, args):
     assert "click" in heavy
 
 
-def test_a_cold_cache_or_a_proxy_goes_to_the_full_cli(env):
-    _, _, heavy = loaded(["tasks", "list", "--json"], env)
-    assert "httpx" in heavy
-    run_cli("token", env=env)
+def test_a_cold_cache_loads_the_token_fetching_stack_only_and_a_proxy_the_full_cli(env, sandbox):
+    """Alone on a cold cache, the process fetches through the provider (which imports httpx)
+    and still calls the API on the light path: the full CLI (``_app``, pydantic) is never
+    loaded. A proxy takes the full CLI."""
+    code = (
+        "import sys\nfrom qlam_hpc._cli import main\ncode = main(sys.argv[1:])\n"
+        "print('LOADED', *[m for m in ('httpx', 'pydantic', 'qlam_hpc._cli._app') if m in sys.modules], "
+        "file=sys.stderr)\nsys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "tasks", "list", "--json"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "elements" in json.loads(done.stdout)
+    assert done.stderr.split() == ["LOADED", "httpx"]
+    assert sandbox.stats()["token_requests"] == 1
     _, _, heavy = loaded(["tasks", "list", "--json"], {**env, "HTTPS_PROXY": "http://127.0.0.1:9"})
     assert "httpx" in heavy
 

@@ -24,7 +24,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, Literal
 
     from .._api._light import Answer
     from .._api._requests import ApiRequest
@@ -45,14 +45,14 @@ def warm_token(args: list[str]) -> int | None:
         return found
     from ._output import print_token
 
-    print_token(found[1], "cache", mode, time.time())
+    print_token(found[1], found[2], mode, time.time())
     return 0
 
 
-def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token] | int | None:
-    """``(settings, token)`` when the file cache holds a token usable for ``min_ttl``, or once
-    the process fetching one has published it; an exit code when the wait itself failed (the
-    lock timeout); None for the full CLI."""
+def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token, str] | int | None:
+    """``(settings, token, source)`` when the file cache holds a token usable for ``min_ttl``,
+    once the process fetching one has published it, or once this process has fetched it; an
+    exit code when that failed (said as the full CLI says it); None for the full CLI."""
     try:
         from .._cache import Identity, cached_token
         from .._settings import Settings
@@ -64,25 +64,43 @@ def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token] | int | None:
         store = FileStore(settings.cache_path)
         identity = Identity.of(settings)
         entry = store.load(identity)
-        token: Token | int | None = cached_token(entry, time.time(), min_ttl)
+        token: Token | int | Literal["fetch"] | None = cached_token(entry, time.time(), min_ttl)
         if token is None:
             token = _wait_for_holder(settings, store, identity, entry, min_ttl)
     except Exception:  # the full CLI reproduces it and reports it properly
         return None
-    if isinstance(token, int):
-        return token
-    return None if token is None else (settings, token)
+    if token == "fetch":
+        return _fetch(settings, min_ttl)
+    if token is None or isinstance(token, (int, str)):
+        return None if isinstance(token, str) else token
+    return settings, token, "cache"
+
+
+def _fetch(settings: Settings, min_ttl: float) -> tuple[Settings, Token, str] | int:
+    """This process holds the refresh lock (handed over to its provider): fetch through the
+    provider, which loads the token-fetching stack but not the CLI's (click, rich, pydantic);
+    its errors are said as ``_app.run`` says them."""
+    from .._provider import TokenProvider, TokenResult
+
+    results: list[TokenResult] = []
+
+    def call() -> int:
+        results.append(TokenProvider(settings).get(min_ttl=min_ttl))
+        return 0
+
+    code = _exit_point(call)
+    return (settings, results[0].token, results[0].source) if results else code
 
 
 def _wait_for_holder(
     settings: Settings, store: FileStore, identity: Identity, entry: CacheEntry | None, min_ttl: float
-) -> Token | int | None:
+) -> Token | int | Literal["fetch"] | None:
     """A cold cache: the token another process is fetching, read as soon as it is published.
 
     The tasks of an array start together, and all but one only have to read what that one
     fetches: they wait here, with the standard library, instead of loading the full CLI and
     its HTTP stack (which would take the CPU the fetching process needs). The one that finds
-    the lock free keeps it and hands it to the full CLI, which fetches under it. Everything
+    the lock free keeps it for its provider, which fetches under it (``"fetch"``). Everything
     else the provider decides (a failure record to replay, a login to refresh or to report,
     a holder gone without a result to take over from) is left to the full CLI, so its
     messages and exit codes stay what they are; this only returns sooner what it would."""
@@ -117,7 +135,7 @@ def _wait_for_holder(
                 lock.release()
                 return None
             lock_store.hand_over(lock)
-            return None
+            return "fetch"
         waited = True
         if time.time() >= deadline:
             return _lock_timeout(settings, lock_store, identity)
@@ -343,7 +361,7 @@ def _start(api_url: str | None, qpu_mode: str | None) -> tuple[Settings, ApiSett
     found = _cached()
     if found is None or isinstance(found, int):
         return found
-    settings, token = found
+    settings, token, _source = found
     try:
         import os
 
