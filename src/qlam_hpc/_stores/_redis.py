@@ -124,12 +124,16 @@ class RedisStore:
         assert isinstance(raw, bytes)  # the store's client never decodes answers (decode_responses off)
         entry = self.shared.decode(raw, identity, f"{key} in {self.location}")
         if entry is None:
-            # Only if unchanged: a good entry published since the read stays.
-            with self._errors("discard an entry that is not yours"):
-                if len(raw) > MAX_ENTRY_BYTES:
-                    self.client.delete(key)
-                else:
-                    self.client.eval(_DELETE_IF_SAME, 1, key, raw)
+            # Only if unchanged: a good entry published since the read stays. Best effort: the
+            # next write replaces it anyway.
+            try:
+                with self._errors("discard an entry that is not yours"):
+                    if len(raw) > MAX_ENTRY_BYTES:
+                        self.client.delete(key)
+                    else:
+                        self.client.eval(_DELETE_IF_SAME, 1, key, raw)
+            except RedisUnavailable as error:
+                log("debug", str(error))
         return entry
 
     def save(self, entry: CacheEntry) -> bool:

@@ -141,8 +141,12 @@ class VaultStore:
             raw.encode() if isinstance(raw, str) else b"", identity, f"{path} in {self.location}"
         )
         if entry is None:
-            # Emptied at the version read: a good entry published since then stays.
-            self._write(path, {}, version, "discard an entry that is not yours")
+            # Emptied at the version read: a good entry published since then stays. Best effort:
+            # the next write replaces it anyway.
+            try:
+                self._write(path, {}, version, "discard an entry that is not yours")
+            except VaultStoreUnavailable as error:
+                log("debug", str(error))
         return entry
 
     def save(self, entry: CacheEntry) -> bool:
