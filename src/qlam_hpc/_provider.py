@@ -676,7 +676,7 @@ class TokenProvider:
 
 
 def _ends(token: Token, now: float) -> str:
-    """"expired at T", or "expires at T" for one still valid (auth check and --min-ttl refresh early)."""
+    """``expired at T``, or ``expires at T`` for one still valid (auth check and --min-ttl refresh early)."""
     return f"{'expired' if token.expires_at <= now else 'expires'} at {_utc(token.expires_at)}"
 
 
