@@ -128,12 +128,15 @@ def test_each_failure_gives_its_message_and_exit_code(case, env, sandbox):
 
 
 def test_server_errors_then_success_are_retried(env, sandbox):
-    """Two 500s, then a token: exit 0 after 3 requests."""
+    """Two 500s, then a token: exit 0 after 3 requests; the retries are said with -v only."""
     sandbox.set_faults(script=_script({"status": 500, "body": "oops"}, {"status": 500, "body": "oops"}))
-    result = run_cli("token", env={**env, **FAST_RETRIES})
+    result = run_cli("-v", "token", env={**env, **FAST_RETRIES})
     assert result.code == 0
     assert sandbox.stats()["token_requests"] == 3
     assert result.err.count("retrying in") == 2
+    sandbox.set_faults(script=_script({"status": 500, "body": "oops"}))
+    quiet = run_cli("token", env={**env, **FAST_RETRIES, "QLAM_TOKEN_CACHE": "off"})
+    assert quiet.code == 0 and "retrying in" not in quiet.err
 
 
 def test_429_with_retry_after_is_honoured(env, sandbox):
