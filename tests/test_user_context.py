@@ -386,10 +386,12 @@ def test_a_job_without_the_login_names_the_keep_fresh_that_stopped(env, sandbox,
     """A job that never set QLAM_REFRESH_TOKEN_DIR, whose token went stale, is told which
     keep-fresh (host and pid) kept it and when it last refreshed, not to log in again."""
     login_node = {**env, "QLAM_REFRESH_TOKEN_DIR": str(tmp_path / "login-node")}
-    sandbox.set_faults(token_lifetime=2)
+    sandbox.set_faults(token_lifetime=3)
     assert run_cli("auth", "login", env=login_node).code == 0
-    assert run_cli("auth", "keep-fresh", "--once", env=login_node).code == 0
-    time.sleep(2.2)
+    time.sleep(1.6)  # past half the token's life: keep-fresh refreshes, and names itself
+    kept = run_cli("auth", "keep-fresh", "--once", env=login_node)
+    assert kept.code == 0 and sandbox.stats()["refreshes"] == 1, kept.err
+    time.sleep(3.2)
     stale = run_cli("token", env=env)  # no QLAM_REFRESH_TOKEN_DIR at all
     assert stale.code == 16
     assert "kept fresh by qlam-hpc auth keep-fresh on " in stale.err and "is it still running?" in stale.err
