@@ -10,6 +10,7 @@ from ._bearer import ApiError, api_error_response
 from ._client_auth import ClientAuthenticator
 from ._config import SandboxConfig
 from ._context import SandboxContext
+from ._exchange import ExchangeVerifier
 from ._keys import SigningKey
 from ._state import SandboxState
 from ._tasks_store import TaskStore, state_dir_signing_key
@@ -50,6 +51,7 @@ def create_app(config: SandboxConfig | None = None, *, base_url: str | None = No
     )
     # Clients' secrets and public keys, changeable at run time; unusable keys fail here, at start.
     app.state.client_auth = ClientAuthenticator(config)
+    app.state.exchange = ExchangeVerifier(config.exchange_issuers, config.exchange_audience)
     app.state.tasks_store = TaskStore.open(config.state_dir)
     app.add_exception_handler(ApiError, api_error_response)
     app.add_exception_handler(StarletteHTTPException, _tasks_api.http_error_response)

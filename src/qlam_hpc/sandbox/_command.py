@@ -172,11 +172,23 @@ POST /_sandbox/reset, POST /_sandbox/device/approve. See docs/sandbox.md.""",
 )
 @click.option(
     "--flow",
-    type=click.Choice(["m2m", "device"]),
+    type=click.Choice(["m2m", "device", "token-exchange"]),
     default="m2m",
     show_default=True,
-    help="Which client the exports are for: the M2M client and its secret, or the public device client "
-    "(QLAM_AUTH_FLOW=device, no secret) whose user logs in with the device code flow.",
+    help="Which client the exports are for: the M2M client and its secret, the public device client "
+    "(QLAM_AUTH_FLOW=device, no secret) whose user logs in with the device code flow, or the M2M client "
+    "exchanging a subject token (QLAM_AUTH_FLOW=token-exchange; needs --exchange-issuer).",
+)
+@click.option(
+    "--exchange-issuer",
+    "exchange_issuers",
+    multiple=True,
+    help="Issuer whose JWTs clients may exchange for tokens (RFC 8693 token exchange); its keys are found "
+    "by OpenID discovery. https, or http on a loopback host only. Repeat for several.",
+)
+@click.option(
+    "--exchange-audience",
+    help="What a subject token's aud must hold. [default: the sandbox's own URL]",
 )
 @click.option(
     "--auto-approve",
@@ -230,6 +242,8 @@ def sandbox_command(
     auto_approve: bool,
     refresh_token_overlap: float,
     refresh_token_lifetime: int,
+    exchange_issuers: tuple[str, ...],
+    exchange_audience: str | None,
     tls: bool,
     env_file: Path | None,
 ) -> None:
@@ -262,6 +276,8 @@ def sandbox_command(
         "auto_approve": auto_approve,
         "refresh_token_overlap": refresh_token_overlap,
         "refresh_token_lifetime": refresh_token_lifetime,
+        "exchange_issuers": exchange_issuers,
+        "exchange_audience": exchange_audience,
     }
     if qpu_modes:
         settings["qpu_modes"] = qpu_modes
@@ -281,6 +297,8 @@ def sandbox_command(
         server = sandbox_class()
     except ConfigurationError as exc:
         raise _ConfigProblem(str(exc)) from None
+    if flow == "token-exchange" and not config.exchange_issuers:
+        raise click.UsageError("--flow token-exchange needs at least one --exchange-issuer")
     if flow == "device" and not config.device_clients:
         raise _ConfigProblem(f'--flow device needs a device client: add "device_clients" to {clients_file}')
     _serve(server(config, tls=tls), env_file, flow)

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_DEVICE_CLIENTS",
     "DEFAULT_QPU_MODES",
     "DEFAULT_USERS",
+    "check_issuer_url",
     "is_loopback",
 ]
 
@@ -45,6 +46,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_issuer_url(url: str) -> str:
+    """An issuer (or JWKS) URL the sandbox may fetch keys from: https, or plain http on a
+    loopback host only. ``ValueError`` otherwise."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and host and is_loopback(host):
+        return url
+    raise ValueError(f"exchange issuer {url!r} must be an https URL (plain http only on a loopback host)")
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
@@ -163,6 +178,10 @@ class SandboxConfig:
     rotation does not extend; ``auto_approve`` approves a device login as the first
     user at its first poll.  ``refresh_token_overlap``, ``device_poll_interval`` and
     ``auto_approve`` are starting values too.
+
+    Token exchange (RFC 8693): ``exchange_issuers`` are the issuers whose JWTs a client may
+    exchange (https, or http on loopback; keys found by OpenID discovery);
+    ``exchange_audience`` is what their ``aud`` must hold (default: the sandbox's URL).
     """
 
     clients: tuple[SandboxClient, ...]
@@ -185,6 +204,8 @@ class SandboxConfig:
     device_code_lifetime: int = 600
     device_poll_interval: int = 5
     auto_approve: bool = False
+    exchange_issuers: tuple[str, ...] = ()
+    exchange_audience: str | None = None
 
     def __post_init__(self) -> None:
         clients = tuple(self.clients)
@@ -209,6 +230,17 @@ class SandboxConfig:
             object.__setattr__(self, "signing_key_file", Path(self.signing_key_file))
         self._check_tasks_settings()
         self._check_user_settings()
+        self._check_exchange_settings()
+
+    def _check_exchange_settings(self) -> None:
+        issuers = _strings(self.exchange_issuers, "exchange_issuers")
+        try:
+            object.__setattr__(self, "exchange_issuers", tuple(dict.fromkeys(check_issuer_url(i) for i in issuers)))
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        audience = self.exchange_audience
+        if audience is not None and (not isinstance(audience, str) or not audience.strip()):
+            raise ConfigurationError(f"exchange_audience must be a non-empty string, not {audience!r}")
 
     def _check_user_settings(self) -> None:
         users = tuple(self.users) if isinstance(self.users, Iterable) else ()

@@ -12,6 +12,8 @@ parameter or by RFC 8707's ``resource``, so standard clients work too.
 The user context (device code and refresh token grants, revocation, the
 ``/activate`` page) is in ``_user_flows.py`` and ``_activate.py``; the token
 endpoint here only dispatches to it, so that faults apply to every grant alike.
+Token exchange (RFC 8693, Auth0's Custom Token Exchange) verifies its subject token
+in ``_exchange.py`` and is granted here, to a client that authenticates as for M2M.
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ from ._bearer import bearer_claims
 from ._client_auth import ClientAuthError, authenticator_of
 from ._config import SandboxClient
 from ._context import SandboxContext, context_of
+from ._exchange import (
+    ACCESS_TOKEN_TYPE,
+    TOKEN_EXCHANGE_GRANT,
+    ExchangeRefusal,
+    ExchangeVerifier,
+    check_subject_token_type,
+)
 from ._faults import Faults
 from ._keys import ALGORITHM
 from ._params import NO_STORE, Refusal, read_params, requested_audience
 from ._quota import next_month_start
-from ._tokens import issue_access_token
+from ._tokens import issue_access_token, issue_user_access_token
 from ._user_flows import DEVICE_CODE_GRANT, USER_SCOPES
 
 __all__ = ["router"]
@@ -47,7 +56,7 @@ router.include_router(_client_auth.router)
 router.include_router(_user_flows.router)
 router.include_router(_activate.router)
 
-GRANT_TYPES = ("client_credentials", DEVICE_CODE_GRANT, "refresh_token")
+GRANT_TYPES = ("client_credentials", DEVICE_CODE_GRANT, "refresh_token", TOKEN_EXCHANGE_GRANT)
 
 
 @router.post("/oauth/token")
@@ -79,9 +88,11 @@ async def token_endpoint(request: Request) -> Response:
         if faults.latency > 0 and await request.is_disconnected():
             # A client that gave up during the latency would never see a token: grant nothing.
             raise Refusal(400, "invalid_request", "The client disconnected before sending its body")
-        body, headers = _dispatch(request, ctx, params, faults)
+        body, headers = await _dispatch(request, ctx, params, faults)
     except Refusal as refusal:
         ctx.state.count_token_error(refusal.error)
+        if params.get("grant_type") == TOKEN_EXCHANGE_GRANT:
+            ctx.state.count_exchange_refusal(refusal.reason if isinstance(refusal, ExchangeRefusal) else refusal.error)
         return refusal.response()
     if faults.response_delay > 0:
         # The grant is committed (a refresh token rotated, a device code used up):
@@ -90,7 +101,7 @@ async def token_endpoint(request: Request) -> Response:
     return JSONResponse(body, headers={**NO_STORE, **headers})
 
 
-def _dispatch(
+async def _dispatch(
     request: Request, ctx: SandboxContext, params: dict[str, str], faults: Faults
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The grant type first (as Auth0 checks it), then the grant's own checks."""
@@ -102,6 +113,20 @@ def _dispatch(
         return _user_flows.device_code_grant(ctx, params, issuer=issuer, faults=faults), {}
     if grant_type == "refresh_token":
         return _user_flows.refresh_token_grant(ctx, params, issuer=issuer, faults=faults), {}
+    if grant_type == TOKEN_EXCHANGE_GRANT:
+        client = _authenticate(request, ctx, params)
+        verifier: ExchangeVerifier = request.app.state.exchange
+        # The subject token's issuer may have to be asked for its keys: not on the event loop.
+        return await asyncio.to_thread(
+            _exchange_grant,
+            ctx,
+            verifier,
+            client,
+            params,
+            issuer=issuer,
+            lifetime=faults.token_lifetime,
+            default_audience=ctx.base(request),
+        )
     if grant_type != "client_credentials":
         raise Refusal(400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}")
     client = _authenticate(request, ctx, params)
@@ -142,6 +167,83 @@ def _grant(
     if limit is not None:
         headers = _rate_headers(limit, limit - used, next_month_start(now))
     return body, headers
+
+
+def _exchange_grant(
+    ctx: SandboxContext,
+    verifier: ExchangeVerifier,
+    client: SandboxClient,
+    params: dict[str, str],
+    *,
+    issuer: str,
+    lifetime: int,
+    default_audience: str,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """RFC 8693: an access token for the user the subject token names, or a ``Refusal``.
+
+    The client must be allowed the audience, as for client_credentials; the scope may hold
+    the client's granted scopes and OpenID Connect's. The user is a configured one whose
+    e-mail or subject the subject token carries, else ``exchange|<iss>|<sub>``.
+    """
+    check_subject_token_type(params.get("subject_token_type"))
+    subject_token = params.get("subject_token")
+    if not subject_token:
+        raise ExchangeRefusal("missing_parameter", 400, "invalid_request", "Missing required parameter: subject_token")
+    if params.get("actor_token") and not params.get("actor_token_type"):
+        raise ExchangeRefusal("missing_parameter", 400, "invalid_request", "actor_token needs actor_token_type")
+    audience = requested_audience(ctx.config, params)
+    if not client.may_access(audience):
+        raise Refusal(
+            403,
+            "access_denied",
+            f'Client is not authorized to access "{audience}". '
+            'You need to create a "client-grant" associated to this API.',
+        )
+    requested = params.get("scope")
+    user_scopes = [s for s in (requested or "").split() if s in USER_SCOPES]
+    api_scope = " ".join(s for s in (requested or "").split() if s not in USER_SCOPES)
+    scope = " ".join(dict.fromkeys([*user_scopes, *_granted_scope(client, api_scope or None).split()]))
+    claims = verifier.verify(subject_token, default_audience=default_audience)
+    subject = _exchanged_subject(ctx, claims)
+    now = time.time()
+    limit = ctx.config.monthly_quota
+    used = ctx.state.take_quota(client.client_id, limit, now)
+    if used is None:
+        raise _quota_refusal(limit or 0, now)
+    token = issue_user_access_token(
+        ctx.key,
+        issuer=issuer,
+        subject=subject,
+        client_id=client.client_id,
+        audience=audience,
+        scope=scope,
+        lifetime=lifetime,
+        now=int(now),
+    )
+    ctx.state.count_exchange()
+    body: dict[str, Any] = {
+        "access_token": token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+    }
+    if scope:
+        body["scope"] = scope
+    headers = _rate_headers(limit, limit - used, next_month_start(now)) if limit is not None else {}
+    return body, headers
+
+
+def _exchanged_subject(ctx: SandboxContext, claims: dict[str, Any]) -> str:
+    """A configured user by the token's e-mail, then by its subject; else one per issuer and subject."""
+    email, sub = claims.get("email"), claims["sub"]
+    if isinstance(email, str) and email:
+        user = next((u for u in ctx.config.users if u.email.lower() == email.lower()), None)
+        if user is not None:
+            return user.subject
+    user = next((u for u in ctx.config.users if u.subject == sub), None)
+    if user is not None:
+        return user.subject
+    return f"exchange|{claims['iss']}|{sub}"
 
 
 def _authenticate(request: Request, ctx: SandboxContext, params: dict[str, str]) -> SandboxClient:

@@ -18,7 +18,10 @@ from ._config import SandboxClient, SandboxConfig, SandboxUser
 from ._context import SandboxContext
 from ._tasks_store import TaskStore
 
-__all__ = ["Sandbox"]
+__all__ = ["SANDBOX_SUBJECT_TOKEN_TYPE", "Sandbox"]
+
+# The Custom Token Exchange profile's type the sandbox's exports name: a URI "the tenant owns".
+SANDBOX_SUBJECT_TOKEN_TYPE = "urn:qlam-sandbox:subject-jwt"
 
 _START_TIMEOUT = 10.0
 # How long stop() lets in-flight requests (say, one sleeping an injected
@@ -276,11 +279,17 @@ class Sandbox:
         return f"{self.url}/activate?token={self.control_token}"
 
     def env(
-        self, client: SandboxClient | str | None = None, *, flow: Literal["m2m", "device"] = "m2m"
+        self,
+        client: SandboxClient | str | None = None,
+        *,
+        flow: Literal["m2m", "device", "token-exchange"] = "m2m",
     ) -> dict[str, str]:
         """The environment a qlam-hpc client needs to use this sandbox.
 
         ``flow="m2m"``: an M2M client (the first by default) and its secret, if it has one.
+        ``flow="token-exchange"``: the same client, ``QLAM_AUTH_FLOW=token-exchange`` and a
+        ``QLAM_SUBJECT_TOKEN_TYPE`` the sandbox takes (Auth0 refuses ``urn:ietf`` types in
+        Custom Token Exchange, and so does the sandbox); the subject token's source is the caller's.
         ``flow="device"``: a device client id (the first by default), no secret, and
         ``QLAM_AUTH_FLOW=device``; the user logs in with the device code flow.
         """
@@ -298,8 +307,14 @@ class Sandbox:
                 "QLAM_AUTH_FLOW": "device",
                 **self._trust(),
             }
+        if flow == "token-exchange":
+            return {
+                **self.env(client),
+                "QLAM_AUTH_FLOW": "token-exchange",
+                "QLAM_SUBJECT_TOKEN_TYPE": SANDBOX_SUBJECT_TOKEN_TYPE,
+            }
         if flow != "m2m":
-            raise ValueError(f"flow must be 'm2m' or 'device', not {flow!r}")
+            raise ValueError(f"flow must be 'm2m', 'device' or 'token-exchange', not {flow!r}")
         if isinstance(client, str):
             found = self._config.client(client)
             if found is None:
@@ -330,7 +345,8 @@ class Sandbox:
     def stats(self) -> dict[str, Any]:
         """``{"token_requests", "tokens_issued", "token_errors", "scripted_responses", "api_requests",
         "api_scripted_responses", "tasks_created", "device_authorizations", "device_logins",
-        "refresh_requests", "refreshes", "reuse_detections", "families_revoked", "revocations"}``."""
+        "refresh_requests", "refreshes", "reuse_detections", "families_revoked", "revocations",
+        "token_exchanges", "exchange_refusals"}`` (``exchange_refusals`` counts by reason)."""
         stats: dict[str, Any] = self._state.stats()
         return stats
 

@@ -53,6 +53,8 @@ class SandboxState:
             self._scripted = 0
             self._api_requests = 0
             self._token_errors: Counter[str] = Counter()
+            self._token_exchanges = 0
+            self._exchange_refusals: Counter[str] = Counter()
             # client_id -> (month, tokens issued that month); one entry per client
             # because only the current month matters.
             self._quota_used: dict[str, tuple[str, int]] = {}
@@ -80,6 +82,8 @@ class SandboxState:
                 "api_requests": self._api_requests,
                 "api_scripted_responses": self._api_scripted,
                 "tasks_created": self._tasks_created,
+                "token_exchanges": self._token_exchanges,
+                "exchange_refusals": dict(self._exchange_refusals),
                 **logins,
             }
 
@@ -113,6 +117,15 @@ class SandboxState:
     def count_token_error(self, error: str) -> None:
         with self._lock:
             self._token_errors[error] += 1
+
+    def count_exchange(self) -> None:
+        """One subject token exchanged for an access token (RFC 8693)."""
+        with self._lock:
+            self._token_exchanges += 1
+
+    def count_exchange_refusal(self, reason: str) -> None:
+        with self._lock:
+            self._exchange_refusals[reason] += 1
 
     def count_api_request(self) -> None:
         with self._lock:
