@@ -396,6 +396,7 @@ def test_a_job_without_the_login_names_the_keep_fresh_that_stopped(env, sandbox,
     assert stale.code == 16
     assert "kept fresh by qlam-hpc auth keep-fresh on " in stale.err and "is it still running?" in stale.err
     assert len(stale.err.strip().splitlines()) == 1
+    assert "kept fresh  by qlam-hpc auth keep-fresh on " in run_cli("auth", "status", env=env).out
 
 
 def test_keep_fresh_loop_refreshes_at_half_life(env, sandbox, tmp_path):

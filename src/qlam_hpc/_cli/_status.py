@@ -62,6 +62,9 @@ def auth_status(provider: TokenProvider, now: float) -> dict[str, Any]:
             "by": failure.by,
         }
     report["login"] = _login_report(provider, now) if settings.user_context else None
+    if report["login"] is not None and entry is not None:
+        report["login"]["kept_by"] = entry.keeper
+        report["login"]["check_after"] = utc(entry.confirm_after) if entry.confirm_after is not None else None
     month = time.strftime("%Y-%m", time.gmtime(now))
     used = count_requests(provider.store, settings, now)
     report["requests"] = {"month": month, "count": used, "budget": settings.token_budget}
@@ -178,6 +181,12 @@ def render_status(report: dict[str, Any]) -> str:
         )
         if login["warning"]:
             lines.append(f"            WARNING: {login['warning']}")
+    if login is not None and login.get("kept_by"):
+        lines.append(f"kept fresh  by {login['kept_by']}")
+    if login is not None and login.get("check_after"):
+        lines.append(
+            f"check       a refresh was cut short: the login is checked once more after {login['check_after']}"
+        )
     token = report["token"]
     if token is None:
         lines.append("token       none cached")
