@@ -472,6 +472,9 @@ class TokenProvider:
         if grant is not None:  # user context: refresh_token, device_code
             record["grant"] = grant
         self.store.record_request(record)
+        from ._audit import token_request  # the per-user audit trail: returns at once when it is off
+
+        token_request(self, record)
 
     # --- user context ---------------------------------------------------------------------
 
