@@ -85,6 +85,8 @@ class _Config:
         "tasks": "qlam_hpc._cli._tasks:tasks",
         "api": "qlam_hpc._cli._api:api_command",
         "doctor": "qlam_hpc._cli._doctor:doctor",
+        "audit": "qlam_hpc._cli._audit:audit_command",
+        "metrics": "qlam_hpc._cli._audit:metrics_command",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXIT_CODES_HELP,
