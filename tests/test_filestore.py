@@ -599,6 +599,17 @@ def test_a_handed_over_lock_stays_held_for_the_next_try_lock_here(store, cache_d
     assert _probe(cache_dir) == "locked"
 
 
+def test_a_handed_over_lock_released_unused_is_not_handed_out_afterwards(store, cache_dir):
+    """The light CLI releases a lock its provider did not need: the next try_lock takes a new one."""
+    lock = store.try_lock(IDENTITY)
+    store.hand_over(lock)
+    lock.release()
+    assert _probe(cache_dir) == "locked"
+    again = FileStore(cache_dir).try_lock(IDENTITY)
+    assert again is not None and again is not lock
+    again.release()
+
+
 def test_a_handed_over_lock_is_not_handed_to_a_forked_child(store, cache_dir):
     """A child forked after the hand-over does not hold the parent's lock, so it must not be handed it."""
     lock = store.try_lock(IDENTITY)

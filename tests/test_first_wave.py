@@ -138,6 +138,19 @@ def test_a_hung_holder_times_out_light_with_the_full_cli_line_and_exit_code(env,
     assert light_took < 1.0 + 5  # one timeout and a start-up, not two timeouts
 
 
+def test_a_waiter_interrupted_says_interrupted_and_exits_130(env, holder):
+    """Ctrl-C (SIGINT) while waiting light: the full CLI's one line and exit code, no traceback."""
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "qlam_hpc", "token"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(1.5)  # started, and waiting for the holder
+    assert waiter.poll() is None
+    waiter.send_signal(signal.SIGINT)
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 130
+    assert err == "qlam-hpc: error: interrupted\n" and out == ""
+
+
 def test_a_waiter_that_finds_the_lock_free_leaves_it_to_the_full_cli_it_hands_over_to(env, sandbox):
     """The light path takes the free lock and keeps it for the full CLI of the same process,
     which fetches under it: one token request, and the lock is free afterwards."""

@@ -24,14 +24,14 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
-    from typing import Any, Literal
+    from typing import Any
 
     from .._api._light import Answer
     from .._api._requests import ApiRequest
     from .._api._settings import ApiSettings
     from .._cache import CacheEntry, Identity
     from .._settings import Settings
-    from .._stores._file import FileStore
+    from .._stores._file import FileStore, _HeldLock
     from .._tokens import Token
 
 
@@ -56,7 +56,7 @@ def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token, str] | int | None:
     try:
         from .._cache import Identity, cached_token
         from .._settings import Settings
-        from .._stores._file import FileStore
+        from .._stores._file import FileStore, _HeldLock
 
         settings = Settings.from_env()
         if not settings.cache_enabled or settings.token_store:
@@ -64,15 +64,20 @@ def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token, str] | int | None:
         store = FileStore(settings.cache_path)
         identity = Identity.of(settings)
         entry = store.load(identity)
-        token: Token | int | Literal["fetch"] | None = cached_token(entry, time.time(), min_ttl)
+        token: Token | int | _HeldLock | None = cached_token(entry, time.time(), min_ttl)
         if token is None:
             token = _wait_for_holder(settings, store, identity, entry, min_ttl)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
     except Exception:  # the full CLI reproduces it and reports it properly
         return None
-    if token == "fetch":
-        return _fetch(settings, min_ttl)
-    if token is None or isinstance(token, (int, str)):
-        return None if isinstance(token, str) else token
+    if token is None or isinstance(token, int):
+        return token
+    if isinstance(token, _HeldLock):
+        try:
+            return _fetch(settings, min_ttl)
+        finally:
+            token.release()  # in case the provider did not need it (it releases what it takes)
     return settings, token, "cache"
 
 
@@ -94,13 +99,13 @@ def _fetch(settings: Settings, min_ttl: float) -> tuple[Settings, Token, str] | 
 
 def _wait_for_holder(
     settings: Settings, store: FileStore, identity: Identity, entry: CacheEntry | None, min_ttl: float
-) -> Token | int | Literal["fetch"] | None:
+) -> Token | int | _HeldLock | None:
     """A cold cache: the token another process is fetching, read as soon as it is published.
 
     The tasks of an array start together, and all but one only have to read what that one
     fetches: they wait here, with the standard library, instead of loading the full CLI and
     its HTTP stack (which would take the CPU the fetching process needs). The one that finds
-    the lock free keeps it for its provider, which fetches under it (``"fetch"``). Everything
+    the lock free keeps it for its provider, which fetches under it (the lock is returned). Everything
     else the provider decides (a failure record to replay, a login to refresh or to report,
     a holder gone without a result to take over from) is left to the full CLI, so its
     messages and exit codes stay what they are; this only returns sooner what it would."""
@@ -135,7 +140,7 @@ def _wait_for_holder(
                 lock.release()
                 return None
             lock_store.hand_over(lock)
-            return "fetch"
+            return lock
         waited = True
         if time.time() >= deadline:
             return _lock_timeout(settings, lock_store, identity)

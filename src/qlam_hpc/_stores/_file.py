@@ -237,11 +237,17 @@ class FileStore:
 
     def signature(self, identity: Identity) -> tuple[int, int, int] | None:
         """``(inode, mtime ns, size)`` of the entry, None when there is none: a waiter reads the
-        entry again only when this changes (a publish is a rename: a new inode)."""
+        entry again only when this changes (a publish is a rename: a new inode). Taken from an
+        open descriptor, not ``stat`` by name: on NFS only an open revalidates the name (close-
+        to-open consistency), and a cached lookup could hide a publish for a minute."""
         try:
-            info = os.stat(self.entry_path(identity), follow_symlinks=False)
+            fd = os.open(self.entry_path(identity), _OPEN_READ)
         except OSError:
             return None
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
         return info.st_ino, info.st_mtime_ns, info.st_size
 
     # --- the ledger ---------------------------------------------------------------------
@@ -444,6 +450,8 @@ class _HeldLock:
 
     def release(self) -> None:
         with _held_here_guard:
+            if _handed_over.get(self.path) is self:
+                del _handed_over[self.path]
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
                 _held_here.pop(self.path, None)
