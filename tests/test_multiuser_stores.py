@@ -21,6 +21,7 @@ are real servers. Ada's side is the real ``qlam-hpc`` run as Ada.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import time
@@ -172,6 +173,9 @@ def redis_server(tmp_path_factory) -> RedisServer:
     server.stop()
 
 
+_DATABASES = itertools.count(1)
+
+
 class RedisShared:
     """One Redis, one password, for both users; Bob's hand is a client with that password.
     ``logins_in_store``: the logins go to the store too (``QLAM_SHARED_REFRESH_TOKENS=allow``),
@@ -181,20 +185,22 @@ class RedisShared:
         self.server = server
         self.sandbox = sandbox
         self.users = users
-        self.prefix = f"qlamtest-{uuid.uuid4().hex[:8]}"
-        self.logins = _logins(self.prefix, logins_in_store)
-        self.bob = server.client()
+        self.db = next(_DATABASES)  # a database of its own; the keys as the docs show them, qlam-hpc:*
+        self.logins = _logins(f"redis-{self.db}", logins_in_store)
+        import redis
+
+        self.bob = redis.Redis(host="127.0.0.1", port=server.port, db=self.db, password=server.password)
 
     def env(self, user: User) -> dict[str, str]:
         return {
             **self.sandbox.env(flow="device"),
-            "QLAM_TOKEN_STORE": f"redis://127.0.0.1:{self.server.port}/0?prefix={self.prefix}",
+            "QLAM_TOKEN_STORE": f"redis://127.0.0.1:{self.server.port}/{self.db}",
             "QLAM_REDIS_PASSWORD": self.server.password,
             **self.logins,
         }
 
     def key(self, user: User, kind: str = "entry") -> str:
-        return f"{self.prefix}:{_identity(self.sandbox, user).key()}:{kind}"
+        return f"qlam-hpc:{_identity(self.sandbox, user).key()}:{kind}"
 
     def read(self, user: User) -> bytes | None:
         return self.bob.get(self.key(user))
