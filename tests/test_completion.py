@@ -44,7 +44,7 @@ def _bash_complete(line: str) -> list[str]:
 
 
 def test_bash_completes_a_command_name():
-    assert _bash_complete("qlam-hpc au") == ["auth"]
+    assert _bash_complete("qlam-hpc aut") == ["auth"]
 
 
 def test_bash_lists_the_subcommands_of_auth():
