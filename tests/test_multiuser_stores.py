@@ -62,7 +62,7 @@ path "secret/metadata/{path}/{{{{identity.entity.aliases.{accessor}.name}}}}/*" 
 }}
 """
 # The commands docs/hpc.md lists for a Redis ACL user of the store.
-REDIS_COMMANDS = "+get +getrange +set +del +eval +evalsha +pexpire +rpush +expire +lrange +scan +multi +exec +ping"
+REDIS_COMMANDS = "+get +getrange +set +del +eval +pexpire +rpush +expire +lrange +scan +multi +exec"
 
 
 # --- the sandbox: one identity provider, two people ---------------------------------------
@@ -464,6 +464,10 @@ def test_redis_acl_users_with_their_own_prefix(users, sandbox, redis_server):
             attack()
     got = bob.cli("token", env=envs[bob.name])
     assert got.code == 0 and _subject(got.out) == BOB.subject, got.err
+    for args in (["auth", "status"], ["auth", "clear", "--all"], ["auth", "logout"]):  # the rest of the commands
+        done = ada.cli(*args, env=envs[ada.name])
+        assert done.code == 0 and "NOPERM" not in done.err, (args, done.err)
+    assert not admin.keys(f"qlam-hpc:{ada.name}:*:entry")
     for name in passwords:
         admin.execute_command("ACL", "DELUSER", name)
 
