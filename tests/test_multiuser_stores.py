@@ -60,6 +60,9 @@ path "secret/data/{path}/{{{{identity.entity.aliases.{accessor}.name}}}}/*" {{
 path "secret/metadata/{path}/{{{{identity.entity.aliases.{accessor}.name}}}}/*" {{
   capabilities = ["delete"]
 }}
+path "secret/metadata/{path}/{{{{identity.entity.aliases.{accessor}.name}}}}" {{
+  capabilities = ["list"]
+}}
 """
 # The commands docs/hpc.md lists for a Redis ACL user of the store.
 REDIS_COMMANDS = "+get +getrange +set +del +eval +pexpire +rpush +expire +lrange +scan +multi +exec"
@@ -519,4 +522,7 @@ def test_a_templated_vault_policy_gives_each_login_its_own_path(users, sandbox, 
     got = bob.cli("token", env=envs[bob.name])
     assert got.code == 0 and _subject(got.out) == BOB.subject, got.err
     assert bao.read("secret", f"{path}/{bob.name}/{_identity(sandbox, bob).key()}/entry")
-    assert ada.cli("token", env=envs[ada.name]).code == 0
+    for args in (["token"], ["auth", "status"], ["auth", "clear", "--all"], ["auth", "logout"]):
+        done = ada.cli(*args, env=envs[ada.name])
+        assert done.code == 0, (args, done.err)
+    assert not bao.read("secret", entry)
