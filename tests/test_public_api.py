@@ -46,6 +46,7 @@ PUBLIC = [
     "Secret",
     "SecretStoreUnreachable",
     "Settings",
+    "SubjectTokenError",
     "Task",
     "TaskCancelled",
     "TaskDefinition",
@@ -95,6 +96,7 @@ EXIT_CODES = {
     "ApiUnreachable": 14,
     "SecretStoreUnreachable": 15,
     "TlsError": 18,
+    "SubjectTokenError": 19,
 }
 
 HEAVY = {"httpx", "click", "rich", "pydantic"}

@@ -105,8 +105,10 @@ _IDENTITY_FIELDS = _IdentityFields._fields
 class Identity(_IdentityFields):
     """What a token is for; one cache entry per identity. An empty scope means none.
 
-    ``principal`` is None for M2M (the client is the principal) and ``device:<user>``
-    in user context, so that two people who share a store never share a login.
+    ``principal`` is None for M2M (the client is the principal), ``device:<user>``
+    in user context, so that two people who share a store never share a login, and
+    ``exchange:<iss>|<sub>`` for token exchange (the subject token's claims, read from
+    its source), so that two subjects never share a token and one subject's processes do.
     """
 
     __slots__ = ()
@@ -114,6 +116,10 @@ class Identity(_IdentityFields):
     @classmethod
     def of(cls, settings: Settings) -> Identity:
         principal = f"device:{local_user()}" if settings.auth_flow == "device" else None
+        if settings.auth_flow == "token-exchange":
+            from ._exchange import subject_principal
+
+            principal = subject_principal(settings)
         return cls(settings.token_url, settings.client_id, settings.audience, settings.scope, principal)
 
     def key(self) -> str:

@@ -18,7 +18,8 @@
     │   ├── RateLimited            6  HTTP 429, with the wait the IdP asked for
     │   ├── InvalidTokenResponse   7  a 2xx answer that holds no usable token
     │   ├── LoginRequired         16  user context: no login, or it expired or was revoked
-    │   └── DeviceCodeExpired     17  a device login was not approved before its code expired
+    │   ├── DeviceCodeExpired     17  a device login was not approved before its code expired
+    │   └── SubjectTokenError     19  token exchange: the subject token is missing, unreadable or expired
     ├── CacheError                 8  the shared cache cannot be used safely
     │   ├── UnsafeCache                (foreign owner, symlink, wrong type)
     │   └── LockTimeout            9  another process held the refresh lock too long
@@ -59,6 +60,7 @@ __all__ = [
     "InvalidTokenResponse",
     "LoginRequired",
     "DeviceCodeExpired",
+    "SubjectTokenError",
     "CacheError",
     "UnsafeCache",
     "LockTimeout",
@@ -236,6 +238,13 @@ class DeviceCodeExpired(AuthError):
     """A device login was not approved before its code expired (or ``--timeout`` ran out)."""
 
     exit_code = 17
+
+
+class SubjectTokenError(AuthError):
+    """Token exchange: the subject token cannot be had from its source (missing, empty, not a
+    JWT, expired, a command that failed). The message names the source, never the token."""
+
+    exit_code = 19
 
 
 class CacheError(QlamError):

@@ -40,6 +40,17 @@ never acted, or if the server's rotation overlap period has not ended; otherwise
 the login was lost with the killed process, the server says ``invalid_grant``,
 and every process of the array stops at once with ``LoginRequired`` (exit 16).
 A refused refresh drops the login from the entry, so nobody asks again.
+
+**Grants.** How a token is obtained is a grant's business, not the provider's: each
+grant is a small unit (``ClientCredentialsGrant``, ``TokenExchangeGrant``,
+``RefreshGrant``) that owns its request and says whether it spends what it sends (a
+rotating refresh token). The provider keeps memory → store → single flight, the
+failure records and the ledger, whatever the grant. **Token exchange**
+(``Settings.auth_flow == "token-exchange"``) is M2M's lookup with another grant: the
+cache identity names the subject (``exchange:<iss>|<sub>``), the subject token is read
+from its source at each exchange, and a failure record stands for the client
+credentials *and* the subject token it was given for, so a rotated subject token
+(a Kubernetes token file rewritten) is tried at once.
 """
 
 from __future__ import annotations
@@ -84,10 +95,91 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ._oauth import DeviceAuthorization, UserTokens
 
-    # What fetches a token for the flow in use (a seam for tests): M2M calls it as
-    # ``fetch(settings, *, obtained_by, clock) -> Token``, user context as
+    # What fetches a token for the flow in use (a seam for tests): M2M and token exchange
+    # call it as ``fetch(settings, *, obtained_by, clock) -> Token``, user context as
     # ``fetch(settings, refresh_token, *, obtained_by, clock) -> UserTokens``.
     Fetch = Callable[..., Any]
+
+
+class ClientCredentialsGrant:
+    """RFC 6749 section 4.4: the client's own token, for its credentials; nothing is spent."""
+
+    name = "client_credentials"
+    spends = None
+
+    def __init__(self, fetch: Fetch | None = None) -> None:
+        self._fetch = fetch
+
+    def obtain(self, settings: Settings, *, obtained_by: str, clock: Callable[[], float]) -> Token:
+        fetch = self._fetch
+        if fetch is None:
+            from ._http import fetch_token
+
+            fetch = fetch_token
+        token: Token = fetch(settings, obtained_by=obtained_by, clock=clock)
+        return token
+
+    def material(self, settings: Settings) -> str:
+        """What a failure record stands for besides the client's credentials: nothing."""
+        return ""
+
+
+class TokenExchangeGrant(ClientCredentialsGrant):
+    """RFC 8693: the subject token, read from its source at each exchange, for a token of that
+    subject; the client authenticates as for client_credentials. Nothing is spent: a subject
+    token may be presented again while it lasts."""
+
+    name = "token_exchange"
+
+    def __init__(self, principal: str | None, fetch: Fetch | None = None) -> None:
+        super().__init__(fetch)
+        self._principal = principal
+
+    def obtain(self, settings: Settings, *, obtained_by: str, clock: Callable[[], float]) -> Token:
+        if self._fetch is not None:
+            return super().obtain(settings, obtained_by=obtained_by, clock=clock)
+        from ._exchange import fetch_exchanged_token
+
+        return fetch_exchanged_token(settings, obtained_by=obtained_by, clock=clock, expected_principal=self._principal)
+
+    def material(self, settings: Settings) -> str:
+        """The subject token as its source holds it now: a record for an earlier one does not stand."""
+        from ._exchange import read_subject
+
+        assert settings.subject_source is not None
+        return read_subject(settings.subject_source, timeout=settings.http_timeout).value.reveal()
+
+
+class RefreshGrant:
+    """RFC 6749 section 6, user context: the login's refresh token for a new access token and
+    the next refresh token. It *spends* what it sends (rotation), so the provider writes an
+    intent first and never repeats a request the server may have acted on."""
+
+    name = "refresh_token"
+    spends = "refresh token"
+
+    def __init__(self, fetch: Fetch | None = None) -> None:
+        self._fetch = fetch
+
+    def obtain(
+        self, settings: Settings, refresh_token: str, *, obtained_by: str, clock: Callable[[], float]
+    ) -> UserTokens:
+        fetch = self._fetch
+        if fetch is None:
+            from ._http import refresh_tokens
+
+            fetch = refresh_tokens
+        tokens: UserTokens = fetch(settings, refresh_token, obtained_by=obtained_by, clock=clock)
+        return tokens
+
+
+def grant_for(settings: Settings, identity: Identity, fetch: Fetch | None = None) -> Any:
+    """The grant unit of the settings' flow."""
+    if settings.user_context:
+        return RefreshGrant(fetch)
+    if settings.token_exchange:
+        return TokenExchangeGrant(identity.principal, fetch)
+    return ClientCredentialsGrant(fetch)
 
 
 @dataclass(frozen=True)
@@ -133,6 +225,9 @@ class TokenProvider:
 
             self.login_store = FileStore(settings.refresh_token_dir)
         self._fetch = fetch
+        #: How this provider's tokens are obtained (``ClientCredentialsGrant``, ``TokenExchangeGrant``
+        #: or ``RefreshGrant``); memory, store and single flight are the provider's, whatever the grant.
+        self.grant = grant_for(settings, self.identity, fetch)
         self._clock = clock
         self._memory: Token | None = None
         self._lock = threading.Lock()
@@ -179,7 +274,11 @@ class TokenProvider:
 
     def principal(self) -> dict[str, str] | None:
         """User context: who the tokens act for, ``{"subject", "email"}`` (set keys only);
-        None for M2M. From the login where this process can read it, else the token's claims."""
+        token exchange: the subject token's ``{"subject", "issuer"}``; None for M2M. In user
+        context, from the login where this process can read it, else the token's claims."""
+        if self.settings.token_exchange and self.identity.principal:
+            issuer, _, subject = self.identity.principal.removeprefix("exchange:").partition("|")
+            return {"subject": subject, "issuer": issuer}
         if not self.settings.user_context:
             return None
         login = self.current_login()
@@ -237,7 +336,7 @@ class TokenProvider:
     def _from_store(self, min_ttl: float, rejected: str | None) -> TokenResult:
         if self.settings.user_context:
             return self._user_from_store(min_ttl, rejected)
-        credentials = _Credentials(self.settings)  # read from their sources on first use only
+        credentials = _Credentials(self.settings, grant=self.grant)  # read from their sources on first use only
         entry = self.store.load(self.identity)
         settled = self._settled(entry, credentials, min_ttl, rejected)
         if settled is not None:
@@ -358,7 +457,7 @@ class TokenProvider:
         with self._lock:
             base = self.store.load(self.identity) or CacheEntry(self.identity)
             by = process_label()
-            token, credentials = self._fetch_rotating(_Credentials(self.settings), by)
+            token, credentials = self._fetch_rotating(_Credentials(self.settings, grant=self.grant), by)
             if isinstance(token, AuthError):
                 self._publish_failure(base, token, credentials, by)
                 raise token
@@ -396,22 +495,18 @@ class TokenProvider:
             return error, credentials
 
     def _fetch_once(self, credentials: _Credentials, by: str) -> Token:
-        """One fetch, recorded in the ledger whatever its outcome."""
+        """One fetch by the grant, recorded in the ledger whatever its outcome."""
         from ._jobinfo import job_id
 
-        fetch = self._fetch
-        if fetch is None:
-            from ._http import fetch_token
-
-            fetch = fetch_token
         settings = credentials.settings()
         started = self._clock()
+        grant = self.grant.name if self.settings.token_exchange else None  # M2M records stay as they were
         try:
-            token: Token = fetch(settings, obtained_by=by, clock=self._clock)
+            token: Token = self.grant.obtain(settings, obtained_by=by, clock=self._clock)
         except AuthError as error:
-            self._record(started, job_id(), getattr(error, "error", None) or type(error).__name__)
+            self._record(started, job_id(), getattr(error, "error", None) or type(error).__name__, grant)
             raise
-        self._record(started, job_id(), "ok")
+        self._record(started, job_id(), "ok", grant)
         return token
 
     def _publish_failure(self, base: CacheEntry, error: AuthError, credentials: _Credentials, by: str) -> None:
@@ -617,12 +712,7 @@ class TokenProvider:
         return entry or CacheEntry(self.identity)
 
     def _send_refresh(self, login: Login, by: str) -> UserTokens:
-        fetch = self._fetch
-        if fetch is None:
-            from ._http import refresh_tokens
-
-            fetch = refresh_tokens
-        tokens: UserTokens = fetch(self.settings, login.refresh_token, obtained_by=by, clock=self._clock)
+        tokens: UserTokens = self.grant.obtain(self.settings, login.refresh_token, obtained_by=by, clock=self._clock)
         return tokens
 
     def _failure(self, error: QlamError, credentials: str, by: str) -> Failure:
@@ -689,11 +779,21 @@ class _Credentials:
     Fingerprints are salted and slow (``_oauth.credentials_fingerprint``): each recorded
     one is compared once per process, not on every poll while another process fetches."""
 
-    def __init__(self, settings: Settings, resolved: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings, resolved: Settings | None = None, *, grant: ClientCredentialsGrant | None = None
+    ) -> None:
         self._settings = settings
         self._resolved = resolved
         self._fingerprint: str | None = None
         self._compared: dict[str, bool] = {}
+        # Token exchange: a failure record stands for the subject token too (the grant's material).
+        self._grant = grant
+        self._material: str | None = None
+
+    def material(self) -> str:
+        if self._material is None:
+            self._material = self._grant.material(self._settings) if self._grant is not None else ""
+        return self._material
 
     def settings(self) -> Settings:
         if self._resolved is None:
@@ -706,7 +806,12 @@ class _Credentials:
         if self._fingerprint is None:
             from ._oauth import credentials_fingerprint
 
-            self._fingerprint = credentials_fingerprint(self.settings())
+            material = self.material()
+            self._fingerprint = (
+                credentials_fingerprint(self.settings(), extra=material)
+                if material
+                else credentials_fingerprint(self.settings())
+            )
         return self._fingerprint
 
     def matches(self, recorded: str) -> bool:
@@ -714,14 +819,20 @@ class _Credentials:
         if recorded not in self._compared:
             from ._oauth import credentials_match
 
-            self._compared[recorded] = credentials_match(self.settings(), recorded)
+            material = self.material()
+            self._compared[recorded] = (
+                credentials_match(self.settings(), recorded, extra=material)
+                if material
+                else credentials_match(self.settings(), recorded)
+            )
         return self._compared[recorded]
 
     def renewed(self) -> _Credentials | None:
         """The credentials read again from their source, if they differ from these."""
         from ._client_auth import resolve_credentials
 
-        again = _Credentials(self._settings, resolve_credentials(self._settings, fresh=True))
+        again = _Credentials(self._settings, resolve_credentials(self._settings, fresh=True), grant=self._grant)
+        again._material = self._material  # the client's credentials were refused, not the subject token
         return None if again.matches(self.fingerprint()) else again
 
 

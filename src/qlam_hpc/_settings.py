@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Mapping
     from typing import Any, NamedTuple
 
+    from ._exchange import SubjectSource
     from ._secrets import SECRET_REFERENCE_PREFIXES as SECRET_REFERENCE_PREFIXES
     from ._secrets import Secret as Secret
     from ._secrets import SecretSource
@@ -86,6 +87,7 @@ DEFAULT_LOCK_TIMEOUT = 240.0
 
 CLIENT_CREDENTIALS = "client_credentials"
 DEVICE = "device"
+TOKEN_EXCHANGE = "token-exchange"
 # What a user-context login asks for when QLAM_SCOPE does not say: an ID token (who logged
 # in) and a refresh token (offline_access), as QuEra's own tools ask.
 DEFAULT_USER_SCOPE = "openid email profile offline_access"
@@ -146,6 +148,11 @@ if TYPE_CHECKING:  # pragma: no cover
         refresh_token_dir: str | None = None  # keep the login (refresh token) here, apart from the access token
         # (variable, path): the CA bundle named by SSL_CERT_FILE, SSL_CERT_DIR or REQUESTS_CA_BUNDLE
         tls_trust: tuple[str, str] | None = None
+        # Token exchange (QLAM_AUTH_FLOW=token-exchange): where the subject token is read from at each
+        # exchange, its RFC 8693 type (None: urn:ietf:params:oauth:token-type:jwt), an actor token's file.
+        subject_source: SubjectSource | None = None
+        subject_token_type: str | None = None
+        actor_token_file: str | None = None
 
 else:
     _SettingsFields = namedtuple(
@@ -153,12 +160,14 @@ else:
         "client_id audience token_url client_secret scope cache_dir cache_enabled token_budget lock_timeout "
         "http_timeout retry rejected_cooldown transient_cooldown private_key key_id assertion_alg client_auth "
         "audience_param discovery_url assertion_audience token_store token_store_password auth_flow "
-        "device_authorization_url revocation_url refresh_token_lifetime refresh_token_dir tls_trust",
+        "device_authorization_url revocation_url refresh_token_lifetime refresh_token_dir tls_trust "
+        "subject_source subject_token_type actor_token_file",
         defaults=(
             None, None, None, True, None, DEFAULT_LOCK_TIMEOUT, 10.0, RetryPolicy(), 300.0, 15.0,
             None, None, None, None, "audience", None, None,
             None, None,
             CLIENT_CREDENTIALS, None, None, DEFAULT_REFRESH_TOKEN_LIFETIME, None, None,
+            None, None, None,
         ),
     )  # fmt: skip
 
@@ -196,6 +205,11 @@ class Settings(_SettingsFields):
     def user_context(self) -> bool:
         """True for a person's login (device flow, refresh tokens); False for M2M."""
         return self.auth_flow == DEVICE
+
+    @property
+    def token_exchange(self) -> bool:
+        """True when tokens come from exchanging a subject token (RFC 8693)."""
+        return self.auth_flow == TOKEN_EXCHANGE
 
     @property
     def discovers_endpoint(self) -> bool:
@@ -280,9 +294,7 @@ def build_settings(
         flow = CLIENT_CREDENTIALS
         note("auth_flow", "default")
     if not client_id:
-        kind = (
-            "the M2M client id from your QLAM admin" if flow == CLIENT_CREDENTIALS else "the login's public client id"
-        )
+        kind = "the login's public client id" if flow == DEVICE else "the M2M client id from your QLAM admin"
         raise ConfigurationError(f"QLAM_CLIENT_ID is not set ({kind}){missing}")
     discovery_url = _discovery_url(env.get("QLAM_DISCOVERY"), base_url)
     if discovery_url:
@@ -305,6 +317,7 @@ def build_settings(
         scope = DEFAULT_USER_SCOPE
         note("scope", "default for user context")
     user_endpoints = _user_endpoints(env, flow, base_url, discovery_url, note)
+    exchange = _exchange_settings(env, flow, base_url or token_url, note)
     cache_dir = pick("cache_dir", "QLAM_TOKEN_CACHE_DIR")
     if not cache_dir:
         note("cache_dir", "default")
@@ -348,6 +361,9 @@ def build_settings(
         or (
             (f"http_client.verify_ssl of {qsh.origin}", qsh.verify_ssl) if qsh is not None and qsh.verify_ssl else None
         ),
+        subject_source=exchange[0],
+        subject_token_type=exchange[1],
+        actor_token_file=exchange[2],
     )
     if settings.refresh_token_dir:
         note("refresh_token_dir", "environment QLAM_REFRESH_TOKEN_DIR")
@@ -366,7 +382,38 @@ def _auth_flow(value: str | None) -> str | None:
         return DEVICE
     if text in ("client_credentials", "m2m"):
         return CLIENT_CREDENTIALS
-    raise ConfigurationError(f"QLAM_AUTH_FLOW={value!r}: use device (user context) or client_credentials (M2M)")
+    if text in ("token-exchange", "token_exchange", "exchange"):
+        return TOKEN_EXCHANGE
+    raise ConfigurationError(
+        f"QLAM_AUTH_FLOW={value!r}: use device (user context), client_credentials (M2M) "
+        "or token-exchange (a subject token the job already has)"
+    )
+
+
+def _exchange_settings(
+    env: Mapping[str, str], flow: str, idp_url: str, note: _Note
+) -> tuple[SubjectSource | None, str | None, str | None]:
+    """``(subject_source, subject_token_type, actor_token_file)`` for token exchange; Nones otherwise.
+    Nothing is read here: the subject token is read at each exchange."""
+    if flow != TOKEN_EXCHANGE:
+        return None, None, None
+    from ._exchange import DEFAULT_SUBJECT_TOKEN_TYPE, source_from_env
+
+    source = source_from_env(env, base_url_for(idp_url))
+    note("subject_source", source.describe())
+    token_type = (env.get("QLAM_SUBJECT_TOKEN_TYPE") or "").strip()
+    if token_type:
+        if ":" not in token_type or any(c.isspace() for c in token_type):
+            raise ConfigurationError(
+                f"QLAM_SUBJECT_TOKEN_TYPE={token_type!r}: expected a URI such as urn:example:ci-jwt"
+            )
+        note("subject_token_type", "environment QLAM_SUBJECT_TOKEN_TYPE")
+    else:
+        note("subject_token_type", "default")
+    actor = (env.get("QLAM_ACTOR_TOKEN_FILE") or "").strip() or None
+    if actor:
+        note("actor_token_file", "environment QLAM_ACTOR_TOKEN_FILE")
+    return source, token_type or DEFAULT_SUBJECT_TOKEN_TYPE, os.path.expanduser(actor) if actor else None
 
 
 def _user_endpoints(
