@@ -18,7 +18,7 @@ Where events go (``destinations``):
 A destination is ``syslog[:FACILITY[:SOCKET]]`` (RFC 5424 over the local datagram socket,
 ``/dev/log`` unless named; facility ``authpriv`` unless named), ``journald[:SOCKET]`` (the
 journal's native protocol, no library needed) or ``file:PATH`` (JSON lines, one ``write``
-of one line per event with ``O_APPEND`` under a ``lockf`` lock, created 0600).
+of one line per event with ``O_APPEND`` under an exclusive ``flock``, created 0600).
 
 Auditing never stops the work it records: a destination that cannot take an event (no
 socket, a full disk) gets one warning per process, and the command goes on. Nothing here
@@ -489,31 +489,12 @@ def _send_datagram(path: str, data: bytes) -> None:
 
 
 def _send_journal(path: str, data: bytes) -> None:
-    import errno
+    """One datagram: an event's values are capped (``_safe``), so it always fits in one, and
+    the protocol's other form (a sealed memfd passed along) is never needed."""
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(data, path)
-        except OSError as error:
-            if error.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
-                raise
-            # Too big for one datagram: the protocol's way is a sealed memfd passed along.
-            import array
-
-            fd = os.memfd_create("qlam-hpc-audit", os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 2))
-            try:
-                import fcntl
-
-                os.write(fd, data)
-                fcntl.fcntl(
-                    fd,
-                    fcntl.F_ADD_SEALS,
-                    fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
-                )
-                sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))], 0, path)
-            finally:
-                os.close(fd)
+        sock.sendto(data, path)
 
 
 def _expand(path: str, record: Mapping[str, Any]) -> str:
@@ -525,13 +506,15 @@ def _expand(path: str, record: Mapping[str, Any]) -> str:
 
 def append_line(path: str, line: bytes) -> None:
     """Append one line with one ``write``: ``O_APPEND`` puts it at the end atomically on a local
-    filesystem; NFS has no atomic append, so the line is written under a ``lockf`` lock (NFS
-    clients revalidate the file's size when they take a lock)."""
+    filesystem; NFS has no atomic append, so the line is written under an exclusive ``flock``
+    (Linux takes it as an NFS lock that the server enforces across nodes, and revalidates the
+    file's size when it is taken). Not ``lockf``: POSIX record locks belong to the process, so
+    two threads of one process waiting on a third process get a false EDEADLK."""
     import fcntl
 
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY, FILE_MODE)
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         written = os.write(fd, line)
         if written != len(line):  # a full disk: the rest of the line would be another's
             raise OSError(28, f"short write ({written} of {len(line)} bytes)")

@@ -1,0 +1,449 @@
+"""The audit trail: one event per token request, login, logout, state-changing API call and
+refusal, naming the Unix user, host, job and principal, written to a real rsyslogd, a real
+systemd-journald (or, where it cannot run, a socket that reads the journal's protocol) and a
+JSON-lines file that thousands of writers share; ``qlam-hpc audit`` reads it back.
+
+Every file these tests write sits under ``tmp_path``, so the leak check reads each event
+for tokens and secrets; what rsyslogd and journald received is copied there too."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import venv
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from qlam_hpc import _audit
+
+ROOT = Path(__file__).resolve().parents[1]
+RSYSLOG_SCRIPT = ROOT / "scripts" / "rsyslog-server.sh"
+SERVICE_ENV = Path(os.environ.get("QLAM_RSYSLOG_DIR", "/tmp/qlam-hpc-rsyslog")) / "env"
+JOURNALD = "/lib/systemd/systemd-journald"
+
+
+def events_in(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def audit_env(env: dict[str, str], destination: str, **more: str) -> dict[str, str]:
+    return {**env, "QLAM_AUDIT_LOG": destination, **more}
+
+
+# --- off by default, and free on the warm path ---------------------------------------------------
+
+
+def test_off_by_default_a_fetch_writes_nothing(env, tmp_path):
+    """Without QLAM_AUDIT_LOG (and no site file) a token fetch leaves no audit file anywhere."""
+    assert not _audit.enabled({})
+    before = set(tmp_path.rglob("*"))
+    assert run_cli("token", env=env).code == 0
+    assert not [p for p in set(tmp_path.rglob("*")) - before if "audit" in p.name]
+
+
+@pytest.mark.parametrize("audited", [False, True])
+def test_the_warm_token_path_imports_nothing_new(env, tmp_path, audited):
+    """``qlam-hpc token`` with a warm cache loads neither the audit module nor json, logging or
+    socket, audit on or off: a cache hit is not a request, so there is nothing to record."""
+    if audited:
+        env = audit_env(env, f"file:{tmp_path / 'audit.jsonl'}")
+    assert run_cli("token", env=env).code == 0
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "qlam_hpc", "token"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & {"qlam_hpc._audit", "json", "logging", "socket"}, imported
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+def test_a_token_fetch_is_one_event_naming_user_host_job_and_client(env, tmp_path):
+    """A fetch in array task 4242_7 is one ``token.fetch`` event: outcome, HTTP status, the
+    M2M client as principal, the Unix user and uid, the host, the job and its index."""
+    log = tmp_path / "audit.jsonl"
+    job = {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "7", "SLURM_JOB_ID": "4250"}
+    assert run_cli("token", env=audit_env(env, f"file:{log}", **job)).code == 0
+    assert run_cli("token", env=audit_env(env, f"file:{log}", **job)).code == 0  # a cache hit: no event
+    (fetch,) = events_in(log)
+    assert fetch["action"] == "token.fetch" and fetch["outcome"] == "ok" and fetch["status"] == 200
+    assert fetch["principal"] == f"client:{env['QLAM_CLIENT_ID']}" and fetch["client_id"] == env["QLAM_CLIENT_ID"]
+    assert (fetch["user"], fetch["uid"]) == ("root" if os.getuid() == 0 else fetch["user"], os.getuid())
+    assert fetch["host"] == socket.gethostname()
+    assert (fetch["job"], fetch["array_index"]) == ("4242", "7")
+    assert fetch["time"].endswith("Z")
+    assert oct(log.stat().st_mode & 0o777) == oct(_audit.FILE_MODE)
+
+
+def test_a_refused_fetch_is_an_event_with_the_identity_providers_answer(env, tmp_path):
+    """A wrong secret: the token request is recorded with the IdP's error code and HTTP status."""
+    log = tmp_path / "audit.jsonl"
+    bad = audit_env(env, f"file:{log}", QLAM_CLIENT_SECRET="not-the-secret-at-all-0123456789")
+    assert run_cli("token", env=bad).code == 4
+    fetch = next(e for e in events_in(log) if e["action"] == "token.fetch")
+    assert fetch["outcome"] == "invalid_client" and fetch["status"] == 401
+
+
+def test_an_event_never_holds_something_shaped_like_a_token():
+    """A JWT or an Authorization value in an error message is blanked before it is written."""
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJlLXZhbHVl"
+    record = _audit.event("refusal", "ApiError", detail=f"sent {jwt} and Authorization: Bearer abcdefgh12345678")
+    assert jwt not in json.dumps(record) and "abcdefgh12345678" not in json.dumps(record)
+
+
+# --- syslog: a real rsyslogd ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rsyslog(tmp_path_factory):
+    """The test services' rsyslogd, or one started here for this module: (socket, messages file)."""
+    if SERVICE_ENV.is_file():
+        found = dict(line.split("=", 1) for line in SERVICE_ENV.read_text().split())
+        if Path(found["QLAM_TEST_RSYSLOG_SOCKET"]).is_socket():
+            yield Path(found["QLAM_TEST_RSYSLOG_SOCKET"]), Path(found["QLAM_TEST_RSYSLOG_LOG"])
+            return
+    directory = tmp_path_factory.mktemp("rsyslog")
+    started = subprocess.run([str(RSYSLOG_SCRIPT), "start", "--dir", str(directory)], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.skip(f"cannot start rsyslogd: {started.stderr.strip()}")
+    try:
+        yield directory / "log.sock", directory / "messages.log"
+    finally:
+        subprocess.run([str(RSYSLOG_SCRIPT), "stop", "--dir", str(directory)], capture_output=True)
+
+
+def received(messages: Path, marker: str, count: int, into: Path, timeout: float = 10) -> list[str]:
+    """rsyslogd's lines holding ``marker``, once ``count`` have arrived; copied to ``into`` so
+    that the leak check reads them."""
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = [line for line in messages.read_text().splitlines() if marker in line] if messages.exists() else []
+        if len(lines) >= count:
+            break
+        time.sleep(0.05)
+    into.write_text("".join(line + "\n" for line in lines))
+    return lines
+
+
+def test_rsyslogd_receives_rfc5424_with_the_facility_and_structured_data(env, tmp_path, rsyslog):
+    """``syslog:local3:SOCKET``: rsyslogd parses the event as RFC 5424: facility local3, app
+    qlam-hpc, the action as MSGID, the fields as structured data, the JSON line as message."""
+    sock, messages = rsyslog
+    marker = f"job-{uuid.uuid4().hex[:8]}"
+    assert run_cli("token", env=audit_env(env, f"syslog:local3:{sock}", SLURM_JOB_ID=marker)).code == 0
+    (line,) = received(messages, marker, 1, tmp_path / "rsyslog-received.log")
+    facility, severity, host, app, procid, msgid, rest = line.split(" ", 6)
+    assert (facility, severity, app, msgid) == ("local3", "info", "qlam-hpc", "token.fetch")
+    assert host == socket.gethostname() and procid.isdigit()
+    assert rest.startswith(f'[{_audit.SD_ID} action="token.fetch" outcome="ok"') and f'job="{marker}"' in rest
+    event = json.loads(rest[rest.index("] {") + 2 :])
+    assert event["job"] == marker and event["uid"] == os.getuid()
+
+
+def test_the_default_facility_is_authpriv_and_a_failure_is_a_notice(tmp_path, rsyslog):
+    """``syslog::SOCKET`` uses authpriv (Debian keeps it in the root-only auth.log); an event
+    whose outcome is not ok is a notice, not info."""
+    sock, messages = rsyslog
+    marker = uuid.uuid4().hex
+    _audit.emit(_audit.event("task.cancel", "refused", task=marker, status=409), {"QLAM_AUDIT_LOG": f"syslog::{sock}"})
+    (line,) = received(messages, marker, 1, tmp_path / "rsyslog-received.log")
+    assert line.startswith("authpriv notice ")
+
+
+def test_a_missing_syslog_socket_is_one_warning_and_the_command_succeeds(env, tmp_path):
+    """Auditing never stops the work it records: no socket, one warning, the token printed."""
+    result = run_cli("token", env=audit_env(env, f"syslog:local3:{tmp_path / 'no-such.sock'}"))
+    assert result.code == 0 and result.out.strip()
+    warnings = [line for line in result.err.splitlines() if "audit:" in line]
+    assert len(warnings) == 1 and "syslog (local3)" in warnings[0], result.err
+
+
+def test_a_malformed_destination_is_named_and_the_others_still_get_the_event(env, tmp_path):
+    """QLAM_AUDIT_LOG=bogus,file:PATH: one warning naming 'bogus'; the file still gets the event."""
+    log = tmp_path / "audit.jsonl"
+    result = run_cli("token", env=audit_env(env, f"bogus,file:{log}"))
+    assert result.code == 0
+    assert "'bogus' is not an audit destination" in result.err
+    assert [e["action"] for e in events_in(log)] == ["token.fetch"]
+
+
+# --- journald ----------------------------------------------------------------------------------
+
+
+def parse_native(datagram: bytes) -> dict[str, str]:
+    """The journal's native protocol, read as journald reads it: ``NAME=value`` lines, or
+    ``NAME`` newline, a 64-bit little-endian length, that many bytes, newline."""
+    fields: dict[str, str] = {}
+    at = 0
+    while at < len(datagram):
+        end = datagram.index(b"\n", at)
+        line = datagram[at:end]
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            at = end + 1
+        else:
+            name = line
+            size = int.from_bytes(datagram[end + 1 : end + 9], "little")
+            value = datagram[end + 9 : end + 9 + size]
+            assert datagram[end + 9 + size : end + 10 + size] == b"\n"
+            at = end + 10 + size
+        assert name and name.isupper() is not False and not name.startswith(b"_"), name
+        fields[name.decode()] = value.decode()
+    return fields
+
+
+def test_the_journal_wire_format_is_read_back_field_for_field(tmp_path):
+    """A socket reading the native protocol gets every field, a multi-line value in the
+    binary length-prefixed form, and the event's JSON line whole."""
+    path = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        detail = "first line\nsecond line\n"
+        _audit.emit(
+            _audit.event("task.delete", "ok", task="t-1", status=204, detail=detail),
+            {"QLAM_AUDIT_LOG": f"journald:{path}"},
+        )
+        datagram = server.recv(1 << 20)
+    assert b"QLAM_DETAIL\n" + len(detail.encode()).to_bytes(8, "little") in datagram
+    fields = parse_native(datagram)
+    assert fields["QLAM_DETAIL"] == detail
+    assert fields["MESSAGE_ID"] == _audit.JOURNAL_MESSAGE_ID and fields["SYSLOG_IDENTIFIER"] == "qlam-hpc"
+    assert (fields["QLAM_ACTION"], fields["QLAM_TASK"], fields["QLAM_STATUS"]) == ("task.delete", "t-1", "204")
+    assert fields["PRIORITY"] == "6" and fields["QLAM_UID"] == str(os.getuid())
+    assert json.loads(fields["QLAM_EVENT"])["detail"] == detail
+    (tmp_path / "journal-received.txt").write_bytes(datagram)
+
+
+@pytest.fixture
+def journald(tmp_path):
+    """A real systemd-journald in a namespace of its own (its socket is
+    /run/systemd/journal.NAMESPACE/socket), stopped and its journal removed afterwards."""
+    if os.geteuid() != 0 or not os.access(JOURNALD, os.X_OK) or not shutil.which("journalctl"):
+        pytest.skip("a real systemd-journald needs root and the systemd package")
+    namespace = f"qlamtest{uuid.uuid4().hex[:8]}"
+    process = subprocess.Popen([JOURNALD, namespace], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = Path(f"/run/systemd/journal.{namespace}/socket")
+    deadline = time.monotonic() + 10
+    while not sock.is_socket() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        if not sock.is_socket():
+            pytest.skip("systemd-journald does not run here")
+        yield namespace, sock
+    finally:
+        process.terminate()
+        process.wait(10)
+        machine = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
+        shutil.rmtree(f"/var/log/journal/{machine}.{namespace}", ignore_errors=True)
+        shutil.rmtree(f"/run/log/journal/{machine}.{namespace}", ignore_errors=True)
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+def test_a_real_journald_stores_the_events_structured_fields(env, tmp_path, journald):
+    """``journald:SOCKET``: systemd-journald keeps the event's fields, finds it by MESSAGE_ID,
+    and adds its own trusted _UID, which the process cannot forge."""
+    namespace, sock = journald
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    assert run_cli("token", env=audit_env(env, f"journald:{sock}", SLURM_JOB_ID=job)).code == 0
+    entries: list[dict] = []
+    deadline = time.monotonic() + 10
+    while not entries and time.monotonic() < deadline:
+        shown = subprocess.run(
+            ["journalctl", f"--namespace={namespace}", "-o", "json", "--no-pager", f"QLAM_JOB={job}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        entries = [json.loads(line) for line in shown.stdout.splitlines() if line.startswith("{")]
+        time.sleep(0.1)
+    (tmp_path / "journal-entries.json").write_text(json.dumps(entries))
+    (entry,) = entries
+    assert entry["MESSAGE_ID"] == _audit.JOURNAL_MESSAGE_ID and entry["QLAM_ACTION"] == "token.fetch"
+    assert entry["_UID"] == str(os.getuid()) == entry["QLAM_UID"]
+    assert entry["MESSAGE"].startswith("token.fetch ok ")
+
+
+# --- the file: many writers ---------------------------------------------------------------------
+
+PROCESSES, THREADS, EACH = 20, 100, 10
+PAD = "p" * 1900  # four of these make a line of about 8 KiB, twice a pipe's atomic write
+
+
+def _writer_process(path: str, number: int, go: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    environ = {"QLAM_AUDIT_LOG": f"file:{path}"}
+    start = threading.Barrier(THREADS)
+
+    def thread(index: int) -> None:
+        start.wait()
+        for n in range(EACH):
+            big = {f"pad{k}": PAD for k in range(4)} if n % 3 == 0 else {}
+            _audit.emit(_audit.event("task.create", "ok", task=f"{number}-{index}-{n}", **big), environ)
+
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(THREADS)]
+    go.wait()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if _audit._warned:  # an event that could not be written: the writer says which failure
+        raise SystemExit(f"audit warnings: {sorted(_audit._warned)}")
+
+
+def test_two_thousand_concurrent_writers_never_tear_or_interleave_a_line(tmp_path):
+    """20 processes of 100 threads each, 2,000 writers at once, append 20,000 events, a third
+    of them about 8 KiB long: every line is whole JSON, and every event is there exactly once."""
+    path = tmp_path / "audit.jsonl"
+    context = multiprocessing.get_context("fork")
+    go = context.Event()
+    workers = [context.Process(target=_writer_process, args=(str(path), p, go)) for p in range(PROCESSES)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.5)  # let every process reach the gate
+    started = time.perf_counter()
+    go.set()
+    for worker in workers:
+        worker.join(300)
+        assert worker.exitcode == 0
+    elapsed = time.perf_counter() - started
+    lines = path.read_bytes().split(b"\n")
+    assert lines.pop() == b""
+    tasks = [json.loads(line)["task"] for line in lines]
+    total = PROCESSES * THREADS * EACH
+    assert len(tasks) == len(set(tasks)) == total
+    print(f"\n{total} events from {PROCESSES * THREADS} concurrent writers in {elapsed:.2f}s: {total / elapsed:.0f}/s")
+
+
+# --- site control -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def site_python(tmp_path) -> tuple[Path, Path]:
+    """An installation of qlam-hpc with a prefix of its own (a venv that loads this checkout),
+    as site-install.sh makes one: (its python, its etc/qlam-hpc/audit.conf)."""
+    prefix = tmp_path / "site"
+    venv.create(prefix, with_pip=False)
+    site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    ours = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    (site / "project-venv.pth").write_text(f"import site; site.addsitedir({str(ours)!r})\n")
+    conf = prefix / "etc" / "qlam-hpc" / "audit.conf"
+    conf.parent.mkdir(parents=True)
+    return prefix / "bin" / "python", conf
+
+
+def test_the_sites_destination_cannot_be_turned_off_and_the_user_can_only_add(env, tmp_path, site_python):
+    """The site's audit.conf (beside the installation) names a file: QLAM_AUDIT_LOG=off does not
+    stop it, and a user's QLAM_AUDIT_LOG=file:THEIRS gets the event as well, never instead."""
+    python, conf = site_python
+    site_log, own_log = tmp_path / "site-audit.jsonl", tmp_path / "own-audit.jsonl"
+    conf.write_text(f"# the site's audit trail\nfile:{site_log}\n")
+
+    def fetch(value: str) -> None:
+        run = subprocess.run(
+            [str(python), "-m", "qlam_hpc", "auth", "check", "--yes"],
+            env={**env, "QLAM_AUDIT_LOG": value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+
+    fetch("off")
+    assert [e["action"] for e in events_in(site_log)] == ["token.fetch"]
+    fetch(f"file:{own_log}")
+    assert len(events_in(site_log)) == 2 and len(events_in(own_log)) == 1
+    fetch(f"file:{site_log}")  # the same destination twice: one event, not two
+    assert len(events_in(site_log)) == 3
+
+
+def test_destinations_read_the_site_file_first_and_skip_duplicates(tmp_path, monkeypatch):
+    """The site's entries come first, with their file and line for messages; an entry the
+    environment repeats is kept once; a bad line is reported, not fatal."""
+    conf = tmp_path / "audit.conf"
+    conf.write_text("syslog:local4\n\nnot-a-destination\n")
+    monkeypatch.setattr(_audit, "SITE_FILES", (str(conf),))
+    found, problems = _audit.destinations({"QLAM_AUDIT_LOG": "syslog:local4, file:/var/log/q.jsonl"})
+    assert [d.describe() for d in found] == ["syslog (local4) via /dev/log", "file /var/log/q.jsonl"]
+    assert found[0].source == f"{conf}:1"
+    assert problems == [f"{conf}:3: 'not-a-destination' is not an audit destination "
+                        "(syslog[:FACILITY[:SOCKET]], journald, file:PATH)"]  # fmt: skip
+    assert _audit.enabled({})
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("syslog:local9", "unknown syslog facility 'local9'"),
+        ("file:relative/audit.jsonl", "needs an absolute path"),
+        ("file:", "is not an audit destination"),
+        ("kafka://broker", "is not an audit destination"),
+    ],
+)
+def test_a_bad_destination_says_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        _audit.parse_destination(spec, "QLAM_AUDIT_LOG")
+
+
+# --- qlam-hpc audit ----------------------------------------------------------------------------
+
+
+def write_events(path: Path, *records: dict) -> None:
+    with path.open("a") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+def test_audit_filters_by_task_user_action_and_since(env, tmp_path):
+    """--task, --user (name or uid), --action and --since pick events; --json prints them as stored."""
+    log = tmp_path / "audit.jsonl"
+    now = time.time()
+    old = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 3 * 86400))
+    new = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 60))
+    base = {"outcome": "ok", "host": "n1", "principal": "client:c"}
+    write_events(
+        log,
+        {**base, "time": old, "action": "task.create", "task": "T1", "user": "ada", "uid": 1001},
+        {**base, "time": new, "action": "task.cancel", "task": "T1", "user": "bob", "uid": 1002},
+        {**base, "time": new, "action": "task.create", "task": "T2", "user": "ada", "uid": 1001},
+    )
+    with log.open("a") as handle:
+        handle.write("{not json\n")
+    env = {**env, "QLAM_AUDIT_LOG": f"file:{log}"}
+    by_task = run_cli("audit", "--task", "T1", env=env)
+    assert by_task.code == 0
+    assert [line.split()[1] for line in by_task.out.splitlines()] == ["task.create", "task.cancel"]
+    assert "by bob (uid 1002)" in by_task.out.splitlines()[1]
+    assert "1 line of the audit log could not be read" in by_task.err
+    who = run_cli("audit", "--task", "T1", "--action", "task.cancel", "--json", env=env)
+    assert [json.loads(line)["user"] for line in who.out.splitlines()] == ["bob"]
+    assert len(run_cli("audit", "--user", "1001", env=env).out.splitlines()) == 2
+    assert len(run_cli("audit", "--user", "ada", "--since", "1d", env=env).out.splitlines()) == 1
+    since = time.strftime("%Y-%m-%d", time.gmtime(now - 86400))
+    assert len(run_cli("audit", "--since", since, "--file", str(log), env=env).out.splitlines()) == 2
+    none = run_cli("audit", "--task", "T9", env=env)
+    assert none.code == 0 and none.out == "" and "no audit event matches" in none.err
+
+
+def test_audit_refuses_bad_input_with_one_line_and_its_exit_code(env, tmp_path):
+    """A bad --since is a usage error (2); no log to read, or an unreadable one, is exit 3."""
+    bad = run_cli("audit", "--since", "last tuesday", "--file", str(tmp_path / "x"), env=env)
+    assert bad.code == 2 and bad.err.count("\n") == 1 and "--since" in bad.err
+    nothing = run_cli("audit", env=env)
+    assert nothing.code == 3 and "no audit log to read" in nothing.err and "Traceback" not in nothing.err
+    missing = run_cli("audit", "--file", str(tmp_path / "missing.jsonl"), env=env)
+    assert missing.code == 3 and "cannot read the audit log" in missing.err
