@@ -160,6 +160,8 @@ def render(families: Iterable[Family]) -> str:
     """The Prometheus text exposition format (version 0.0.4)."""
     lines: list[str] = []
     for family in families:
+        if not family.samples:
+            continue  # no failures this month: no series, rather than a family without samples
         lines.append(f"# HELP {family.name} {family.help}")
         lines.append(f"# TYPE {family.name} {family.kind}")
         for labels, value in family.samples:
