@@ -13,7 +13,8 @@
 #   --extras LIST          extras to install with it, e.g. redis,vault
 #   --from SPEC            what pip installs: a wheel, `qlam-hpc==X.Y`, a directory
 #                          (default: the source tree this script belongs to)
-#   --python PYTHON        the interpreter the environment is made from (default python3)
+#   --python PYTHON        the interpreter the environment is made from (default python3); every
+#                          user must be able to run it: e.g. --python /usr/bin/python3
 #   --system-site-packages let the environment see PYTHON's installed packages
 #   --no-deps              install qlam-hpc alone (its dependencies must already be importable)
 #
@@ -29,8 +30,8 @@ set -euo pipefail
 
 die() { echo "site-install: error: $*" >&2; exit 2; }
 usage() {  # the header's usage and options: on stdout for --help, else on stderr with exit 2
-    if [ "${1:-}" = help ]; then sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
-    sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
+    if [ "${1:-}" = help ]; then sed -n '5,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+    sed -n '5,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
 }
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,6 +68,42 @@ umask 022  # everything readable by every user of the cluster
 mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
 
+# The environment runs on PYTHON, through its symlinks, for every user: a Python under a
+# private home (pyenv in ~, 0700) gives them "bad interpreter: Permission denied" (126) while
+# the installer's own check passes. So every directory on the way must be enterable by others.
+command -v "$python" >/dev/null 2>&1 || die "--python $python: no such interpreter"
+"$python" - "$prefix" <<'PY' || exit 2
+import os, stat, sys, sysconfig
+
+def closed(path):
+    # The first directory on the way to path (itself included) that others cannot enter.
+    path = os.path.abspath(path)
+    while True:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+# The interpreter as the venv will link it, where that link really leads, its stdlib; PREFIX.
+executable = getattr(sys, "_base_executable", sys.executable)
+places = [executable, os.path.realpath(executable), sysconfig.get_paths()["stdlib"], sys.argv[1]]
+for place in places:
+    where = closed(place)
+    if where is not None:
+        what = "PREFIX" if place == sys.argv[1] else "the interpreter's"
+        print(f"site-install: error: {what} {place} is under {where}, which other users cannot enter;"
+              " give a Python every user can run, e.g. --python /usr/bin/python3", file=sys.stderr)
+        sys.exit(1)
+real = os.path.realpath(executable)
+if not os.stat(real).st_mode & stat.S_IXOTH:
+    print(f"site-install: error: {real} is not executable by other users;"
+          " give a Python every user can run, e.g. --python /usr/bin/python3", file=sys.stderr)
+    sys.exit(1)
+PY
+
 # Built (or downloaded) once as a wheel, whose name gives the version to install under.
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
@@ -87,6 +124,11 @@ venv="$root/venv"
 "$python" -m pip --python "$venv/bin/python" install --quiet --disable-pip-version-check "${pip_options[@]}" "$spec" \
     >/dev/null || die "pip install of qlam-hpc $version into $venv failed (pip >= 22.3 needed in $python)"
 "$venv/bin/qlam-hpc" --version >/dev/null || die "$venv/bin/qlam-hpc does not run"
+# Run as root, check as an unprivileged user too: ACLs or a mount option can still stop them.
+if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null && id nobody >/dev/null 2>&1; then
+    runuser -u nobody -- "$venv/bin/python" -I -c '' 2>/dev/null \
+        || die "$venv/bin/python runs for root but not for other users (as nobody); give a Python every user can run, e.g. --python /usr/bin/python3"
+fi
 
 # Only the command goes on PATH: the environment's python and pip would shadow the user's.
 mkdir -p "$root/bin" "$root/share"

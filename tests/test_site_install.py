@@ -8,9 +8,10 @@ the project's own packages through a ``.pth`` file), so that it takes seconds, n
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from qlam_hpc._version import __version__
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "site-install.sh"
 LMOD_PROFILE = Path("/etc/profile.d/lmod.sh")
+# A Python every user can run (Debian's); the project's venv may sit on one under root's 0700 home.
+SHARED_PYTHON = "/usr/bin/python3"
+OTHER_USER = "qlamtest-ada"  # the same unprivileged user as tests/two_users.py
 
 
 def _lmod_missing() -> str | None:
@@ -34,7 +38,11 @@ def site(tmp_path_factory, sandbox_server) -> Path:
     """PREFIX after ``scripts/site-install.sh PREFIX`` with the sandbox as the site's identity provider."""
     if _lmod_missing():
         pytest.skip(_lmod_missing())
-    prefix = tmp_path_factory.mktemp("site")
+    if not os.access(SHARED_PYTHON, os.X_OK):
+        pytest.skip(f"{SHARED_PYTHON} is missing: the site install needs a Python every user can run")
+    # As on a cluster, PREFIX is reachable by every user (pytest's own temporary root is 0700).
+    prefix = Path(tempfile.mkdtemp(prefix="qlam-site-"))
+    prefix.chmod(0o755)
     (prefix / "shared").mkdir(mode=0o1777)
     os.chmod(prefix / "shared", 0o1777)  # every user makes their own cache in it
     ours = sysconfig.get_paths()["purelib"]  # the project's packages: httpx, click, ...
@@ -44,7 +52,7 @@ def site(tmp_path_factory, sandbox_server) -> Path:
             str(SCRIPT),
             str(prefix),
             "--python",
-            sys.executable,
+            SHARED_PYTHON,
             "--no-deps",
             "--auth-base-url",
             sandbox_server.url,
@@ -60,7 +68,8 @@ def site(tmp_path_factory, sandbox_server) -> Path:
     print(f"\nsite-install.sh took {time.monotonic() - started:.1f} s")
     site_packages = next((prefix / "qlam-hpc" / __version__ / "venv" / "lib").glob("python*/site-packages"))
     (site_packages / "project-dependencies.pth").write_text(ours + "\n")
-    return prefix
+    yield prefix
+    shutil.rmtree(prefix, ignore_errors=True)
 
 
 def _login_shell(home: Path, script: str, **env: str) -> subprocess.CompletedProcess:
@@ -142,3 +151,70 @@ def test_site_install_refuses_a_password_in_a_world_readable_modulefile(tmp_path
     )
     assert done.returncode == 2 and "must not carry a password" in done.stderr
     assert not (tmp_path / "modulefiles").exists()
+
+
+def test_another_user_loads_the_module_and_runs_doctor(site, sandbox, tmp_path):
+    """The install works for a user who is not the installer: module load, then qlam-hpc runs
+    (not exit 126, "bad interpreter: Permission denied") and doctor checks that user's set-up."""
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root to run the module as another user (useradd, runuser)")
+    from two_users import _ensure_user
+
+    uid, gid = _ensure_user(OTHER_USER)
+    home = Path(tempfile.mkdtemp(prefix="qlam-site-home-"))
+    try:
+        os.chown(home, uid, gid)
+        script = f"""
+            module use {site}/modulefiles && module load qlam-hpc
+            export QLAM_CLIENT_ID={sandbox.env()["QLAM_CLIENT_ID"]} QLAM_API_URL={sandbox.url}
+            qlam-hpc doctor; echo "doctor exit $?"
+        """
+        env = [f"HOME={home}", f"USER={OTHER_USER}", f"LOGNAME={OTHER_USER}", "PATH=/usr/bin:/bin", "TERM=dumb"]
+        done = subprocess.run(
+            ["runuser", "-u", OTHER_USER, "--", "/usr/bin/env", "-i", *env, "bash", "-l", "-c", script],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=home,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert "Permission denied" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    out = done.stdout
+    assert f"cache directory     {site}/shared/{OTHER_USER} does not exist yet" in out, out + done.stderr
+    assert "FAIL  client secret       none configured" in out and "doctor exit 3" in out
+    assert "identity provider" in out and "answers" in out
+
+
+def test_site_install_refuses_a_python_other_users_cannot_reach(tmp_path):
+    """A Python under a 0700 directory (pyenv in root's home) would give every other user exit
+    126: refused, one line naming the directory and the way out, nothing installed."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    (private / "python3").symlink_to(SHARED_PYTHON)
+    prefix = Path(tempfile.mkdtemp(prefix="qlam-site-"))
+    prefix.chmod(0o755)
+    try:
+        done = subprocess.run(
+            [str(SCRIPT), str(prefix / "p"), "--python", str(private / "python3"), "--no-deps"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert f"is under {private}, which other users cannot enter" in lines[0]
+        assert "--python /usr/bin/python3" in lines[0]
+        assert not (prefix / "p" / "qlam-hpc").exists()
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def test_site_install_refuses_a_prefix_other_users_cannot_reach(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    done = subprocess.run(
+        [str(SCRIPT), str(private / "site"), "--python", SHARED_PYTHON, "--no-deps"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"PREFIX {private}/site is under {private}, which other users cannot enter" in done.stderr
