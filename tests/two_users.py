@@ -69,7 +69,8 @@ class User:
         )
 
     def can_read(self, path: Path) -> bool:
-        done = subprocess.run(["runuser", "-u", self.name, "--", "cat", str(path)], capture_output=True, timeout=10)
+        check = ["runuser", "-u", self.name, "--", "test", "-r", str(path)]
+        done = subprocess.run(check, capture_output=True, timeout=10)
         return done.returncode == 0
 
 
@@ -85,7 +86,7 @@ def _ensure_user(name: str) -> tuple[int, int]:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         if done.returncode not in (0, 9):  # 9: made meanwhile by another run
-            pytest.skip(f"cannot make the Unix user {name}: {done.stderr.strip()}")
+            pytest.skip(f"two Unix users: cannot make {name}: {done.stderr.strip()}")
         entry = pwd.getpwnam(name)
     return entry.pw_uid, entry.pw_gid
 
@@ -106,7 +107,7 @@ def _python_for_others(base: Path, name: str) -> str:
     minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
     system = next((p for p in (f"/usr/bin/{minor}", f"/usr/local/bin/{minor}") if os.access(p, os.X_OK)), None)
     if system is None:
-        pytest.skip(f"the venv's Python ({sys.executable}) cannot be run by other users and there is no {minor}")
+        pytest.skip(f"two Unix users: the venv's Python ({sys.executable}) is not theirs to run, and no {minor}")
     venv = base / "venv"
     site = venv / "lib" / minor / "site-packages"
     site.mkdir(parents=True)
@@ -120,7 +121,7 @@ def _python_for_others(base: Path, name: str) -> str:
     (site / "async_timeout.py").write_text("from asyncio import timeout  # noqa: F401\n")
     python = str(venv / "bin" / "python")
     if not _runs_as(name, python):
-        pytest.skip(f"neither the venv's Python nor {system} with its packages can be run by other users")
+        pytest.skip(f"two Unix users: neither the venv's Python nor {system} with its packages runs as {name}")
     return python
 
 
