@@ -105,7 +105,7 @@ def _wait_for_holder(
     The tasks of an array start together, and all but one only have to read what that one
     fetches: they wait here, with the standard library, instead of loading the full CLI and
     its HTTP stack (which would take the CPU the fetching process needs). The one that finds
-    the lock free keeps it for its provider, which fetches under it (the lock is returned). Everything
+    the lock free returns it, handed over to its provider, which fetches under it. Everything
     else the provider decides (a failure record to replay, a login to refresh or to report,
     a holder gone without a result to take over from) is left to the full CLI, so its
     messages and exit codes stay what they are; this only returns sooner what it would."""
