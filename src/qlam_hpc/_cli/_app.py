@@ -37,6 +37,7 @@ Exit codes:
  16  user context: not logged in, or the login expired or was revoked (run qlam-hpc auth login)
  17  a device login was not approved before its code expired
  18  TLS: a certificate not trusted (set SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or https to a plain-http server
+ 19  token exchange: the subject token is missing, unreadable or expired (the line names its source)
  130 interrupted
 """
 
@@ -82,6 +83,7 @@ class _Config:
     lazy={
         "sandbox": "qlam_hpc.sandbox._command:sandbox_command",
         "demo": "qlam_hpc._demo:demo_command",
+        "credentials": "qlam_hpc._cli._keygen:credentials",
         "tasks": "qlam_hpc._cli._tasks:tasks",
         "api": "qlam_hpc._cli._api:api_command",
         "doctor": "qlam_hpc._cli._doctor:doctor",
