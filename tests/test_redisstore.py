@@ -633,8 +633,8 @@ def test_a_rejected_secret_is_shared_through_redis(sandbox, env, redis_env, redi
 def test_the_cli_selects_redis_from_qlam_token_store(sandbox, env, redis_env, redis_server, tmp_path):
     """QLAM_TOKEN_STORE=redis://...: 50 `qlam-hpc token` processes, separate cache dirs, 1 request."""
     store_env = {**env, **redis_env, "QLAM_TOKEN_STORE": redis_server.url}
-    if not isinstance(TokenProvider(Settings.from_env(store_env)).store, RedisStore):
-        pytest.skip("QLAM_TOKEN_STORE is not wired into Settings/_default_store yet")
+    store = TokenProvider(Settings.from_env(store_env)).store
+    assert isinstance(store, RedisStore), f"QLAM_TOKEN_STORE=redis://... gave a {type(store).__name__}"
     sandbox.set_faults(latency=0.5)
     crowd = Crowd(tmp_path, 50, ["token", "--json"], store_env)
     crowd.wait_ready()

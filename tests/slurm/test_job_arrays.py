@@ -209,7 +209,8 @@ def test_a_prefetch_job_fetches_the_arrays_token_before_it_starts(slurm, area, q
     assert f"(job {prefetch})" in entry.token.obtained_by  # the prefetch job fetched it
     assert entry.token.remaining(time.time()) > 2 * 3600 - 120
     prefetch_log = (area.root / "prefetch.out").read_text()
-    assert "requests    1 token request" in prefetch_log or "1 token request" in prefetch_log
+    # Exactly one: "11 token requests" must not pass for it.
+    assert re.search(r"^requests    1 token request in \d{4}-\d{2}\b", prefetch_log, re.MULTILINE), prefetch_log
     _assert_no_secrets(
         {
             "the job scripts": (EXAMPLES / "prefetch.sbatch").read_text(),
@@ -282,8 +283,8 @@ def test_a_50_task_array_with_redis_and_node_local_caches_makes_one_token_reques
             QLAM_TOKEN_CACHE_DIR=f"{node_caches}/$SLURMD_NODENAME",
         )
         wired = Settings.from_env({**sandbox.env(), "QLAM_TOKEN_STORE": server.url, "REDIS_PASSWORD": server.password})
-        if type(TokenProvider(wired).store).__name__ != "RedisStore":
-            pytest.skip("QLAM_TOKEN_STORE is not wired into Settings/_default_store yet")
+        store = type(TokenProvider(wired).store).__name__
+        assert store == "RedisStore", f"QLAM_TOKEN_STORE=redis://... gave a {store}"
         job, scheduler_view = _submit(slurm, area, "array-bash.sbatch", f"--array=0-{TASKS - 1}")
         outputs = _finished(slurm, job, area, TASKS)
 
