@@ -12,7 +12,9 @@ Three methods, one per request (RFC 6749 section 2.3 forbids mixing them):
   ``jti`` never seen before while its assertion lives: a replay is ``invalid_client``.
 
 Secrets and keys can be changed while the sandbox runs (``POST /_sandbox/clients``),
-so tests can rotate credentials between two fetches. Every answer names codes and
+so tests can rotate credentials between two fetches. As on Auth0, a client may hold two
+secrets during a rotation: ``keep_previous`` keeps the replaced secret valid until
+``revoke_previous``; a client holds two keys by listing both in its JWK set. Every answer names codes and
 client ids only, never a secret or an assertion.
 """
 
@@ -110,6 +112,8 @@ class ClientAuthenticator:
         self._clients = {c.client_id: c for c in config.clients}
         self._keys = {c.client_id: _public_keys(c) for c in config.clients}
         self._seen: dict[tuple[str, str], float] = {}  # (client id, jti) -> the assertion's exp
+        # A secret replaced with keep_previous, still accepted until revoke_previous.
+        self._previous: dict[str, str] = {}
 
     def methods_supported(self) -> list[str]:
         return list(CLIENT_AUTH_METHODS)
@@ -118,12 +122,32 @@ class ClientAuthenticator:
         with self._lock:
             return self._clients.get(client_id)
 
-    def update(self, client_id: str, *, client_secret: str | None = None, jwks: Any = None) -> list[str]:
+    def update(
+        self,
+        client_id: str,
+        *,
+        client_secret: str | None = None,
+        jwks: Any = None,
+        keep_previous: bool = False,
+        revoke_previous: bool = False,
+    ) -> list[str]:
         """Replace a client's secret and/or keys; returns what changed. ``KeyError`` for an unknown
-        client, ``ConfigurationError`` for an unusable value (and then nothing changes)."""
+        client, ``ConfigurationError`` for an unusable value (and then nothing changes).
+
+        ``keep_previous``: the replaced secret stays valid beside the new one (a rotation without
+        downtime); ``revoke_previous``: it stops being accepted."""
         with self._lock:
             client = self._clients[client_id]
         changes: dict[str, Any] = {}
+        done: list[str] = []
+        if revoke_previous:
+            with self._lock:
+                if self._previous.pop(client_id, None) is not None:
+                    done.append("previous_secret_revoked")
+        if keep_previous and client_secret is not None and client.client_secret:
+            with self._lock:
+                self._previous[client_id] = client.client_secret
+            done.append("previous_secret_kept")
         if client_secret is not None:
             changes["client_secret"] = client_secret
         if jwks is not None:
@@ -133,7 +157,7 @@ class ClientAuthenticator:
         with self._lock:
             self._clients[client_id] = updated
             self._keys[client_id] = keys
-        return sorted(changes)
+        return sorted([*changes, *done])
 
     # --- authentication ------------------------------------------------------------------
 
@@ -179,9 +203,13 @@ class ClientAuthenticator:
         return client
 
     def _check_secret(self, client: SandboxClient, secret: str, basic: bool = False) -> None:
-        expected = client.client_secret or ""
-        # Constant time, so response timing cannot be used to guess the secret byte by byte.
-        if not expected or not hmac.compare_digest(secret.encode("utf-8"), expected.encode("utf-8")):
+        with self._lock:
+            previous = self._previous.get(client.client_id)
+        given = secret.encode("utf-8")
+        # Constant time, so response timing cannot be used to guess the secret byte by byte;
+        # both secrets are compared, so timing does not tell which one matched either.
+        matches = [hmac.compare_digest(given, s.encode("utf-8")) for s in (client.client_secret, previous) if s]
+        if not any(matches):
             raise _invalid_client("Client authentication failed", basic)
 
     def _basic(self, params: dict[str, str], credentials: str) -> SandboxClient:
@@ -286,7 +314,8 @@ router = APIRouter(prefix="/_sandbox")
 
 @router.post("/clients", dependencies=[Depends(require_owner)])
 async def update_client(request: Request) -> JSONResponse:
-    """Change a client's secret and/or keys at run time: ``{"client_id", "client_secret"?, "jwks"?}``.
+    """Change a client's secret and/or keys at run time: ``{"client_id", "client_secret"?, "jwks"?,
+    "keep_previous"?: bool, "revoke_previous"?: bool}``.
 
     The answer names what changed, never the new values.
     """
@@ -296,12 +325,15 @@ async def update_client(request: Request) -> JSONResponse:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("client_id"), str):
         return _control_error(400, "the body must be a JSON object with a client_id")
-    unknown = set(body) - {"client_id", "client_secret", "jwks"}
+    unknown = set(body) - {"client_id", "client_secret", "jwks", "keep_previous", "revoke_previous"}
     if unknown:
         return _control_error(400, f"unknown fields {sorted(unknown)}")
+    flags = {name: body.get(name, False) for name in ("keep_previous", "revoke_previous")}
+    if not all(isinstance(value, bool) for value in flags.values()):
+        return _control_error(400, "keep_previous and revoke_previous must be true or false")
     try:
         updated = authenticator_of(request).update(
-            body["client_id"], client_secret=body.get("client_secret"), jwks=body.get("jwks")
+            body["client_id"], client_secret=body.get("client_secret"), jwks=body.get("jwks"), **flags
         )
     except KeyError:
         return _control_error(404, f"no client {body['client_id']!r}")
