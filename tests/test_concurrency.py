@@ -81,7 +81,8 @@ def test_short_lived_tokens_are_refreshed_about_once_per_lifetime_and_never_hand
 
 
 def test_rejected_credentials_are_shared_so_the_array_fails_fast(sandbox, env, tmp_path):
-    """invalid_client with 50 processes: the IdP sees a bounded number of requests; all fail with one message."""
+    """invalid_client with 50 processes: the IdP sees exactly 1 request (README: "50 tasks, 1 request"); all
+    fail with one message."""
     sandbox.set_faults(latency=0.3)
     bad = {**env, "QLAM_CLIENT_SECRET": "wrong-secret-value"}
     crowd = Crowd(tmp_path, 50, ["token"], bad)
@@ -94,5 +95,5 @@ def test_rejected_credentials_are_shared_so_the_array_fails_fast(sandbox, env, t
     assert len(messages) == 1
     (message,) = messages
     assert "invalid_client" in message and "wrong-secret-value" not in message
-    assert sandbox.stats()["token_requests"] <= 2
-    assert sandbox.stats()["token_errors"] == {"invalid_client": sandbox.stats()["token_requests"]}
+    assert sandbox.stats()["token_requests"] == 1
+    assert sandbox.stats()["token_errors"] == {"invalid_client": 1}
