@@ -381,3 +381,58 @@ def test_settings_name_one_source_and_refuse_several(base_env: dict[str, str], t
     settings = Settings.from_env({**base_env, "QLAM_SUBJECT_TOKEN_TYPE": "", "QLAM_SUBJECT_TOKEN_FILE": "/x"})
     assert settings.subject_token_type == "urn:ietf:params:oauth:token-type:jwt"
     assert "subject_token" not in repr(settings).replace("subject_token_type", "")
+
+
+def _jwt(**claims: object) -> str:
+    return jwt.encode({"iss": "https://issuer.example", "sub": "s", **claims}, "k" * 32, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("", "empty"),
+        ("not-a-jwt", "does not hold a JWT"),
+        (_jwt(sub=""), "has no sub claim"),
+        (_jwt(exp=1), "expired at 1970-01-01T00:00:01Z"),
+        ("x" * (70 * 1024), "more than 64 KiB"),
+        ("\u00e9t\u00e9", "not ASCII"),
+    ],
+)
+def test_a_subject_token_that_is_no_usable_jwt_is_one_line_naming_the_file(
+    tmp_path: Path, content: str, says: str
+) -> None:
+    from qlam_hpc._exchange import SubjectSource, read_subject
+
+    path = tmp_path / "subject"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(SubjectTokenError) as caught:
+        read_subject(SubjectSource("file", str(path)))
+    assert says in str(caught.value) and f"QLAM_SUBJECT_TOKEN_FILE {path}" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_failing_command_is_named_by_its_program_only(tmp_path: Path) -> None:
+    """Its arguments may be anything (a site's options): the message names the program and the status."""
+    from qlam_hpc._exchange import SubjectSource, read_subject
+
+    with pytest.raises(SubjectTokenError, match=r"QLAM_SUBJECT_TOKEN_COMMAND \(false\) failed with exit status 1$"):
+        read_subject(SubjectSource("command", "false --secret-looking-argument"))
+    with pytest.raises(SubjectTokenError, match="no such command"):
+        read_subject(SubjectSource("command", str(tmp_path / "missing-program")))
+
+
+def test_sources_are_chosen_from_the_environment() -> None:
+    from qlam_hpc._exchange import source_from_env
+
+    github = {"ACTIONS_ID_TOKEN_REQUEST_URL": "https://runner/x?a=1", "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "t"}
+    assert source_from_env(github, "https://idp").kind == "github"
+    assert source_from_env(github, "https://idp").audience == "https://idp"
+    assert source_from_env({**github, "QLAM_SUBJECT_TOKEN_AUDIENCE": "aud"}, "https://idp").audience == "aud"
+    assert source_from_env({**github, "QLAM_SUBJECT_TOKEN_FILE": "/f"}, "x").kind == "file"  # explicit wins
+    assert source_from_env({"GITLAB_CI": "true"}, "x").where == "QLAM_ID_TOKEN"
+    from qlam_hpc._errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="id-token: write"):
+        source_from_env({"GITHUB_ACTIONS": "true"}, "x")
+    with pytest.raises(ConfigurationError, match="cannot be split"):
+        source_from_env({"QLAM_SUBJECT_TOKEN_COMMAND": "site-token 'unclosed"}, "x")
