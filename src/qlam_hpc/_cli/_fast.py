@@ -49,7 +49,9 @@ def warm_token(args: list[str]) -> int | None:
     return 0
 
 
-def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token, str] | int | None:
+def _cached(
+    min_ttl: float = 0.0, prepare: Callable[[], object] | None = None
+) -> tuple[Settings, Token, str] | int | None:
     """``(settings, token, source)`` when the file cache holds a token usable for ``min_ttl``,
     once the process fetching one has published it, or once this process has fetched it; an
     exit code when that failed (said as the full CLI says it); None for the full CLI."""
@@ -66,7 +68,7 @@ def _cached(min_ttl: float = 0.0) -> tuple[Settings, Token, str] | int | None:
         entry = store.load(identity)
         token: Token | int | _HeldLock | None = cached_token(entry, time.time(), min_ttl)
         if token is None:
-            token = _wait_for_holder(settings, store, identity, entry, min_ttl)
+            token = _wait_for_holder(settings, store, identity, entry, min_ttl, prepare)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception:  # the full CLI reproduces it and reports it properly
@@ -98,7 +100,12 @@ def _fetch(settings: Settings, min_ttl: float) -> tuple[Settings, Token, str] | 
 
 
 def _wait_for_holder(
-    settings: Settings, store: FileStore, identity: Identity, entry: CacheEntry | None, min_ttl: float
+    settings: Settings,
+    store: FileStore,
+    identity: Identity,
+    entry: CacheEntry | None,
+    min_ttl: float,
+    prepare: Callable[[], object] | None = None,
 ) -> Token | int | _HeldLock | None:
     """A cold cache: the token another process is fetching, read as soon as it is published.
 
@@ -108,7 +115,11 @@ def _wait_for_holder(
     the lock free returns it, handed over to its provider, which fetches under it. Everything
     else the provider decides (a failure record to replay, a login to refresh or to report,
     a holder gone without a result to take over from) is left to the full CLI, so its
-    messages and exit codes stay what they are; this only returns sooner what it would."""
+    messages and exit codes stay what they are; this only returns sooner what it would.
+
+    ``prepare`` runs once the wait has begun: what the call after it needs and can do without
+    the token (its imports), done while the fetch is in flight rather than all at once, by
+    every waiter, when the token is published."""
     from .._cache import cached_token
     from .._stores._file import FileStore, jittered
 
@@ -141,6 +152,8 @@ def _wait_for_holder(
                 return None
             lock_store.hand_over(lock)
             return lock
+        if not waited and prepare is not None:
+            prepare()
         waited = True
         if time.time() >= deadline:
             return _lock_timeout(settings, lock_store, identity)
@@ -363,7 +376,7 @@ def _start(api_url: str | None, qpu_mode: str | None) -> tuple[Settings, ApiSett
     """``(settings, api settings, token)``; an exit code when waiting for the token failed; or
     None when the light path cannot serve: a token to fetch, a proxy, settings the full CLI
     must report on."""
-    found = _cached()
+    found = _cached(prepare=_prepare_call)
     if found is None or isinstance(found, int):
         return found
     settings, token, _source = found
@@ -379,6 +392,19 @@ def _start(api_url: str | None, qpu_mode: str | None) -> tuple[Settings, ApiSett
     except Exception:
         return None
     return settings, api, token
+
+
+def _prepare_call() -> None:
+    """The imports of the light API call (two thirds of its CPU time)."""
+    try:
+        import http.client  # noqa: F401
+        import ssl  # noqa: F401
+        import urllib.parse  # noqa: F401
+
+        from .. import _tls  # noqa: F401
+        from .._api import _light  # noqa: F401
+    except ImportError:  # the call itself will say what is missing
+        pass
 
 
 def _send(settings: Settings, api: ApiSettings, request: ApiRequest, token: Token) -> Answer:
