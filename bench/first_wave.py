@@ -36,7 +36,7 @@ from qlam_hpc import TokenProvider
 token = TokenProvider.from_env().get_token()
 context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
 answer = httpx.get(os.environ["QLAM_API_URL"] + "/v2/squin-256q/tasks",
-                   headers={"Authorization": "Bearer " + token}, verify=context)
+                   headers={"Authorization": "Bearer " + token}, verify=context, timeout=120)
 answer.raise_for_status()
 """
 
