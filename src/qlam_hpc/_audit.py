@@ -186,6 +186,42 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
     return any(os.path.exists(path) for path in SITE_FILES)
 
 
+def checks(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """``(verdict, detail)`` lines for ``qlam-hpc doctor``: where events go, whose setting each
+    destination is, and what would stop one (``warn``: auditing never fails a command)."""
+    found, problems = destinations(environ)
+    lines: list[tuple[str, str]] = [("warn", f"{problem}: ignored") for problem in problems]
+    if not found:
+        lines.append(("ok", f"off (no {ENV_VAR}, no site file: {' or '.join(SITE_FILES)})"))
+    for destination in found:
+        owner = "the site's, cannot be turned off" if destination.source != ENV_VAR else ENV_VAR
+        where = f"{destination.describe()} ({owner}: {destination.source})"
+        problem = _unusable(destination)
+        lines.append(("warn", f"{where}: {problem}") if problem else ("ok", where))
+    return lines
+
+
+def _unusable(destination: Destination) -> str | None:
+    import stat
+
+    target = destination.target
+    if destination.kind != "file":
+        try:
+            if not stat.S_ISSOCK(os.stat(target).st_mode):
+                return f"{target} is not a socket: events will be lost"
+        except OSError as error:
+            return f"{target}: {error.strerror}: events will be lost"
+        return None if os.access(target, os.W_OK) else f"{target} is not writable: events will be lost"
+    if "{" in target:
+        return None  # one file per user or host: checked when written
+    if os.path.exists(target):
+        return None if os.access(target, os.W_OK) else f"{target} is not writable: events will be lost"
+    parent = os.path.dirname(target) or "."
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {target} ({parent} is missing or not writable): events will be lost"
+    return None
+
+
 # --- events ----------------------------------------------------------------------------------
 
 
@@ -305,9 +341,15 @@ def _principal(provider: TokenProvider) -> str | None:
 
 
 def api_answer(
-    request: ApiRequest, status: int, headers: Iterable[tuple[str, str]] | Mapping[str, str], body: bytes
+    request: ApiRequest,
+    status: int,
+    headers: Iterable[tuple[str, str]] | Mapping[str, str],
+    body: bytes,
+    provider: TokenProvider | None = None,
 ) -> None:
-    """A state-changing call to the QLAM API and its answer (GET and HEAD are not recorded)."""
+    """A state-changing call to the QLAM API and its answer (GET and HEAD are not recorded).
+    The principal comes from ``provider`` when the caller has one, else from the task's
+    attribution block (user context) or the environment's M2M client."""
     if request.method in ("GET", "HEAD", "OPTIONS") or not enabled():
         return
     try:
@@ -327,11 +369,21 @@ def api_answer(
         fields: dict[str, Any] = {"task": task, "status": status, "request_id": request_id}
         if action.startswith("api."):
             fields.update(method=request.method, path=request.path)
-        principal = os.environ.get("QLAM_CLIENT_ID")
-        fields["principal"] = f"client:{principal}" if principal and not _user_context() else None
+        fields["principal"] = _principal(provider) if provider is not None else _request_principal(request)
         emit(event(action, outcome, **fields))
     except Exception as error:
         _warn_once("api_answer", f"audit: could not record an API call ({type(error).__name__}: {error})")
+
+
+def _request_principal(request: ApiRequest) -> str | None:
+    body = request.json if isinstance(request.json, dict) else {}
+    block = ((body.get("system_metadata") or {}).get("qlam_hpc") or {}) if isinstance(body, dict) else {}
+    who = block.get("principal") if isinstance(block, dict) else None
+    if isinstance(who, dict) and (who.get("email") or who.get("subject")):
+        email, subject = who.get("email"), who.get("subject")
+        return f"{email} ({subject})" if email and subject else str(email or subject)
+    client = os.environ.get("QLAM_CLIENT_ID")
+    return f"client:{client}" if client and not _user_context() else None
 
 
 def _user_context() -> bool:
