@@ -329,6 +329,10 @@ def token_request(provider: TokenProvider, record: Mapping[str, Any]) -> None:
 def _principal(provider: TokenProvider) -> str | None:
     settings = provider.settings
     if not settings.user_context:
+        # Token exchange: the cache identity names the subject the token acts for (exchange:ISS|SUB).
+        exchanged = getattr(provider.identity, "principal", None)
+        if isinstance(exchanged, str) and exchanged.startswith("exchange:"):
+            return exchanged
         return f"client:{settings.client_id}" if settings.client_id else None
     try:
         who = provider.principal() or {}

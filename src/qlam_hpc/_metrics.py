@@ -198,3 +198,26 @@ def write_textfile(directory: str, name: str, text: str) -> str:
             os.unlink(temporary)
         raise
     return target
+
+
+TEXTFILE_ENV = "QLAM_METRICS_TEXTFILE"
+
+
+def after_refresh(provider: TokenProvider) -> None:
+    """``qlam-hpc auth keep-fresh`` with ``QLAM_METRICS_TEXTFILE=DIR``: the metrics are written
+    after each refresh (name ``qlam_hpc_<user>.prom``, so that every user's keeper can share the
+    collector's directory). A failure is a warning: the keeper's job is the token."""
+    directory = os.environ.get(TEXTFILE_ENV, "").strip()
+    if not directory:
+        return
+    from ._log import log
+
+    try:
+        from . import _audit
+        from ._cache import local_user
+
+        files = [d.target for d in _audit.destinations()[0] if d.kind == "file" and "{" not in d.target]
+        events, _bad = _audit.read_events([f for f in files if os.path.exists(f)])
+        write_textfile(directory, f"qlam_hpc_{local_user()}.prom", render(collect(provider, time.time(), events)))
+    except Exception as error:  # the keeper goes on keeping the token fresh
+        log("warning", f"{TEXTFILE_ENV}: could not write the metrics into {directory} ({error})")
