@@ -255,19 +255,55 @@ def test_a_full_disk_still_returns_the_token_with_a_warning(env, sandbox):
 # --- secrets stay secret -------------------------------------------------------------------
 
 
+def _argv_of(pid: int) -> bytes | None:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return None
+
+
+def _sample_argvs_while(process: subprocess.Popen[bytes], secrets: list[bytes]) -> dict[int, bytes]:
+    """Every process's argv, sampled until ``process`` ends, checked for ``secrets``; returns
+    the argv of each pid seen."""
+    seen: dict[int, bytes] = {}
+    while process.poll() is None:
+        for entry in Path("/proc").glob("[0-9]*"):
+            argv = _argv_of(int(entry.name))
+            if argv:
+                seen[int(entry.name)] = argv
+                for secret in secrets:
+                    assert secret not in argv, f"pid {entry.name}: {argv[:60]!r}..."
+        time.sleep(0.05)
+    return seen
+
+
 def test_the_secret_never_reaches_a_command_line(env, sandbox):
-    """While a token is fetched, no process's /proc/<pid>/cmdline holds the secret."""
+    """While a token is fetched, no process's /proc/<pid>/cmdline holds the secret, the
+    fetching process's own among them (sampled while it ran)."""
     sandbox.set_faults(latency=1.5)
     secret = env["QLAM_CLIENT_SECRET"].encode()
     process = subprocess.Popen([QLAM_HPC, "token"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen = 0
-    while process.poll() is None:
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            with contextlib.suppress(OSError):
-                assert secret not in cmdline.read_bytes()
-                seen += 1
-        time.sleep(0.1)
-    assert process.returncode == 0 and seen > 0
+    seen = _sample_argvs_while(process, [secret])
+    process.communicate()
+    assert process.returncode == 0
+    assert process.pid in seen, "qlam-hpc token ended before its argv was sampled"
+    assert sandbox.stats()["token_requests"] == 1
+
+
+def test_token_header_piped_to_curl_keeps_the_token_off_every_command_line(env, sandbox):
+    """The README's ``qlam-hpc token --header | curl -H @-``: curl is authorised, and neither
+    the secret nor the token is in the argv of the shell, qlam-hpc or curl while they run."""
+    warm = run_cli("token", env=env)  # the token the pipeline will use, from the cache
+    assert warm.code == 0
+    token = warm.out.strip().encode()
+    sandbox.set_faults(latency=1.0)  # the API answers slowly: curl is sampled while it has the token
+    url = f"{sandbox.url}/v2/squin-256q/tasks"
+    pipeline = f'"{QLAM_HPC}" token --header | curl -sf -o /dev/null -w "%{{http_code}}" -H @- "{url}"'
+    process = subprocess.Popen(["bash", "-c", pipeline], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = _sample_argvs_while(process, [token, env["QLAM_CLIENT_SECRET"].encode()])
+    out, err = process.communicate()
+    assert process.returncode == 0 and out == b"200", err
+    assert process.pid in seen
+    assert any(argv.startswith(b"curl\0") for argv in seen.values()), "curl was not sampled while it ran"
 
 
 def test_debug_logs_never_show_the_secret_or_the_token(env, sandbox, tmp_path):
