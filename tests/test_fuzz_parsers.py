@@ -352,11 +352,42 @@ API_KEYS = ["messages", "code", "message", "detail", "error_description", "error
 @FUZZ
 @given(st.integers(100, 599), _bodies(API_KEYS) | st.text(max_size=300).map(str.encode))
 def test_api_error_bodies(status, body):
-    from qlam_hpc._api._requests import ApiRequest, error_for, read_json
+    import json
 
-    error = error_for(status, body, "https://api.example/v2/x/tasks", ApiRequest("POST", "/v2/x/tasks"))
-    assert isinstance(error, QlamError)
-    assert "\n" not in str(error) or True  # messages are the server's; shown as they came
+    from qlam_hpc._api._requests import ApiRequest, error_for, read_json
+    from qlam_hpc._errors import ApiError, ApiUnreachable, InvalidTaskDefinition, NotFound
+
+    url = "https://api.example/v2/x/tasks"
+    request = ApiRequest("POST", "/v2/x/tasks")
+    error = error_for(status, body, url, request)
+    # The class follows the status alone, whatever the body.
+    if status >= 500:
+        assert type(error) is ApiUnreachable
+    elif status == 404:
+        assert type(error) is NotFound
+    elif status == 400 and request.creates:
+        assert type(error) is InvalidTaskDefinition
+    else:
+        assert type(error) is ApiError
+    assert str(error).startswith(f"QLAM API {url} answered HTTP {status}: ")
+    if not isinstance(error, ApiError):
+        return
+    assert error.status == status and error.url == url
+    assert error.code is None or isinstance(error.code, int)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        messages = data.get("messages")
+        if isinstance(messages, list) and messages:  # the API's own messages, every one, in order
+            assert error.messages == tuple(str(m) for m in messages)
+        if isinstance(data.get("code"), int):
+            assert error.code == data["code"]
+    elif data is None:
+        # Text that is not JSON: at most one line of at most 200 characters, never the whole body.
+        assert len(error.messages) <= 1
+        assert all("\n" not in m and len(m) <= 200 for m in error.messages)
     with contextlib.suppress(QlamError):
         read_json(status, "application/json", body, "https://api.example/")
 
