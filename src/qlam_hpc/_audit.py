@@ -271,7 +271,7 @@ def _safe(value: Any) -> Any:
     import re
 
     value = re.sub(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", "[token]", value)
-    value = re.sub(r"(?i)(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}", r"\1 [hidden]", value)
+    value = re.sub(r"\b(Bearer|Basic) [A-Za-z0-9._~+/=-]{8,}", r"\1 [hidden]", value)
     return value[:2000]
 
 
