@@ -154,6 +154,24 @@ def test_a_signal_during_the_refresh_waits_until_the_next_refresh_token_is_publi
     assert _counters(sandbox) == (2, 2, 0, 0)
 
 
+# As a shell without job control starts a command with `&`: SIGINT ignored.
+WITH_SIGINT_IGNORED = WITH_DEFAULT_SIGNALS.replace("os.execv", "signal.signal(signal.SIGINT, signal.SIG_IGN)\nos.execv")
+
+
+def test_an_ignored_signal_stays_ignored_after_the_refresh(sandbox, env):
+    """A process that ignores SIGINT (started with & by a script) is not stopped by one that
+    arrives during the refresh, nor warned about it: it hands out the token, exit 0."""
+    _expire_access_token(sandbox, env)
+    sandbox.set_faults(**AFTER)
+    refresher = _popen([sys.executable, "-c", WITH_SIGINT_IGNORED, QLAM_HPC, "token"], env)
+    _in_flight(sandbox, refresher, "refreshes")
+    refresher.send_signal(signal.SIGINT)
+    out, err = refresher.communicate(timeout=30)
+    assert refresher.returncode == 0 and out.count(".") == 2, err
+    assert err == ""  # no warning about a signal that changed nothing
+    assert _counters(sandbox) == (1, 1, 0, 0)
+
+
 def test_sigkill_after_the_server_rotated_loses_the_login_and_says_so_in_one_line(sandbox, env):
     """SIGKILL cannot be held. Killed once the server has spent the refresh token (overlap 0):
     the next process takes over, is refused, and exits 16 with one line naming the cut-short

@@ -45,6 +45,8 @@ class held_signals:  # noqa: N801 - used as a context manager, named like one
         if threading.current_thread() is not threading.main_thread():
             return self
         for signum in HELD:
+            if signal.getsignal(signum) is signal.SIG_IGN:  # ignored (nohup, `cmd &`): nothing to hold back
+                continue
             try:
                 self._previous[signum] = signal.signal(signum, self._hold)
             except (ValueError, OSError):  # not ours to handle here (an embedding that forbids it)
