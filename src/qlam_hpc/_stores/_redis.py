@@ -11,9 +11,11 @@ Why these choices:
 * An entry is one ``SET``: Redis applies it whole, so a reader sees the old entry or
   the new one. It expires with the later of its token and its failure record; nothing
   in it is of use after that, so a crashed array leaves no litter behind.
-* The lock is ``SET NX PX <lease>`` with a value only its holder knows, released by a
-  compare-and-delete script: a holder whose lease ran out (it was stopped, or cut off
-  from Redis) can never delete the lock a successor took since.
+* The lock is set with a lease (``PX``) and a value only its holder knows, by a script that
+  takes it only when it is free or was planted (no expiry, or longer than any holder sets:
+  someone else's key, which would otherwise block every process until the lock timeout);
+  it is released by a compare-and-delete script: a holder whose lease ran out (it was
+  stopped, or cut off from Redis) can never delete the lock a successor took since.
 * The lease is short (15 s) and renewed every 5 s by the holder while it lives. A fixed
   lease would have to outlast the longest fetch (``QLAM_RETRY_DEADLINE``, 60 s, plus a
   request's timeouts) yet end before the waiters give up (``QLAM_LOCK_TIMEOUT``, 90 s),
@@ -47,7 +49,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from .._cache import MAX_ENTRY_BYTES, CacheEntry, Identity, identity_of
+from .._cache import MAX_CLOCK_SKEW, MAX_ENTRY_BYTES, CacheEntry, Identity, identity_of
 from .._errors import CacheError, ConfigurationError
 from .._log import log
 from ._base import SharedEntries, with_local_user
@@ -65,6 +67,13 @@ DEFAULT_LEASE = 15.0
 DEFAULT_TIMEOUT = 5.0
 _LEDGER_DAYS = 400  # a ledger month outlives the month it counts, and then some
 
+# Take the lock when it is free, or when what holds it was not written by a holder: a key with
+# no expiry, or one longer than a lease (holders set and renew it to the lease) was planted.
+_TAKE = (
+    "local left = redis.call('pttl', KEYS[1]) "
+    "if left == -2 or left == -1 or left > tonumber(ARGV[3]) then "
+    "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1 end return 0"
+)
 # Delete a key / extend the lock only while it still holds the value we know.
 _DELETE_IF_SAME = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
@@ -186,8 +195,9 @@ class RedisStore:
         key = self._key(identity, "lock")
         secret = os.urandom(16).hex()
         holder = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        longest = _ms(self.lease + MAX_CLOCK_SKEW)
         with self._errors("take the refresh lock"):
-            taken = self.client.set(key, f"{secret}\n{holder}", nx=True, px=_ms(self.lease))
+            taken = self.client.eval(_TAKE, 1, key, f"{secret}\n{holder}", _ms(self.lease), longest)
         if not taken:
             return None
         return _Lease(self, key, f"{secret}\n{holder}")
