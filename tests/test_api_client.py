@@ -177,7 +177,7 @@ def test_wait_gives_up_at_its_timeout(client, sandbox):
     started = time.monotonic()
     with pytest.raises(WaitTimeout, match=r"1 of 1 task still running after 0.3s"):
         client.wait(task, timeout=0.3, **FAST)
-    assert 0.3 <= time.monotonic() - started < 2
+    assert 0.3 <= time.monotonic() - started < 10  # the task runs 30 s
 
 
 def test_wait_follows_several_tasks_and_reports_changes(client, quick):

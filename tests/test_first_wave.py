@@ -194,4 +194,4 @@ def test_redis_and_vault_stores_keep_the_full_path(env, monkeypatch):
         monkeypatch.setenv(name, value)
     started = time.monotonic()
     assert _fast._cached() is None
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # no light wait: that would sit out a holder

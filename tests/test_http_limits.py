@@ -99,7 +99,7 @@ def test_an_endless_answer_is_refused_as_it_streams(tmp_path, content_length):
         started = time.monotonic()
         with pytest.raises(InvalidTokenResponse, match="over 64 KiB"):
             fetch_token(_settings(server.url, tmp_path))
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 15  # refused early: reading 1 TiB would take far longer
 
 
 def test_a_dripping_holder_releases_the_lock_before_the_waiters_give_up(tmp_path):

@@ -91,7 +91,7 @@ def test_an_untrusted_certificate_fails_at_once_naming_the_setting(idp, tmp_path
     assert caught.value.exit_code == 18
     assert isinstance(caught.value, ConfigurationError)
     assert idp.handshakes == 1, "a certificate failure must not be retried"
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10
 
 
 def test_a_bundle_that_does_not_vouch_for_the_server_is_named(idp, tmp_path, authority):
@@ -118,7 +118,7 @@ def test_https_to_the_plain_http_sandbox_says_to_write_http(sandbox, tmp_path):
     message = str(caught.value)
     assert "answered in plain HTTP" in message and f"write http://127.0.0.1:{port}" in message, message
     assert "unreachable" not in message
-    assert time.monotonic() - started < 2.0, "not retried"
+    assert time.monotonic() - started < 10, "not retried until the 30 s deadline"
     assert sandbox.stats()["token_requests"] == 0
 
 

@@ -556,7 +556,7 @@ def test_auto_approve_answers_a_poll_sent_at_once_without_waiting_an_interval(id
     assert started["user_code"] not in idp.pending_user_codes()  # nothing left to decide
     response = poll(http, idp, started["device_code"])
     assert response.status_code == 200, response.text
-    assert time.monotonic() - began < 2.5  # half an interval: generous for a busy machine
+    assert time.monotonic() - began < 4.5  # inside the 5 s interval: generous for a busy machine
     assert claims_of(response.json()["access_token"])["sub"] == ADA.subject
     assert idp.stats()["device_logins"] == 1
 
