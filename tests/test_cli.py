@@ -290,18 +290,37 @@ def test_the_secret_never_reaches_a_command_line(env, sandbox):
 
 
 def test_token_header_piped_to_curl_keeps_the_token_off_every_command_line(env, sandbox):
-    """The README's ``qlam-hpc token --header | curl -H @-``: curl is authorised, and neither
+    """The README's ``qlam-hpc token --header | curl -H @-``: curl sends the token, and neither
     the secret nor the token is in the argv of the shell, qlam-hpc or curl while they run."""
+    import http.server
+    import threading
+
     warm = run_cli("token", env=env)  # the token the pipeline will use, from the cache
     assert warm.code == 0
-    token = warm.out.strip().encode()
-    sandbox.set_faults(latency=1.0)  # the API answers slowly: curl is sampled while it has the token
-    url = f"{sandbox.url}/v2/squin-256q/tasks"
-    pipeline = f'"{QLAM_HPC}" token --header | curl -sf -o /dev/null -w "%{{http_code}}" -H @- "{url}"'
-    process = subprocess.Popen(["bash", "-c", pipeline], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen = _sample_argvs_while(process, [token, env["QLAM_CLIENT_SECRET"].encode()])
-    out, err = process.communicate()
+    token = warm.out.strip()
+    received: list[str] = []
+
+    class SlowApi(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            received.append(self.headers.get("Authorization", ""))
+            time.sleep(1.0)  # curl is sampled while it holds the token
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowApi) as api:
+        threading.Thread(target=api.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{api.server_address[1]}/v2/squin-256q/tasks"
+        pipeline = f'"{QLAM_HPC}" token --header | curl -sf -o /dev/null -w "%{{http_code}}" -H @- "{url}"'
+        process = subprocess.Popen(["bash", "-c", pipeline], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen = _sample_argvs_while(process, [token.encode(), env["QLAM_CLIENT_SECRET"].encode()])
+        out, err = process.communicate()
+        api.shutdown()
     assert process.returncode == 0 and out == b"200", err
+    assert received == [f"Bearer {token}"]
     assert process.pid in seen
     assert any(argv.startswith(b"curl\0") for argv in seen.values()), "curl was not sampled while it ran"
 
