@@ -17,20 +17,23 @@ device code       ``UserLogins.start_device_login``: every device code
 signing key       the sandbox's RSA private key, first line of its PEM forms
 ================  ===========================================================
 
-Secrets shorter than 12 characters (``"s"``, ``"bob-secret"``) are not looked for:
-they would be found in ordinary words.  A JWT is looked for by its signature, the
-part no other token shares.  A sandbox started in another process (``qlam-hpc
+Secrets of 8 to 11 characters (``"bob-secret"``) are looked for as whole words only
+(not inside a longer run of letters, digits, ``-`` and ``_``); shorter ones (``"s"``)
+not at all: they would be found in ordinary words.  A JWT is looked for by its
+signature, the part no other token shares.  A sandbox started in another process (``qlam-hpc
 sandbox``) is not known.
 
 Where it looks, for each test: the captured stdout, stderr and log sections of its
 report (setup, call, teardown); what ``capsys``/``capfd.readouterr()`` returned; the
 stdout and stderr of every ``subprocess.Popen.communicate`` (``run_cli``,
-``subprocess.run``, ``Crowd``); the text of every exception a ``pytest.raises``
-caught and of the exception that ended the test (not a failed ``assert``: that is
-the test's own text); and every regular file left under the test's ``tmp_path``,
-except token stores.  A token store is a directory holding ``*.entry`` or
-``*.lock`` files (the cache, a ``QLAM_REFRESH_TOKEN_DIR``); in it, only the entries
-and their temporaries may hold tokens: its lock files and ledger are checked too.
+``subprocess.run``, ``Crowd``); the argv of every process started with
+``subprocess.Popen`` (readable by every user through ``ps``) and its environment;
+the text of every exception a ``pytest.raises`` caught and of the exception that
+ended the test (not a failed ``assert``: that is the test's own text); and every
+regular file left under the test's ``tmp_path``, except token stores.  A token
+store is a directory holding ``*.entry`` or ``*.lock`` files (the cache, a
+``QLAM_REFRESH_TOKEN_DIR``); in it, only the entries and their temporaries may hold
+tokens: its lock files and ledger are checked too.
 
 What is not a leak:
 
@@ -39,6 +42,10 @@ What is not a leak:
   word ``token`` (``run_cli("token", ...)``, a ``Crowd`` of ``["token", "--json"]``),
   or a script in its argv runs ``qlam-hpc token`` (``bash -c``) or calls
   ``main(["token", ...])`` (``python -c``);
+* a client secret in a process's environment (``QLAM_CLIENT_SECRET`` is how it is
+  given), also when passed as ``NAME=value`` after ``env`` in its argv (``runuser -u
+  USER -- env -i ...``, the way the tests give another user a clean environment);
+  anything else there, a token above all, is a leak;
 * a sandbox's own signing key in its ``signing_key_file`` or ``state_dir``;
 * a file the test wrote on purpose with a secret in it (a 0600 secret file, a
   settings file): say so, sparingly, with ``leak_check.expect(path)`` (the fixture)
@@ -69,7 +76,10 @@ from typing import Any
 import pytest
 
 KINDS = ("client secret", "access token", "ID token", "refresh token", "device code", "signing key")
-MIN_LENGTH = 12  # shorter "secrets" would be found in ordinary words
+MIN_LENGTH = 12  # shorter "secrets" would be found in ordinary words...
+SHORT_LENGTH = 8  # ...so from 8 characters on they are looked for as whole words only
+_WORD_CHAR = r"[A-Za-z0-9_-]"
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _ANCHOR = 12  # a secret made of base64url characters is indexed by its first 12
 _RUN = re.compile(rf"[A-Za-z0-9_-]{{{MIN_LENGTH},}}")
 _URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
@@ -86,6 +96,7 @@ class Secrets:
         self.kinds: dict[str, str] = {}  # secret (or a JWT's signature) -> kind
         self.anchors: dict[str, list[str]] = {}  # first _ANCHOR characters -> secrets
         self.irregular: dict[str, str] = {}  # secrets with other characters: plain search
+        self.short: dict[re.Pattern[str], str] = {}  # SHORT_LENGTH..MIN_LENGTH-1: whole words
         self.counts: Counter[str] = Counter()
         self.signing_keys: set[str] = set()
         self.key_homes: set[Path] = set()  # a sandbox's signing_key_file and state_dir
@@ -95,7 +106,14 @@ class Secrets:
             return
         if kind in ("access token", "ID token") and value.count(".") == 2:
             value = value.rsplit(".", 1)[1]  # the signature: every token has its own
+        if len(value) < SHORT_LENGTH:
+            return
         if len(value) < MIN_LENGTH:
+            word = re.compile(f"(?<!{_WORD_CHAR}){re.escape(value)}(?!{_WORD_CHAR})")
+            with self.lock:
+                if word not in self.short:
+                    self.counts[kind] += 1
+                    self.short[word] = kind
             return
         with self.lock:
             if value in self.kinds or value in self.irregular:
@@ -116,7 +134,7 @@ class Secrets:
         if not text:
             return []
         with self.lock:
-            anchors, kinds, irregular = self.anchors, self.kinds, dict(self.irregular)
+            anchors, kinds, irregular, short = self.anchors, self.kinds, dict(self.irregular), dict(self.short)
             found = []
             for run in _RUN.finditer(text):
                 word, offset = run.group(), run.start()
@@ -124,6 +142,8 @@ class Secrets:
                     for secret in anchors.get(word[i : i + _ANCHOR], ()):
                         if word.startswith(secret, i):
                             found.append((offset + i, offset + i + len(secret), kinds[secret]))
+        for word, kind in short.items():
+            found.extend((match.start(), match.end(), kind) for match in word.finditer(text))
         for secret, kind in irregular.items():
             start = text.find(secret)
             while start >= 0:
@@ -306,7 +326,40 @@ def _describe(args: Any) -> str:
     return " ".join(words)
 
 
+def _argv_and_environment(args: Any, env: Any) -> tuple[str, str]:
+    """A process's argv as ``ps`` shows it, and its environment, with the ``NAME=value``
+    words that follow ``env`` in its argv (they are its child's environment)."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        args = [args]
+    words = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
+    argv, assigned, after_env = [], [], False
+    for word in words:
+        if after_env and (_ASSIGNMENT.match(word) or word in ("-i", "-", "--ignore-environment")):
+            assigned.append(word)
+            continue
+        after_env = os.path.basename(word) == "env"
+        argv.append(word)
+    environment = os.environ if env is None else env
+    lines = [f"{os.fsdecode(k)}={os.fsdecode(v)}" for k, v in environment.items()]
+    return " ".join(argv), "\n".join(lines + assigned)
+
+
 def _install_places() -> None:
+    init = subprocess.Popen.__init__
+
+    @functools.wraps(init)
+    def recording_init(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+        record = _record()
+        if record is not None:
+            env = rest[9] if len(rest) > 9 else kwargs.get("env")  # Popen(args, bufsize, ..., cwd, env)
+            argv, environment = _argv_and_environment(args, env)
+            name = f"process ({_describe(args)})"
+            record.add(f"the argv of {name}", argv)
+            record.add(f"the environment of {name}", environment, frozenset({"client secret"}))
+        init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = recording_init  # type: ignore[method-assign]
+
     communicate = subprocess.Popen.communicate
 
     @functools.wraps(communicate)

@@ -126,3 +126,79 @@ def test_the_summary_line_counts_secrets_places_and_leaks(pytester, monkeypatch)
     result.stdout.re_match_lines(
         [r"leak check: \d+ secrets known \(client secret \d+, signing key 2\); \d+ places checked; 0 leaks found"]
     )
+
+
+CHILDREN_SUITE = r"""
+import os, subprocess, sys
+import pytest
+from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
+
+QLAM_HPC = os.path.join(os.path.dirname(sys.executable), "qlam-hpc")
+
+
+@pytest.fixture(scope="module")
+def idp():
+    config = SandboxConfig.default(client_id="planted-client")
+    config = config.replace(clients=(*config.clients, SandboxClient("bob", "bob-secret")))
+    with Sandbox(config) as server:
+        yield server
+
+
+@pytest.fixture
+def env(idp, tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
+    return {**base, **idp.env(), "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def token(env):
+    done = subprocess.run([QLAM_HPC, "token"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    with open(os.environ["PLANTED"], "a") as file:
+        file.write(done.stdout.strip() + "\n")
+    return done.stdout.strip()
+
+
+def test_a_token_on_a_command_line(env):
+    subprocess.run(["true", "--token", token(env)], check=True)
+
+
+def test_a_token_in_a_childs_environment(env):
+    subprocess.run(["true"], env={**env, "TOKEN": token(env)}, check=True)
+
+
+def test_a_short_secret_in_a_message(env):
+    print("refused: bob-secret")
+
+
+def test_a_short_secret_inside_a_longer_word_is_no_leak(env):
+    print("bob-secret-rotated and xbob-secret")
+
+
+def test_a_client_secret_in_the_environment_and_after_env_is_fine(env):
+    secret = env["QLAM_CLIENT_SECRET"]
+    subprocess.run(["env", "-i", f"QLAM_CLIENT_SECRET={secret}", "true"], env=env, check=True)
+"""
+
+
+def test_argv_environment_and_short_secrets_of_children_are_checked(pytester, tmp_path, monkeypatch):
+    """A token in a child's argv (``ps`` shows it to everyone) or environment, and a short
+    secret (``bob-secret``) as a word, are leaks; a short secret inside a longer word, and a
+    client secret in the environment (also after ``env`` in argv), are not."""
+    planted = tmp_path / "planted.txt"
+    monkeypatch.setenv("PLANTED", str(planted))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    pytester.makepyfile(test_children=CHILDREN_SUITE)
+    result = pytester.runpytest_subprocess("-p", "leak_check", "-p", "no:cacheprovider", "-q", timeout=180)
+
+    output = result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=5, errors=3)
+    for test, leak in [
+        ("test_a_token_on_a_command_line", "an access token in the argv of process (true --token)"),
+        ("test_a_token_in_a_childs_environment", "an access token in the environment of process (true)"),
+        ("test_a_short_secret_in_a_message", "a client secret in the stdout call section"),
+    ]:
+        assert f"secret leak in test_children.py::{test}:\n  {leak}" in output, output
+    assert "ERROR test_children.py::test_a_short_secret_inside" not in output
+    assert "ERROR test_children.py::test_a_client_secret_in_the_environment" not in output
+    assert "refused: [client secret]" in output
+    assert not [s for s in planted.read_text().split() if s in output]
