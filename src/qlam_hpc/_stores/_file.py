@@ -177,12 +177,9 @@ class FileStore:
     def try_lock(self, identity: Identity) -> _HeldLock | None:
         import fcntl
 
-        from .._jobinfo import process_label
-
         self._checked_directory(create=True)
         # One name per file however it is spelled: a second spelling must not lock it twice.
         path = os.path.realpath(self.lock_path(identity))
-        label = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
         with _held_here_guard:
             handed = _handed_over.pop(path, None)
             if handed is not None:
@@ -200,6 +197,11 @@ class FileStore:
                     raise
                 unsupported = exc
             else:
+                # Named only once held: a waiter polling the lock does not pay for the label
+                # (its socket import) on every try.
+                from .._jobinfo import process_label
+
+                label = f"{process_label()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
                 _held_here[path] = label
                 return _HeldLock(path, fd, label)
         # Lustre mounted -o noflock, NFS without a lock manager: the entry is still shared
