@@ -43,9 +43,10 @@ What is not a leak:
   or a script in its argv runs ``qlam-hpc token`` (``bash -c``) or calls
   ``main(["token", ...])`` (``python -c``);
 * a client secret in a process's environment (``QLAM_CLIENT_SECRET`` is how it is
-  given), also when passed as ``NAME=value`` after ``env`` in its argv (``runuser -u
-  USER -- env -i ...``, the way the tests give another user a clean environment);
-  anything else there, a token above all, is a leak;
+  given), or a subject token (a CI gives its ID token in a job variable), also when
+  passed as ``NAME=value`` after ``env`` in its argv (``runuser -u USER -- env -i
+  ...``, the way the tests give another user a clean environment); anything else
+  there, a token above all, is a leak;
 * a sandbox's own signing key in its ``signing_key_file`` or ``state_dir``;
 * a file the test wrote on purpose with a secret in it (a 0600 secret file, a
   settings file): say so, sparingly, with ``leak_check.expect(path)`` (the fixture)
@@ -80,6 +81,7 @@ MIN_LENGTH = 12  # shorter "secrets" would be found in ordinary words...
 SHORT_LENGTH = 8  # ...so from 8 characters on they are looked for as whole words only
 _WORD_CHAR = r"[A-Za-z0-9_-]"
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+ENVIRONMENT_KINDS = frozenset({"client secret", "subject token"})  # may be in a child's environment
 _ANCHOR = 12  # a secret made of base64url characters is indexed by its first 12
 _RUN = re.compile(rf"[A-Za-z0-9_-]{{{MIN_LENGTH},}}")
 _URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
@@ -355,7 +357,8 @@ def _install_places() -> None:
             argv, environment = _argv_and_environment(args, env)
             name = f"process ({_describe(args)})"
             record.add(f"the argv of {name}", argv)
-            record.add(f"the environment of {name}", environment, frozenset({"client secret"}))
+            # The documented ways in: QLAM_CLIENT_SECRET, and a CI's ID token in a job variable.
+            record.add(f"the environment of {name}", environment, ENVIRONMENT_KINDS)
         init(self, args, *rest, **kwargs)
 
     subprocess.Popen.__init__ = recording_init  # type: ignore[method-assign]
