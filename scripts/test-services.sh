@@ -77,6 +77,12 @@ case $action in
             echo "  zsh           NOT INSTALLED: $(last_line)"
             echo "                (the zsh completion test is skipped with this reason)"
         fi
+        if scripts/rsyslog-server.sh start >/dev/null 2>"$log" && package_installed prometheus /usr/bin/promtool; then
+            echo "  rsyslogd      socket ${QLAM_RSYSLOG_DIR:-/tmp/qlam-hpc-rsyslog}/log.sock (audit events); promtool installed"
+        else
+            echo "  rsyslogd      NOT STARTED, or promtool NOT INSTALLED: $(last_line)"
+            echo "                (tests/test_audit.py starts its own rsyslogd; tests/test_metrics.py skips promtool)"
+        fi
         if python_venv_installed; then
             echo "  python3-venv  installed (/usr/bin/python3 -m venv)"
         else
@@ -88,6 +94,7 @@ case $action in
         scripts/local-slurm.sh stop
         scripts/openbao-server.sh stop
         scripts/redis-server.sh stop
+        scripts/rsyslog-server.sh stop
         ;;
     *)
         echo "usage: $0 [start|stop]" >&2

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import QLAM_HPC as QLAM_HPC_BIN
 from conftest import run_cli
 from qlam_hpc import _audit
 
@@ -447,3 +448,242 @@ def test_audit_refuses_bad_input_with_one_line_and_its_exit_code(env, tmp_path):
     assert nothing.code == 3 and "no audit log to read" in nothing.err and "Traceback" not in nothing.err
     missing = run_cli("audit", "--file", str(tmp_path / "missing.jsonl"), env=env)
     assert missing.code == 3 and "cannot read the audit log" in missing.err
+
+
+# --- API calls, logins and refusals (the hooks in the clients, _login and the CLI's exit) ---------
+
+DEFINITION = {
+    "program_language": "squin",
+    "programs": [{"content": "circuit ok"}],
+    "subtasks": [{"program_index": 0, "num_shots": 10}],
+}
+
+
+@pytest.fixture
+def job_file(tmp_path) -> Path:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(DEFINITION))
+    return path
+
+
+def test_create_cancel_and_delete_are_events_with_the_task_and_status(env, sandbox, tmp_path, job_file):
+    """``tasks submit`` (the light path), ``tasks cancel`` and ``tasks delete`` (the full CLI):
+    one event each, naming the task and the HTTP status; a read (``tasks get``) is none."""
+    sandbox.set_faults(task_duration=600)
+    log = tmp_path / "audit.jsonl"
+    env = audit_env(env, f"file:{log}")
+    assert run_cli("token", env=env).code == 0  # warm: submit takes the light path
+    submitted = run_cli("tasks", "submit", "-q", str(job_file), env=env)
+    assert submitted.code == 0, submitted.err
+    task = submitted.out.strip()
+    assert run_cli("tasks", "get", task, "--json", env=env).code == 0
+    assert run_cli("tasks", "cancel", task, env=env).code == 0
+    assert run_cli("tasks", "delete", task, env=env).code == 0
+    events = [e for e in events_in(log) if e["action"] != "token.fetch"]
+    assert [(e["action"], e["outcome"], e.get("task")) for e in events] == [
+        ("task.create", "ok", task),
+        ("task.cancel", "ok", task),
+        ("task.delete", "ok", task),
+    ]
+    assert all(200 <= e["status"] < 300 for e in events)
+    assert all(e["principal"] == f"client:{env['QLAM_CLIENT_ID']}" for e in events)
+
+
+def test_the_library_clients_record_their_calls(settings, sandbox, tmp_path, monkeypatch):
+    """QlamClient and AsyncQlamClient: a created task is an event, as from the CLI."""
+    import asyncio
+
+    from qlam_hpc import AsyncQlamClient, QlamClient
+    from qlam_hpc._api._settings import ApiSettings
+
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("QLAM_AUDIT_LOG", f"file:{log}")
+    api = ApiSettings.from_env(sandbox.env())
+    with QlamClient(api, provider=__import__("qlam_hpc").TokenProvider(settings)) as client:
+        made = client.create_task(DEFINITION)
+
+    async def create() -> str:
+        async with AsyncQlamClient(api, provider=__import__("qlam_hpc").TokenProvider(settings)) as client:
+            return (await client.create_task(DEFINITION)).id
+
+    made_async = asyncio.run(create())
+    creates = [e for e in events_in(log) if e["action"] == "task.create"]
+    assert [e["task"] for e in creates] == [made.id, made_async]
+
+
+def test_a_refusal_is_an_event_with_its_exit_code_and_error_line(env, sandbox, tmp_path):
+    """``tasks cancel`` of an unknown task: the API's 404 (task.cancel refused) and the CLI's
+    exit 13 (refusal NotFound, with the command and the error line)."""
+    log = tmp_path / "audit.jsonl"
+    env = audit_env(env, f"file:{log}")
+    unknown = str(uuid.uuid4())
+    result = run_cli("tasks", "cancel", unknown, env=env)
+    assert result.code == 13
+    cancel = next(e for e in events_in(log) if e["action"] == "task.cancel")
+    assert (cancel["outcome"], cancel["status"], cancel["task"]) == ("refused", 404, unknown)
+    refusal = next(e for e in events_in(log) if e["action"] == "refusal")
+    assert (refusal["outcome"], refusal["exit_code"], refusal["command"]) == ("NotFound", 13, "tasks cancel")
+    assert refusal["detail"] in result.err
+
+
+def test_a_refused_token_on_the_light_path_is_a_refusal_too(env, tmp_path):
+    """A wrong secret met by ``qlam-hpc token`` (the light path fetches): token.fetch refused
+    and a refusal with exit 4, the same events as the full CLI's."""
+    log = tmp_path / "audit.jsonl"
+    bad = audit_env(env, f"file:{log}", QLAM_CLIENT_SECRET="not-the-secret-at-all-0123456789")
+    assert run_cli("token", env=bad).code == 4
+    assert [(e["action"], e["outcome"]) for e in events_in(log)] == [
+        ("token.fetch", "invalid_client"),
+        ("refusal", "InvalidClient"),
+    ]
+    assert events_in(log)[1]["exit_code"] == 4
+
+
+def test_login_refresh_and_logout_name_the_logged_in_user(user_env, user_sandbox, tmp_path):
+    """User context: the device login, a refresh and the logout are events whose principal is
+    the person (e-mail and subject), never the refresh token or the device code (the leak check
+    reads the file)."""
+    log = tmp_path / "audit.jsonl"
+    env = audit_env(user_env, f"file:{log}")
+    assert run_cli("auth", "login", env=env).code == 0
+    assert run_cli("auth", "clear", env=env).code == 0  # the login stays: the next token is a refresh
+    assert run_cli("token", env=env).code == 0
+    assert run_cli("auth", "logout", env=env).code == 0
+    events = events_in(log)
+    assert [(e["action"], e["outcome"]) for e in events] == [("login", "ok"), ("token.refresh", "ok"), ("logout", "ok")]
+    assert all(e["principal"] == "ada@example.org (auth0|sandbox-user-1)" for e in events)
+
+
+# --- done when: two Unix users, a 200-task array, one cancels -----------------------------------
+
+ARRAY = 100  # tasks per user: two arrays of 100 make the 200 tasks
+AT_ONCE = 12
+
+
+def test_two_users_run_200_tasks_and_the_audit_says_who_cancelled_which(env, sandbox, tmp_path, rsyslog):
+    """ada and bob (real Unix users, one shared M2M client) each run a 100-task array that
+    submits one task per array task into one shared audit file and the site's rsyslogd; bob
+    then cancels one of ada's tasks. ``qlam-hpc audit --task ID`` says ada's array task made
+    it and bob cancelled it; every one of the 200 creations names the right user, job and
+    index; rsyslogd received the same events."""
+    from two_users import _ensure_user, _python_for_others
+
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("two Unix users need root (useradd, runuser)")
+    sock, messages = rsyslog
+    import tempfile
+
+    from two_users import NAMES, User
+
+    base = Path(tempfile.mkdtemp(prefix="qlamtest-audit-"))
+    base.chmod(0o755)
+    try:
+        python = _python_for_others(base, NAMES[0])
+        users = {}
+        for name in NAMES:
+            uid, gid = _ensure_user(name)
+            home = base / name
+            home.mkdir(mode=0o700)
+            os.chown(home, uid, gid)
+            users[name.rpartition("-")[2]] = User(name, uid, gid, home, python)
+        shared = base / "audit.jsonl"
+        # The site made one file for everyone: whoever can append can also write a false line.
+        shared.touch(mode=0o666)
+        shared.chmod(0o666)
+        for user in users.values():  # the shared account's secret: a copy of their own each, 0600
+            secret = user.home / "client-secret"
+            secret.write_text(env["QLAM_CLIENT_SECRET"])
+            secret.chmod(0o600)
+            os.chown(secret, user.uid, user.gid)
+        job = base / "job.json"
+        job.write_text(json.dumps(DEFINITION))
+        job.chmod(0o644)
+        sandbox.set_faults(task_duration=600)
+        run_id = str(uuid.uuid4().int % 900000 + 100000)
+        jobs = {"ada": f"{run_id}1", "bob": f"{run_id}2"}
+
+        def user_env(user: User, **more: str) -> dict[str, str]:
+            return {
+                "AUTH_BASE_URL": env["AUTH_BASE_URL"],
+                "QLAM_CLIENT_ID": env["QLAM_CLIENT_ID"],
+                "QLAM_CLIENT_SECRET_FILE": str(user.home / "client-secret"),
+                "QLAM_AUDIENCE": env["QLAM_AUDIENCE"],
+                "QLAM_API_URL": env["QLAM_API_URL"],
+                "QLAM_TOKEN_CACHE_DIR": str(user.home / "cache"),
+                "QLAM_AUDIT_LOG": f"file:{shared},syslog:local3:{sock}",
+                **more,
+            }
+
+        runs = [(who, index) for index in range(ARRAY) for who in ("ada", "bob")]
+        created: dict[str, tuple[str, int]] = {}
+        started = time.monotonic()
+        while runs:
+            batch, runs = runs[:AT_ONCE], runs[AT_ONCE:]
+            processes = []
+            for who, index in batch:
+                array = {"SLURM_ARRAY_JOB_ID": jobs[who], "SLURM_ARRAY_TASK_ID": str(index)}
+                processes.append(
+                    (who, index, users[who].start("tasks", "submit", "-q", str(job), env=user_env(users[who], **array)))
+                )
+            for who, index, process in processes:
+                out, err = process.communicate(timeout=120)
+                assert process.returncode == 0, err
+                created[out.strip()] = (who, index)
+        elapsed = time.monotonic() - started
+        assert len(created) == 2 * ARRAY
+        victim = next(task for task, (who, index) in created.items() if who == "ada" and index == 17)
+        cancelled = users["bob"].cli("tasks", "cancel", victim, env=user_env(users["bob"]))
+        assert cancelled.code == 0, cancelled.err
+
+        answer = subprocess.run(
+            [QLAM_HPC_BIN, "audit", "--task", victim, "--file", str(shared)], capture_output=True, text=True, timeout=60
+        )
+        lines = answer.stdout.splitlines()
+        assert answer.returncode == 0 and len(lines) == 2, answer.stdout + answer.stderr
+        assert " task.create ok " in lines[0] and f"by {NAMES[0]} (uid {users['ada'].uid})" in lines[0]
+        assert f"job {jobs['ada']}[17]" in lines[0]
+        assert " task.cancel ok " in lines[1] and f"by {NAMES[1]} (uid {users['bob'].uid})" in lines[1]
+        who_cancelled = subprocess.run(
+            [QLAM_HPC_BIN, "audit", "--task", victim, "--action", "task.cancel", "--json", "--file", str(shared)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert json.loads(who_cancelled.stdout)["user"] == NAMES[1]
+
+        events = events_in(shared)
+        (tmp_path / "shared-audit.jsonl").write_text(shared.read_text())  # for the leak check
+        creates = {e["task"]: e for e in events if e["action"] == "task.create"}
+        assert set(creates) == set(created)
+        for task, (who, index) in created.items():
+            event = creates[task]
+            assert (event["user"], event["uid"]) == (users[who].name, users[who].uid)
+            assert (event["job"], event["array_index"]) == (jobs[who], str(index))
+        fetches = [e for e in events if e["action"] == "token.fetch"]
+        assert sorted(e["user"] for e in fetches) == sorted(NAMES)  # one token per user, shared by their array
+
+        syslog_lines = received(
+            messages, f'job="{run_id}', len(events) - 1, tmp_path / "rsyslog-received.log", timeout=30
+        )
+        syslog_lines += received(messages, f'task="{victim}"', 2, tmp_path / "rsyslog-victim.log")
+        from_syslog = {
+            (e["action"], e.get("task"), e["user"])
+            for e in (json.loads(line[line.index("] {") + 2 :]) for line in syslog_lines)
+        }
+        assert from_syslog == {(e["action"], e.get("task"), e["user"]) for e in events}
+        print(f"\n{2 * ARRAY} tasks by two users, {AT_ONCE} at a time, in {elapsed:.1f}s; {len(events)} events")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_doctor_lines_say_where_events_go_and_whose_setting_it_is(tmp_path, monkeypatch):
+    """Off; a site destination (cannot be turned off); a user's, with what would lose events."""
+    monkeypatch.setattr(_audit, "SITE_FILES", (str(tmp_path / "absent.conf"),))
+    assert _audit.checks({}) == [("ok", f"off (no QLAM_AUDIT_LOG, no site file: {tmp_path / 'absent.conf'})")]
+    conf = tmp_path / "audit.conf"
+    conf.write_text(f"file:{tmp_path / 'site.jsonl'}\n")
+    monkeypatch.setattr(_audit, "SITE_FILES", (str(conf),))
+    lines = _audit.checks({"QLAM_AUDIT_LOG": f"syslog:local3:{tmp_path / 'none.sock'},file:/no/such/dir/a.jsonl"})
+    assert lines[0] == ("ok", f"file {tmp_path / 'site.jsonl'} (the site's, cannot be turned off: {conf}:1)")
+    assert lines[1][0] == "warn" and "No such file or directory: events will be lost" in lines[1][1]
+    assert lines[2][0] == "warn" and "cannot create /no/such/dir/a.jsonl" in lines[2][1]

@@ -140,3 +140,19 @@ def test_label_values_are_escaped():
     family = Family("qlam_hpc_x", "x")
     family.add(1, user='a"b\\c\nd')
     assert render([family]).splitlines()[-1] == 'qlam_hpc_x{user="a\\"b\\\\c\\nd"} 1'
+
+
+def test_keep_fresh_writes_the_metrics_into_the_textfile_directory(user_env, tmp_path):
+    """``auth keep-fresh`` with QLAM_METRICS_TEXTFILE=DIR writes DIR/qlam_hpc_<user>.prom each
+    time it checks the token, so a login node's keeper needs no cron line of its own."""
+    import getpass
+
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    env = {**user_env, "QLAM_METRICS_TEXTFILE": str(textfile)}
+    assert run_cli("auth", "login", env=env).code == 0
+    kept = run_cli("auth", "keep-fresh", "--once", env=env)
+    assert kept.code == 0, kept.err
+    prom = textfile / f"qlam_hpc_{getpass.getuser()}.prom"
+    assert total(prom.read_text(), "qlam_hpc_login_expiry_seconds") > 14 * 86400
+    assert promtool(prom).returncode == 0

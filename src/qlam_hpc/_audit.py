@@ -380,10 +380,19 @@ def api_answer(
 
 
 def _request_principal(request: ApiRequest) -> str | None:
-    body = request.json if isinstance(request.json, dict) else {}
-    block = ((body.get("system_metadata") or {}).get("qlam_hpc") or {}) if isinstance(body, dict) else {}
-    who = block.get("principal") if isinstance(block, dict) else None
-    if isinstance(who, dict) and (who.get("email") or who.get("subject")):
+    import json
+
+    def mapping(value: Any) -> dict[str, Any]:
+        if isinstance(value, str):  # system_metadata's values travel as JSON text
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return {}
+        return value if isinstance(value, dict) else {}
+
+    block = mapping(mapping(mapping(request.json).get("system_metadata")).get("qlam_hpc"))
+    who = mapping(block.get("principal"))
+    if who.get("email") or who.get("subject"):
         email, subject = who.get("email"), who.get("subject")
         return f"{email} ({subject})" if email and subject else str(email or subject)
     client = os.environ.get("QLAM_CLIENT_ID")
@@ -444,12 +453,17 @@ def refusal(error: BaseException, exit_code: int, argv: list[str] | None = None)
         _warn_once("refusal", f"audit: could not record a refusal ({type(failure).__name__}: {failure})")
 
 
-def logout(provider: TokenProvider, who: str | None, revoked: bool | None) -> None:
-    """A logout: the login removed here, and whether the identity provider revoked it."""
+def logout(provider: TokenProvider, login: Any) -> None:
+    """A logout: ``login`` (a ``Login``, or None when there was none) was removed here. A
+    revocation that fails afterwards is the CLI's error exit, recorded as a refusal."""
     if not enabled():
         return
     try:
-        outcome = "ok" if revoked else ("not_logged_in" if who is None else "not_revoked")
+        who = None
+        if login is not None:
+            email, subject = getattr(login, "email", None), getattr(login, "subject", None)
+            who = f"{email} ({subject})" if email and subject else (email or subject)
+        outcome = "ok" if login is not None else "not_logged_in"
         emit(event("logout", outcome, principal=who, client_id=provider.settings.client_id))
     except Exception as error:
         _warn_once("logout", f"audit: could not record a logout ({type(error).__name__}: {error})")

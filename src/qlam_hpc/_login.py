@@ -186,6 +186,9 @@ def logout(provider: TokenProvider, *, transport: httpx.BaseTransport | None = N
             provider.store.clear(provider.identity)
     provider._memory = None
     removed = held.login if held is not None else None
+    from ._audit import logout as audit_logout  # who logged out (a failed revocation is the CLI's refusal)
+
+    audit_logout(provider, removed)
     if removed is None:
         return LogoutResult(None, None, None)
     try:
@@ -231,6 +234,9 @@ def keep_fresh(
             pause = min(pause * 2, 600.0)
             continue
         pause = 30.0
+        from ._metrics import after_refresh  # QLAM_METRICS_TEXTFILE=DIR: the metrics with each check
+
+        after_refresh(provider)
         token = result.token
         wake = max(1.0, token.remaining(clock()) - token.lifetime / 2)
         log("info", f"access token valid until {_utc(token.expires_at)}; next refresh in {format_duration(wake)}")

@@ -352,4 +352,9 @@ class AsyncQlamClient(_Common):
                             await aread_capped(response, self.settings.max_body)
                         finally:
                             await response.aclose()
+            from .._audit import api_answer  # a state-changing call, when auditing is on
+
+            api_answer(
+                request, response.status_code, response.headers, b"" if stream else response.content, self._principal_of
+            )
             return response

@@ -427,4 +427,9 @@ class QlamClient(_Common):
                             read_capped(response, self.settings.max_body)
                         finally:
                             response.close()
+            from .._audit import api_answer  # a state-changing call, when auditing is on
+
+            api_answer(
+                request, response.status_code, response.headers, b"" if stream else response.content, self._principal_of
+            )
             return response

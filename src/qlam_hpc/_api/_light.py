@@ -100,6 +100,10 @@ def send(
         answer = _with_retries(settings, request, url, body, headers, refresh(token), sleep)
     if rq.is_redirect(answer.status):
         raise rq.redirected(answer.status, answer.header("location"), url)
+    if request.method != "GET":  # a state-changing call: audited when auditing is on
+        from .._audit import api_answer
+
+        api_answer(request, answer.status, answer.headers, answer.body)
     return answer
 
 

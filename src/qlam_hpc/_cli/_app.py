@@ -314,6 +314,9 @@ def run(args: list[str]) -> int:
     try:
         result = cli.main(args=args, prog_name="qlam-hpc", standalone_mode=False)
     except QlamError as error:
+        from .._audit import refusal  # the audit trail's record of the refusal, when it is on
+
+        refusal(error, error.exit_code, args)
         return _fail(str(error), error.exit_code)
     except click.exceptions.Abort:
         return _fail("interrupted", 130)

@@ -106,6 +106,9 @@ def diagnose(
         checks.append(Check("skip", "identity provider", "needs the settings above"))
         checks.append(Check("skip", "clock", "needs the identity provider"))
     checks.append(_api(environ, transport))
+    from .._audit import checks as audit_checks  # where audit events go, and whose setting that is
+
+    checks.extend(Check(verdict, "audit", detail) for verdict, detail in audit_checks(environ))
     if settings is not None and settings.token_store and settings.cache_enabled:
         # The shared store is elsewhere: the file cache's directory and locks do not matter.
         if settings.token_store.strip().lower().startswith("vault://"):

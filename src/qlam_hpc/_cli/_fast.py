@@ -453,6 +453,9 @@ def _exit_point(call: Callable[[], int]) -> int:
     try:
         return call()
     except QlamError as error:
+        from .._audit import refusal  # the audit trail's record of the refusal, when it is on
+
+        refusal(error, error.exit_code)
         return _fail(str(error), error.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
