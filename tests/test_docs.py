@@ -24,6 +24,10 @@ An HTML comment right before a block says when it needs more (the whole vocabula
         header), $TASK_ID, $GROUP_A and $GROUP_B; in Python ``token`` and ``base_url``
     <!-- doc-test: setup device -->
         user context: the sandbox's device-login client, logins approved at once
+    <!-- doc-test: setup slurm -->
+        the local Slurm cluster the test services start (``SLURM_CONF``), ``examples/`` in
+        the working directory and the sandbox's settings in ``~/.config/qlam/credentials``
+        (0600), where the batch scripts read them
 
 The scripts in examples/ have no markdown to carry a comment: ``EXAMPLES`` below says
 how each runs. A block whose tool is not installed here (jq, openssl, aws, ...) is
@@ -52,7 +56,7 @@ from qlam_hpc.sandbox import Sandbox, SandboxConfig
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]
 LANGUAGES = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python"}
-SETUPS = ("task", "device")
+SETUPS = ("task", "device", "slurm")
 TIMEOUT = 120  # seconds for one block, or one walkthrough of blocks
 BIN = str(Path(sys.executable).parent)
 
@@ -286,6 +290,7 @@ class _Summary:
 
 @pytest.mark.leak_check_expect("sandbox.env", ".doc-test*", kinds=["client secret", "access token"])  # docs' env, I/O
 @pytest.mark.parametrize("block", RUNNABLE, ids=lambda block: block.where)
+@pytest.mark.leak_check_expect("home/.config/qlam/credentials", kinds=["client secret"])  # setup slurm
 def test_block_runs(block: Block, idp, tmp_path):
     """What a reader copies works: the block (and those that continue it) exits 0."""
     blocks = [block, *block.continues]
@@ -378,10 +383,27 @@ def _environment(block: Block, idp: Sandbox, tmp_path: Path) -> tuple[dict[str, 
     env |= settings
     (tmp_path / "sandbox.env").write_text("".join(f"export {k}={v}\n" for k, v in settings.items()))
     variables: dict = {}
+    if block.setup == "slurm":
+        env |= _slurm_jobs(idp, env, tmp_path)
     if block.setup == "task":
         variables = _a_task(idp)
         env |= {k: v for k, v in variables.items() if k.isupper()}
     return env, variables
+
+
+def _slurm_jobs(idp: Sandbox, env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """What a block that submits jobs to the local cluster needs (``setup slurm``)."""
+    from slurm_service import local_slurm
+
+    cluster = local_slurm()  # the running cluster: its skip reason names Slurm, which CI fails on
+    credentials = Path(env["HOME"]) / ".config" / "qlam" / "credentials"
+    credentials.parent.mkdir(parents=True, exist_ok=True)
+    lines = {**idp.env(), "QLAM_TOKEN_CACHE_DIR": env["QLAM_TOKEN_CACHE_DIR"]}
+    fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.writelines(f"{name}='{value}'\n" for name, value in lines.items())
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    return {"SLURM_CONF": str(cluster.conf)}
 
 
 JOB = {
