@@ -687,3 +687,11 @@ def test_doctor_lines_say_where_events_go_and_whose_setting_it_is(tmp_path, monk
     assert lines[0] == ("ok", f"file {tmp_path / 'site.jsonl'} (the site's, cannot be turned off: {conf}:1)")
     assert lines[1][0] == "warn" and "No such file or directory: events will be lost" in lines[1][1]
     assert lines[2][0] == "warn" and "cannot create /no/such/dir/a.jsonl" in lines[2][1]
+
+
+def test_doctor_says_where_audit_events_go(env, tmp_path):
+    """``qlam-hpc doctor``: one audit line, ok when the destination can take events."""
+    result = run_cli("doctor", env=audit_env(env, f"file:{tmp_path / 'audit.jsonl'}"))
+    assert result.code == 0, result.out
+    line = next(line for line in result.out.splitlines() if line.split()[1:2] == ["audit"])
+    assert line.split()[0] == "ok" and f"file {tmp_path / 'audit.jsonl'} (from QLAM_AUDIT_LOG)" in line

@@ -194,8 +194,12 @@ def checks(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     if not found:
         lines.append(("ok", f"off (no {ENV_VAR}, no site file: {' or '.join(SITE_FILES)})"))
     for destination in found:
-        owner = "the site's, cannot be turned off" if destination.source != ENV_VAR else ENV_VAR
-        where = f"{destination.describe()} ({owner}: {destination.source})"
+        owner = (
+            f"from {ENV_VAR}"
+            if destination.source == ENV_VAR
+            else f"the site's, cannot be turned off: {destination.source}"
+        )
+        where = f"{destination.describe()} ({owner})"
         problem = _unusable(destination)
         lines.append(("warn", f"{where}: {problem}") if problem else ("ok", where))
     return lines
