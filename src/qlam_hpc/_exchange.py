@@ -326,50 +326,7 @@ def fetch_exchanged_token(
             f"{subject.source.describe()} now names another subject than when this process started "
             f"({subject.subject} of {subject.issuer}); start it again"
         )
+    from ._http import fetch_token
+
     form = exchange_form(settings, subject, read_actor(settings))
-    return _send(settings, form, obtained_by=obtained_by, clock=clock, **http)
-
-
-def _send(
-    settings: Settings,
-    grant: Mapping[str, str],
-    *,
-    obtained_by: str | None,
-    clock: Callable[[], float],
-    transport: Any = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Token:
-    """``_http.fetch_token``'s request with the exchange's fields: the same endpoint, discovery,
-    client authentication, retries, bounds and answer checks."""
-    from ._client_auth import choose_method, client_authentication
-    from ._http import _ACCEPT, _client, _Retrying
-    from ._oauth import parse_token_response, token_request
-
-    retry = _Retrying(settings, sleep=sleep, clock=clock, rng=None)
-    with _client(settings, transport) as client:
-        endpoint, supported, issuer = settings.token_url, None, None
-        if settings.discovery_url:
-            from ._discovery import discover
-
-            def get(url: str) -> tuple[int, Mapping[str, str], bytes]:
-                response, _ = retry.send(client, url, lambda: client.build_request("GET", url, headers=_ACCEPT))
-                return response.status_code, response.headers, response.content
-
-            found = discover(settings.discovery_url, get)
-            supported, issuer = found.auth_methods, found.issuer
-            if settings.discovers_endpoint:
-                endpoint = found.token_endpoint
-        assertion_audience = issuer if settings.assertion_audience == "issuer" else None
-        auth = client_authentication(settings, choose_method(settings, supported))
-
-        def post() -> Any:
-            request = token_request(
-                settings, endpoint=endpoint, auth=auth, now=clock(), assertion_audience=assertion_audience
-            )
-            form = {**request.form, **grant}
-            return client.build_request("POST", request.url, data=form, headers={**_ACCEPT, **request.headers})
-
-        response, sent_at = retry.send(client, endpoint, post)
-        return parse_token_response(
-            response.status_code, response.headers, response.content, endpoint, sent_at, obtained_by
-        )
+    return fetch_token(settings, obtained_by=obtained_by, clock=clock, grant=form, **http)

@@ -63,9 +63,13 @@ def fetch_token(
     clock: Callable[[], float] = time.time,
     rng: random.Random | None = None,
     transport: httpx.BaseTransport | None = None,
+    grant: Mapping[str, str] | None = None,
 ) -> Token:
     """One token from the identity provider, with settings whose credential is resolved
     (``_client_auth.resolve_credentials``; a still-unresolved source is read here).
+
+    ``grant`` replaces the client_credentials grant's fields of the request (token exchange:
+    ``_exchange.exchange_form``); endpoint, client authentication, retries and checks stay.
 
     Connection errors and 5xx are retried with full-jitter backoff; 429 waits as long as
     the IdP asks, if that fits in the policy's deadline. OAuth errors are never retried.
@@ -100,7 +104,8 @@ def fetch_token(
             request = token_request(
                 settings, endpoint=endpoint, auth=auth, now=clock(), assertion_audience=assertion_audience
             )
-            return client.build_request("POST", request.url, data=request.form, headers={**_ACCEPT, **request.headers})
+            form = {**request.form, **grant} if grant else request.form
+            return client.build_request("POST", request.url, data=form, headers={**_ACCEPT, **request.headers})
 
         response, sent_at = retry.send(client, endpoint, post)
         return parse_token_response(

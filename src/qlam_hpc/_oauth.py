@@ -58,6 +58,12 @@ def _credential_material(settings: Settings) -> bytes:
     return "\0".join(("qlam-hpc credentials v2", *parts)).encode()
 
 
+def _extra(extra: str) -> bytes:
+    """What a fingerprint covers besides the client's credentials (token exchange: the subject
+    token, so a record made for an earlier one does not stand); nothing changes without it."""
+    return b"\0extra\0" + extra.encode() if extra else b""
+
+
 def _derive(kdf: str, salt: bytes, material: bytes) -> bytes | None:
     import hashlib
 
@@ -71,7 +77,7 @@ def _derive(kdf: str, salt: bytes, material: bytes) -> bytes | None:
     return None
 
 
-def credentials_fingerprint(settings: Settings) -> str:
+def credentials_fingerprint(settings: Settings, *, extra: str = "") -> str:
     """Names the credentials without revealing them, so a shared failure record can tell
     whether it was written for the credentials in use now (a rotated secret or key differs).
 
@@ -84,7 +90,7 @@ def credentials_fingerprint(settings: Settings) -> str:
     """
     import os
 
-    material = _credential_material(settings)
+    material = _credential_material(settings) + _extra(extra)
     salt = os.urandom(16)
     for kdf in ("scrypt1", "pbkdf2-1"):
         digest = _derive(kdf, salt, material)
@@ -93,7 +99,7 @@ def credentials_fingerprint(settings: Settings) -> str:
     raise AssertionError("unreachable: PBKDF2 is always available")
 
 
-def credentials_match(settings: Settings, recorded: object) -> bool:
+def credentials_match(settings: Settings, recorded: object, *, extra: str = "") -> bool:
     """Was ``recorded`` (a ``credentials_fingerprint``) made for these credentials?
 
     False for anything else: an unsalted fingerprint of an older release (the record is
@@ -109,7 +115,7 @@ def credentials_match(settings: Settings, recorded: object) -> bool:
         return False
     if len(salt) < 16 or len(digest) < 16:
         return False
-    derived = _derive(kdf, salt, _credential_material(settings))
+    derived = _derive(kdf, salt, _credential_material(settings) + _extra(extra))
     return derived is not None and hmac.compare_digest(derived, digest)
 
 

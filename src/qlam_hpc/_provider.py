@@ -597,6 +597,11 @@ class TokenProvider:
         """A usable token, or a failure another process met (the login's failures are
         cleared by the next login, so no fingerprint needs comparing)."""
         if self._confirmation_due(entry):
+            failure = entry.failure if entry is not None else None
+            if failure is not None and failure.stands(self._clock(), longest=self._longest_cooldown()):
+                if failure.error == LoginRequired.__name__:
+                    raise failure.to_error()  # the check was made and the login is gone: say why
+                return self._fallback_or_raise(entry, failure.to_error(), rejected)  # to be tried again
             return None  # a refresh, under the lock, tells whether the login survived a takeover
         token = cached_token(entry, self._clock(), min_ttl, rejected)
         if token is not None:
@@ -806,12 +811,7 @@ class _Credentials:
         if self._fingerprint is None:
             from ._oauth import credentials_fingerprint
 
-            material = self.material()
-            self._fingerprint = (
-                credentials_fingerprint(self.settings(), extra=material)
-                if material
-                else credentials_fingerprint(self.settings())
-            )
+            self._fingerprint = credentials_fingerprint(self.settings(), extra=self.material())
         return self._fingerprint
 
     def matches(self, recorded: str) -> bool:
@@ -819,12 +819,7 @@ class _Credentials:
         if recorded not in self._compared:
             from ._oauth import credentials_match
 
-            material = self.material()
-            self._compared[recorded] = (
-                credentials_match(self.settings(), recorded, extra=material)
-                if material
-                else credentials_match(self.settings(), recorded)
-            )
+            self._compared[recorded] = credentials_match(self.settings(), recorded, extra=self.material())
         return self._compared[recorded]
 
     def renewed(self) -> _Credentials | None:
