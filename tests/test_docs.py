@@ -28,6 +28,9 @@ An HTML comment right before a block says when it needs more (the whole vocabula
         the local Slurm cluster the test services start (``SLURM_CONF``), ``examples/`` in
         the working directory and the sandbox's settings in ``~/.config/qlam/credentials``
         (0600), where the batch scripts read them
+    <!-- doc-test: setup github -->  (also gitlab, kubernetes, site-command)
+        token exchange: a sandbox that trusts a loopback issuer, and what that CI system
+        gives a job (``tests/doc_federation.py``)
 
 The scripts in examples/ have no markdown to carry a comment: ``EXAMPLES`` below says
 how each runs. A block whose tool is not installed here (jq, openssl, aws, ...) is
@@ -51,12 +54,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+import doc_federation
 from qlam_hpc.sandbox import Sandbox, SandboxConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]
 LANGUAGES = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python"}
-SETUPS = ("task", "device", "slurm")
+SETUPS = ("task", "device", "slurm", *doc_federation.SETUPS)
 TIMEOUT = 120  # seconds for one block, or one walkthrough of blocks
 BIN = str(Path(sys.executable).parent)
 
@@ -377,6 +381,8 @@ def _environment(block: Block, idp: Sandbox, tmp_path: Path) -> tuple[dict[str, 
     if block.starts_a_sandbox:
         del env["QLAM_TOKEN_CACHE_DIR"]  # as written: where it says, or the default in this HOME
         return env, {}
+    if block.setup in doc_federation.SETUPS:
+        return doc_federation.environment(block.setup, tmp_path, env), {}
     settings = idp.env(flow="device") if block.setup == "device" else idp.env()
     # As `qlam-hpc sandbox` exports it: the owner's token for the control routes.
     settings = {**settings, "QLAM_SANDBOX_CONTROL_TOKEN": idp.control_token}
