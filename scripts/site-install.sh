@@ -10,6 +10,9 @@
 #                          DIR/$USER (QLAM_TOKEN_CACHE_DIR, $USER read when the module loads)
 #   --token-store URL      QLAM_TOKEN_STORE (redis:// or rediss://), instead of the file cache
 #   --auth-flow FLOW       QLAM_AUTH_FLOW: m2m (the default) or device (user context)
+#   --audit-log DEST       the site's audit destinations (syslog:local3, file:PATH, ...; comma
+#                          separated): written to venv/etc/qlam-hpc/audit.conf, which users cannot
+#                          turn off, and set as QLAM_AUDIT_LOG by the module (docs/audit.md)
 #   --extras LIST          extras to install with it, e.g. redis,vault
 #   --from SPEC            what pip installs: a wheel, `qlam-hpc==X.Y`, a directory
 #                          (default: the source tree this script belongs to)
@@ -30,12 +33,12 @@ set -euo pipefail
 
 die() { echo "site-install: error: $*" >&2; exit 2; }
 usage() {  # the header's usage and options: on stdout for --help, else on stderr with exit 2
-    if [ "${1:-}" = help ]; then sed -n '5,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
-    sed -n '5,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
+    if [ "${1:-}" = help ]; then sed -n '5,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+    sed -n '5,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
 }
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-prefix="" auth_base_url="" cache_root="" token_store="" auth_flow="" extras=""
+prefix="" auth_base_url="" cache_root="" token_store="" auth_flow="" extras="" audit_log=""
 source_spec="$here" python=python3 venv_options=() pip_options=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
         --token-store) token_store=${2:?--token-store needs a URL}; shift ;;
         --auth-flow) auth_flow=${2:?--auth-flow needs m2m or device}; shift ;;
         --extras) extras=${2:?--extras needs a list}; shift ;;
+        --audit-log) audit_log=${2:?--audit-log needs a destination}; shift ;;
         --from) source_spec=${2:?--from needs a wheel, requirement or directory}; shift ;;
         --python) python=${2:?--python needs an interpreter}; shift ;;
         --system-site-packages) venv_options+=(--system-site-packages) ;;
@@ -59,7 +63,7 @@ case $auth_flow in ""|m2m|device) ;; *) die "--auth-flow is m2m or device, not $
 case $token_store in ""|redis://*|rediss://*) ;; *) die "--token-store is a redis:// or rediss:// URL" ;; esac
 case $cache_root in ""|/*) ;; *) die "--cache-root must be an absolute path on the shared filesystem" ;; esac
 # The values go into Lua strings: keep them to characters that need no quoting there.
-for value in "$auth_base_url" "$cache_root" "$token_store"; do
+for value in "$auth_base_url" "$cache_root" "$token_store" "$audit_log"; do
     case $value in *[\"\\\'$'\n']*) die "quotes, backslashes and newlines are not allowed in: $value" ;; esac
 done
 case $token_store in *@*|*password=*) die "--token-store must not carry a password: modulefiles are world-readable (users set QLAM_REDIS_PASSWORD, see docs/hpc.md)" ;; esac
@@ -124,6 +128,10 @@ venv="$root/venv"
 "$python" -m pip --python "$venv/bin/python" install --quiet --disable-pip-version-check "${pip_options[@]}" "$spec" \
     >/dev/null || die "pip install of qlam-hpc $version into $venv failed (pip >= 22.3 needed in $python)"
 "$venv/bin/qlam-hpc" --version >/dev/null || die "$venv/bin/qlam-hpc does not run"
+if [ -n "$audit_log" ]; then  # read first by every qlam-hpc of this environment; root's to change
+    mkdir -p "$venv/etc/qlam-hpc"
+    { echo "# the site's audit destinations (scripts/site-install.sh --audit-log)"; tr ',' '\n' <<<"$audit_log"; } >"$venv/etc/qlam-hpc/audit.conf"
+fi
 # Run as root, check as an unprivileged user too: ACLs or a mount option can still stop them.
 if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null && id nobody >/dev/null 2>&1; then
     runuser -u nobody -- "$venv/bin/python" -I -c '' 2>/dev/null \
@@ -173,6 +181,7 @@ EOF
     fi
     [ -z "$token_store" ] || echo "pushenv(\"QLAM_TOKEN_STORE\", \"$token_store\")"
     [ -z "$auth_flow" ] || echo "pushenv(\"QLAM_AUTH_FLOW\", \"$auth_flow\")"
+    [ -z "$audit_log" ] || echo "setenv(\"QLAM_AUDIT_LOG\", \"$audit_log\")  -- also in the environment's etc/qlam-hpc/audit.conf"
     cat <<EOF
 
 -- Tab completion of commands and options, in bash.

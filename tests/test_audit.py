@@ -695,3 +695,40 @@ def test_doctor_says_where_audit_events_go(env, tmp_path):
     assert result.code == 0, result.out
     line = next(line for line in result.out.splitlines() if line.split()[1:2] == ["audit"])
     assert line.split()[0] == "ok" and f"file {tmp_path / 'audit.jsonl'} (from QLAM_AUDIT_LOG)" in line
+
+
+def test_site_install_audit_log_writes_the_sites_file_and_the_modules_setenv(env, tmp_path):
+    """``site-install.sh --audit-log file:PATH``: the environment's etc/qlam-hpc/audit.conf
+    names it (so QLAM_AUDIT_LOG=off changes nothing) and the modulefile sets QLAM_AUDIT_LOG."""
+    import sysconfig
+    import tempfile
+
+    from qlam_hpc import __version__
+
+    shared_python = "/usr/bin/python3"
+    if not os.access(shared_python, os.X_OK):
+        pytest.skip(f"{shared_python} is missing: the site install needs a Python every user can run")
+    prefix = Path(tempfile.mkdtemp(prefix="qlam-site-audit-"))
+    prefix.chmod(0o755)  # as on a cluster: every user enters PREFIX
+    try:
+        site_log = tmp_path / "site-audit.jsonl"
+        ours = sysconfig.get_paths()["purelib"]
+        done = subprocess.run(
+            [str(ROOT / "scripts" / "site-install.sh"), str(prefix), "--python", shared_python, "--no-deps",
+             "--audit-log", f"file:{site_log},syslog:local3"],
+            env={**os.environ, "PYTHONPATH": ours}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        venv_dir = prefix / "qlam-hpc" / __version__ / "venv"
+        conf = (venv_dir / "etc" / "qlam-hpc" / "audit.conf").read_text().splitlines()
+        assert conf[1:] == [f"file:{site_log}", "syslog:local3"]
+        module = (prefix / "modulefiles" / "qlam-hpc" / f"{__version__}.lua").read_text()
+        assert f'setenv("QLAM_AUDIT_LOG", "file:{site_log},syslog:local3")' in module
+        check = subprocess.run(
+            [str(venv_dir / "bin" / "qlam-hpc"), "auth", "check", "--yes"],
+            env={**env, "PYTHONPATH": ours, "QLAM_AUDIT_LOG": "off"}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stderr
+        assert [e["action"] for e in events_in(site_log)] == ["token.fetch"]
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
