@@ -239,11 +239,6 @@ def test_a_late_request_after_a_takeover_is_found_at_the_check_and_stops_every_p
     assert _entry_field(cache_dir, "refresh_token") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_provider.py _lose_login leaves confirm_after in the entry, so _user_settled skips the "
-    "failure record and later processes get the generic 'no login' line instead of the reason",
-)
 def test_processes_after_the_check_are_told_the_late_refresh_revoked_the_login(sandbox, env, proxy, cache_dir):
     """Tasks that start after the check must learn why the login is gone, as after any refusal."""
     _, confirm_after = _taken_over(sandbox, env, proxy, cache_dir)
@@ -255,11 +250,6 @@ def test_processes_after_the_check_are_told_the_late_refresh_revoked_the_login(s
     assert _counters(sandbox) == (3, 1, 1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qlam-hpc token's light path (_cli/_fast.py _cached) hands out the cached token without "
-    "looking at confirm_after, so the late check is not made while the takeover's access token lives",
-)
 def test_the_qlam_hpc_token_command_makes_the_late_check(sandbox, env, proxy, cache_dir):
     """The command batch scripts run: after confirm_after it must not hand out the takeover's
     token unchecked, but refresh once (refused here: exit 16, one line naming the late refresh),

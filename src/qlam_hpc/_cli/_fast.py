@@ -66,6 +66,8 @@ def _cached(
         store = FileStore(settings.cache_path)
         identity = Identity.of(settings)
         entry = store.load(identity)
+        if entry is not None and entry.confirm_after is not None and time.time() >= entry.confirm_after:
+            return None  # a takeover's late check of the login is due, or found it gone: the provider's call
         token: Token | int | _HeldLock | None = cached_token(entry, time.time(), min_ttl)
         if token is None:
             token = _wait_for_holder(settings, store, identity, entry, min_ttl, prepare)
