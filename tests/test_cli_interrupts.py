@@ -97,16 +97,10 @@ def test_api_get_with_an_unreachable_api_exits_14_with_one_line(warm):
 # --- the reader goes away --------------------------------------------------------------------
 
 
-WARM_TOKEN_BROKEN_PIPE = (
-    "src: the light path's warm `qlam-hpc token` (_cli/__init__.py main -> _fast.warm_token -> "
-    "_output.print_token) does not catch BrokenPipeError: a traceback and exit 1 instead of 141"
-)
-
-
 @pytest.mark.parametrize(
     "args",
     [
-        pytest.param(["token"], id="token", marks=pytest.mark.xfail(strict=True, reason=WARM_TOKEN_BROKEN_PIPE)),
+        pytest.param(["token"], id="token"),
         pytest.param(["api", "GET", TASKS], id="api-get"),
     ],
 )

@@ -45,7 +45,14 @@ def warm_token(args: list[str]) -> int | None:
         return found
     from ._output import print_token
 
-    print_token(found[1], found[2], mode, time.time())
+    try:
+        print_token(found[1], found[2], mode, time.time())
+        sys.stdout.flush()
+    except BrokenPipeError:  # `qlam-hpc token | head -c1`: 128 + SIGPIPE, as the full CLI says it
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 
