@@ -124,6 +124,8 @@ def test_stats_count_failed_requests(idp: Sandbox, http: httpx.Client) -> None:
         "reuse_detections": 0,
         "families_revoked": 0,
         "revocations": 0,
+        "token_exchanges": 0,
+        "exchange_refusals": {},
     }
 
 

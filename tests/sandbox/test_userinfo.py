@@ -27,6 +27,7 @@ def test_discovery_document(idp: Sandbox, http: httpx.Client) -> None:
         "client_credentials",
         "urn:ietf:params:oauth:grant-type:device_code",
         "refresh_token",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
     ]
     assert doc["scopes_supported"] == ["openid", "email", "profile", "offline_access", "read:tasks", "write:tasks"]
     assert doc["token_endpoint_auth_methods_supported"] == [
