@@ -47,9 +47,22 @@ def _run(tmp_path: Path, ci: str | None, *select: str) -> subprocess.CompletedPr
     for name in ("conftest.py", "sdk_conformance.py", "leak_check.py"):
         shutil.copy(HERE / name, tmp_path / name)
     (tmp_path / "test_planted.py").write_text(textwrap.dedent(PLANTED))
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    # A clean environment: what earlier tests of the suite left in os.environ is no business of the child's.
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CONFIG_HOME", "SYSTEMROOT")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
     if ci is not None:
         env["CI"] = ci
+    try:
+        return _pytest(tmp_path, env, select)
+    finally:
+        # The suite's own conftest holds the test secrets it plants on purpose: not left behind
+        # for the leak check of this test's directory.
+        for name in ("conftest.py", "sdk_conformance.py", "leak_check.py"):
+            (tmp_path / name).unlink(missing_ok=True)
+        shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
+
+
+def _pytest(tmp_path: Path, env: dict[str, str], select: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
