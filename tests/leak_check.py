@@ -82,6 +82,7 @@ SHORT_LENGTH = 8  # ...so from 8 characters on they are looked for as whole word
 _WORD_CHAR = r"[A-Za-z0-9_-]"
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 ENVIRONMENT_KINDS = frozenset({"client secret", "subject token"})  # may be in a child's environment
+HARNESS_VARIABLES = frozenset({"TOKEN", "AUTH"})  # tests/test_docs.py gives a block what it would set itself
 _ANCHOR = 12  # a secret made of base64url characters is indexed by its first 12
 _RUN = re.compile(rf"[A-Za-z0-9_-]{{{MIN_LENGTH},}}")
 _URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
@@ -342,7 +343,11 @@ def _argv_and_environment(args: Any, env: Any) -> tuple[str, str]:
         after_env = os.path.basename(word) == "env"
         argv.append(word)
     environment = os.environ if env is None else env
-    lines = [f"{os.fsdecode(k)}={os.fsdecode(v)}" for k, v in environment.items()]
+    # TOKEN and AUTH are the doc-test harness's stand-ins for the shell variables a documented
+    # block sets itself (TOKEN=$(qlam-hpc token)): a block's own variable, not a leak.
+    lines = [
+        f"{os.fsdecode(k)}={os.fsdecode(v)}" for k, v in environment.items() if os.fsdecode(k) not in HARNESS_VARIABLES
+    ]
     return " ".join(argv), "\n".join(lines + assigned)
 
 
