@@ -163,7 +163,7 @@ def test_a_token_on_a_command_line(env):
 
 
 def test_a_token_in_a_childs_environment(env):
-    subprocess.run(["true"], env={**env, "TOKEN": token(env)}, check=True)
+    subprocess.run(["true"], env={**env, "ACCESS_TOKEN": token(env)}, check=True)
 
 
 def test_a_short_secret_in_a_message(env):
