@@ -18,14 +18,10 @@ whole run; they are started on first use.
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-from oidc_issuers import CraftedIssuer
+from oidc_issuers import CraftedIssuer, GitHubRunner
 from qlam_hpc.sandbox import Sandbox, SandboxConfig
 
 SETUPS = ("github", "gitlab", "kubernetes", "site-command")
@@ -43,7 +39,7 @@ class _Federation:
         self.issuer = CraftedIssuer()
         config = SandboxConfig.default(task_duration=0.3, exchange_issuers=(self.issuer.url,))
         self.sandbox = Sandbox(config).start()
-        self.runner = _serve_github(self)
+        self.runner = GitHubRunner(_REQUEST_TOKEN, lambda audience: self.token("github", audience)).url
 
     def token(self, kind: str, audience: str | None = None) -> str:
         return self.issuer.mint(self.issuer.claims(_SUBJECTS[kind], audience or self.sandbox.url))
@@ -56,28 +52,6 @@ def _federation() -> _Federation:
     if not _STATE:
         _STATE.append(_Federation())
     return _STATE[0]
-
-
-def _serve_github(federation: _Federation) -> str:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.headers.get("Authorization") != f"bearer {_REQUEST_TOKEN}":
-                self.send_error(403)
-                return
-            audience = parse_qs(urlsplit(self.path).query).get("audience", [None])[0]
-            body = json.dumps({"value": federation.token("github", audience)}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/_apis/pipelines/idtoken?api-version=2.0"
 
 
 def environment(setup: str, directory: Path, base: dict[str, str]) -> dict[str, str]:

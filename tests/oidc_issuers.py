@@ -9,6 +9,8 @@
 - ``CraftedIssuer``: discovery and a JWKS served by the standard library, and tokens
   signed here with PyJWT, for what no honest issuer mints (``alg=none``, HS256, an unknown
   key, a wrong audience).
+- ``GitHubRunner``: GitHub Actions' ID token endpoint as a runner serves it to a job, handing
+  out tokens minted by one of the above.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
@@ -130,6 +133,16 @@ class MockOAuth2Server:
                 self._process.wait()
 
 
+def send_json(handler: BaseHTTPRequestHandler, body: object) -> None:
+    """Answer ``handler``'s request: 200, ``body`` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class CraftedIssuer:
     """Discovery and a JWKS on loopback; tokens signed here, honest or not."""
 
@@ -148,12 +161,7 @@ class CraftedIssuer:
                 else:
                     self.send_error(404)
                     return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -185,6 +193,37 @@ class CraftedIssuer:
 
     def unsigned(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, None, algorithm="none", headers={"kid": "rsa-1"})
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class GitHubRunner:
+    """GitHub Actions' ID token endpoint as the runner serves it to a job (``ACTIONS_ID_TOKEN_REQUEST_URL``):
+    the job's request token as a bearer, the audience as a query parameter. It answers with
+    ``mint(audience)`` (``None`` when the request named no audience), and keeps the audiences
+    asked for in ``audiences``; a wrong request token is refused with 403."""
+
+    def __init__(self, request_token: str, mint: Callable[[str | None], str]) -> None:
+        runner = self
+        self.audiences: list[str | None] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != f"bearer {request_token}":
+                    self.send_error(403)
+                    return
+                audience = parse_qs(urlsplit(self.path).query).get("audience", [None])[0]
+                runner.audiences.append(audience)
+                send_json(self, {"value": mint(audience)})
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/_apis/pipelines/idtoken?api-version=2.0"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -4,15 +4,11 @@ qlam-hpc processes sharing one cache."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -20,7 +16,7 @@ import pytest
 import leak_check
 from conftest import FAST_RETRY, run_cli
 from crowd import Crowd, json_lines
-from oidc_issuers import MockOAuth2Server
+from oidc_issuers import GitHubRunner, MockOAuth2Server
 from qlam_hpc import Settings, TokenProvider
 from qlam_hpc._errors import SubjectTokenError
 from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig, SandboxUser
@@ -50,9 +46,9 @@ def idp(exchange_idp: Sandbox) -> Iterator[Sandbox]:
     exchange_idp.reset()
 
 
-def mint(issuer: MockOAuth2Server, idp: Sandbox, subject: str, **extra: object) -> str:
-    """A subject token from the third-party issuer, for the sandbox; known to the leak check."""
-    token = issuer.mint(subject, idp.url, **extra)  # type: ignore[arg-type]
+def mint(issuer: MockOAuth2Server, audience: str | None, subject: str, **extra: object) -> str:
+    """A subject token from the third-party issuer, for ``audience``; known to the leak check."""
+    token = issuer.mint(subject, audience, **extra)  # type: ignore[arg-type]
     leak_check.SECRETS.learn(token.rsplit(".", 1)[1], "subject token")
     return token
 
@@ -60,6 +56,27 @@ def mint(issuer: MockOAuth2Server, idp: Sandbox, subject: str, **extra: object) 
 def write_token(path: Path, token: str, check: leak_check.Any = None) -> Path:
     path.write_text(token + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def subject_file(
+    issuer: MockOAuth2Server, idp: Sandbox, tmp_path: Path, leak_check: leak_check.Any
+) -> Iterator[Callable[..., Path]]:
+    """``subject_file(name, subject, **claims)``: a subject token for the sandbox from the third-party
+    issuer, written to tmp_path/NAME-token (again, if it exists: as a kubelet rotates it). The leak
+    check expects the subject token files the test wrote on purpose (tmp_path/*-token*)."""
+
+    def write(name: str, subject: str, **extra: object) -> Path:
+        return write_token(tmp_path / f"{name}-token", mint(issuer, idp.url, subject, **extra))
+
+    yield write
+    for path in tmp_path.glob("*-token*"):
+        leak_check.expect(path)
+
+
+def from_file(env: dict[str, str], token_file: Path) -> dict[str, str]:
+    """``env`` with the subject token read from ``token_file``."""
+    return {**env, "QLAM_SUBJECT_TOKEN_FILE": str(token_file)}
 
 
 @pytest.fixture
@@ -85,12 +102,12 @@ def store_text(cache_dir: Path) -> str:
 
 @pytest.mark.slow
 def test_100_processes_with_one_subject_token_cost_one_exchange(
-    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, leak_check_fixture: None
+    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, subject_file: Callable[..., Path]
 ) -> None:
     """100 qlam-hpc processes started together, one subject token file: the sandbox sees 1
     exchange, and every process prints the same token, for that subject."""
-    token_file = write_token(tmp_path / "sa-token", mint(issuer, idp, "system:serviceaccount:lab:runner"))
-    env = {**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(token_file)}
+    token_file = subject_file("sa", "system:serviceaccount:lab:runner")
+    env = from_file(base_env, token_file)
     idp.set_faults(latency=0.3)
     crowd = Crowd(tmp_path / "crowd", 100, ["token", "--json"], env)
     crowd.wait_ready()
@@ -109,27 +126,14 @@ def idp_cache(env: dict[str, str]) -> Path:
     return Path(env["QLAM_TOKEN_CACHE_DIR"])
 
 
-@pytest.fixture
-def leak_check_fixture(leak_check: leak_check.Any, tmp_path: Path) -> Iterator[None]:
-    """The subject token files written on purpose (tmp_path/*-token*)."""
-    yield
-    for path in tmp_path.glob("*-token*"):
-        leak_check.expect(path)
-
-
 def test_two_subjects_share_one_cache_but_never_a_token(
-    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, leak_check_fixture: None
+    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, subject_file: Callable[..., Path]
 ) -> None:
     """Two workflows, one cache directory, interleaved processes: two exchanges, and each
     process gets its own subject's token."""
-    files = {
-        name: write_token(tmp_path / f"{name}-token", mint(issuer, idp, f"repo:octo/{name}:ref:refs/heads/main"))
-        for name in ("alpha", "beta")
-    }
+    files = {name: subject_file(name, f"repo:octo/{name}:ref:refs/heads/main") for name in ("alpha", "beta")}
     crowds = {
-        name: Crowd(
-            tmp_path / f"crowd-{name}", 10, ["token", "--json"], {**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(f)}
-        )
+        name: Crowd(tmp_path / f"crowd-{name}", 10, ["token", "--json"], from_file(base_env, f))
         for name, f in files.items()
     }
     for crowd in crowds.values():
@@ -153,31 +157,26 @@ def provider_for(env: dict[str, str], cache_dir: Path) -> TokenProvider:
 
 
 def test_a_rotated_subject_token_file_is_read_again_at_the_next_exchange(
-    issuer: MockOAuth2Server,
-    idp: Sandbox,
-    base_env: dict[str, str],
-    tmp_path: Path,
-    cache_dir: Path,
-    leak_check_fixture: None,
+    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], cache_dir: Path, subject_file: Callable[..., Path]
 ) -> None:
     """The file is read at each exchange, not once: after the kubelet (here, the test) rewrites
     it, the next exchange sends the new token (whose e-mail maps to a sandbox user)."""
-    token_file = write_token(tmp_path / "sa-token", mint(issuer, idp, "runner"))
-    provider = provider_for({**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(token_file)}, cache_dir)
+    token_file = subject_file("sa", "runner")
+    provider = provider_for(from_file(base_env, token_file), cache_dir)
     first = provider.get_token()
     assert subject_of(first) == f"exchange|{issuer.url}|runner"
-    write_token(token_file, mint(issuer, idp, "runner", email=ADA.email))
+    subject_file("sa", "runner", email=ADA.email)  # the same file, rewritten
     second = provider.invalidate(first)  # as after a 401: one new exchange, through the cache
     assert subject_of(second) == ADA.subject
     assert idp.stats()["token_exchanges"] == 2
 
 
 def test_min_ttl_exchanges_again_before_expiry(
-    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, leak_check_fixture: None
+    idp: Sandbox, base_env: dict[str, str], subject_file: Callable[..., Path]
 ) -> None:
     """As for M2M: a cached token with less than --min-ttl left is exchanged again, once."""
     idp.set_faults(token_lifetime=120)
-    env = {**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(write_token(tmp_path / "ci-token", mint(issuer, idp, "u")))}
+    env = from_file(base_env, subject_file("ci", "u"))
     assert run_cli("token", env=env).code == 0
     time.sleep(5)
     assert run_cli("token", "--min-ttl", "30", env=env).code == 0
@@ -191,7 +190,7 @@ def test_a_missing_subject_token_file_is_one_line_with_its_own_exit_code(
     idp: Sandbox, base_env: dict[str, str], tmp_path: Path
 ) -> None:
     missing = tmp_path / "nowhere" / "token"
-    run = run_cli("token", env={**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(missing)})
+    run = run_cli("token", env=from_file(base_env, missing))
     assert run.code == SubjectTokenError.exit_code == 19
     assert run.out == ""
     assert len(run.err.strip().splitlines()) == 1
@@ -200,12 +199,12 @@ def test_a_missing_subject_token_file_is_one_line_with_its_own_exit_code(
 
 
 def test_an_expired_subject_token_is_one_line_naming_its_source_and_never_the_token(
-    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, leak_check_fixture: None
+    idp: Sandbox, base_env: dict[str, str], subject_file: Callable[..., Path]
 ) -> None:
-    token = mint(issuer, idp, "u", lifetime=1)
-    token_file = write_token(tmp_path / "k8s-token", token)
+    token_file = subject_file("k8s", "u", lifetime=1)
+    token = token_file.read_text().strip()
     time.sleep(1.2)
-    run = run_cli("token", env={**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(token_file)})
+    run = run_cli("token", env=from_file(base_env, token_file))
     assert run.code == 19
     assert len(run.err.strip().splitlines()) == 1 and "expired at" in run.err and str(token_file) in run.err
     assert_nowhere(token, run.out, run.err)
@@ -213,31 +212,25 @@ def test_an_expired_subject_token_is_one_line_naming_its_source_and_never_the_to
 
 
 def test_a_subject_token_the_identity_provider_refuses_is_asked_for_once(
-    issuer: MockOAuth2Server,
-    idp: Sandbox,
-    base_env: dict[str, str],
-    tmp_path: Path,
-    cache_dir: Path,
-    leak_check_fixture: None,
+    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, subject_file: Callable[..., Path]
 ) -> None:
     """A subject token for another audience: the refusal is one line (exit 4), repeated to the
     other processes from the store; a new token in the file is tried at once."""
-    token_file = write_token(tmp_path / "ci-token", issuer.mint("u", "https://not-the-sandbox.example"))
-    leak_check.SECRETS.learn(token_file.read_text().strip().rsplit(".", 1)[1], "subject token")
-    env = {**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(token_file)}
+    token_file = write_token(tmp_path / "ci-token", mint(issuer, "https://not-the-sandbox.example", "u"))
+    env = from_file(base_env, token_file)
     runs = [run_cli("token", env=env) for _ in range(3)]
     assert [r.code for r in runs] == [4, 4, 4]
     assert "invalid_request" in runs[0].err and len(runs[0].err.strip().splitlines()) == 1
     assert idp.stats()["token_requests"] == 1
-    write_token(token_file, mint(issuer, idp, "u"))
+    subject_file("ci", "u")  # the same file, now with a token for the sandbox
     assert run_cli("token", env=env).code == 0
     assert idp.stats()["token_exchanges"] == 1
 
 
 def test_a_site_command_is_run_without_a_shell_and_its_stdout_is_the_token(
-    issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str], tmp_path: Path, leak_check_fixture: None
+    issuer: MockOAuth2Server, base_env: dict[str, str], tmp_path: Path, subject_file: Callable[..., Path]
 ) -> None:
-    token_file = write_token(tmp_path / "site-token", mint(issuer, idp, "site:batch"))
+    token_file = subject_file("site", "site:batch")
     script = tmp_path / "mint.py"
     script.write_text(
         "import sys\n"
@@ -261,45 +254,13 @@ def test_a_site_command_that_hangs_is_stopped_at_the_timeout(
     assert time.monotonic() - started < 15
 
 
-class _GitHubRunner:
-    """GitHub's ID token endpoint as the runner serves it: bearer request token, audience parameter."""
-
-    def __init__(self, issuer: MockOAuth2Server, request_token: str) -> None:
-        runner = self
-        self.audiences: list[str] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.headers.get("Authorization") != f"bearer {request_token}":
-                    self.send_error(403)
-                    return
-                audience = parse_qs(urlsplit(self.path).query)["audience"][0]
-                runner.audiences.append(audience)
-                token = issuer.mint("repo:octo/app:ref:refs/heads/main", audience)
-                leak_check.SECRETS.learn(token.rsplit(".", 1)[1], "subject token")
-                body = json.dumps({"value": token}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/_apis/idtoken?api-version=2.0"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_github_actions_id_token_is_asked_for_with_the_identity_providers_audience(
     issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str]
 ) -> None:
-    runner = _GitHubRunner(issuer, "runner-request-token-0123456789")
+    runner = GitHubRunner(
+        "runner-request-token-0123456789",
+        lambda audience: mint(issuer, audience, "repo:octo/app:ref:refs/heads/main"),
+    )
     try:
         env = {
             **base_env,
@@ -320,7 +281,7 @@ def test_github_actions_id_token_is_asked_for_with_the_identity_providers_audien
 def test_gitlab_ci_id_token_is_read_from_the_jobs_variable(
     issuer: MockOAuth2Server, idp: Sandbox, base_env: dict[str, str]
 ) -> None:
-    token = mint(issuer, idp, "project_path:group/project:ref_type:branch:ref:main", email=ADA.email)
+    token = mint(issuer, idp.url, "project_path:group/project:ref_type:branch:ref:main", email=ADA.email)
     run = run_cli("token", env={**base_env, "GITLAB_CI": "true", "QLAM_ID_TOKEN": token})
     assert run.code == 0, run.err
     assert subject_of(run.out.strip()) == ADA.subject
@@ -329,36 +290,25 @@ def test_gitlab_ci_id_token_is_read_from_the_jobs_variable(
 
 
 def test_attribution_names_the_subject(
-    issuer: MockOAuth2Server,
-    idp: Sandbox,
-    base_env: dict[str, str],
-    tmp_path: Path,
-    cache_dir: Path,
-    leak_check_fixture: None,
+    issuer: MockOAuth2Server, base_env: dict[str, str], cache_dir: Path, subject_file: Callable[..., Path]
 ) -> None:
     from qlam_hpc._api._attribution import this_process
 
-    token_file = write_token(tmp_path / "ci-token", mint(issuer, idp, "repo:octo/app:ref:refs/heads/main"))
-    provider = provider_for({**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(token_file)}, cache_dir)
+    token_file = subject_file("ci", "repo:octo/app:ref:refs/heads/main")
+    provider = provider_for(from_file(base_env, token_file), cache_dir)
     principal = provider.principal()
     assert principal == {"subject": "repo:octo/app:ref:refs/heads/main", "issuer": issuer.url}
     assert this_process(principal)["qlam_hpc"]["principal"] == principal
 
 
 def test_an_actor_token_is_sent_beside_the_subject_token(
-    issuer: MockOAuth2Server,
-    idp: Sandbox,
-    base_env: dict[str, str],
-    tmp_path: Path,
-    cache_dir: Path,
-    leak_check_fixture: None,
+    idp: Sandbox, base_env: dict[str, str], cache_dir: Path, subject_file: Callable[..., Path]
 ) -> None:
     from qlam_hpc._exchange import exchange_form, read_actor, read_subject
 
-    subject_file = write_token(tmp_path / "ci-token", mint(issuer, idp, "u"))
-    actor_file = write_token(tmp_path / "actor-token", mint(issuer, idp, "scheduler"))
+    actor_file = subject_file("actor", "scheduler")
     settings = Settings.from_env(
-        {**base_env, "QLAM_SUBJECT_TOKEN_FILE": str(subject_file), "QLAM_ACTOR_TOKEN_FILE": str(actor_file)}
+        {**from_file(base_env, subject_file("ci", "u")), "QLAM_ACTOR_TOKEN_FILE": str(actor_file)}
     )
     assert settings.subject_source is not None
     form = exchange_form(settings, read_subject(settings.subject_source), read_actor(settings))
