@@ -10,17 +10,22 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-PLANTING_SUITE = r'''
+# What the generated suites share: a sandbox (with the suite's EXTRA_CLIENTS besides its own
+# client), a clean environment for qlam-hpc, and the secrets they plant written to $PLANTED.
+SUITE_HEAD = r'''
 import logging, os, subprocess, sys
 import pytest
-from qlam_hpc.sandbox import Sandbox, SandboxConfig
+from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
 
 QLAM_HPC = os.path.join(os.path.dirname(sys.executable), "qlam-hpc")
+EXTRA_CLIENTS = ()
 
 
 @pytest.fixture(scope="module")
 def idp():
-    with Sandbox(SandboxConfig.default(client_id="planted-client")) as server:
+    config = SandboxConfig.default(client_id="planted-client")
+    config = config.replace(clients=(*config.clients, *EXTRA_CLIENTS))
+    with Sandbox(config) as server:
         yield server
 
 
@@ -41,7 +46,31 @@ def plant(secret):
     """What was planted, for the test that runs this suite to look for in its output."""
     with open(os.environ["PLANTED"], "a") as file:
         file.write(secret + "\n")
+'''
 
+
+def run_suite(
+    pytester, monkeypatch, *, planted: Path | None = None, timeout: int = 180, **files: str
+) -> tuple[pytest.RunResult, str]:
+    """Run the generated test ``files`` in a child pytest with the leak check, the secrets they
+    plant written to ``planted`` (if given): its result, and its output (stdout and stderr)."""
+    if planted is not None:
+        monkeypatch.setenv("PLANTED", str(planted))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    pytester.makepyfile(**files)
+    result = pytester.runpytest_subprocess("-p", "leak_check", "-p", "no:cacheprovider", "-q", timeout=timeout)
+    return result, result.stdout.str() + result.stderr.str()
+
+
+def assert_leaks_reported(output: str, module: str, leaks: dict[str, str]) -> None:
+    """``output`` reports each test of ``leaks`` as leaking what its value says, and where."""
+    for test, leak in leaks.items():
+        assert f"secret leak in {module}::{test}:\n  {leak}" in output, output
+
+
+PLANTING_SUITE = (
+    SUITE_HEAD
+    + r"""
 
 def test_prints_the_client_secret(idp):
     plant(idp.client.client_secret)
@@ -77,28 +106,28 @@ def test_token_command_output_a_cache_and_an_expected_file_are_fine(env, tmp_pat
 @pytest.mark.leak_check_expect("settings.env")
 def test_a_settings_file_named_by_the_marker_is_fine(env, tmp_path):
     (tmp_path / "settings.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-'''
+"""
+)
 
 
 def test_planted_leaks_fail_their_tests_naming_place_and_kind_never_the_secret(pytester, tmp_path, monkeypatch):
     """Five planted leaks: five teardown errors that say which kind of secret and where; the two
     tests that hold secrets legitimately pass; the summary counts five leaks; no secret shown."""
     planted = tmp_path / "planted.txt"
-    monkeypatch.setenv("PLANTED", str(planted))
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
-    pytester.makepyfile(test_planted=PLANTING_SUITE)
-    result = pytester.runpytest_subprocess("-p", "leak_check", "-p", "no:cacheprovider", "-q", timeout=180)
+    result, output = run_suite(pytester, monkeypatch, planted=planted, test_planted=PLANTING_SUITE)
 
-    output = result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=7, errors=5)
-    for test, leak in [
-        ("test_prints_the_client_secret", "a client secret in the stdout call section"),
-        ("test_logs_a_token", "an access token in the log call section"),
-        ("test_leaves_a_token_in_a_file", "an access token in the file notes.txt under tmp_path"),
-        ("test_raises_with_a_token", "an access token in the text of a ValueError caught by pytest.raises"),
-        ("test_a_process_prints_the_secret", "a client secret in the stdout of process #1 (python"),
-    ]:
-        assert f"secret leak in test_planted.py::{test}:\n  {leak}" in output
+    assert_leaks_reported(
+        output,
+        "test_planted.py",
+        {
+            "test_prints_the_client_secret": "a client secret in the stdout call section",
+            "test_logs_a_token": "an access token in the log call section",
+            "test_leaves_a_token_in_a_file": "an access token in the file notes.txt under tmp_path",
+            "test_raises_with_a_token": "an access token in the text of a ValueError caught by pytest.raises",
+            "test_a_process_prints_the_secret": "a client secret in the stdout of process #1 (python",
+        },
+    )
     assert "ERROR test_planted.py::test_token_command_output" not in output
     assert "ERROR test_planted.py::test_a_settings_file" not in output
     assert "; 5 leaks found" in output and "leak check: " in output
@@ -111,51 +140,24 @@ def test_planted_leaks_fail_their_tests_naming_place_and_kind_never_the_secret(p
 @pytest.mark.skipif(sys.platform != "linux", reason="the summary line is checked on one platform")
 def test_the_summary_line_counts_secrets_places_and_leaks(pytester, monkeypatch):
     """A suite without leaks ends with 'N secrets known (...); M places checked; 0 leaks found'."""
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
-    pytester.makepyfile(
-        test_quiet="""
+    quiet = """
         from qlam_hpc.sandbox import Sandbox
 
         def test_a_sandbox_starts():
             with Sandbox() as server:
                 assert server.client.client_secret
         """
-    )
-    result = pytester.runpytest_subprocess("-p", "leak_check", "-p", "no:cacheprovider", "-q", timeout=120)
+    result, _ = run_suite(pytester, monkeypatch, timeout=120, test_quiet=quiet)
     result.assert_outcomes(passed=1)
     result.stdout.re_match_lines(
         [r"leak check: \d+ secrets known \(client secret \d+, signing key 2\); \d+ places checked; 0 leaks found"]
     )
 
 
-CHILDREN_SUITE = r"""
-import os, subprocess, sys
-import pytest
-from qlam_hpc.sandbox import Sandbox, SandboxClient, SandboxConfig
-
-QLAM_HPC = os.path.join(os.path.dirname(sys.executable), "qlam-hpc")
-
-
-@pytest.fixture(scope="module")
-def idp():
-    config = SandboxConfig.default(client_id="planted-client")
-    config = config.replace(clients=(*config.clients, SandboxClient("bob", "bob-secret")))
-    with Sandbox(config) as server:
-        yield server
-
-
-@pytest.fixture
-def env(idp, tmp_path):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_"))}
-    return {**base, **idp.env(), "QLAM_TOKEN_CACHE_DIR": str(tmp_path / "cache")}
-
-
-def token(env):
-    done = subprocess.run([QLAM_HPC, "token"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0
-    with open(os.environ["PLANTED"], "a") as file:
-        file.write(done.stdout.strip() + "\n")
-    return done.stdout.strip()
+CHILDREN_SUITE = (
+    SUITE_HEAD
+    + r"""
+EXTRA_CLIENTS = (SandboxClient("bob", "bob-secret"),)
 
 
 def test_a_token_on_a_command_line(env):
@@ -178,6 +180,7 @@ def test_a_client_secret_in_the_environment_and_after_env_is_fine(env):
     secret = env["QLAM_CLIENT_SECRET"]
     subprocess.run(["env", "-i", f"QLAM_CLIENT_SECRET={secret}", "true"], env=env, check=True)
 """
+)
 
 
 def test_argv_environment_and_short_secrets_of_children_are_checked(pytester, tmp_path, monkeypatch):
@@ -185,19 +188,18 @@ def test_argv_environment_and_short_secrets_of_children_are_checked(pytester, tm
     secret (``bob-secret``) as a word, are leaks; a short secret inside a longer word, and a
     client secret in the environment (also after ``env`` in argv), are not."""
     planted = tmp_path / "planted.txt"
-    monkeypatch.setenv("PLANTED", str(planted))
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
-    pytester.makepyfile(test_children=CHILDREN_SUITE)
-    result = pytester.runpytest_subprocess("-p", "leak_check", "-p", "no:cacheprovider", "-q", timeout=180)
+    result, output = run_suite(pytester, monkeypatch, planted=planted, test_children=CHILDREN_SUITE)
 
-    output = result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=5, errors=3)
-    for test, leak in [
-        ("test_a_token_on_a_command_line", "an access token in the argv of process (true --token)"),
-        ("test_a_token_in_a_childs_environment", "an access token in the environment of process (true)"),
-        ("test_a_short_secret_in_a_message", "a client secret in the stdout call section"),
-    ]:
-        assert f"secret leak in test_children.py::{test}:\n  {leak}" in output, output
+    assert_leaks_reported(
+        output,
+        "test_children.py",
+        {
+            "test_a_token_on_a_command_line": "an access token in the argv of process (true --token)",
+            "test_a_token_in_a_childs_environment": "an access token in the environment of process (true)",
+            "test_a_short_secret_in_a_message": "a client secret in the stdout call section",
+        },
+    )
     assert "ERROR test_children.py::test_a_short_secret_inside" not in output
     assert "ERROR test_children.py::test_a_client_secret_in_the_environment" not in output
     assert "refused: [client secret]" in output
