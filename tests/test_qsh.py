@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,10 @@ from qlam_hpc import ConfigurationError, Settings, TokenProvider
 from qlam_hpc._qsh import config_path, select_client
 from qlam_hpc._secrets import EnvSecret
 from qlam_hpc._settings import Secret, build_settings
+
+# The exchange sandbox, its third-party issuer and its subject token files: exchange_idp, idp,
+# issuer and subject_file are fixtures, used here by name.
+from test_token_exchange import CLIENT, exchange_idp, idp, issuer, subject_file, subject_of
 
 SECRET = "qsh-s3cr3t-never-shown"
 
@@ -173,7 +179,8 @@ def test_origins_name_the_context(home):
         (
             _config(production=[_provider("pw", grant_type="password")]),
             None,
-            "has no auth provider with grant_type client_credentials or device_code (it has: pw (password))",
+            "has no auth provider with grant_type client_credentials, device_code or token_exchange "
+            "(it has: pw (password))",
         ),
         (
             _config(production=[_provider(client_id=None)]),
@@ -451,7 +458,7 @@ def test_a_context_whose_provider_is_token_or_basic_says_what_it_needs(home, pro
     result = run_cli("token", env={**_env(home), "PATH": os.environ["PATH"]})
     assert result.code == 3
     assert "the auth provider 'legacy' that context 'production'" in result.err and kind in result.err
-    assert "client_credentials (M2M) or device_code" in result.err
+    assert "client_credentials (M2M), device_code (a user login) or token_exchange" in result.err
 
 
 def test_the_default_group_goes_into_created_tasks(home, sandbox, tmp_path):
@@ -472,3 +479,158 @@ def test_the_default_group_goes_into_created_tasks(home, sandbox, tmp_path):
     (tmp_path / "job.json").write_text(json.dumps(definition))
     result = run_cli("tasks", "submit", str(tmp_path / "job.json"), env={**env, "PATH": os.environ["PATH"]})
     assert result.code == 3 and "is not a UUID" in result.err
+
+
+# --- token exchange (grant_type token_exchange) ------------------------------------------------
+
+
+def _exchanger(sandbox, name: str = "ci", **fields) -> dict:
+    """A token_exchange provider for the exchange sandbox's client (its secret by env: reference),
+    with a subject token type the sandbox takes."""
+    return _provider(
+        name,
+        grant_type="token_exchange",
+        auth_base_url=sandbox.url,
+        client_id=CLIENT.client_id,
+        audience=sandbox.audience,
+        subject_token_type=sandbox.env(flow="token-exchange")["QLAM_SUBJECT_TOKEN_TYPE"],
+        **fields,
+    )
+
+
+@pytest.fixture
+def job_env(idp, cache_dir, tmp_path) -> dict[str, str]:
+    """A job's environment that names no client: the QLAM Shell config (QSH_CONFIG) does, and the
+    client secret is in the variable the config references."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QLAM_", "AUTH_", "SLURM_", "PBS_", "ACTIONS_"))}
+    clean.pop("GITLAB_CI", None)
+    return {
+        **clean,
+        "QLAM_CLIENT_SECRET": CLIENT.client_secret,
+        "QLAM_TOKEN_CACHE_DIR": str(cache_dir),
+        "QSH_CONFIG": str(tmp_path / "config.json"),
+    }
+
+
+def _write_config(env: dict[str, str], config: dict) -> None:
+    path = Path(env["QSH_CONFIG"])
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+
+
+def test_a_token_exchange_context_exchanges_its_subject_token_file(issuer, idp, job_env, subject_file):
+    """The context's default provider is its token_exchange one (an M2M one beside it is not taken):
+    `qlam-hpc token` exchanges the file's subject token, and status and doctor name the flow."""
+    token_file = subject_file("sa", "system:serviceaccount:lab:runner")
+    m2m = _provider("m2m", auth_base_url=idp.url, client_id=CLIENT.client_id, audience=idp.audience)
+    _write_config(job_env, _config(production=[_exchanger(idp, subject_token_file=str(token_file)), m2m]))
+    run = run_cli("token", env=job_env)
+    assert run.code == 0, run.err
+    assert subject_of(run.out.strip()) == f"exchange|{issuer.url}|system:serviceaccount:lab:runner"
+    assert idp.stats()["token_exchanges"] == 1
+    status = run_cli("auth", "status", env=job_env)
+    assert status.code == 0, status.err
+    assert "flow        token exchange (RFC 8693)" in status.out
+    doctor = run_cli("doctor", env=job_env)
+    assert "token exchange (RFC 8693), from grant_type token_exchange of QLAM Shell context 'production'" in doctor.out
+
+
+def test_the_environments_subject_token_file_wins_over_the_contexts(issuer, idp, job_env, subject_file):
+    file_token = subject_file("file", "named-by-the-file")
+    env_token = subject_file("env", "named-by-the-environment")
+    _write_config(job_env, _config(production=[_exchanger(idp, subject_token_file=str(file_token))]))
+    run = run_cli("token", env={**job_env, "QLAM_SUBJECT_TOKEN_FILE": str(env_token)})
+    assert run.code == 0, run.err
+    assert subject_of(run.out.strip()) == f"exchange|{issuer.url}|named-by-the-environment"
+
+
+@pytest.mark.parametrize("form", ["list", "string"])
+def test_a_contexts_subject_token_command_is_run_word_for_word_without_a_shell(
+    issuer, idp, job_env, tmp_path, subject_file, form
+):
+    token_file = subject_file("site", "site:batch")
+    script = tmp_path / "mint.py"
+    script.write_text(
+        "import sys\n"
+        "assert sys.argv[1:] == ['two words', '$HOME;'], sys.argv\n"
+        f"print(open({str(token_file)!r}).read().strip())\n"
+    )
+    words = [sys.executable, str(script), "two words", "$HOME;"]
+    command = words if form == "list" else f"{sys.executable} {script} 'two words' '$HOME;'"
+    _write_config(job_env, _config(production=[_exchanger(idp, subject_token_command=command)]))
+    run = run_cli("token", env=job_env)
+    assert run.code == 0, run.err
+    assert subject_of(run.out.strip()) == f"exchange|{issuer.url}|site:batch"
+
+
+def test_quera_s_subject_token_variable_is_read_and_named_when_unset(issuer, idp, job_env, subject_file):
+    """A context QuEra's own tools accept (subject_token: env:NAME) works as it is; without the
+    variable, the one-line error names the file's key, not a QLAM_* variable nobody set."""
+    _write_config(job_env, _validated(_config(production=[_exchanger(idp, subject_token="env:CI_JOB_JWT")])))
+    token = subject_file("ci", "project_path:lab/jobs").read_text().strip()
+    run = run_cli("token", env={**job_env, "CI_JOB_JWT": token})
+    assert run.code == 0, run.err
+    assert subject_of(run.out.strip()) == f"exchange|{issuer.url}|project_path:lab/jobs"
+    unset = run_cli("token", env=job_env)
+    assert unset.code == 19 and len(unset.err.strip().splitlines()) == 1
+    assert "subject_token env:CI_JOB_JWT" in unset.err
+
+
+def test_which_provider_a_context_with_a_token_exchange_provider_selects(home):
+    """M2M stays first when the default names no provider; a default naming the token_exchange
+    provider, or QLAM_AUTH_FLOW=token-exchange, selects it, with its source and type."""
+    exchanger = _provider(
+        "ci", grant_type="token_exchange", subject_token="env:CI_JOB_JWT", subject_token_type="urn:x:ci"
+    )
+    unnamed = _config(production=[exchanger, _provider("m2m")])
+    del unnamed["contexts"][0]["defaults"]["auth_provider"]
+    _write(home, unnamed)
+    assert Settings.from_env(_env(home)).auth_flow == "client_credentials"
+    _write(home, _config(production=[exchanger, _provider("m2m")]))
+    named = Settings.from_env(_env(home))
+    assert (named.auth_flow, named.client_id) == ("token-exchange", "ci-client")
+    assert (named.subject_source.kind, named.subject_source.where) == ("variable", "CI_JOB_JWT")
+    assert named.subject_token_type == "urn:x:ci"
+    assert isinstance(named.client_secret, EnvSecret)  # the client authenticates as an M2M client does
+    _write(home, _config(production=[_provider("m2m"), exchanger]))
+    assert Settings.from_env(_env(home)).client_id == "m2m-client"
+    asked = Settings.from_env(_env(home, QLAM_AUTH_FLOW="token-exchange", QLAM_SUBJECT_TOKEN_TYPE="urn:x:env"))
+    assert (asked.client_id, asked.subject_token_type) == ("ci-client", "urn:x:env")
+    _write(home, _config(production=[_provider("m2m")]))
+    with pytest.raises(ConfigurationError, match="has no auth provider with grant_type token_exchange"):
+        Settings.from_env(_env(home, QLAM_AUTH_FLOW="token-exchange"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"subject_token_command": 5}, "subject_token_command"),
+        ({"subject_token_command": ["site-token", 5]}, "subject_token_command"),
+        ({"subject_token_command": "site-token 'unclosed"}, "subject_token_command"),
+        ({"subject_token_file": ["/run/token"]}, "subject_token_file"),
+        ({"subject_token_type": 5}, "subject_token_type"),
+        ({"subject_token_type": "not a uri"}, "subject_token_type"),
+        ({"actor_token_file": {"path": "/run/actor"}}, "actor_token_file"),
+        ({"subject_token": "eyJ-a-pasted-token-never-shown"}, "subject_token"),
+        ({"subject_token_file": "/run/token", "subject_token_command": "site-token"}, "subject_token_command"),
+    ],
+)
+def test_a_malformed_token_exchange_provider_names_the_file_and_key(home, fields, key):
+    path = home / ".qsh" / "config.json"
+    path.write_text(json.dumps(_config(production=[_provider("ci", grant_type="token_exchange", **fields)])))
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(_env(home))
+    message = str(caught.value)
+    assert str(path) in message and key in message and "\n" not in message, message
+    assert "never-shown" not in message
+
+
+def test_a_wrong_type_in_a_token_exchange_provider_is_one_line_from_the_cli(home):
+    _write_config(
+        {"QSH_CONFIG": str(home / ".qsh" / "config.json")},
+        _config(production=[_provider("ci", grant_type="token_exchange", subject_token_command=5)]),
+    )
+    result = run_cli("token", env={"HOME": str(home), "PATH": os.environ["PATH"]})
+    assert result.code == 3, result.err
+    assert result.err.strip().splitlines() == [result.err.strip()]
+    assert "subject_token_command of auth provider 'ci'" in result.err and "config.json" in result.err

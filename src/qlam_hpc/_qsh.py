@@ -26,11 +26,13 @@ Users of QuEra's own tools already describe their clients there::
 The file is ``$QSH_CONFIG``, else ``$QSH_CONFIG_DIR/config.json``, else
 ``~/.qsh/config.json``. The context is the one asked for (``--context``,
 ``QLAM_CONTEXT``), else ``current_context``; its provider is the context's default
-``auth_provider`` when that one uses ``client_credentials``, else the first
-``client_credentials`` provider; a context without one gives its ``device_code``
-provider (``QLAM_AUTH_FLOW=device`` asks for it in any context). A
-``device_code`` provider selects user context (``auth_flow = "device"``), and its
-``tenant`` goes into the login's scope as ``organization:<tenant>``, as QuEra's tools do.
+``auth_provider`` when that one uses ``client_credentials`` or ``token_exchange``, else
+the first ``client_credentials`` provider; a context without one gives its
+``device_code`` provider, else its ``token_exchange`` one (``QLAM_AUTH_FLOW=device`` or
+``token-exchange`` asks for that kind in any context). A ``device_code`` provider
+selects user context (``auth_flow = "device"``), and its ``tenant`` goes into the
+login's scope as ``organization:<tenant>``, as QuEra's tools do. A ``token_exchange``
+provider selects token exchange (``auth_flow = "token-exchange"``, RFC 8693).
 ``Settings.from_env`` reads the file only when asked for a context or when the
 environment does not name the client, and lets every environment variable win.
 
@@ -38,6 +40,16 @@ environment does not name the client, and lets every environment variable win.
 other secret reference of ``_secrets.py``; ``private_key`` and ``key_id`` are
 qlam-hpc's own additions, for ``private_key_jwt`` clients. A literal secret is
 refused when the file is readable by group or others.
+
+A ``token_exchange`` provider authenticates its client as an M2M one does, and names
+where the subject token is read at each exchange: QuEra's ``subject_token``
+(``env:NAME``, a variable the job sets), or qlam-hpc's own ``subject_token_file`` or
+``subject_token_command`` (a list of words, or a string split as a shell would, run
+without one), as ``QLAM_SUBJECT_TOKEN_VARIABLE``, ``_FILE`` and ``_COMMAND`` do; one of
+them at most. ``subject_token_type`` (a URI) and qlam-hpc's ``actor_token_file`` are as
+``QLAM_SUBJECT_TOKEN_TYPE`` and ``QLAM_ACTOR_TOKEN_FILE``. QuEra's tools refuse keys
+they do not know: a file they also read should name the subject token with
+``subject_token`` and leave qlam-hpc's keys to the environment.
 
 The file says where the secret goes (``auth_base_url``), so it is trusted as a secret
 file is (``_secrets.check_trusted_file``): refused when someone other than its reader or
@@ -51,6 +63,7 @@ import os
 from collections import namedtuple
 
 from ._errors import ConfigurationError
+from ._exchange import SubjectSource
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,6 +102,13 @@ if TYPE_CHECKING:  # pragma: no cover
         tenant: str | None = None
         timeout: float | None = None
         verify_ssl: str | None = None
+        # token_exchange: one source of the subject token at most (a command line as shlex.join
+        # writes it), its type, and an actor token's file
+        subject_token_variable: str | None = None
+        subject_token_file: str | None = None
+        subject_token_command: str | None = None
+        subject_token_type: str | None = None
+        actor_token_file: str | None = None
 
 else:
     _QshContextFields = namedtuple(
@@ -97,12 +117,30 @@ else:
     _QshClientFields = namedtuple(
         "_QshClientFields",
         "path context provider auth_base_url client_id client_secret private_key key_id audience scope api_base_url "
-        "mode grant_type tenant timeout verify_ssl",
-        defaults=("client_credentials", None, None, None),
+        "mode grant_type tenant timeout verify_ssl subject_token_variable subject_token_file subject_token_command "
+        "subject_token_type actor_token_file",
+        defaults=("client_credentials", None, None, None, None, None, None, None, None),
     )
 
-# The grant types qlam-hpc can serve, and the flow (Settings.auth_flow) each stands for.
-_FLOWS = {"client_credentials": "client_credentials", "device_code": "device"}
+# The grant types qlam-hpc can serve, and the flow (Settings.auth_flow) each stands for; in
+# this order when the context names none of them (M2M first, then a user's login).
+_FLOWS = {"client_credentials": "client_credentials", "device_code": "device", "token_exchange": "token-exchange"}
+
+
+class QshSubjectSource(SubjectSource):
+    """A subject token source the config file names: messages say the file's key, not a variable
+    the user never set."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        if self.kind == "file":
+            return f"subject_token_file {self.where} (QLAM Shell config)"
+        if self.kind == "command":
+            import shlex
+
+            return f"subject_token_command ({shlex.split(self.where)[0]}) (QLAM Shell config)"
+        return f"subject_token env:{self.where} (QLAM Shell config)"
 
 
 class QshContext(_QshContextFields):
@@ -131,6 +169,16 @@ class QshClient(_QshClientFields):
     @property
     def origin(self) -> str:
         return f"QLAM Shell context {self.context!r} in {self.path}"
+
+    def subject_source(self) -> SubjectSource | None:
+        """Where the subject token is read (``None``: the file names no source). No I/O."""
+        if self.subject_token_file:
+            return QshSubjectSource("file", os.path.expanduser(self.subject_token_file))
+        if self.subject_token_command:
+            return QshSubjectSource("command", self.subject_token_command)
+        if self.subject_token_variable:
+            return QshSubjectSource("variable", self.subject_token_variable)
+        return None
 
     def credentials(self, env: Mapping[str, str]) -> tuple[Secret | SecretSource | None, Secret | SecretSource | None]:
         """``(secret, private_key)`` sources for this client, each possibly ``None``. No I/O."""
@@ -285,11 +333,12 @@ _NOT_OAUTH = {
 def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, flow: str | None = None) -> QshClient:
     """Pick the context and its provider out of a parsed config. Pure.
 
-    With ``flow``, the provider must serve it (``client_credentials`` or ``device``).
-    Without, M2M stays the default: the provider the context selects for tasks
-    (``plugins.tasks.auth_provider``, else ``defaults.auth_provider``) if it uses
-    client_credentials, else its first client_credentials provider; only a context
-    without one selects user context (its selected device_code provider, else the first).
+    With ``flow``, the provider must serve it (``client_credentials``, ``device`` or
+    ``token-exchange``). Without, M2M stays the default: the provider the context selects
+    for tasks (``plugins.tasks.auth_provider``, else ``defaults.auth_provider``) if it uses
+    client_credentials or token_exchange, else its first client_credentials provider; only
+    a context without one selects user context (its selected device_code provider, else the
+    first), and one with neither its first token_exchange provider.
     """
     chosen, context, where = _chosen(data, path, context)
     settings = _tasks_settings(path, chosen, context, where)
@@ -299,25 +348,33 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, 
     preferred = settings.auth_provider
     wanted = [g for g, f in _FLOWS.items() if flow is None or f == flow]
     usable = [p for p in providers if p.get("grant_type") in wanted]
-    provider = None
-    for grant in wanted:  # M2M first: a job that has a client secret keeps working as it did
-        candidates = [p for p in usable if p.get("grant_type") == grant]
-        provider = next((p for p in candidates if p.get("name") == preferred), None) or next(iter(candidates), None)
-        if provider is not None:
-            break
+    named = next((p for p in usable if p.get("name") == preferred), None)
+    if named is not None and named.get("grant_type") == "token_exchange":
+        # Taken when the context names it: M2M first is there so that a context's device login
+        # never replaces a batch job's client secret, and an exchange is as unattended as M2M.
+        provider: dict[str, Any] | None = named
+    else:
+        provider = None
+        for grant in wanted:  # M2M first: a job that has a client secret keeps working as it did
+            candidates = [p for p in usable if p.get("grant_type") == grant]
+            provider = next((p for p in candidates if p.get("name") == preferred), None) or next(iter(candidates), None)
+            if provider is not None:
+                break
     if provider is None:
         selected = next((p for p in providers if p.get("name") == preferred), None)
         kind = _NOT_OAUTH.get(str(selected.get("provider"))) if selected is not None else None
         if kind is not None:
             raise ConfigurationError(
                 f"the auth provider {preferred!r} that {where} selects is {kind}, which gives no OAuth token: "
-                "add an oauth provider with grant_type client_credentials (M2M) or device_code (a user login)"
+                "add an oauth provider with grant_type client_credentials (M2M), device_code (a user login) "
+                "or token_exchange (a subject token the job has)"
             )
         found = ", ".join(f"{p.get('name')} ({p.get('grant_type') or p.get('provider')})" for p in providers) or "none"
-        grants = " or ".join(wanted)
+        grants = ", ".join(wanted[:-1]) + " or " + wanted[-1] if len(wanted) > 1 else "".join(wanted)
         raise ConfigurationError(
             f"{where} has no auth provider with grant_type {grants} (it has: {found}); qlam-hpc needs a "
-            "machine-to-machine client (client_credentials) or a user login (device_code)"
+            "machine-to-machine client (client_credentials), a user login (device_code) or a subject token "
+            "to exchange (token_exchange)"
         )
     name = str(provider.get("name") or "?")
 
@@ -328,6 +385,58 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, 
         if not isinstance(value, str):
             raise ConfigurationError(f"{key} of auth provider {name!r} in {where} must be a string")
         return value
+
+    def command(key: str) -> str | None:
+        """A command given as a list of words or as one string split as QLAM_SUBJECT_TOKEN_COMMAND
+        is; kept as the command line shlex.join writes, which the exchange splits back into the
+        same words."""
+        import shlex
+
+        value = provider.get(key)
+        if value is None or value == "" or value == []:
+            return None
+        if isinstance(value, list) and all(isinstance(word, str) for word in value):
+            words = value
+        elif isinstance(value, str):
+            try:
+                words = shlex.split(value)
+            except ValueError as exc:  # shlex's reason ("No closing quotation"), never the command
+                raise ConfigurationError(
+                    f"{key} of auth provider {name!r} in {where} cannot be split into words: {exc}"
+                ) from None
+        else:
+            raise ConfigurationError(
+                f"{key} of auth provider {name!r} in {where} must be a list of strings or a command line, "
+                f"not {_kind(value)}"
+            )
+        if not words or not words[0]:
+            raise ConfigurationError(f"{key} of auth provider {name!r} in {where} names no command")
+        return shlex.join(words)
+
+    subject = text("subject_token")
+    if subject is not None and (not subject.startswith("env:") or not subject[4:].strip()):
+        # Never shown: it may be a token pasted into the file.
+        raise ConfigurationError(
+            f"subject_token of auth provider {name!r} in {where} must be env:VARIABLE_NAME "
+            "(the variable the job puts its subject token in)"
+        )
+    subject_file, subject_command = text("subject_token_file"), command("subject_token_command")
+    sources = [
+        key
+        for key, value in (
+            ("subject_token", subject),
+            ("subject_token_file", subject_file),
+            ("subject_token_command", subject_command),
+        )
+        if value
+    ]
+    if len(sources) > 1:
+        raise ConfigurationError(f"auth provider {name!r} in {where} names {' and '.join(sources)}: keep one")
+    token_type = text("subject_token_type")
+    if token_type is not None and (":" not in token_type or any(c.isspace() for c in token_type)):
+        raise ConfigurationError(
+            f"subject_token_type of auth provider {name!r} in {where} must be a URI such as urn:example:ci-jwt"
+        )
 
     scope = provider.get("scope", provider.get("scopes"))
     if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
@@ -351,6 +460,11 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, 
         tenant=text("tenant"),
         timeout=settings.timeout,
         verify_ssl=settings.verify_ssl,
+        subject_token_variable=subject[4:].strip() if subject else None,
+        subject_token_file=subject_file,
+        subject_token_command=subject_command,
+        subject_token_type=token_type,
+        actor_token_file=text("actor_token_file"),
     )
 
 

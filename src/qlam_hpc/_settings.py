@@ -7,7 +7,8 @@ and URLs are split by hand (``_urls``) rather than through ``urllib.parse``.
 
 Settings sit on top of the credential modules, never beside them: ``_urls`` (URL
 rules) and ``_secrets`` (``Secret`` and the secret sources) import nothing of this
-module, ``_qsh`` (QLAM Shell's config) only ``_secrets``; this module imports them
+module, ``_qsh`` (QLAM Shell's config) only ``_secrets`` and ``_exchange`` (the subject
+token's sources); this module imports them
 (``_secrets`` and ``_qsh`` only when a setting needs them). ``Secret``,
 ``secret_source`` and the URL helpers are still importable from here.
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, NamedTuple
 
     from ._exchange import SubjectSource
+    from ._qsh import QshClient
     from ._secrets import SECRET_REFERENCE_PREFIXES as SECRET_REFERENCE_PREFIXES
     from ._secrets import Secret as Secret
     from ._secrets import SecretSource
@@ -92,6 +94,18 @@ TOKEN_EXCHANGE = "token-exchange"
 # in) and a refresh token (offline_access), as QuEra's own tools ask.
 DEFAULT_USER_SCOPE = "openid email profile offline_access"
 DEFAULT_REFRESH_TOKEN_LIFETIME = 15 * 86400.0
+# How `auth status` and `doctor` name each flow.
+_FLOW_LABELS = {
+    CLIENT_CREDENTIALS: "M2M (client credentials)",
+    DEVICE: "user context (device login)",
+    TOKEN_EXCHANGE: "token exchange (RFC 8693)",
+}
+
+
+def flow_label(flow: str) -> str:
+    """The flow (``Settings.auth_flow``) as the CLI names it to users."""
+    return _FLOW_LABELS.get(flow, _FLOW_LABELS[CLIENT_CREDENTIALS])
+
 
 CLIENT_AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
 ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")
@@ -283,7 +297,7 @@ def build_settings(
             # QuEra's tools pass the tenant as an extra scope of the device login.
             scope = f"{DEFAULT_USER_SCOPE} organization:{qsh.tenant}"
             note("scope", where)
-        if secret is None and key is None and qsh.flow == CLIENT_CREDENTIALS:
+        if secret is None and key is None and qsh.flow in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
             secret, key = qsh.credentials(env)
             if secret is not None:
                 note("client_secret", where)
@@ -317,7 +331,7 @@ def build_settings(
         scope = DEFAULT_USER_SCOPE
         note("scope", "default for user context")
     user_endpoints = _user_endpoints(env, flow, base_url, discovery_url, note)
-    exchange = _exchange_settings(env, flow, base_url or token_url, note)
+    exchange = _exchange_settings(env, flow, base_url or token_url, note, qsh)
     cache_dir = pick("cache_dir", "QLAM_TOKEN_CACHE_DIR")
     if not cache_dir:
         note("cache_dir", "default")
@@ -390,17 +404,37 @@ def _auth_flow(value: str | None) -> str | None:
     )
 
 
+# The variables that name the subject token's source: any one of them wins over a QLAM Shell context's.
+_SUBJECT_VARIABLES = ("QLAM_SUBJECT_TOKEN_FILE", "QLAM_SUBJECT_TOKEN_COMMAND", "QLAM_SUBJECT_TOKEN_VARIABLE")
+
+
 def _exchange_settings(
-    env: Mapping[str, str], flow: str, idp_url: str, note: _Note
+    env: Mapping[str, str], flow: str, idp_url: str, note: _Note, qsh: QshClient | None = None
 ) -> tuple[SubjectSource | None, str | None, str | None]:
     """``(subject_source, subject_token_type, actor_token_file)`` for token exchange; Nones otherwise.
+    Each comes from the environment, else from the QLAM Shell context's provider (``qsh``).
     Nothing is read here: the subject token is read at each exchange."""
     if flow != TOKEN_EXCHANGE:
         return None, None, None
     from ._exchange import DEFAULT_SUBJECT_TOKEN_TYPE, source_from_env
 
-    source = source_from_env(env, base_url_for(idp_url))
-    note("subject_source", source.describe())
+    # The context's source comes before GitHub's and GitLab's variables: the file names it
+    # on purpose, while those are merely present in a CI job.
+    named = any((env.get(name) or "").strip() for name in _SUBJECT_VARIABLES)
+    source = qsh.subject_source() if qsh is not None and not named else None
+    if qsh is not None and source is not None:
+        note("subject_source", qsh.origin)
+    else:
+        try:
+            source = source_from_env(env, base_url_for(idp_url))
+        except ConfigurationError as exc:
+            if qsh is None or named:
+                raise
+            raise ConfigurationError(
+                f"{exc}; or name it in {qsh.origin} (subject_token_file, subject_token_command, "
+                "or subject_token: env:NAME)"
+            ) from None
+        note("subject_source", source.describe())
     token_type = (env.get("QLAM_SUBJECT_TOKEN_TYPE") or "").strip()
     if token_type:
         if ":" not in token_type or any(c.isspace() for c in token_type):
@@ -408,11 +442,17 @@ def _exchange_settings(
                 f"QLAM_SUBJECT_TOKEN_TYPE={token_type!r}: expected a URI such as urn:example:ci-jwt"
             )
         note("subject_token_type", "environment QLAM_SUBJECT_TOKEN_TYPE")
+    elif qsh is not None and qsh.subject_token_type:  # checked by _qsh
+        token_type = qsh.subject_token_type
+        note("subject_token_type", qsh.origin)
     else:
         note("subject_token_type", "default")
     actor = (env.get("QLAM_ACTOR_TOKEN_FILE") or "").strip() or None
     if actor:
         note("actor_token_file", "environment QLAM_ACTOR_TOKEN_FILE")
+    elif qsh is not None and qsh.actor_token_file:
+        actor = qsh.actor_token_file
+        note("actor_token_file", qsh.origin)
     return source, token_type or DEFAULT_SUBJECT_TOKEN_TYPE, os.path.expanduser(actor) if actor else None
 
 

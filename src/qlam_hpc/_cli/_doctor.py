@@ -146,10 +146,11 @@ _SHOWN = (
 
 
 def _origins(origins: dict[str, str], settings) -> list[Check]:  # type: ignore[no-untyped-def]
+    from .._settings import flow_label
+
     lines = [Check("ok", label, _from(origins[name])) for name, label in _SHOWN if name in origins]
     if lines and lines[0].name == "flow" and settings is not None:
-        kind = "user context (device login)" if settings.user_context else "M2M (client credentials)"
-        lines[0] = lines[0]._replace(detail=f"{kind}, {lines[0].detail}")
+        lines[0] = lines[0]._replace(detail=f"{flow_label(settings.auth_flow)}, {lines[0].detail}")
     if settings is not None and settings.user_context:
         lines.append(Check("ok", "client auth", "none: a public client, the user's login is the credential"))
     elif settings is not None:

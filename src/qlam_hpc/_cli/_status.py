@@ -15,6 +15,7 @@ import time
 
 from .._durations import format_duration
 from .._provider import TokenProvider, count_requests
+from .._settings import flow_label
 from .._tokens import unverified_claims
 from ._output import utc
 
@@ -165,7 +166,7 @@ def render_status(report: dict[str, Any]) -> str:
             "token, one request each (inside a batch job, qlam-hpc stops with exit 8 instead)"
         )
     lines += [
-        f"flow        {'user context (device login)' if report['flow'] == 'device' else 'M2M (client credentials)'}",
+        f"flow        {flow_label(report['flow'])}",
         f"client      {report['client_id']} at {report['token_url']}",
         f"audience    {report['audience']}",
     ]
