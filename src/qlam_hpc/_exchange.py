@@ -171,7 +171,7 @@ def read_subject(source: SubjectSource, *, timeout: float = COMMAND_TIMEOUT, now
     else:
         raw = os.environ.get(source.where, "")
         if not raw.strip():
-            raise SubjectTokenError(f"{where} is not set or empty: add it to the job's id_tokens:")
+            raise SubjectTokenError(f"{where} is not set or empty (GitLab CI sets it from the job's id_tokens:)")
     token = raw.strip()
     if not token:
         raise SubjectTokenError(f"{where} gave an empty subject token")
