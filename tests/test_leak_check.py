@@ -62,11 +62,37 @@ def run_suite(
     return result, result.stdout.str() + result.stderr.str()
 
 
-def assert_leaks_reported(output: str, module: str, leaks: dict[str, str]) -> None:
-    """``output`` reports each test of ``leaks`` as leaking what its value says, and where."""
+def check_reports(
+    pytester, monkeypatch, tmp_path: Path, suite: str, reports: dict[str, str | None]
+) -> tuple[str, list[str]]:
+    """Run ``suite`` in a child pytest with the leak check: every test of ``reports`` passes; then
+    each one whose value says what it leaked where fails at teardown with that report, and those
+    with None have no error; the summary counts the leaks; no secret the suite planted is shown.
+    The child's output, and the secrets the suite planted."""
+    planted = tmp_path / "planted.txt"
+    result, output = run_suite(pytester, monkeypatch, planted=planted, test_suite=suite)
+    leaks = {test: leak for test, leak in reports.items() if leak}
+    result.assert_outcomes(passed=len(reports), errors=len(leaks))
     for test, leak in leaks.items():
-        assert f"secret leak in {module}::{test}:\n  {leak}" in output, output
+        assert f"secret leak in test_suite.py::{test}:\n  {leak}" in output, output
+    for test in reports.keys() - leaks.keys():
+        assert f"ERROR test_suite.py::{test}" not in output
+    assert f"; {len(leaks)} leaks found" in output and "leak check: " in output
+    secrets = planted.read_text().split()
+    assert not [s for s in secrets if s in output]
+    return output, secrets
 
+
+# What the leak check says of each test of the suite below: what it leaked where, or None.
+PLANTING_REPORTS = {
+    "test_prints_the_client_secret": "a client secret in the stdout call section",
+    "test_logs_a_token": "an access token in the log call section",
+    "test_leaves_a_token_in_a_file": "an access token in the file notes.txt under tmp_path",
+    "test_raises_with_a_token": "an access token in the text of a ValueError caught by pytest.raises",
+    "test_a_process_prints_the_secret": "a client secret in the stdout of process #1 (python",
+    "test_token_command_output_a_cache_and_an_expected_file_are_fine": None,
+    "test_a_settings_file_named_by_the_marker_is_fine": None,
+}
 
 PLANTING_SUITE = (
     SUITE_HEAD
@@ -113,28 +139,9 @@ def test_a_settings_file_named_by_the_marker_is_fine(env, tmp_path):
 def test_planted_leaks_fail_their_tests_naming_place_and_kind_never_the_secret(pytester, tmp_path, monkeypatch):
     """Five planted leaks: five teardown errors that say which kind of secret and where; the two
     tests that hold secrets legitimately pass; the summary counts five leaks; no secret shown."""
-    planted = tmp_path / "planted.txt"
-    result, output = run_suite(pytester, monkeypatch, planted=planted, test_planted=PLANTING_SUITE)
-
-    result.assert_outcomes(passed=7, errors=5)
-    assert_leaks_reported(
-        output,
-        "test_planted.py",
-        {
-            "test_prints_the_client_secret": "a client secret in the stdout call section",
-            "test_logs_a_token": "an access token in the log call section",
-            "test_leaves_a_token_in_a_file": "an access token in the file notes.txt under tmp_path",
-            "test_raises_with_a_token": "an access token in the text of a ValueError caught by pytest.raises",
-            "test_a_process_prints_the_secret": "a client secret in the stdout of process #1 (python",
-        },
-    )
-    assert "ERROR test_planted.py::test_token_command_output" not in output
-    assert "ERROR test_planted.py::test_a_settings_file" not in output
-    assert "; 5 leaks found" in output and "leak check: " in output
+    output, secrets = check_reports(pytester, monkeypatch, tmp_path, PLANTING_SUITE, PLANTING_REPORTS)
     assert "the secret is [client secret]" in output  # captured output is shown redacted
-    secrets = planted.read_text().split()
     assert len(secrets) >= 5
-    assert not [s for s in secrets if s in output]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the summary line is checked on one platform")
@@ -153,6 +160,15 @@ def test_the_summary_line_counts_secrets_places_and_leaks(pytester, monkeypatch)
         [r"leak check: \d+ secrets known \(client secret \d+, signing key 2\); \d+ places checked; 0 leaks found"]
     )
 
+
+# What the leak check says of each test of the suite below: what it leaked where, or None.
+CHILDREN_REPORTS = {
+    "test_a_token_on_a_command_line": "an access token in the argv of process (true --token)",
+    "test_a_token_in_a_childs_environment": "an access token in the environment of process (true)",
+    "test_a_short_secret_in_a_message": "a client secret in the stdout call section",
+    "test_a_short_secret_inside_a_longer_word_is_no_leak": None,
+    "test_a_client_secret_in_the_environment_and_after_env_is_fine": None,
+}
 
 CHILDREN_SUITE = (
     SUITE_HEAD
@@ -187,20 +203,5 @@ def test_argv_environment_and_short_secrets_of_children_are_checked(pytester, tm
     """A token in a child's argv (``ps`` shows it to everyone) or environment, and a short
     secret (``bob-secret``) as a word, are leaks; a short secret inside a longer word, and a
     client secret in the environment (also after ``env`` in argv), are not."""
-    planted = tmp_path / "planted.txt"
-    result, output = run_suite(pytester, monkeypatch, planted=planted, test_children=CHILDREN_SUITE)
-
-    result.assert_outcomes(passed=5, errors=3)
-    assert_leaks_reported(
-        output,
-        "test_children.py",
-        {
-            "test_a_token_on_a_command_line": "an access token in the argv of process (true --token)",
-            "test_a_token_in_a_childs_environment": "an access token in the environment of process (true)",
-            "test_a_short_secret_in_a_message": "a client secret in the stdout call section",
-        },
-    )
-    assert "ERROR test_children.py::test_a_short_secret_inside" not in output
-    assert "ERROR test_children.py::test_a_client_secret_in_the_environment" not in output
+    output, _ = check_reports(pytester, monkeypatch, tmp_path, CHILDREN_SUITE, CHILDREN_REPORTS)
     assert "refused: [client secret]" in output
-    assert not [s for s in planted.read_text().split() if s in output]
