@@ -57,6 +57,10 @@ class JobArea:
                 quoted = value if "$" in value else "'" + value.replace("'", "'\\''") + "'"
                 file.write(f"{name}={quoted}\n")
 
+    def user_settings(self) -> dict[str, str]:
+        """A user's settings for user context: the sandbox's device login and this area's cache, no secret."""
+        return {**self.sandbox.env(flow="device"), "QLAM_TOKEN_CACHE_DIR": str(self.cache_dir)}
+
     def plain_env(self) -> dict[str, str]:
         """This process's environment without scheduler, QLAM or Redis variables."""
         prefixes = ("QLAM_", "AUTH_", "SLURM_", "SBATCH_", "PBS_", "REDIS_")
@@ -82,4 +86,14 @@ def area(tmp_path, sandbox) -> JobArea:
     # pytest's tmp_path is under /tmp: the jobs run on this machine as this user and see it.
     area = JobArea(tmp_path, sandbox)
     area.write_credentials()
+    return area
+
+
+@pytest.fixture
+def user_area(tmp_path, user_sandbox) -> JobArea:
+    """The job area with the user's settings file, ``user-context``: user context, no secret, mode 0644."""
+    area = JobArea(tmp_path, user_sandbox)
+    settings = tmp_path / "user-context"
+    settings.write_text("".join(f"{name}={value}\n" for name, value in area.user_settings().items()))
+    settings.chmod(0o644)
     return area

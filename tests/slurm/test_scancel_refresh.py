@@ -67,18 +67,6 @@ def sandbox(user_sandbox):
     return user_sandbox
 
 
-@pytest.fixture
-def user_area(tmp_path, sandbox) -> JobArea:
-    area = JobArea(tmp_path, sandbox)
-    settings = tmp_path / "user-context"
-    lines = {**sandbox.env(flow="device"), "QLAM_TOKEN_CACHE_DIR": str(area.cache_dir)}
-    settings.write_text("".join(f"{name}={value}\n" for name, value in lines.items()))
-    settings.chmod(0o644)
-    (tmp_path / "waiting.sbatch").write_text(WAITING)
-    (tmp_path / "plain.sbatch").write_text(PLAIN)
-    return area
-
-
 def _kill_wait(slurm: Slurm) -> float:
     """Slurm's KillWait (seconds between SIGTERM and SIGKILL), 30 when slurm.conf leaves it out."""
     found = re.search(r"(?im)^\s*KillWait\s*=\s*(\d+)", slurm.conf.read_text())
@@ -100,7 +88,7 @@ def _intent(area: JobArea) -> str | None:
 
 
 def _cancelled_mid_refresh(slurm: Slurm, area: JobArea, sandbox, script: str) -> tuple[float, str | None, list[str]]:
-    """Log in, let the access token expire, submit ``script`` as a TASKS-task array with the
+    """Log in, let the access token expire, submit ``script`` (its text) as a TASKS-task array with the
     refresh answer held back, scancel it once the sandbox has rotated the refresh token, and
     wait until Slurm no longer lists the job. Seconds from scancel to the job's end, who was
     still refreshing then, and the refresh and access tokens before the array."""
@@ -113,8 +101,10 @@ def _cancelled_mid_refresh(slurm: Slurm, area: JobArea, sandbox, script: str) ->
     time.sleep(1.7)  # a 2 s token's refresh margin is 0.5 s: every task meets an expired one
     sandbox.set_faults(response_delay=HELD_ANSWER)
 
+    job_script = area.root / "job.sbatch"
+    job_script.write_text(script)
     submit = area.submit_env(slurm, QLAM_SETTINGS=str(area.root / "user-context"))
-    job = slurm.sbatch(f"--output={area.root}/out/%A_%a.out", f"--array=0-{TASKS - 1}", script, env=submit)
+    job = slurm.sbatch(f"--output={area.root}/out/%A_%a.out", f"--array=0-{TASKS - 1}", str(job_script), env=submit)
     deadline = time.monotonic() + 120
     while _counters(sandbox)[1] < 1:  # the sandbox has rotated; its answer is held back
         assert time.monotonic() < deadline, f"no refresh at the sandbox: {slurm.show_job(job)}"
@@ -150,7 +140,7 @@ def test_scancel_while_a_task_refreshes_keeps_the_login(slurm: Slurm, user_area:
     token outside the job works without a takeover, auth status shows the login, and the
     sandbox counted 1 refresh and 0 reuse."""
     area = user_area
-    took, refreshing, before = _cancelled_mid_refresh(slurm, area, sandbox, str(area.root / "waiting.sbatch"))
+    took, refreshing, before = _cancelled_mid_refresh(slurm, area, sandbox, WAITING)
     assert refreshing is None, f"the job ended while {refreshing} was still refreshing"
     assert took < _kill_wait(slurm), "the array ended by SIGKILL, not by SIGTERM"
 
@@ -175,7 +165,7 @@ def test_a_script_that_does_not_wait_ends_the_job_while_its_refresh_is_in_flight
     proctrack/cgroup slurmstepd SIGKILLs that process then (the login is lost, as when a
     refresher is SIGKILLed); proctrack/linuxproc, used here, misses it and it finishes."""
     area = user_area
-    took, refreshing, before = _cancelled_mid_refresh(slurm, area, sandbox, str(area.root / "plain.sbatch"))
+    took, refreshing, before = _cancelled_mid_refresh(slurm, area, sandbox, PLAIN)
     assert refreshing is not None and took < HELD_ANSWER - 1, (took, refreshing)
     pid = int(refreshing.partition(":")[2].partition(" ")[0])
     deadline = time.monotonic() + HELD_ANSWER + 10

@@ -34,20 +34,9 @@ def sandbox(user_sandbox):
     return user_sandbox
 
 
-@pytest.fixture
-def user_area(tmp_path, sandbox) -> JobArea:
-    """The job area with the user's settings file: user context, no secret, mode 0644."""
-    area = JobArea(tmp_path, sandbox)
-    settings = tmp_path / "user-context"
-    lines = {**sandbox.env(flow="device"), "QLAM_TOKEN_CACHE_DIR": str(area.cache_dir)}
-    settings.write_text("".join(f"{name}={value}\n" for name, value in lines.items()))
-    settings.chmod(0o644)
-    return area
-
-
 def _user_env(area: JobArea) -> dict[str, str]:
     """The environment the user has on the login node: the settings file's, nothing else."""
-    return {**area.plain_env(), **area.sandbox.env(flow="device"), "QLAM_TOKEN_CACHE_DIR": str(area.cache_dir)}
+    return {**area.plain_env(), **area.user_settings()}
 
 
 def _tokens(area: JobArea) -> list[str]:
