@@ -51,22 +51,14 @@ IN_A_THREAD = (
 )
 
 
-@pytest.fixture
-def sandbox(user_sandbox):
-    return user_sandbox
-
-
-@pytest.fixture
-def env(user_env):
-    return user_env
-
-
-def _expire_access_token(sandbox: Sandbox, env: dict[str, str]) -> None:
-    """Log in with 2 s access tokens and wait until the shared one may no longer be handed out."""
+def _expire_and_hold(sandbox: Sandbox, env: dict[str, str], fault: dict[str, float]) -> None:
+    """Log in with 2 s access tokens, wait until the shared one may no longer be handed out, and
+    make the next refresh wait at the sandbox as ``fault`` says (AFTER or BEFORE, below)."""
     sandbox.set_faults(token_lifetime=2)
     login(TokenProvider(Settings.from_env(env).with_(retry=FAST_RETRY)), on_code=lambda authorization: None)
     sandbox.set_faults(token_lifetime=86400)
     time.sleep(1.7)  # a 2 s token's margin is 0.5 s
+    sandbox.set_faults(**fault)
 
 
 def _refresh_token(cache_dir: Path) -> str:
@@ -97,6 +89,17 @@ def _in_flight(sandbox: Sandbox, process: subprocess.Popen[str], counter: str) -
     return time.monotonic()
 
 
+def _signal_in_flight(
+    sandbox: Sandbox, process: subprocess.Popen[str], signum: int, counter: str = "refreshes"
+) -> tuple[str, str, float]:
+    """Once the sandbox's ``counter`` shows the refresh of ``process``, send it ``signum`` and wait
+    for its end: its stdout and stderr, and the seconds from the signal to its end."""
+    signalled = _in_flight(sandbox, process, counter)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=30)
+    return out, err, time.monotonic() - signalled
+
+
 def _counters(sandbox: Sandbox) -> tuple[int, int, int, int]:
     stats = sandbox.stats()
     return stats["refresh_requests"], stats["refreshes"], stats["reuse_detections"], stats["families_revoked"]
@@ -118,18 +121,14 @@ AFTER, BEFORE = {"response_delay": DELAY}, {"latency": DELAY}
     ids=["SIGTERM-after-rotation", "SIGTERM-before-rotation", "SIGHUP-after-rotation", "SIGINT-after-rotation"],
 )
 def test_a_signal_during_the_refresh_waits_until_the_next_refresh_token_is_published(
-    sandbox, env, cache_dir, signum, ends, fault, counter
+    user_sandbox, user_env, cache_dir, signum, ends, fault, counter
 ):
     """The process publishes the next refresh token, then stops by the signal with one warning
     line; the next process uses the published token: no takeover, 1 refresh, 0 reuse."""
-    _expire_access_token(sandbox, env)
+    _expire_and_hold(user_sandbox, user_env, fault)
     spent = _refresh_token(cache_dir)
-    sandbox.set_faults(**fault)
-    refresher = _start(env, "token")
-    signalled = _in_flight(sandbox, refresher, counter)
-    refresher.send_signal(signum)
-    out, err = refresher.communicate(timeout=30)
-    took = time.monotonic() - signalled
+    refresher = _start(user_env, "token")
+    out, err, took = _signal_in_flight(user_sandbox, refresher, signum, counter)
 
     assert refresher.returncode == ends, err
     assert out == ""  # stopped before handing out the token, as the signal meant
@@ -145,90 +144,80 @@ def test_a_signal_during_the_refresh_waits_until_the_next_refresh_token_is_publi
     published = _refresh_token(cache_dir)
     assert published and published != spent  # the next refresh token is kept
 
-    sandbox.set_faults(response_delay=0, latency=0)
-    after = run_cli("token", env=env)
+    user_sandbox.set_faults(response_delay=0, latency=0)
+    after = run_cli("token", env=user_env)
     assert after.code == 0 and after.err == "", after.err  # no takeover: nothing "did not finish"
-    assert _counters(sandbox) == (1, 1, 0, 0)
-    check = run_cli("auth", "check", env=env)  # the published refresh token is the live one
+    assert _counters(user_sandbox) == (1, 1, 0, 0)
+    check = run_cli("auth", "check", env=user_env)  # the published refresh token is the live one
     assert check.code == 0, check.err
-    assert _counters(sandbox) == (2, 2, 0, 0)
+    assert _counters(user_sandbox) == (2, 2, 0, 0)
 
 
 # As a shell without job control starts a command with `&`: SIGINT ignored.
 WITH_SIGINT_IGNORED = WITH_DEFAULT_SIGNALS.replace("os.execv", "signal.signal(signal.SIGINT, signal.SIG_IGN)\nos.execv")
 
 
-def test_an_ignored_signal_stays_ignored_after_the_refresh(sandbox, env):
+def test_an_ignored_signal_stays_ignored_after_the_refresh(user_sandbox, user_env):
     """A process that ignores SIGINT (started with & by a script) is not stopped by one that
     arrives during the refresh, nor warned about it: it hands out the token, exit 0."""
-    _expire_access_token(sandbox, env)
-    sandbox.set_faults(**AFTER)
-    refresher = _popen([sys.executable, "-c", WITH_SIGINT_IGNORED, QLAM_HPC, "token"], env)
-    _in_flight(sandbox, refresher, "refreshes")
-    refresher.send_signal(signal.SIGINT)
-    out, err = refresher.communicate(timeout=30)
+    _expire_and_hold(user_sandbox, user_env, AFTER)
+    refresher = _popen([sys.executable, "-c", WITH_SIGINT_IGNORED, QLAM_HPC, "token"], user_env)
+    out, err, _ = _signal_in_flight(user_sandbox, refresher, signal.SIGINT)
     assert refresher.returncode == 0 and out.count(".") == 2, err
     assert err == ""  # no warning about a signal that changed nothing
-    assert _counters(sandbox) == (1, 1, 0, 0)
+    assert _counters(user_sandbox) == (1, 1, 0, 0)
 
 
-def test_sigkill_after_the_server_rotated_loses_the_login_and_says_so_in_one_line(sandbox, env):
+def test_sigkill_after_the_server_rotated_loses_the_login_and_says_so_in_one_line(user_sandbox, user_env):
     """SIGKILL cannot be held. Killed once the server has spent the refresh token (overlap 0):
     the next process takes over, is refused, and exits 16 with one line naming the cut-short
     refresh; the ones after it exit 16 without asking the identity provider."""
-    _expire_access_token(sandbox, env)
-    sandbox.set_faults(**AFTER)
-    victim = _start(env, "token")
-    _in_flight(sandbox, victim, "refreshes")
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
+    _expire_and_hold(user_sandbox, user_env, AFTER)
+    victim = _start(user_env, "token")
+    _signal_in_flight(user_sandbox, victim, signal.SIGKILL)
     assert victim.returncode == -signal.SIGKILL
-    sandbox.set_faults(response_delay=0)
+    user_sandbox.set_faults(response_delay=0)
 
-    results = [run_cli("token", env=env) for _ in range(3)]
+    results = [run_cli("token", env=user_env) for _ in range(3)]
     assert [r.code for r in results] == [16, 16, 16]
     assert all(r.out == "" and r.err.count("\n") == 1 for r in results), [r.err for r in results]
     first = results[0].err
     assert "refused the login of ada@example.org (invalid_grant" in first
     assert "was cut short" in first and "run qlam-hpc auth login" in first
     assert "Traceback" not in "".join(r.err for r in results)
-    assert _counters(sandbox) == (2, 1, 1, 1)  # the killed one's and the takeover's; then none
+    assert _counters(user_sandbox) == (2, 1, 1, 1)  # the killed one's and the takeover's; then none
 
 
-def test_sigkill_before_the_server_acted_the_next_process_takes_over_and_keeps_the_login(sandbox, env, cache_dir):
+def test_sigkill_before_the_server_acted_the_next_process_takes_over_and_keeps_the_login(
+    user_sandbox, user_env, cache_dir
+):
     """Killed while the request waits at the server (before it acted): the sandbox, seeing the
     client gone, grants nothing, so the takeover's refresh token still works and the login lives."""
-    _expire_access_token(sandbox, env)
-    sandbox.set_faults(**BEFORE)
-    victim = _start(env, "token")
-    _in_flight(sandbox, victim, "refresh_requests")
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
+    _expire_and_hold(user_sandbox, user_env, BEFORE)
+    victim = _start(user_env, "token")
+    _signal_in_flight(user_sandbox, victim, signal.SIGKILL, "refresh_requests")
+    assert victim.returncode == -signal.SIGKILL
     time.sleep(DELAY + 0.5)  # the sandbox ends the dead request
-    sandbox.set_faults(latency=0)
+    user_sandbox.set_faults(latency=0)
 
-    taken_over = run_cli("token", env=env)
+    taken_over = run_cli("token", env=user_env)
     assert taken_over.code == 0, taken_over.err
     assert taken_over.err.count("\n") == 1 and "did not finish (killed?)" in taken_over.err
-    assert _counters(sandbox) == (2, 1, 0, 0)
-    assert run_cli("token", env=env).code == 0
-    assert _counters(sandbox) == (2, 1, 0, 0)
+    assert _counters(user_sandbox) == (2, 1, 0, 0)
+    assert run_cli("token", env=user_env).code == 0
+    assert _counters(user_sandbox) == (2, 1, 0, 0)
 
 
-def test_in_a_worker_thread_nothing_is_held_and_sigterm_stops_the_process_at_once(sandbox, env):
+def test_in_a_worker_thread_nothing_is_held_and_sigterm_stops_the_process_at_once(user_sandbox, user_env):
     """Documented limit: only the main thread may install signal handlers, so a library
     refreshing in another thread is stopped mid-refresh by SIGTERM's default action; with
     overlap 0 the login is then lost, and the next process says so in one line (exit 16)."""
-    _expire_access_token(sandbox, env)
-    sandbox.set_faults(**AFTER)
-    worker = _popen([sys.executable, "-c", IN_A_THREAD], env)
-    _in_flight(sandbox, worker, "refreshes")
-    signalled = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    out, err = worker.communicate(timeout=30)
+    _expire_and_hold(user_sandbox, user_env, AFTER)
+    worker = _popen([sys.executable, "-c", IN_A_THREAD], user_env)
+    out, err, took = _signal_in_flight(user_sandbox, worker, signal.SIGTERM)
     assert worker.returncode == -signal.SIGTERM and (out, err) == ("", "")
-    assert time.monotonic() - signalled < DELAY - 1  # at once: it did not wait for the answer
-    sandbox.set_faults(response_delay=0)
-    lost = run_cli("token", env=env)
+    assert took < DELAY - 1  # at once: it did not wait for the answer
+    user_sandbox.set_faults(response_delay=0)
+    lost = run_cli("token", env=user_env)
     assert lost.code == 16 and lost.err.count("\n") == 1 and "was cut short" in lost.err, lost.err
-    assert _counters(sandbox)[2:] == (1, 1)
+    assert _counters(user_sandbox)[2:] == (1, 1)
