@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -137,36 +138,23 @@ def _grant(
     ctx: SandboxContext, client: SandboxClient, params: dict[str, str], *, issuer: str, lifetime: int
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The client_credentials token response body and extra headers, or ``Refusal``."""
-    audience = requested_audience(ctx.config, params)
-    if not client.may_access(audience):
-        raise Refusal(
-            403,
-            "access_denied",
-            f'Client is not authorized to access "{audience}". '
-            'You need to create a "client-grant" associated to this API.',
-        )
+    audience = _permitted_audience(ctx, client, params)
     scope = _granted_scope(client, params.get("scope"))
-    now = time.time()
-    limit = ctx.config.monthly_quota
-    used = ctx.state.take_quota(client.client_id, limit, now)
-    if used is None:
-        raise _quota_refusal(limit or 0, now)
-    token = issue_access_token(
-        ctx.key,
-        issuer=issuer,
-        client_id=client.client_id,
-        audience=audience,
-        scope=scope,
-        lifetime=lifetime,
-        now=int(now),
+    return _charged_token_response(
+        ctx,
+        client,
+        scope,
+        lifetime,
+        lambda now: issue_access_token(
+            ctx.key,
+            issuer=issuer,
+            client_id=client.client_id,
+            audience=audience,
+            scope=scope,
+            lifetime=lifetime,
+            now=now,
+        ),
     )
-    body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": lifetime}
-    if scope:
-        body["scope"] = scope
-    headers = {}
-    if limit is not None:
-        headers = _rate_headers(limit, limit - used, next_month_start(now))
-    return body, headers
 
 
 def _exchange_grant(
@@ -191,6 +179,36 @@ def _exchange_grant(
         raise ExchangeRefusal("missing_parameter", 400, "invalid_request", "Missing required parameter: subject_token")
     if params.get("actor_token") and not params.get("actor_token_type"):
         raise ExchangeRefusal("missing_parameter", 400, "invalid_request", "actor_token needs actor_token_type")
+    audience = _permitted_audience(ctx, client, params)
+    requested = params.get("scope")
+    user_scopes = [s for s in (requested or "").split() if s in USER_SCOPES]
+    api_scope = " ".join(s for s in (requested or "").split() if s not in USER_SCOPES)
+    scope = " ".join(dict.fromkeys([*user_scopes, *_granted_scope(client, api_scope or None).split()]))
+    claims = verifier.verify(subject_token, default_audience=default_audience)
+    subject = _exchanged_subject(ctx, claims)
+    answer = _charged_token_response(
+        ctx,
+        client,
+        scope,
+        lifetime,
+        lambda now: issue_user_access_token(
+            ctx.key,
+            issuer=issuer,
+            subject=subject,
+            client_id=client.client_id,
+            audience=audience,
+            scope=scope,
+            lifetime=lifetime,
+            now=now,
+        ),
+        issued_token_type=ACCESS_TOKEN_TYPE,
+    )
+    ctx.state.count_exchange()
+    return answer
+
+
+def _permitted_audience(ctx: SandboxContext, client: SandboxClient, params: dict[str, str]) -> str:
+    """The API the request names, if the client has a grant for it; else Auth0's 403."""
     audience = requested_audience(ctx.config, params)
     if not client.may_access(audience):
         raise Refusal(
@@ -199,34 +217,24 @@ def _exchange_grant(
             f'Client is not authorized to access "{audience}". '
             'You need to create a "client-grant" associated to this API.',
         )
-    requested = params.get("scope")
-    user_scopes = [s for s in (requested or "").split() if s in USER_SCOPES]
-    api_scope = " ".join(s for s in (requested or "").split() if s not in USER_SCOPES)
-    scope = " ".join(dict.fromkeys([*user_scopes, *_granted_scope(client, api_scope or None).split()]))
-    claims = verifier.verify(subject_token, default_audience=default_audience)
-    subject = _exchanged_subject(ctx, claims)
+    return audience
+
+
+def _charged_token_response(
+    ctx: SandboxContext, client: SandboxClient, scope: str, lifetime: int, mint: Callable[[int], str], **fields: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Takes one token request from the client's monthly quota (a 429 once it is used up), then
+    the response body with the token ``mint`` signs at the time charged, and the rate headers.
+
+    ``fields`` are the grant's own response fields (token exchange's ``issued_token_type``),
+    which follow ``access_token`` in the body.
+    """
     now = time.time()
     limit = ctx.config.monthly_quota
     used = ctx.state.take_quota(client.client_id, limit, now)
     if used is None:
         raise _quota_refusal(limit or 0, now)
-    token = issue_user_access_token(
-        ctx.key,
-        issuer=issuer,
-        subject=subject,
-        client_id=client.client_id,
-        audience=audience,
-        scope=scope,
-        lifetime=lifetime,
-        now=int(now),
-    )
-    ctx.state.count_exchange()
-    body: dict[str, Any] = {
-        "access_token": token,
-        "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": "Bearer",
-        "expires_in": lifetime,
-    }
+    body: dict[str, Any] = {"access_token": mint(int(now)), **fields, "token_type": "Bearer", "expires_in": lifetime}
     if scope:
         body["scope"] = scope
     headers = _rate_headers(limit, limit - used, next_month_start(now)) if limit is not None else {}
