@@ -1,8 +1,8 @@
 """Run every benchmark, one after the other, and print their tables.
 
 The Slurm benchmark starts the local cluster (scripts/local-slurm.sh) and needs root;
-pass --no-slurm to leave it out. The 2,000-task array (slurm_scale.py) takes a few
-minutes: it runs only with --scale.
+pass --no-slurm to leave it out. The 2,000-task array (slurm_scale.py) and the rotation
+runs (slurm_rotation.py, five 500-task arrays) take minutes: they run only with --scale.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ SCRIPTS = [
     "peers.py",
     "slurm_array.py",
     "slurm_scale.py",
+    "slurm_rotation.py",
 ]
+LONG = ("slurm_scale.py", "slurm_rotation.py")
 
 for script in SCRIPTS:
     if script.startswith("slurm_") and "--no-slurm" in sys.argv:
         continue
-    if script == "slurm_scale.py" and "--scale" not in sys.argv:
+    if script in LONG and "--scale" not in sys.argv:
         continue
     print(f"\n== {script} ==", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)
