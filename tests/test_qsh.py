@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from qlam_hpc._settings import Secret, build_settings
 
 # The exchange sandbox, its third-party issuer and its subject token files: exchange_idp, idp,
 # issuer and subject_file are fixtures, used here by name.
-from test_token_exchange import CLIENT, exchange_idp, idp, issuer, subject_file, subject_of
+from test_token_exchange import CLIENT, exchange_idp, idp, issuer, site_command, subject_file, subject_of
 
 SECRET = "qsh-s3cr3t-never-shown"
 
@@ -546,17 +547,9 @@ def test_the_environments_subject_token_file_wins_over_the_contexts(issuer, idp,
 
 @pytest.mark.parametrize("form", ["list", "string"])
 def test_a_contexts_subject_token_command_is_run_word_for_word_without_a_shell(
-    issuer, idp, job_env, tmp_path, subject_file, form
+    issuer, idp, job_env, site_command, form
 ):
-    token_file = subject_file("site", "site:batch")
-    script = tmp_path / "mint.py"
-    script.write_text(
-        "import sys\n"
-        "assert sys.argv[1:] == ['two words', '$HOME;'], sys.argv\n"
-        f"print(open({str(token_file)!r}).read().strip())\n"
-    )
-    words = [sys.executable, str(script), "two words", "$HOME;"]
-    command = words if form == "list" else f"{sys.executable} {script} 'two words' '$HOME;'"
+    command = site_command if form == "list" else shlex.join(site_command)
     _write_config(job_env, _config(production=[_exchanger(idp, subject_token_command=command)]))
     run = run_cli("token", env=job_env)
     assert run.code == 0, run.err

@@ -5,6 +5,7 @@ qlam-hpc processes sharing one cache."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,21 @@ def subject_file(
     yield write
     for path in tmp_path.glob("*-token*"):
         leak_check.expect(path)
+
+
+@pytest.fixture
+def site_command(tmp_path: Path, subject_file: Callable[..., Path]) -> list[str]:
+    """A site command, as words, that prints a token for the subject ``site:batch`` (and a note
+    on stderr); it fails unless it got its arguments word for word, as no shell would pass them."""
+    token_file = subject_file("site", "site:batch")
+    script = tmp_path / "mint.py"
+    script.write_text(
+        "import sys\n"
+        "assert sys.argv[1:] == ['two words', '$HOME;'], sys.argv\n"
+        f"print(open({str(token_file)!r}).read().strip())\n"
+        "print('the site says hello', file=sys.stderr)\n"
+    )
+    return [sys.executable, str(script), "two words", "$HOME;"]
 
 
 def from_file(env: dict[str, str], token_file: Path) -> dict[str, str]:
@@ -228,18 +244,9 @@ def test_a_subject_token_the_identity_provider_refuses_is_asked_for_once(
 
 
 def test_a_site_command_is_run_without_a_shell_and_its_stdout_is_the_token(
-    issuer: MockOAuth2Server, base_env: dict[str, str], tmp_path: Path, subject_file: Callable[..., Path]
+    issuer: MockOAuth2Server, base_env: dict[str, str], site_command: list[str]
 ) -> None:
-    token_file = subject_file("site", "site:batch")
-    script = tmp_path / "mint.py"
-    script.write_text(
-        "import sys\n"
-        "assert sys.argv[1:] == ['two words', '$HOME;'], sys.argv\n"
-        f"print(open({str(token_file)!r}).read().strip())\n"
-        "print('the site says hello', file=sys.stderr)\n"
-    )
-    command = f"{sys.executable} {script} 'two words' '$HOME;'"
-    run = run_cli("token", env={**base_env, "QLAM_SUBJECT_TOKEN_COMMAND": command})
+    run = run_cli("token", env={**base_env, "QLAM_SUBJECT_TOKEN_COMMAND": shlex.join(site_command)})
     assert run.code == 0, run.err
     assert subject_of(run.out.strip()) == f"exchange|{issuer.url}|site:batch"
 
