@@ -9,13 +9,16 @@ from submit to the last task's end, the share of the array's task time spent in
 qlam-hpc (the timed calls summed, over each task's time from the allocation of its CPU
 to its end as slurmctld logs them: this cluster keeps no accounting for sacct), the
 median and p95 of the call's wall time, its median CPU time, and the share of the
-machine's CPU that went to qlam-hpc. A smaller array then runs with the cache on and
-with QLAM_TOKEN_CACHE=off, for the token requests the cache saves.
+machine's CPU that went to qlam-hpc. The floor run is the same array with the venv's
+`python -c print` in place of `qlam-hpc token` (same subshell, same credentials file):
+the share of task time that starting any Python program takes on this machine, below
+which no Python CLI can go. A smaller array then runs with the cache on and with
+QLAM_TOKEN_CACHE=off, for the token requests the cache saves.
 
 It takes a few minutes, so `make bench` leaves it out; `python bench/run_all.py --scale`
 runs it too.
 
-    python bench/slurm_scale.py [--tasks 2000] [--small 200]    (--small 0: no comparison;
+    python bench/slurm_scale.py [--tasks 2000] [--small 200] [--no-floor]   (--small 0: no comparison;
                                  needs root or a running scripts/local-slurm.sh cluster,
                                  whose MaxArraySize allows 5,000 tasks)
 """
@@ -42,11 +45,14 @@ TASK_SCRIPT = """#!/bin/bash
 set -euo pipefail
 begin=$EPOCHREALTIME
 credentials=$QLAM_CREDENTIALS
-TIMEFORMAT='qlam-hpc token: real=%3R user=%3U sys=%3S'
-time token=$( set -a; . "$credentials"; set +a; exec qlam-hpc token )
+TIMEFORMAT='call: real=%3R user=%3U sys=%3S'
+time token=$( set -a; . "$credentials"; set +a; exec COMMAND )
 [ -n "$token" ] || { echo "empty token" >&2; exit 1; }
 echo "task=$SLURM_ARRAY_TASK_ID node=$SLURMD_NODENAME begin=$begin end=$EPOCHREALTIME"
 """
+# The floor: the same call with Python doing nothing but print, for what starting any
+# Python program costs on this machine (the share qlam-hpc cannot go below).
+COMMANDS = {"token": "qlam-hpc token", "floor": "python -c 'print(\"no token\")'"}
 CPUS = os.cpu_count() or 1  # the machine's, which all three nodes share
 WAIT_LIMIT = 1800.0  # seconds an array may take before the benchmark cancels it
 # slurmctld's log: when each task got its CPU and when it ended, to the millisecond.
@@ -62,7 +68,7 @@ def _seconds(text: str) -> float:
 
 def parse_output(text: str) -> dict | None:
     """What a task wrote about itself, or None when it did not get a token."""
-    timed = re.search(r"^qlam-hpc token: real=(\S+) user=(\S+) sys=(\S+)$", text, re.M)
+    timed = re.search(r"^call: real=(\S+) user=(\S+) sys=(\S+)$", text, re.M)
     done = re.search(r"^task=\S+ node=(\S+) begin=(\S+) end=(\S+)$", text, re.M)
     if not (timed and done):
         return None
@@ -102,11 +108,11 @@ def slurm_task_times(job: str) -> dict[int, dict] | None:
     return tasks
 
 
-def run_array(sandbox, tasks: int, work: Path, credentials: dict[str, str]) -> dict:
+def run_array(sandbox, tasks: int, work: Path, credentials: dict[str, str], command: str = "token") -> dict:
     """Submit the array, wait until the queue has none of it left; what the IdP and the outputs say."""
     (work / "out").mkdir(parents=True)
     script = work / "token-task.sh"
-    script.write_text(TASK_SCRIPT)
+    script.write_text(TASK_SCRIPT.replace("COMMAND", COMMANDS[command]))
     write_credentials(work / "credentials", sandbox, credentials)
     sandbox.reset()
     sandbox.set_faults(latency=IDP_LATENCY)
@@ -161,13 +167,15 @@ def run_array(sandbox, tasks: int, work: Path, credentials: dict[str, str]) -> d
     }
 
 
-def main(tasks: int, small: int) -> None:
+def main(tasks: int, small: int, floor: bool) -> None:
     from qlam_hpc.sandbox import Sandbox, SandboxConfig
 
     start_slurm()
-    runs = [("shared file cache", tasks, False)]
+    runs = [("shared file cache", tasks, False, "token")]
+    if floor:
+        runs.append(("floor: python -c print", tasks, False, "floor"))
     if small:
-        runs += [("shared file cache", small, False), ("cache off", small, True)]
+        runs += [("shared file cache", small, False, "token"), ("cache off", small, True, "token")]
     rows = []
     with Sandbox(SandboxConfig.default()) as sandbox, tempfile.TemporaryDirectory(prefix="qlam-bench-") as tmp:
         scratch = Path(tmp)
@@ -179,13 +187,13 @@ def main(tasks: int, small: int) -> None:
         )
         if warm_up.returncode != 0:
             sys.exit("a trivial job did not run on the local Slurm cluster")
-        for index, (name, size, off) in enumerate(runs):
+        for index, (name, size, off, command) in enumerate(runs):
             print(f"  running the {size}-task array, {name} ...", file=sys.stderr, flush=True)
             work = scratch / f"run-{index}"
             credentials = {"QLAM_TOKEN_CACHE_DIR": str(scratch / f"cache-{index}")}
             if off:
                 credentials["QLAM_TOKEN_CACHE"] = "off"
-            r = run_array(sandbox, size, work, credentials)
+            r = run_array(sandbox, size, work, credentials, command)
             print(f"    tasks per node: {dict(sorted(r['nodes'].items()))}", file=sys.stderr)
             rows.append(
                 [
@@ -234,5 +242,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--small", type=int, default=200, help="size of the cache on / cache off comparison (default 200; 0: none)"
     )
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="leave out the floor: the same array with `python -c print` instead of qlam-hpc",
+    )
     args = parser.parse_args()
-    main(args.tasks, args.small)
+    main(args.tasks, args.small, args.floor)
