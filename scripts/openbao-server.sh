@@ -52,6 +52,8 @@ python=${QLAM_PYTHON:-$root/.venv/bin/python}
 [ -x "$python" ] || python=$(command -v python3)
 
 say() { echo "openbao-server.sh: $*" >&2; }
+# shellcheck source-path=SCRIPTDIR source=_service-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_service-lib.sh"
 
 # The bao binary itself (not the package's Python launcher), so that the pid file names the server.
 binary() {
@@ -69,14 +71,7 @@ install_bao() {
 }
 
 # The PID in the pid file, if that process is alive and is a bao server.
-running_pid() {
-    [ -s "$pidfile" ] || return 1
-    local pid
-    pid=$(cat "$pidfile")
-    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'bao server' || return 1
-    echo "$pid"
-}
+running_pid() { pid_from_file 'bao server'; }
 
 healthy() {
     # 200: initialized, unsealed, active. Nothing secret is needed to ask.
@@ -145,28 +140,9 @@ print_env() {
     } | tee "$dir/env"
 }
 
-stop() {
-    local pid
-    if ! pid=$(running_pid); then
-        say "not running ($dir)"
-        rm -f "$pidfile"
-        return 0
-    fi
-    kill -TERM "$pid"
-    for _ in $(seq 50); do
-        [ -e "/proc/$pid" ] || break
-        sleep 0.1
-    done
-    if [ -e "/proc/$pid" ]; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
-    say "stopped pid $pid ($dir)"
-}
-
 case $command in
     start) start ;;
-    stop) stop ;;
+    stop) stop_server ;;
     status)
         if pid=$(running_pid); then echo "running on 127.0.0.1:$port (pid $pid, $dir)"; else echo "not running ($dir)"; exit 1; fi ;;
     *) echo "usage: $0 start|stop|status [--port PORT] [--dir DIR]" >&2; exit 2 ;;

@@ -37,47 +37,16 @@ dir=${dir:-${QLAM_REDIS_DIR:-/tmp/qlam-hpc-redis}/$port}
 pidfile=$dir/redis.pid
 
 say() { echo "redis-server.sh: $*" >&2; }
+# shellcheck source-path=SCRIPTDIR source=_service-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_service-lib.sh"
 
 install_redis() {
     command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
-    if [ "$(id -u)" != 0 ]; then
-        say "redis-server is not installed and installing it needs root (apt-get install redis-server)"
-        return 1
-    fi
-    say "installing redis-server from Debian"
-    # The package would start a system-wide server on port 6379: forbid service starts
-    # during the install (the Debian convention, policy-rc.d exit 101), unless a policy
-    # is already in place.
-    local policy=/usr/sbin/policy-rc.d made_policy=no
-    if [ ! -e $policy ]; then
-        printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy && made_policy=yes
-    fi
-    local status=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server redis-tools \
-        >"${TMPDIR:-/tmp}/qlam-hpc-apt-redis.log" 2>&1 || status=$?
-    if [ $status != 0 ]; then
-        # The package lists may be missing on a fresh machine: update them once and retry.
-        apt-get update -q >/dev/null 2>&1 || true
-        status=0
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server redis-tools \
-            >>"${TMPDIR:-/tmp}/qlam-hpc-apt-redis.log" 2>&1 || status=$?
-    fi
-    [ $made_policy = yes ] && rm -f $policy
-    if [ $status != 0 ]; then
-        say "apt-get install redis-server failed; see ${TMPDIR:-/tmp}/qlam-hpc-apt-redis.log"
-        return 1
-    fi
+    install_from_debian "${TMPDIR:-/tmp}/qlam-hpc-apt-redis.log" redis-server redis-server redis-tools
 }
 
 # The PID in the pid file, if that process is alive and is a redis-server.
-running_pid() {
-    [ -s "$pidfile" ] || return 1
-    local pid
-    pid=$(cat "$pidfile")
-    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q redis-server || return 1
-    echo "$pid"
-}
+running_pid() { pid_from_file redis-server; }
 
 cli() {
     local args=(-h 127.0.0.1 -p "$port")
@@ -181,28 +150,9 @@ print_env() {
     } | tee "$dir/env"
 }
 
-stop() {
-    local pid
-    if ! pid=$(running_pid); then
-        say "not running ($dir)"
-        rm -f "$pidfile"
-        return 0
-    fi
-    kill -TERM "$pid"
-    for _ in $(seq 50); do
-        [ -e "/proc/$pid" ] || break
-        sleep 0.1
-    done
-    if [ -e "/proc/$pid" ]; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
-    say "stopped pid $pid ($dir)"
-}
-
 case $command in
     start) start ;;
-    stop) stop ;;
+    stop) stop_server ;;
     status)
         if pid=$(running_pid); then echo "running on 127.0.0.1:$port (pid $pid, $dir)"; else echo "not running ($dir)"; exit 1; fi ;;
     *) echo "usage: $0 start|stop|status [--port PORT] [--tls] [--dir DIR]" >&2; exit 2 ;;

@@ -35,43 +35,16 @@ pidfile=$dir/rsyslogd.pid
 socket=$dir/log.sock
 
 say() { echo "rsyslog-server.sh: $*" >&2; }
+# shellcheck source-path=SCRIPTDIR source=_service-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_service-lib.sh"
 
 install_rsyslog() {
     command -v rsyslogd >/dev/null && return 0
-    if [ "$(id -u)" != 0 ]; then
-        say "rsyslogd is not installed and installing it needs root (apt-get install rsyslog)"
-        return 1
-    fi
-    say "installing rsyslog from Debian"
-    # The package would start the system's syslog daemon: forbid service starts during the
-    # install (policy-rc.d exit 101), unless a policy is already in place.
-    local policy=/usr/sbin/policy-rc.d made_policy=no
-    if [ ! -e $policy ]; then
-        printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy && made_policy=yes
-    fi
-    local status=0 log="${TMPDIR:-/tmp}/qlam-hpc-apt-rsyslog.log"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rsyslog >"$log" 2>&1 || status=$?
-    if [ $status != 0 ]; then
-        apt-get update -q >/dev/null 2>&1 || true
-        status=0
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rsyslog >>"$log" 2>&1 || status=$?
-    fi
-    [ $made_policy = yes ] && rm -f $policy
-    if [ $status != 0 ]; then
-        say "apt-get install rsyslog failed; see $log"
-        return 1
-    fi
+    install_from_debian "${TMPDIR:-/tmp}/qlam-hpc-apt-rsyslog.log" rsyslogd rsyslog
 }
 
 # The PID in the pid file, if that process is alive and is an rsyslogd of this directory.
-running_pid() {
-    [ -s "$pidfile" ] || return 1
-    local pid
-    pid=$(cat "$pidfile")
-    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "rsyslogd.*$dir/rsyslog.conf" || return 1
-    echo "$pid"
-}
+running_pid() { pid_from_file "rsyslogd.*$dir/rsyslog.conf"; }
 
 start() {
     if pid=$(running_pid); then
@@ -96,8 +69,7 @@ template(name="qlamAudit" type="string"
 EOF
     rsyslogd -N1 -f "$dir/rsyslog.conf" >"$dir/check.log" 2>&1 || { say "invalid configuration: $(cat "$dir/check.log")"; return 1; }
     rsyslogd -f "$dir/rsyslog.conf" -i "$pidfile"
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         [ -S "$socket" ] && [ -s "$pidfile" ] && break
         sleep 0.1
     done
