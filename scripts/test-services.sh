@@ -35,6 +35,9 @@ package_installed() {
 lmod_installed() { package_installed lmod /etc/profile.d/lmod.sh; }
 # zsh, for the zsh completion test (tests/test_completion.py).
 zsh_installed() { package_installed zsh /usr/bin/zsh; }
+# Node.js and npm, for an OIDC issuer we did not write (npm's oauth2-mock-server, installed by
+# tests/oidc_issuers.py on first use) whose tokens the token exchange tests trade.
+node_installed() { package_installed nodejs /usr/bin/node && package_installed npm /usr/bin/npm; }
 # Debian's python3 with venv: the site install's shared venv must run on a Python every user
 # can reach (tests/test_site_install.py), not on one under a private home.
 python_venv_installed() {
@@ -82,6 +85,12 @@ case $action in
         else
             echo "  rsyslogd      NOT STARTED, or promtool NOT INSTALLED: $(last_line)"
             echo "                (tests/test_audit.py starts its own rsyslogd; tests/test_metrics.py skips promtool)"
+        fi
+        if node_installed; then
+            echo "  node, npm     installed ($(/usr/bin/node --version))"
+        else
+            echo "  node, npm     NOT INSTALLED: $(last_line)"
+            echo "                (the token exchange tests with a third-party issuer are skipped with this reason)"
         fi
         if python_venv_installed; then
             echo "  python3-venv  installed (/usr/bin/python3 -m venv)"

@@ -122,9 +122,12 @@ def private_config_home(tmp_path_factory, monkeypatch) -> Path:
 # every real-service tier ran.
 
 SERVICE_MARKERS = ("redis", "vault", "slurm")
-# Skip reasons of tests that need the machine rather than a service: root, a tmpfs, Lmod, zsh.
-# A skip naming Slurm comes from tests that reach the cluster without the marker (doc blocks).
-MACHINE_SKIP = re.compile(r"\broot\b|tmpfs|\blmod\b|module load|\bzsh\b|two Unix users|\bslurm\b", re.IGNORECASE)
+# Skip reasons of tests that need the machine rather than a service: root, a tmpfs, Lmod, zsh,
+# Node.js (the third-party OIDC issuer). A skip naming Slurm comes from tests that reach the
+# cluster without the marker (doc blocks).
+MACHINE_SKIP = re.compile(
+    r"\broot\b|tmpfs|\blmod\b|module load|\bzsh\b|two Unix users|\bslurm\b|oauth2-mock-server", re.IGNORECASE
+)
 
 
 def _in_ci() -> bool:
@@ -144,7 +147,7 @@ def required_skip(item: pytest.Item, reason: str) -> str | None:
     if markers:
         return f"needs {'/'.join(markers)}"
     if MACHINE_SKIP.search(reason):
-        return "needs root, a tmpfs, Lmod or zsh"
+        return "needs root, a tmpfs, Lmod, zsh or Node.js"
     return None
 
 

@@ -29,6 +29,9 @@ def test_needs_root():
 def test_needs_tmpfs():
     pass
 
+def test_needs_a_third_party_issuer():
+    pytest.skip("oauth2-mock-server (npm) cannot be installed here: Node.js or the npm registry is missing")
+
 def test_ordinary_skip():
     pytest.skip("only on macOS")
 
@@ -94,7 +97,7 @@ def _pytest(tmp_path: Path, env: dict[str, str], select: tuple[str, ...]) -> sub
 def test_without_ci_a_missing_service_is_a_skip_with_its_reason(tmp_path):
     done = _run(tmp_path, None)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed, 4 skipped, 1 xfailed" in done.stdout
+    assert "1 passed, 5 skipped, 1 xfailed" in done.stdout
     assert "redis-server is not installed and could not be installed: planted" in done.stdout
 
 
@@ -104,17 +107,18 @@ def test_in_ci_a_skipped_service_or_machine_test_fails_the_run_with_the_reason(t
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
     # A skipif is decided at setup, so that one is reported as an error: a failed run all the same.
-    assert "2 failed, 1 passed, 1 skipped, 1 xfailed, 1 error" in out
+    assert "3 failed, 1 passed, 1 skipped, 1 xfailed, 1 error" in out
     assert "CI=true: this test needs redis and was skipped" in out
     assert "redis-server is not installed and could not be installed: planted" in out
     assert "needs root to chown to another user" in out
     assert "cannot mount a tmpfs here: planted" in out
+    assert "needs root, a tmpfs, Lmod, zsh or Node.js and was skipped" in out
 
 
 def test_in_ci_a_plain_skip_and_an_xfail_still_pass(tmp_path):
     done = _run(tmp_path, "true", "-k", "ordinary or known_bug or passes")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed, 1 skipped, 3 deselected, 1 xfailed" in done.stdout
+    assert "1 passed, 1 skipped, 4 deselected, 1 xfailed" in done.stdout
 
 
 @pytest.mark.vault
