@@ -44,6 +44,7 @@ def key_file(private_key: rsa.RSAPrivateKey, tmp_path_factory: pytest.TempPathFa
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     path.write_bytes(pem)
+    path.chmod(0o600)
     return path
 
 

@@ -117,6 +117,20 @@ def test_bad_key_file_is_refused(tmp_path: Path) -> None:
         create_app(SandboxConfig.default(signing_key_file=path))
 
 
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path, key_file: Path) -> None:
+    """Whoever can read the signing key can mint tokens the sandbox accepts: a group- or
+    world-readable key file is refused, naming the file and the fix, and nothing is served."""
+    exposed = tmp_path / "exposed.pem"
+    exposed.write_bytes(key_file.read_bytes())
+    exposed.chmod(0o644)
+    with pytest.raises(
+        ConfigurationError, match=r"signing key file: .*exposed.pem is readable by group or others.*chmod 600"
+    ):
+        create_app(SandboxConfig.default(signing_key_file=exposed))
+    exposed.chmod(0o600)
+    assert create_app(SandboxConfig.default(signing_key_file=exposed)) is not None
+
+
 def test_create_app_without_base_url_follows_the_request() -> None:
     """A bare create_app() takes its issuer and endpoint URLs from the request's own URL."""
 

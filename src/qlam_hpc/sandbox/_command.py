@@ -149,7 +149,7 @@ POST /_sandbox/reset, POST /_sandbox/device/approve. See docs/sandbox.md.""",
 @click.option(
     "--signing-key-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="PEM RSA private key to sign tokens with (kept across restarts). Default: a new key per run.",
+    help="PEM RSA private key to sign tokens with (kept across restarts); yours, chmod 600. Default: a new key a run.",
 )
 @click.option(
     "--state-dir",

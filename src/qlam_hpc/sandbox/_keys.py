@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,18 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: str | Path) -> SigningKey:
-        """An unencrypted PEM RSA private key (PKCS#1 or PKCS#8) of at least 2048 bits."""
+        """An unencrypted PEM RSA private key (PKCS#1 or PKCS#8) of at least 2048 bits, in a file
+        that only its reader (or root) owns and can read: whoever can read the key can mint
+        tokens the sandbox accepts, and whoever can replace it, the key itself."""
+        from .._secrets import check_trusted_file
+
         path = Path(path)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as file:
+                check_trusted_file(str(path), os.fstat(file.fileno()), "the sandbox's signing key file")
+                data = file.read()
         except OSError as exc:
-            raise ConfigurationError(f"cannot load a signing key from {path}: {exc}") from None
+            raise ConfigurationError(f"cannot load a signing key from {path}: {exc.strerror or exc}") from None
         return cls.from_pem(data, path)
 
     @classmethod
