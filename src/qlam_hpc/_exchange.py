@@ -17,7 +17,8 @@ token is read from its source *every time* an exchange is needed, never kept:
 The subject's ``iss`` and ``sub`` (read from its claims, which the identity provider
 verifies) are part of the cache identity: two subjects never share a token, and every
 process of one subject shares one. A subject token never goes into argv, a log, the store
-or a message: messages name its source only. Imported only when the flow is in use.
+or a message: messages name its source only. Imported when the flow is in use, and by
+``_qsh`` (QLAM Shell's config names sources too), never on the warm path of M2M.
 """
 
 from __future__ import annotations
@@ -114,16 +115,20 @@ class SubjectToken:
         return f"SubjectToken(iss={self.issuer!r}, sub={self.subject!r}, source={self.source.describe()!r})"
 
 
+# The variables that name the subject token's source, and the kind of source each names.
+SOURCE_VARIABLES = (
+    ("QLAM_SUBJECT_TOKEN_FILE", "file"),
+    ("QLAM_SUBJECT_TOKEN_COMMAND", "command"),
+    ("QLAM_SUBJECT_TOKEN_VARIABLE", "variable"),
+)
+
+
 def source_from_env(env: Mapping[str, str], default_audience: str) -> SubjectSource:
     """The subject token's source: the one ``QLAM_SUBJECT_TOKEN_*`` variable set, else GitHub
     Actions or GitLab CI from their documented variables. ``ConfigurationError`` otherwise."""
     explicit = [
         SubjectSource(kind, os.path.expanduser(env[name]) if kind == "file" else env[name])
-        for name, kind in (
-            ("QLAM_SUBJECT_TOKEN_FILE", "file"),
-            ("QLAM_SUBJECT_TOKEN_COMMAND", "command"),
-            ("QLAM_SUBJECT_TOKEN_VARIABLE", "variable"),
-        )
+        for name, kind in SOURCE_VARIABLES
         if (env.get(name) or "").strip()
     ]
     if len(explicit) > 1:
@@ -171,7 +176,8 @@ def read_subject(source: SubjectSource, *, timeout: float = COMMAND_TIMEOUT, now
     else:
         raw = os.environ.get(source.where, "")
         if not raw.strip():
-            raise SubjectTokenError(f"{where} is not set or empty (GitLab CI sets it from the job's id_tokens:)")
+            hint = " (GitLab CI sets it from the job's id_tokens:)" if os.environ.get("GITLAB_CI") else ""
+            raise SubjectTokenError(f"{where} is not set or empty{hint}")
     token = raw.strip()
     if not token:
         raise SubjectTokenError(f"{where} gave an empty subject token")

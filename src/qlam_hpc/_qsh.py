@@ -414,7 +414,10 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, 
         return shlex.join(words)
 
     subject = text("subject_token")
-    if subject is not None and (not subject.startswith("env:") or not subject[4:].strip()):
+    # A variable's name, checked before it can appear in a message: anything else may be a
+    # token pasted after env:.
+    name_after = subject[4:] if subject is not None and subject.startswith("env:") else ""
+    if subject is not None and not (name_after.isascii() and name_after.isidentifier()):
         # Never shown: it may be a token pasted into the file.
         raise ConfigurationError(
             f"subject_token of auth provider {name!r} in {where} must be env:VARIABLE_NAME "

@@ -404,10 +404,6 @@ def _auth_flow(value: str | None) -> str | None:
     )
 
 
-# The variables that name the subject token's source: any one of them wins over a QLAM Shell context's.
-_SUBJECT_VARIABLES = ("QLAM_SUBJECT_TOKEN_FILE", "QLAM_SUBJECT_TOKEN_COMMAND", "QLAM_SUBJECT_TOKEN_VARIABLE")
-
-
 def _exchange_settings(
     env: Mapping[str, str], flow: str, idp_url: str, note: _Note, qsh: QshClient | None = None
 ) -> tuple[SubjectSource | None, str | None, str | None]:
@@ -416,23 +412,25 @@ def _exchange_settings(
     Nothing is read here: the subject token is read at each exchange."""
     if flow != TOKEN_EXCHANGE:
         return None, None, None
-    from ._exchange import DEFAULT_SUBJECT_TOKEN_TYPE, source_from_env
+    from ._exchange import DEFAULT_SUBJECT_TOKEN_TYPE, SOURCE_VARIABLES, source_from_env
 
-    # The context's source comes before GitHub's and GitLab's variables: the file names it
-    # on purpose, while those are merely present in a CI job.
-    named = any((env.get(name) or "").strip() for name in _SUBJECT_VARIABLES)
+    # Any QLAM_SUBJECT_TOKEN_* variable wins over the context's source, and the context's
+    # comes before GitHub's and GitLab's variables: the file names it on purpose, while
+    # those are merely present in a CI job.
+    named = any((env.get(name) or "").strip() for name, _ in SOURCE_VARIABLES)
     source = qsh.subject_source() if qsh is not None and not named else None
     if qsh is not None and source is not None:
         note("subject_source", qsh.origin)
     else:
         try:
             source = source_from_env(env, base_url_for(idp_url))
-        except ConfigurationError as exc:
+        except ConfigurationError:
             if qsh is None or named:
                 raise
             raise ConfigurationError(
-                f"{exc}; or name it in {qsh.origin} (subject_token_file, subject_token_command, "
-                "or subject_token: env:NAME)"
+                f"token exchange ({qsh.origin}) needs a subject token: name its source there "
+                "(subject_token_file, subject_token_command or subject_token: env:NAME), or set "
+                "QLAM_SUBJECT_TOKEN_FILE, QLAM_SUBJECT_TOKEN_COMMAND or QLAM_SUBJECT_TOKEN_VARIABLE"
             ) from None
         note("subject_source", source.describe())
     token_type = (env.get("QLAM_SUBJECT_TOKEN_TYPE") or "").strip()
