@@ -11,7 +11,12 @@ one that fetches on a busy node).
 Targets (ratios in one run): 100 ``qlam-hpc api GET`` started together, cold wall at most
 1.5x warm wall (aim 1.2x); the same at N = 200.
 
-    python bench/first_wave.py [--rounds R] [--sizes 50,100,200] [--big]
+    python bench/first_wave.py [--rounds R] [--sizes 50,100,200] [--big] [--store file|redis|vault]
+
+``--store`` shares the token through a Redis (a private redis-server) or a Vault KV path
+(a private OpenBao) instead of the file cache: each cold wave gets an empty database or
+path, and a first line compares one warm ``qlam-hpc token`` through that store with one
+through the file cache (median wall and CPU of sequential runs).
 
 ``--big`` adds N = 1,000 (one round). The library runs at N = 50 only (``--library-sizes``):
 each of its processes imports httpx, so its waves are long, cold or warm alike.
@@ -72,6 +77,51 @@ def wave(command: list[str], count: int, env: dict[str, str]) -> tuple[float, fl
     return took, children_cpu() - cpu
 
 
+class Stores:
+    """The environments of a warm store and of fresh, empty ones, for ``--store``."""
+
+    def __init__(self, kind: str, scratch: Path) -> None:
+        self.kind, self.scratch, self.server = kind, scratch, None
+        self.fresh = iter(range(1, 1_000_000))
+        if kind == "redis":
+            from redis_service import start_redis
+
+            self.server = start_redis(scratch / "redis")
+        elif kind == "vault":
+            from vault_service import start_bao
+
+            self.server = start_bao(scratch / "openbao")
+
+    def env(self, base: dict[str, str], cold: bool) -> dict[str, str]:
+        """The warm store's environment, or (``cold``) that of a fresh, empty one."""
+        n = next(self.fresh) if cold else 0
+        env = {**base, "QLAM_TOKEN_CACHE_DIR": str(self.scratch / f"cache-{n}")}
+        if self.kind == "redis":  # database 0 is the warm one; 1 is emptied for each cold wave
+            url = self.server.url.replace("/0", "/1" if cold else "/0", 1)
+            if cold:
+                import redis
+
+                redis.Redis.from_url(url, password=self.server.password).flushdb()
+            return {**env, "QLAM_TOKEN_STORE": url, "REDIS_PASSWORD": self.server.password}
+        if self.kind == "vault":
+            return {**env, "QLAM_TOKEN_STORE": f"vault://secret/qlam-bench-{n}", **self.server.env()}
+        return env
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def sequential(command: list[str], env: dict[str, str], runs: int = 15) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``runs`` runs of ``command``, one after the other."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        took, cpu = wave(command, 1, env)
+        walls.append(took)
+        cpus.append(cpu)
+    return median(walls), median(cpus)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -81,6 +131,7 @@ def main() -> None:
     parser.add_argument(
         "--library-sizes", default="50", help="the N the library runs at (its import of httpx makes big waves long)"
     )
+    parser.add_argument("--store", choices=["file", "redis", "vault"], default="file", help="where the token is shared")
     options = parser.parse_args()
     sizes = [(int(n), options.rounds) for n in options.sizes.split(",")]
     if options.big:
@@ -95,47 +146,69 @@ def main() -> None:
     verdicts = []
     with Sandbox(tls=True) as sandbox, tempfile.TemporaryDirectory() as tmp:
         sandbox.set_faults(latency=0.15)
-        warm_env = clean_env(sandbox, Path(tmp) / "warm")
+        stores = Stores(options.store, Path(tmp))
+        base_env = clean_env(sandbox, Path(tmp) / "warm")
+        warm_env = stores.env(base_env, cold=False)
         subprocess.run([QLAM_HPC, "token"], env=warm_env, stdout=subprocess.DEVNULL, check=True)
-        cold_caches = iter(range(1_000_000))
-        for count, rounds in sizes:
-            for name, command in commands.items():
-                if command is COMMANDS[LIBRARY_NAME] and str(count) not in options.library_sizes.split(","):
-                    continue
-                cold, warm, cold_cpu, warm_cpu, requests = [], [], [], [], []
-                for _ in range(rounds):
-                    cold_env = {**warm_env, "QLAM_TOKEN_CACHE_DIR": str(Path(tmp) / f"cold-{next(cold_caches)}")}
-                    before = sandbox.stats()["token_requests"]
-                    took, cpu = wave(command, count, cold_env)
-                    requests.append(sandbox.stats()["token_requests"] - before)
-                    cold.append(took)
-                    cold_cpu.append(cpu)
-                    took, cpu = wave(command, count, warm_env)
-                    warm.append(took)
-                    warm_cpu.append(cpu)
-                ratio = median(cold) / median(warm)
-                rows.append(
-                    [
-                        name,
-                        count,
-                        f"{median(cold):.2f}",
-                        f"{median(warm):.2f}",
-                        f"{ratio:.2f}x",
-                        max(requests),
-                        f"{median(cold_cpu):.1f}",
-                        f"{median(warm_cpu):.1f}",
-                    ]
-                )
-                print(table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
-                if name == "qlam-hpc api GET" and count in (100, 200):
-                    verdicts.append(
-                        f"target: {count} api GET started together, cold <= 1.5x warm (aim 1.2x): "
-                        f"{ratio:.2f}x, {'met' if ratio <= 1.5 else 'MISSED'}"
-                    )
-    print(f"\nwaves started at once, https identity provider with 150 ms latency, medians of {options.rounds} rounds")
+        if options.store != "file":
+            subprocess.run([QLAM_HPC, "token"], env=base_env, stdout=subprocess.DEVNULL, check=True)
+            store_wall, store_cpu = sequential(COMMANDS["qlam-hpc token"], warm_env)
+            file_wall, file_cpu = sequential(COMMANDS["qlam-hpc token"], base_env)
+            print(
+                f"one warm qlam-hpc token, {options.store} store vs file cache: {1000 * store_wall:.0f} ms vs "
+                f"{1000 * file_wall:.0f} ms wall ({store_wall / file_wall:.1f}x), {1000 * store_cpu:.0f} ms vs "
+                f"{1000 * file_cpu:.0f} ms CPU",
+                flush=True,
+            )
+        try:
+            run_waves(sandbox, stores, base_env, warm_env, sizes, commands, options, rows, verdicts)
+        finally:
+            stores.stop()
+    print(
+        f"\nwaves started at once, https identity provider with 150 ms latency, {options.store} store, "
+        f"medians of {options.rounds} rounds"
+    )
     print(table(HEADERS, rows))
     for verdict in verdicts:
         print(verdict)
+
+
+def run_waves(sandbox, stores, base_env, warm_env, sizes, commands, options, rows, verdicts) -> None:
+    """Cold and warm waves, interleaved, for every size and command."""
+    for count, rounds in sizes:
+        for name, command in commands.items():
+            if command is COMMANDS[LIBRARY_NAME] and str(count) not in options.library_sizes.split(","):
+                continue
+            cold, warm, cold_cpu, warm_cpu, requests = [], [], [], [], []
+            for _ in range(rounds):
+                cold_env = stores.env(base_env, cold=True)
+                before = sandbox.stats()["token_requests"]
+                took, cpu = wave(command, count, cold_env)
+                requests.append(sandbox.stats()["token_requests"] - before)
+                cold.append(took)
+                cold_cpu.append(cpu)
+                took, cpu = wave(command, count, warm_env)
+                warm.append(took)
+                warm_cpu.append(cpu)
+            ratio = median(cold) / median(warm)
+            rows.append(
+                [
+                    name,
+                    count,
+                    f"{median(cold):.2f}",
+                    f"{median(warm):.2f}",
+                    f"{ratio:.2f}x",
+                    max(requests),
+                    f"{median(cold_cpu):.1f}",
+                    f"{median(warm_cpu):.1f}",
+                ]
+            )
+            print(table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
+            if name == "qlam-hpc api GET" and count in (100, 200):
+                verdicts.append(
+                    f"target: {count} api GET started together, cold <= 1.5x warm (aim 1.2x): "
+                    f"{ratio:.2f}x, {'met' if ratio <= 1.5 else 'MISSED'}"
+                )
 
 
 HEADERS = ["command", "N", "cold s", "warm s", "cold/warm", "token requests", "cold CPU s", "warm CPU s"]
