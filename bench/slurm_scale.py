@@ -46,7 +46,7 @@ set -euo pipefail
 begin=$EPOCHREALTIME
 credentials=$QLAM_CREDENTIALS
 TIMEFORMAT='call: real=%3R user=%3U sys=%3S'
-time token=$( set -a; . "$credentials"; set +a; exec COMMAND )
+time token=$( set -a; . "$credentials"; set +a; exec @COMMAND@ )
 [ -n "$token" ] || { echo "empty token" >&2; exit 1; }
 echo "task=$SLURM_ARRAY_TASK_ID node=$SLURMD_NODENAME begin=$begin end=$EPOCHREALTIME"
 """
@@ -112,7 +112,7 @@ def run_array(sandbox, tasks: int, work: Path, credentials: dict[str, str], comm
     """Submit the array, wait until the queue has none of it left; what the IdP and the outputs say."""
     (work / "out").mkdir(parents=True)
     script = work / "token-task.sh"
-    script.write_text(TASK_SCRIPT.replace("COMMAND", COMMANDS[command]))
+    script.write_text(TASK_SCRIPT.replace("@COMMAND@", COMMANDS[command]))
     write_credentials(work / "credentials", sandbox, credentials)
     sandbox.reset()
     sandbox.set_faults(latency=IDP_LATENCY)
