@@ -186,8 +186,9 @@ def test_user_context_waiters_at_access_token_expiry_stay_light(tmp_path, user_s
 
 
 def test_redis_and_vault_stores_keep_the_full_path(env, monkeypatch):
-    """The light wait covers the file store only (bench/first_wave.py measures why): with
-    QLAM_TOKEN_STORE set, the light path hands the whole call to the full CLI at once."""
+    """The light wait covers the file store only (bench/first_wave.py --store measures why): with
+    QLAM_TOKEN_STORE set, a store without a usable entry (here: no Redis at all) hands the whole
+    call to the full CLI at once. A warm Redis entry is read light (tests/test_redis_light.py)."""
     from qlam_hpc._cli import _fast
 
     for name, value in {**env, "QLAM_TOKEN_STORE": "redis://127.0.0.1:9/0"}.items():

@@ -68,8 +68,10 @@ def _cached(
         from .._stores._file import FileStore, _HeldLock
 
         settings = Settings.from_env()
-        if not settings.cache_enabled or settings.token_store:
+        if not settings.cache_enabled:
             return None
+        if settings.token_store:
+            return _warm_in_redis(settings, min_ttl)
         store = FileStore(settings.cache_path)
         identity = Identity.of(settings)
         entry = store.load(identity)
@@ -90,6 +92,22 @@ def _cached(
         finally:
             token.release()  # in case the provider did not need it (it releases what it takes)
     return settings, token, "cache"
+
+
+def _warm_in_redis(settings: Settings, min_ttl: float) -> tuple[Settings, Token, str] | None:
+    """A usable token in the Redis store, read without redis-py (``_stores._redis_light``);
+    None for anything else (Vault, a cold or expired entry, a failure record, an error),
+    which the full CLI handles: its first wave costs no more than a warm one."""
+    if not settings.token_store or not settings.token_store.strip().lower().startswith(("redis://", "rediss://")):
+        return None
+    from .._cache import Identity, cached_token
+    from .._stores._redis_light import warm_entry
+
+    entry = warm_entry(settings, Identity.of(settings))
+    if entry is None or (entry.confirm_after is not None and time.time() >= entry.confirm_after):
+        return None
+    token = cached_token(entry, time.time(), min_ttl)
+    return (settings, token, "cache") if token is not None else None
 
 
 def _fetch(settings: Settings, min_ttl: float) -> tuple[Settings, Token, str] | int:

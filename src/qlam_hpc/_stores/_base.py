@@ -124,15 +124,20 @@ class SharedEntries:
         raw = encode_entry(entry)
         return self.seal.close(raw, entry.identity) if self.seal is not None else raw
 
+    def open(self, raw: bytes, identity: Identity) -> CacheEntry:
+        """The entry, unsealed and decoded; ``ValueError`` (``SealError`` among them) if it is
+        not this identity's or is corrupt. Its token is not checked (``foreign_reason``)."""
+        if self.seal is not None:
+            raw = self.seal.open(raw, identity)
+        return decode_entry(raw, identity)
+
     def decode(self, raw: bytes, identity: Identity, where: str) -> CacheEntry | None:
         """The entry, or None when it must be discarded (the caller removes it, if unchanged)."""
         from .._log import log
         from .._sealing import SealError
 
         try:
-            if self.seal is not None:
-                raw = self.seal.open(raw, identity)
-            entry = decode_entry(raw, identity)
+            entry = self.open(raw, identity)
         except SealError as reason:
             if where not in self._warned:
                 self._warned.add(where)
@@ -151,18 +156,13 @@ class SharedEntries:
 def without_foreign_token(entry: CacheEntry, where: str) -> CacheEntry:
     """``entry`` read from a store others can write (Redis, Vault), without its token when that
     token was not issued for this identity (``_cache.foreign_token``), with a warning."""
-    import time
-
-    from .._cache import foreign_token
     from .._log import log
 
-    if entry.token is None:
-        return entry
-    subject = entry.login.subject if entry.login is not None else None
-    foreign = foreign_token(entry.token, entry.identity, time.time(), subject=subject)
+    foreign = foreign_reason(entry)
     if foreign is None:
         return entry
     identity = entry.identity
+    subject = entry.login.subject if entry.login is not None else None
     log(
         "warning",
         f"token store entry {where} holds a token not issued for client {identity.client_id} "
@@ -171,18 +171,24 @@ def without_foreign_token(entry: CacheEntry, where: str) -> CacheEntry:
     return entry._replace(token=None)
 
 
-def warn_if_foreign(entry: CacheEntry, location: str) -> None:
-    """Before writing to such a store: a token fresh from the identity provider that its readers
-    would refuse means one fetch per process, and nobody would know why without this line."""
+def foreign_reason(entry: CacheEntry) -> str | None:
+    """Why the entry's token was not issued for its identity (``_cache.foreign_token``), or None."""
     import time
 
     from .._cache import foreign_token
+
+    if entry.token is None:
+        return None
+    subject = entry.login.subject if entry.login is not None else None
+    return foreign_token(entry.token, entry.identity, time.time(), subject=subject)
+
+
+def warn_if_foreign(entry: CacheEntry, location: str) -> None:
+    """Before writing to such a store: a token fresh from the identity provider that its readers
+    would refuse means one fetch per process, and nobody would know why without this line."""
     from .._log import log
 
-    subject = entry.login.subject if entry.login is not None else None
-    reason = (
-        foreign_token(entry.token, entry.identity, time.time(), subject=subject) if entry.token is not None else None
-    )
+    reason = foreign_reason(entry)
     if reason is not None:
         log(
             "warning",
