@@ -47,6 +47,24 @@ def write_credentials(path: Path, sandbox, lines: dict[str, str]) -> None:
             file.write(f"{name}={value}\n")
 
 
+def submit_array(script: Path, array: str, output: str, env: dict[str, str]) -> str:
+    """``sbatch --array=ARRAY`` of ``script``, its tasks writing to ``output``; the job id."""
+    return subprocess.run(
+        ["sbatch", "--parsable", f"--array={array}", f"--output={output}", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def queued(job: str, env: dict[str, str]) -> bool:
+    """Whether any task of the job is still pending or running."""
+    return bool(
+        subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], env=env, capture_output=True, text=True).stdout.strip()
+    )
+
+
 def run_array(sandbox, tasks: int, work: Path, credentials: dict[str, str], env: dict[str, str]) -> dict:
     """Submit the array, wait until no task is left in the queue; what the IdP and the outputs say."""
     for name in ("out", "results"):
@@ -57,16 +75,8 @@ def run_array(sandbox, tasks: int, work: Path, credentials: dict[str, str], env:
     created_before = sandbox.stats().get("tasks_created", 0)
     env = slurm_env({"QLAM_CREDENTIALS": str(work / "credentials"), "QLAM_RESULTS_DIR": str(work / "results"), **env})
     started = time.monotonic()
-    job = subprocess.run(
-        ["sbatch", "--parsable", f"--array=0-{tasks - 1}", f"--output={work}/out/%A_%a.out", str(EXAMPLE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    while subprocess.run(
-        ["squeue", "-h", "-j", job, "-o", "%i"], env=env, capture_output=True, text=True
-    ).stdout.strip():
+    job = submit_array(EXAMPLE, f"0-{tasks - 1}", f"{work}/out/%A_%a.out", env)
+    while queued(job, env):
         time.sleep(0.25)
     wall = time.monotonic() - started
     outputs = [p.read_text() for p in (work / "out").iterdir()]

@@ -7,16 +7,22 @@ sandbox, whose tokens live LIFETIME seconds, so the array needs a new token ever
 LIFETIME - margin seconds: before, during and after the rotation. While the array runs,
 the benchmark rotates the credential in the order docs/credentials.md's runbook gives:
 
-    REGISTER  the new secret or key is registered beside the old one at the IdP
-    SWITCH    the source is switched: the file replaced (write, then rename over it),
+    register  the new secret or key is registered beside the old one at the IdP
+    switch    the source is switched: the file replaced (write, then rename over it),
               or a new version of the Vault secret written
-    REVOKE    the old secret or key is removed at the IdP
+    revoke    the old secret or key is removed at the IdP
 
 Runs: a control (a secret in a file, nothing rotated), then a secret and a private key
 (made with `qlam-hpc credentials keygen`, no `kid` pinned), each in a file and in Vault
-(a real OpenBao server). Reported: failed tasks, token requests, refused requests, the
-requests made after the revocation (all must be accepted) and the extra requests against
-the control. The target: 0 failed tasks, at most 2 extra requests.
+(a real OpenBao server), on the runbook's schedule (20 s to check between switching and
+revoking). Each qlam-hpc process reads a Vault credential once, when it starts, and lives
+a few seconds, so on that schedule no process still holds the old one at the revocation.
+The hasty run revokes one second after the switch, just before the token's renewal, while
+processes that read the old secret are still polling their tasks: the case where the one
+that renews is refused (invalid_client), reads Vault again and retries. Reported: failed
+tasks, token requests, refused requests, the requests made after the revocation (all
+must be accepted in the end) and the extra requests against the control. The target:
+0 failed tasks, at most 2 extra requests. A rotation step that fails stops the benchmark.
 
     python bench/slurm_rotation.py [--tasks 500] [--throttle 40]     (needs root or a
                                     running scripts/local-slurm.sh cluster, and OpenBao)
@@ -36,11 +42,16 @@ import time
 from pathlib import Path
 
 from _common import QLAM_HPC, table
-from slurm_array import EXAMPLE, IDP_LATENCY, slurm_env, start_slurm, write_credentials
+from slurm_array import EXAMPLE, IDP_LATENCY, queued, slurm_env, start_slurm, submit_array, write_credentials
 
 LIFETIME = 40  # seconds a token lives: margin 10 s, so a new token about every 30 s
 TASK_DURATION = 5.0  # seconds each emulated QPU task runs
-REGISTER_AT, SWITCH_AT, REVOKE_AT = 15.0, 25.0, 45.0  # seconds after the array is submitted
+# Seconds after the array is submitted: register, switch the source, revoke. The runbook's
+# order, with time to check between switching and revoking; the hasty schedule revokes one
+# second after the switch, just before the token's first renewal (at about 31 s), while
+# processes that read the old credential when they started are still polling their tasks.
+RUNBOOK = (15.0, 25.0, 45.0)
+HASTY = (15.0, 29.0, 30.0)
 VAULT_MOUNT = "secret"
 
 
@@ -54,9 +65,9 @@ class Client:
         import httpx
 
         body = {"client_id": self.sandbox.client.client_id, **change}
-        httpx.post(
-            f"{self.sandbox.url}/_sandbox/clients", headers=self.sandbox.control_headers(), json=body
-        ).raise_for_status()
+        url = f"{self.sandbox.url}/_sandbox/clients"
+        # A generous timeout: the sandbox also serves every task of the array meanwhile.
+        httpx.post(url, headers=self.sandbox.control_headers(), json=body, timeout=60).raise_for_status()
 
 
 class Source:
@@ -73,7 +84,12 @@ class Source:
                 file.write(value)
             os.replace(staged, self.where)  # a task reads the old file or the new one, never half of one
         else:
-            self.vault.put(VAULT_MOUNT, f"qlam-bench/{self.where.name}", {"value": value})
+            import hvac  # with a longer timeout than the test helper's: the machine is busy with the array
+
+            client = hvac.Client(url=self.vault.url, token=self.vault.root_token, timeout=60)
+            client.secrets.kv.v2.create_or_update_secret(
+                path=f"qlam-bench/{self.where.name}", secret={"value": value}, mount_point=VAULT_MOUNT
+            )
 
     @property
     def reference(self) -> str:
@@ -106,12 +122,12 @@ def registered(*credentials: Credential) -> dict:
     return {"jwks": {"keys": [c.jwk for c in credentials]}}
 
 
-def run(sandbox, vault, scratch: Path, name: str, tasks: int, throttle: int, rotate: tuple[str, str] | None) -> dict:
-    """One array; with ``rotate = (credential kind, source kind)``, the rotation runs alongside."""
+def run(sandbox, vault, scratch: Path, name: str, tasks: int, throttle: int, rotate: tuple | None) -> dict:
+    """One array; with ``rotate = (credential kind, source kind, schedule)``, the rotation runs alongside."""
     work = scratch / name.replace(" ", "-").replace(",", "")
     for directory in ("out", "results"):
         (work / directory).mkdir(parents=True)
-    kind, source_kind = rotate or ("secret", "file")
+    kind, source_kind, schedule = rotate or ("secret", "file", RUNBOOK)
     client = Client(sandbox)
     old, new = Credential(kind, work, "old"), Credential(kind, work, "new")
     source = Source(source_kind, work / "credential", vault)
@@ -131,37 +147,36 @@ def run(sandbox, vault, scratch: Path, name: str, tasks: int, throttle: int, rot
     sandbox.set_faults(latency=IDP_LATENCY, task_duration=TASK_DURATION)
 
     seen: dict[str, int] = {}
-    steps = [
-        (REGISTER_AT, "register", lambda: client.update(**registered(old, new))),
-        (SWITCH_AT, "switch", lambda: source.write(new.value)),
-        (REVOKE_AT, "revoke", lambda: client.update(**registered(new))),
-    ]
+    actions = {
+        "register": lambda: client.update(**registered(old, new)),
+        "switch": lambda: source.write(new.value),
+        "revoke": lambda: client.update(**registered(new)),
+    }
+    failures: list[BaseException] = []
 
     def rotation(started: float) -> None:
-        for at, step, action in steps:
-            time.sleep(max(0.0, started + at - time.monotonic()))
-            action()
-            seen[step] = sandbox.stats()["token_requests"]
+        step = "start"
+        try:
+            for at, (step, action) in zip(schedule, actions.items(), strict=True):
+                time.sleep(max(0.0, started + at - time.monotonic()))
+                action()
+                seen[step] = sandbox.stats()["token_requests"]
+        except BaseException as exc:  # said after the array: a rotation that failed measures nothing
+            failures.append(RuntimeError(f"{step}: {type(exc).__name__}: {exc}"))
 
     env = slurm_env({"QLAM_CREDENTIALS": str(work / "credentials"), "QLAM_RESULTS_DIR": str(work / "results")})
     started = time.monotonic()
-    job = subprocess.run(
-        ["sbatch", "--parsable", f"--array=0-{tasks - 1}%{throttle}", f"--output={work}/out/%A_%a.out", str(EXAMPLE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    job = submit_array(EXAMPLE, f"0-{tasks - 1}%{throttle}", f"{work}/out/%A_%a.out", env)
     rotator = threading.Thread(target=rotation, args=(started,), daemon=True)
     if rotate is not None:
         rotator.start()
-    while subprocess.run(
-        ["squeue", "-h", "-j", job, "-o", "%i"], env=env, capture_output=True, text=True
-    ).stdout.strip():
+    while queued(job, env):
         time.sleep(0.25)
     wall = time.monotonic() - started
     if rotate is not None:
         rotator.join()
+        if failures or "revoke" not in seen:
+            raise SystemExit(f"{name}: the rotation did not complete: {failures[0] if failures else 'array too short'}")
     stats = sandbox.stats()
     completed = sum("results in " in p.read_text() for p in (work / "out").iterdir())
     return {
@@ -186,10 +201,11 @@ def main() -> None:
     start_slurm()
     variants = [
         ("control: secret in a file, no rotation", None),
-        ("secret, file", ("secret", "file")),
-        ("secret, Vault", ("secret", "vault")),
-        ("private key, file", ("key", "file")),
-        ("private key, Vault", ("key", "vault")),
+        ("secret, file", ("secret", "file", RUNBOOK)),
+        ("secret, Vault", ("secret", "vault", RUNBOOK)),
+        ("private key, file", ("key", "file", RUNBOOK)),
+        ("private key, Vault", ("key", "vault", RUNBOOK)),
+        ("secret, Vault, hasty revocation", ("secret", "vault", HASTY)),
     ]
     rows = []
     with (
@@ -220,8 +236,8 @@ def main() -> None:
             vault.stop()
     print(
         f"{args.tasks}-task array of examples/array-bash.sbatch, {args.throttle} at a time, on the local Slurm; "
-        f"tokens live {LIFETIME} s; register at {REGISTER_AT:g} s, switch the source at {SWITCH_AT:g} s, "
-        f"revoke the old credential at {REVOKE_AT:g} s"
+        f"tokens live {LIFETIME} s; register the new credential, switch the source and revoke the old one at "
+        f"{'/'.join(f'{t:g}' for t in RUNBOOK)} s (hasty: {'/'.join(f'{t:g}' for t in HASTY)} s)"
     )
     headers = ["run", "failed tasks", "token requests", "refused", "after revoke", "extra", "submit to end s"]
     print(table(headers, rows))

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from _common import table
-from slurm_array import IDP_LATENCY, RUN_DIR, slurm_env, start_slurm, write_credentials
+from slurm_array import IDP_LATENCY, RUN_DIR, queued, slurm_env, start_slurm, submit_array, write_credentials
 
 # One array task. bash's `time` reports the call's wall and CPU time (qlam-hpc and the
 # subshell that sources the credentials) on stderr, which goes to the task's output; the
@@ -118,17 +118,9 @@ def run_array(sandbox, tasks: int, work: Path, credentials: dict[str, str], comm
     sandbox.set_faults(latency=IDP_LATENCY)
     env = slurm_env({"QLAM_CREDENTIALS": str(work / "credentials")})
     submitted = time.time()
-    job = subprocess.run(
-        ["sbatch", "--parsable", f"--array=0-{tasks - 1}", f"--output={work}/out/%a.out", str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    job = submit_array(script, f"0-{tasks - 1}", f"{work}/out/%a.out", env)
     deadline = time.monotonic() + WAIT_LIMIT
-    while subprocess.run(
-        ["squeue", "-h", "-j", job, "-o", "%i"], env=env, capture_output=True, text=True
-    ).stdout.strip():
+    while queued(job, env):
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job], env=env)
             sys.exit(f"the {tasks}-task array was not done after {WAIT_LIMIT:g} s: cancelled")
