@@ -84,6 +84,19 @@ def uses_private_key(settings: Settings) -> bool:
     return method == "private_key_jwt" or (method is None and settings.private_key is not None)
 
 
+def credential_material(settings: Settings) -> bytes:
+    """The client's credentials as bytes, for what is derived from them (the failure record's
+    fingerprint, a store seal's key); here, not in ``_oauth``, so that a warm read of a
+    shared store can derive its seal without importing the token-fetching code."""
+    with_key = uses_private_key(settings)
+    credential = settings.private_key if with_key else settings.client_secret
+    value = credential.resolve().reveal() if credential is not None else ""
+    parts = [settings.token_url, settings.client_id, value]
+    if with_key:
+        parts = ["private_key_jwt", *parts, settings.key_id or "", settings.assertion_alg or ""]
+    return "\0".join(("qlam-hpc credentials v2", *parts)).encode()
+
+
 def choose_method(settings: Settings, supported: tuple[str, ...] | None = None) -> str:
     """The method to use; ``supported`` is the discovery document's list (None without discovery).
 

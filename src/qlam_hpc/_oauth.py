@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from ._cache import is_b64token, is_vschar
+from ._client_auth import credential_material
 from ._errors import AuthError, InvalidTokenResponse, oauth_error
 from ._settings import RetryPolicy, Settings
 from ._tokens import Token
@@ -44,18 +45,6 @@ class TokenRequest:
 # PBKDF2 stands in where Python's OpenSSL has no scrypt (LibreSSL); both are read.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 2**20, "dklen": 16}
 _PBKDF2_ROUNDS = 600_000
-
-
-def _credential_material(settings: Settings) -> bytes:
-    from ._client_auth import uses_private_key
-
-    with_key = uses_private_key(settings)
-    credential = settings.private_key if with_key else settings.client_secret
-    value = credential.resolve().reveal() if credential is not None else ""
-    parts = [settings.token_url, settings.client_id, value]
-    if with_key:
-        parts = ["private_key_jwt", *parts, settings.key_id or "", settings.assertion_alg or ""]
-    return "\0".join(("qlam-hpc credentials v2", *parts)).encode()
 
 
 def _extra(extra: str) -> bytes:
@@ -90,7 +79,7 @@ def credentials_fingerprint(settings: Settings, *, extra: str = "") -> str:
     """
     import os
 
-    material = _credential_material(settings) + _extra(extra)
+    material = credential_material(settings) + _extra(extra)
     salt = os.urandom(16)
     for kdf in ("scrypt1", "pbkdf2-1"):
         digest = _derive(kdf, salt, material)
@@ -115,7 +104,7 @@ def credentials_match(settings: Settings, recorded: object, *, extra: str = "") 
         return False
     if len(salt) < 16 or len(digest) < 16:
         return False
-    derived = _derive(kdf, salt, _credential_material(settings) + _extra(extra))
+    derived = _derive(kdf, salt, credential_material(settings) + _extra(extra))
     return derived is not None and hmac.compare_digest(derived, digest)
 
 

@@ -128,11 +128,10 @@ def key_file_path(environ: Mapping[str, str]) -> str:
 def credentials_key(settings: Settings) -> bytes:
     import hashlib
 
-    from ._client_auth import resolve_credentials
-    from ._oauth import _credential_material
+    from ._client_auth import credential_material, resolve_credentials
 
     return hashlib.sha256(
-        b"qlam-hpc store key from credentials v1\0" + _credential_material(resolve_credentials(settings))
+        b"qlam-hpc store key from credentials v1\0" + credential_material(resolve_credentials(settings))
     ).digest()
 
 

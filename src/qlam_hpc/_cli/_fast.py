@@ -71,7 +71,7 @@ def _cached(
         if not settings.cache_enabled:
             return None
         if settings.token_store:
-            return _warm_in_redis(settings, min_ttl)
+            return _warm_in_store(settings, min_ttl)
         store = FileStore(settings.cache_path)
         identity = Identity.of(settings)
         entry = store.load(identity)
@@ -94,14 +94,19 @@ def _cached(
     return settings, token, "cache"
 
 
-def _warm_in_redis(settings: Settings, min_ttl: float) -> tuple[Settings, Token, str] | None:
-    """A usable token in the Redis store, read without redis-py (``_stores._redis_light``);
-    None for anything else (Vault, a cold or expired entry, a failure record, an error),
-    which the full CLI handles: its first wave costs no more than a warm one."""
-    if not settings.token_store or not settings.token_store.strip().lower().startswith(("redis://", "rediss://")):
+def _warm_in_store(settings: Settings, min_ttl: float) -> tuple[Settings, Token, str] | None:
+    """A usable token in the Redis or Vault store, read without redis-py or hvac
+    (``_stores._redis_light``, ``_stores._vault_light``); None for anything else (a cold or
+    expired entry, an error), which the full CLI handles: its first wave costs no more than
+    a warm one."""
+    url = (settings.token_store or "").strip().lower()
+    if url.startswith(("redis://", "rediss://")):
+        from .._stores._redis_light import warm_entry
+    elif url.startswith("vault://"):
+        from .._stores._vault_light import warm_entry
+    else:
         return None
     from .._cache import Identity, cached_token
-    from .._stores._redis_light import warm_entry
 
     entry = warm_entry(settings, Identity.of(settings))
     if entry is None or (entry.confirm_after is not None and time.time() >= entry.confirm_after):

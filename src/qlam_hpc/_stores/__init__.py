@@ -6,12 +6,14 @@ keeps its transports:
     _base.py    the protocol every store keeps, and the store of no sharing at all
     _file.py    a directory on a (shared) filesystem: the default
     _redis.py   a Redis database, for nodes that share no filesystem
-    _redis_light.py   a warm read of that database with the standard library, for the CLI
     _vault.py   a KV version 2 path in Vault or OpenBao, for clusters and sites that share
                 neither a filesystem nor a Redis, or that want Vault's policies and audit log
+    _shared.py  how an entry read from a store others can write (Redis, Vault) is trusted
+    _redis_light.py, _vault_light.py
+                a warm read of those two with the standard library, for the CLI
 
 ``open_store`` picks the one the settings name. Nothing is imported at module level:
-the warm ``qlam-hpc token`` path imports ``_file`` alone (or ``_redis_light``).
+the warm ``qlam-hpc token`` path imports ``_file`` alone (or a light read).
 """
 
 from __future__ import annotations

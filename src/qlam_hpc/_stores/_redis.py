@@ -52,7 +52,7 @@ from collections.abc import Mapping
 from .._cache import MAX_CLOCK_SKEW, MAX_ENTRY_BYTES, CacheEntry, Identity, identity_of
 from .._errors import CacheError, ConfigurationError
 from .._log import log
-from ._base import SharedEntries, with_local_user
+from ._shared import SharedEntries, with_local_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover

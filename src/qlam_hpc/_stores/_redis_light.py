@@ -21,8 +21,7 @@ from __future__ import annotations
 import os
 
 from .._cache import MAX_ENTRY_BYTES
-from .._errors import QlamError
-from ._base import SharedEntries, foreign_reason, with_local_user
+from ._shared import quietly_trusted, with_local_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,11 +71,7 @@ def warm_entry(settings: Settings, identity: Identity, environ: Mapping[str, str
         return None
     from .._sealing import seal_for
 
-    try:
-        entry = SharedEntries("", seal_for(settings, environ)).open(raw, identity)
-    except (ValueError, QlamError):  # not this identity's, corrupt, or no key to tell: the full store says
-        return None
-    return entry if foreign_reason(entry) is None else None
+    return quietly_trusted(raw, identity, seal_for(settings, environ))
 
 
 def _target(url: str, password: str | None, environ: Mapping[str, str]) -> _Target | None:

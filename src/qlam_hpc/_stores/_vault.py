@@ -57,7 +57,7 @@ from .._cache import MAX_CLOCK_SKEW, CacheEntry, Identity, identity_of
 from .._durations import format_duration as _format_duration
 from .._errors import ConfigurationError, SecretStoreUnreachable
 from .._log import log
-from ._base import SharedEntries, with_local_user
+from ._shared import SharedEntries, with_local_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
