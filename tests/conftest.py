@@ -105,6 +105,32 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> Run:
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+# The CLI in a fresh interpreter that reports, last on stderr, which of the modules it was
+# given (argv[1], comma-separated) it imported: what a light path must not load.
+_REPORTING_CLI = (
+    "import sys; from qlam_hpc._cli import main; watched = sys.argv.pop(1).split(','); "
+    "code = main(sys.argv[1:]); sys.stdout.flush(); "
+    "print('LOADED', *[m for m in watched if m in sys.modules], file=sys.stderr); sys.exit(code)"
+)
+
+
+def run_cli_watching(
+    modules: tuple[str, ...], *args: str, env: dict[str, str], timeout: float = 60
+) -> tuple[Run, list[str]]:
+    """Run the CLI as ``run_cli`` does, in-process of a fresh interpreter; and which of
+    ``modules`` it imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", _REPORTING_CLI, ",".join(modules), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    line = next(line for line in done.stderr.splitlines() if line.startswith("LOADED"))
+    return Run(done.returncode, done.stdout, done.stderr), line.split()[1:]
+
+
 @pytest.fixture(autouse=True)
 def private_config_home(tmp_path_factory, monkeypatch) -> Path:
     """Each test's own XDG_CONFIG_HOME, inherited by its processes: the user-context store key

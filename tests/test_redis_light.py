@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_watching
 from qlam_hpc import Settings
 from qlam_hpc._cache import Identity
 from qlam_hpc._stores._redis_light import _reply, _target, _Unexpected, warm_entry
@@ -22,12 +20,7 @@ from redis_service import RedisServer, start_redis
 
 pytestmark = pytest.mark.redis
 
-# Runs the CLI in-process and reports on stderr which heavy modules it loaded.
-LOADED = (
-    "import sys; from qlam_hpc._cli import main; code = main(sys.argv[1:]); sys.stdout.flush(); "
-    "print('LOADED', *[m for m in ('redis', 'click', 'httpx') if m in sys.modules], file=sys.stderr); "
-    "sys.exit(code)"
-)
+HEAVY = ("redis", "click", "httpx")  # what a warm call through Redis must not load
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +56,6 @@ def _env(idp: Sandbox, server: RedisServer, tmp_path: Path, url: str | None = No
     }
 
 
-def _loaded(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    done = subprocess.run([sys.executable, "-c", LOADED, *args], env=env, capture_output=True, text=True, timeout=60)
-    line = next(line for line in done.stderr.splitlines() if line.startswith("LOADED"))
-    return done, line.split()[1:]
-
-
 @pytest.mark.parametrize("server_name", ["redis_server", "tls_server"])
 def test_a_warm_token_through_redis_is_served_without_redis_py(idp, tmp_path, request, server_name):
     """The first call fetches and publishes through the full store; the next ones read the entry
@@ -78,9 +65,9 @@ def test_a_warm_token_through_redis_is_served_without_redis_py(idp, tmp_path, re
     first = run_cli("token", env=env)
     assert first.code == 0, first.err
     for _ in range(2):
-        again, loaded = _loaded(["token"], env)
-        assert again.returncode == 0, again.stderr
-        assert again.stdout == first.out
+        again, loaded = run_cli_watching(HEAVY, "token", env=env)
+        assert again.code == 0, again.err
+        assert again.out == first.out
         assert loaded == []
     assert idp.stats()["token_requests"] == 1
 
@@ -88,9 +75,9 @@ def test_a_warm_token_through_redis_is_served_without_redis_py(idp, tmp_path, re
 def test_a_warm_api_call_through_redis_stays_light(idp, redis_server, tmp_path):
     env = {**_env(idp, redis_server, tmp_path), "QLAM_API_URL": idp.url}
     assert run_cli("token", env=env).code == 0
-    done, loaded = _loaded(["api", "GET", "/v2/squin-256q/tasks"], env)
-    assert done.returncode == 0, done.stderr
-    assert '"elements"' in done.stdout
+    done, loaded = run_cli_watching(HEAVY, "api", "GET", "/v2/squin-256q/tasks", env=env)
+    assert done.code == 0, done.err
+    assert '"elements"' in done.out
     assert loaded == []
 
 
@@ -107,9 +94,9 @@ def test_an_entry_sealed_by_someone_else_is_left_to_the_full_store(idp, redis_se
     planted = genuine.replace(b"seal=", b"seal=0") if b"seal=" in genuine else genuine + b"x"
     client.set(key, planted)
     assert warm_entry(settings, identity, env) is None
-    done, loaded = _loaded(["token"], env)
-    assert done.returncode == 0, done.stderr
-    assert "not sealed with your key" in done.stderr
+    done, loaded = run_cli_watching(HEAVY, "token", env=env)
+    assert done.code == 0, done.err
+    assert "not sealed with your key" in done.err
     assert "redis" in loaded  # the full store decided
     assert idp.stats()["token_requests"] == 2
 

@@ -4,13 +4,11 @@ store; whatever it does not fully understand goes to the full store, which says 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_watching
 from qlam_hpc import Settings
 from qlam_hpc._cache import Identity
 from qlam_hpc._stores._vault_light import warm_entry
@@ -20,11 +18,6 @@ from vault_service import bao, bao_path, clean_env
 pytestmark = pytest.mark.vault
 
 HEAVY = ("hvac", "requests", "click", "httpx")
-# Runs the CLI in-process and reports on stderr which heavy modules it loaded.
-LOADED = (
-    "import sys; from qlam_hpc._cli import main; code = main(sys.argv[1:]); sys.stdout.flush(); "
-    f"print('LOADED', *[m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr); sys.exit(code)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +39,6 @@ def store_env(idp, bao, bao_path, tmp_path) -> dict[str, str]:
     }
 
 
-def _loaded(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    done = subprocess.run([sys.executable, "-c", LOADED, *args], env=env, capture_output=True, text=True, timeout=60)
-    line = next(line for line in done.stderr.splitlines() if line.startswith("LOADED"))
-    return done, line.split()[1:]
-
-
 @pytest.mark.parametrize("login", ["VAULT_TOKEN", "~/.vault-token"])
 def test_a_warm_token_through_vault_is_served_without_hvac(idp, bao, store_env, tmp_path, login):
     """The first call fetches and publishes through hvac; the next ones read the entry over
@@ -64,9 +51,9 @@ def test_a_warm_token_through_vault_is_served_without_hvac(idp, bao, store_env, 
         (home / ".vault-token").write_text(store_env.pop("VAULT_TOKEN") + "\n")
         store_env["HOME"] = str(home)
     for _ in range(2):
-        again, loaded = _loaded(["token"], store_env)
-        assert again.returncode == 0, again.stderr
-        assert again.stdout == first.out
+        again, loaded = run_cli_watching(HEAVY, "token", env=store_env)
+        assert again.code == 0, again.err
+        assert again.out == first.out
         assert loaded == []
     assert idp.stats()["token_requests"] == 1
 
@@ -77,8 +64,10 @@ def test_an_approle_login_is_left_to_the_full_store(idp, bao, store_env):
         bao.policy('path "secret/*" { capabilities = ["create", "read", "update", "delete", "list"] }')
     )
     approle = {k: v for k, v in store_env.items() if k != "VAULT_TOKEN"}
-    done, loaded = _loaded(["token"], {**approle, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id})
-    assert done.returncode == 0, done.stderr
+    done, loaded = run_cli_watching(
+        HEAVY, "token", env={**approle, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id}
+    )
+    assert done.code == 0, done.err
     assert "hvac" in loaded
     assert idp.stats()["token_requests"] == 1
 
@@ -93,9 +82,9 @@ def test_an_entry_sealed_by_someone_else_is_left_to_the_full_store(idp, bao, bao
     genuine = bao.read("secret", path)["entry"]
     bao.put("secret", path, {"entry": genuine.replace("seal=", "seal=0")})
     assert warm_entry(settings, identity, store_env) is None
-    done, loaded = _loaded(["token"], store_env)
-    assert done.returncode == 0, done.stderr
-    assert "not sealed with your key" in done.stderr
+    done, loaded = run_cli_watching(HEAVY, "token", env=store_env)
+    assert done.code == 0, done.err
+    assert "not sealed with your key" in done.err
     assert "hvac" in loaded
     assert idp.stats()["token_requests"] == 2
 
