@@ -62,6 +62,13 @@ __all__ = [
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 DEFAULT_SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+def is_token_type(value: str) -> bool:
+    """Whether ``value`` can be a ``subject_token_type``: a URI (``urn:...``, ``https://...``)."""
+    return ":" in value and not any(c.isspace() for c in value)
+
+
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 #: Seconds a QLAM_SUBJECT_TOKEN_COMMAND may take.
 COMMAND_TIMEOUT = 30.0

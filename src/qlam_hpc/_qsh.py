@@ -63,7 +63,7 @@ import os
 from collections import namedtuple
 
 from ._errors import ConfigurationError
-from ._exchange import SubjectSource
+from ._exchange import SubjectSource, is_token_type
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -436,7 +436,7 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, 
     if len(sources) > 1:
         raise ConfigurationError(f"auth provider {name!r} in {where} names {' and '.join(sources)}: keep one")
     token_type = text("subject_token_type")
-    if token_type is not None and (":" not in token_type or any(c.isspace() for c in token_type)):
+    if token_type is not None and not is_token_type(token_type):
         raise ConfigurationError(
             f"subject_token_type of auth provider {name!r} in {where} must be a URI such as urn:example:ci-jwt"
         )
@@ -463,7 +463,7 @@ def select_client(data: Any, path: str, context: str | None, mode: int = 0o600, 
         tenant=text("tenant"),
         timeout=settings.timeout,
         verify_ssl=settings.verify_ssl,
-        subject_token_variable=subject[4:].strip() if subject else None,
+        subject_token_variable=name_after or None,
         subject_token_file=subject_file,
         subject_token_command=subject_command,
         subject_token_type=token_type,

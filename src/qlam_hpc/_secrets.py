@@ -447,9 +447,24 @@ class VaultServer:
         client.token = self._login(client)
         return client
 
+    def static_token(self) -> str | None:
+        """The token a login needs no request for: ``VAULT_TOKEN`` (``BAO_TOKEN``), else, unless
+        AppRole is set, ``~/.vault-token``; None when there is none (or AppRole is to log in)."""
+        token = vault_setting(self.env, "TOKEN")
+        if token:
+            return token
+        if vault_setting(self.env, "ROLE_ID"):
+            return None
+        home = self.env.get("HOME") or os.path.expanduser("~")
+        try:
+            with open(os.path.join(home, ".vault-token"), encoding="utf-8") as file:
+                return file.read(4096).strip() or None
+        except OSError:
+            return None
+
     def _login(self, client: Any) -> str:
         env = self.env
-        token = vault_setting(env, "TOKEN")
+        token = self.static_token()
         if token:
             return token
         role_id = vault_setting(env, "ROLE_ID")
@@ -464,14 +479,6 @@ class VaultServer:
                 mount_point=vault_setting(env, "APPROLE_MOUNT") or "approle",
             )
             return str(answer["auth"]["client_token"])
-        home = env.get("HOME") or os.path.expanduser("~")
-        try:
-            with open(os.path.join(home, ".vault-token"), encoding="utf-8") as file:
-                token = file.read().strip()
-        except OSError:
-            token = ""
-        if token:
-            return token
         raise ConfigurationError(
             f"no Vault login for {self.what} at {self.address}: "
             "set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole)"

@@ -412,7 +412,7 @@ def _exchange_settings(
     Nothing is read here: the subject token is read at each exchange."""
     if flow != TOKEN_EXCHANGE:
         return None, None, None
-    from ._exchange import DEFAULT_SUBJECT_TOKEN_TYPE, SOURCE_VARIABLES, source_from_env
+    from ._exchange import DEFAULT_SUBJECT_TOKEN_TYPE, SOURCE_VARIABLES, is_token_type, source_from_env
 
     # Any QLAM_SUBJECT_TOKEN_* variable wins over the context's source, and the context's
     # comes before GitHub's and GitLab's variables: the file names it on purpose, while
@@ -435,7 +435,7 @@ def _exchange_settings(
         note("subject_source", source.describe())
     token_type = (env.get("QLAM_SUBJECT_TOKEN_TYPE") or "").strip()
     if token_type:
-        if ":" not in token_type or any(c.isspace() for c in token_type):
+        if not is_token_type(token_type):
             raise ConfigurationError(
                 f"QLAM_SUBJECT_TOKEN_TYPE={token_type!r}: expected a URI such as urn:example:ci-jwt"
             )

@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from .._cache import MAX_CLOCK_SKEW, MAX_ENTRY_BYTES, CacheEntry, Identity, identity_of
 from .._errors import CacheError, ConfigurationError
 from .._log import log
+from ._redis_light import is_plain_prefix
 from ._shared import SharedEntries, with_local_user
 
 TYPE_CHECKING = False
@@ -419,7 +420,7 @@ def redis_store_from_url(
     except ValueError:
         raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r} is not a valid URL") from None
     prefix = next((value for name, value in query if name == "prefix"), "qlam-hpc")
-    if not prefix or any(c in prefix for c in "*?[]\\ ") or len(prefix) > 200:
+    if not is_plain_prefix(prefix):
         raise ConfigurationError(f"QLAM_TOKEN_STORE {_safe_url(text)!r}: prefix= must be a plain key prefix")
     if any(name == "prefix" for name, _ in query):  # ours, not redis-py's: taken out before it reads the URL
         rest = urlencode([(name, value) for name, value in query if name != "prefix"])

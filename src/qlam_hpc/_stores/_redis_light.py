@@ -52,6 +52,12 @@ _UNDERSTOOD = frozenset({"prefix", "ssl_ca_certs", "socket_timeout"})
 _DEFAULT_TIMEOUT = 5.0  # as the full store's connect and read timeouts
 
 
+def is_plain_prefix(prefix: str) -> bool:
+    """Whether ``prefix=`` can start keys (and an ACL pattern such as ``~prefix:*``): no glob
+    characters or blanks, at most 200 characters. The full store's rule too."""
+    return bool(prefix) and not any(c in prefix for c in "*?[]\\ ") and len(prefix) <= 200
+
+
 class _Unexpected(Exception):
     """An answer this reader does not handle: the full store will ask again and say why."""
 
@@ -98,7 +104,7 @@ def _target(url: str, password: str | None, environ: Mapping[str, str]) -> _Targ
         return None
     db = parts.path.strip("/") or "0"
     prefix = options.get("prefix", "qlam-hpc")
-    if not db.isdigit() or not prefix or any(c in prefix for c in "*?[]\\ ") or len(prefix) > 200:
+    if not db.isdigit() or not is_plain_prefix(prefix):
         return None
     try:
         timeout = float(options.get("socket_timeout") or _DEFAULT_TIMEOUT)

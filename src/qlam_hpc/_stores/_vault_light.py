@@ -47,7 +47,7 @@ def warm_entry(settings: Settings, identity: Identity, environ: Mapping[str, str
         server = VaultServer(environ, f"the token store vault://{mount}/{path}", "QLAM_TOKEN_STORE")
     except QlamError:
         return None
-    token = _token(server)
+    token = server.static_token()  # None with AppRole, whose login the full store makes
     api_path = f"/v1/{mount}/data/{path}/{identity.key()}/entry"
     if token is None or not set(api_path) <= _PLAIN:
         return None
@@ -60,24 +60,6 @@ def warm_entry(settings: Settings, identity: Identity, environ: Mapping[str, str
     from .._sealing import seal_for
 
     return quietly_trusted(raw, identity, seal_for(settings, environ))
-
-
-def _token(server: VaultServer) -> str | None:
-    """``VAULT_TOKEN`` (or ``BAO_TOKEN``), else ``~/.vault-token``, as ``VaultServer`` logs in;
-    None with AppRole, whose login the full store makes."""
-    from .._secrets import vault_setting
-
-    token = vault_setting(server.env, "TOKEN")
-    if token:
-        return str(token)
-    if vault_setting(server.env, "ROLE_ID"):
-        return None
-    home = server.env.get("HOME") or os.path.expanduser("~")
-    try:
-        with open(os.path.join(home, ".vault-token"), encoding="utf-8") as file:
-            return file.read(4096).strip() or None
-    except OSError:
-        return None
 
 
 def _entry(server: VaultServer, api_path: str, token: str) -> bytes | None:
@@ -105,9 +87,10 @@ def _entry(server: VaultServer, api_path: str, token: str) -> bytes | None:
             return None
     finally:
         connection.close()
-    data = ((json.loads(body) or {}).get("data") or {}).get("data") or {}
-    raw = data.get("entry") if isinstance(data, dict) else None
-    return raw.encode() if isinstance(raw, str) else None
+    record = json.loads(body)  # {"data": {"data": {"entry": "..."}, "metadata": {...}}}
+    for name in ("data", "data", "entry"):
+        record = record.get(name) if isinstance(record, dict) else None
+    return record.encode() if isinstance(record, str) else None
 
 
 def _context(server: VaultServer) -> ssl.SSLContext:
